@@ -1,0 +1,325 @@
+//! Types shared by the eBPF programs (`meshtap-ebpf`) and the userspace agent (`meshtap`).
+//!
+//! Every type here crosses the kernel/user boundary as raw bytes, so each one is `#[repr(C)]`,
+//! made of fixed-width integers only, has no implicit padding, and carries a size assertion.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Largest payload prefix one data event can carry (bytes). Power of two: the eBPF side masks
+/// offsets with `MAX_CAPTURE - 1` so that the verifier can bound every copy.
+pub const MAX_CAPTURE: usize = 4096;
+/// Default payload prefix captured per read/write (bytes); `--capture-bytes` changes it.
+pub const DEFAULT_CAPTURE: u32 = 1024;
+/// How many iovecs of one `readv`/`writev`/`recvmsg`/`sendmsg` are walked for payload. Byte counts
+/// always come from the syscall's return value, so iovecs past this bound only lose payload bytes
+/// that would not fit in the capture anyway once `MAX_CAPTURE` is reached.
+pub const MAX_IOV: u32 = 64;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Event kinds, the first byte of every ring-buffer record.
+pub mod kind {
+    /// A TCP connection reached ESTABLISHED (client, from `connect`), was accepted (server), or was
+    /// first seen mid-stream (flag [`super::flags::PRE_EXISTING`]).
+    pub const CONN_OPEN: u8 = 1;
+    /// A `connect` failed: synchronously (errno from the syscall) or SYN_SENT -> CLOSE (sk_err).
+    pub const CONN_FAIL: u8 = 2;
+    /// A tracked connection reached TCP_CLOSE; carries the kernel's exact per-connection totals.
+    pub const CONN_CLOSE: u8 = 3;
+    /// A read or write of `bytes` bytes on a TCP socket, with a payload prefix.
+    pub const DATA: u8 = 4;
+    /// `tcp:tcp_retransmit_skb` on a tracked connection.
+    pub const RETRANSMIT: u8 = 5;
+    /// A socket entered LISTEN.
+    pub const LISTEN: u8 = 6;
+    /// A listening socket was closed.
+    pub const LISTEN_CLOSE: u8 = 7;
+    /// One past the largest kind; sizes the per-kind counters.
+    pub const COUNT: u8 = 8;
+}
+
+pub mod role {
+    pub const UNKNOWN: u8 = 0;
+    pub const CLIENT: u8 = 1;
+    pub const SERVER: u8 = 2;
+}
+
+pub mod direction {
+    /// Bytes the observed process wrote (sent).
+    pub const EGRESS: u8 = 0;
+    /// Bytes the observed process read (received).
+    pub const INGRESS: u8 = 1;
+}
+
+pub mod flags {
+    /// The connection was already open when the agent first saw it (no connect/accept observed).
+    pub const PRE_EXISTING: u8 = 1;
+}
+
+/// The syscall a data event came from.
+pub mod syscall {
+    pub const READ: u8 = 0;
+    pub const WRITE: u8 = 1;
+    pub const READV: u8 = 2;
+    pub const WRITEV: u8 = 3;
+    pub const RECVFROM: u8 = 4;
+    pub const SENDTO: u8 = 5;
+    pub const RECVMSG: u8 = 6;
+    pub const SENDMSG: u8 = 7;
+    pub const SENDFILE: u8 = 8;
+}
+
+/// Indices into the per-CPU `STATS` array.
+pub mod stat {
+    use super::kind;
+    /// `LOST_BASE + kind`: events of that kind the ring buffer could not take.
+    pub const LOST_BASE: u32 = 0;
+    /// `MAP_FAIL_BASE + map`: failed inserts into that map (see [`super::map_id`]).
+    pub const MAP_FAIL_BASE: u32 = kind::COUNT as u32;
+    /// Retransmits on sockets that were never tracked (opened before the agent, no data since).
+    pub const RETRANSMIT_UNTRACKED: u32 = MAP_FAIL_BASE + super::map_id::COUNT;
+    pub const COUNT: u32 = RETRANSMIT_UNTRACKED + 1;
+}
+
+/// Maps that count failed inserts.
+pub mod map_id {
+    pub const CONNS: u32 = 0;
+    pub const IO_ARGS: u32 = 1;
+    pub const CONNECT_ARGS: u32 = 2;
+    pub const COUNT: u32 = 3;
+    pub const NAMES: [&str; COUNT as usize] = ["conns", "io_args", "connect_args"];
+}
+
+/// A TCP 4-tuple as seen from the observed socket: `local` is this socket's end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuple {
+    /// Local address; an IPv4 address occupies the first 4 bytes.
+    pub local_addr: [u8; 16],
+    /// Remote address; an IPv4 address occupies the first 4 bytes.
+    pub remote_addr: [u8; 16],
+    /// Local port, host byte order.
+    pub local_port: u16,
+    /// Remote port, host byte order.
+    pub remote_port: u16,
+    /// `AF_INET` or `AF_INET6` (IPv4-mapped IPv6 is normalised to IPv4 in userspace).
+    pub family: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<Tuple>() == 40);
+
+/// Who did it: the thread and process that made the syscall (or that owned the connection, for
+/// events raised in softirq context).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Identity {
+    pub tgid: u32,
+    pub tid: u32,
+    /// Process (thread-group leader) start time, ns since boot (`task->start_boottime`). With
+    /// `tgid` it names a process uniquely even when the pid is reused.
+    pub start_ns: u64,
+    /// cgroup v2 id (`bpf_get_current_cgroup_id`).
+    pub cgroup_id: u64,
+    /// Thread command name, NUL-padded.
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<Identity>() == 40);
+
+/// The head of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u8,
+    /// One of [`role`]: the role of the observed socket's owner.
+    pub role: u8,
+    /// Bits of [`flags`].
+    pub flags: u8,
+    pub _pad: [u8; 5],
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Stable connection id assigned by the kernel side; 0 for events on no connection.
+    pub conn_id: u64,
+    /// Kernel address of the `struct sock` (identity while the socket lives).
+    pub sk: u64,
+    pub who: Identity,
+    pub tuple: Tuple,
+}
+const _: () = assert!(size_of::<EventHeader>() == 112);
+
+/// Connection lifecycle events: open, fail, close, retransmit, listen, listen-close.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnEvent {
+    pub header: EventHeader,
+    /// Open: connect latency (SYN_SENT -> ESTABLISHED) in ns, 0 for accepted sockets.
+    /// Fail: time from SYN_SENT to the failure, 0 when it failed synchronously.
+    pub duration_ns: u64,
+    /// Fail: positive errno (ECONNREFUSED, ETIMEDOUT, ...).
+    pub errno: u32,
+    pub _pad: u32,
+    /// Close: exact totals kept by the kernel for the connection's whole tracked life.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Close: data events produced for this connection, and how many of them the ring buffer lost.
+    pub data_events: u64,
+    pub data_events_lost: u64,
+    pub retransmits: u64,
+}
+const _: () = assert!(size_of::<ConnEvent>() == 112 + 56);
+
+/// A read or write on a TCP socket. Only `size_of::<DataEventHeader>() + captured` bytes are sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataEventHeader {
+    pub header: EventHeader,
+    /// Bytes the syscall returned (the exact count moved).
+    pub bytes: u64,
+    /// Per-connection sequence number of this data event (gaps mean lost events).
+    pub seq: u64,
+    /// Payload bytes following this header.
+    pub captured: u32,
+    /// One of [`direction`].
+    pub direction: u8,
+    /// One of [`syscall`].
+    pub syscall: u8,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<DataEventHeader>() == 112 + 24);
+
+/// The full data event as built in the per-CPU scratch buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub head: DataEventHeader,
+    pub payload: [u8; MAX_CAPTURE],
+}
+const _: () = assert!(size_of::<DataEvent>() == 136 + MAX_CAPTURE);
+
+/// Kernel structure member offsets (bytes) and tracepoint field offsets, resolved by the agent from
+/// `/sys/kernel/btf/vmlinux` and `/sys/kernel/tracing/events/*/format` at load time and written
+/// into the programs as a global, because Rust eBPF gets no CO-RE relocations.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub task_group_leader: u32,
+    pub task_start_boottime: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub file_private_data: u32,
+    pub inode_mode: u32,
+    pub socket_sk: u32,
+    pub sk_family: u32,
+    pub sk_state: u32,
+    pub sk_daddr: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_dport: u32,
+    pub sk_num: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub sk_type: u32,
+    pub sk_protocol: u32,
+    pub sk_err: u32,
+    /// `sock:inet_sock_set_state` field offsets.
+    pub tp_state_skaddr: u32,
+    pub tp_state_oldstate: u32,
+    pub tp_state_newstate: u32,
+    pub tp_state_sport: u32,
+    pub tp_state_dport: u32,
+    pub tp_state_family: u32,
+    pub tp_state_protocol: u32,
+    pub tp_state_saddr: u32,
+    pub tp_state_daddr: u32,
+    pub tp_state_saddr_v6: u32,
+    pub tp_state_daddr_v6: u32,
+    /// `tcp:tcp_retransmit_skb` field offset.
+    pub tp_retrans_skaddr: u32,
+}
+const _: () = assert!(size_of::<KernelOffsets>() == 33 * 4);
+
+/// Run-time settings written into the programs as a global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProbeConfig {
+    /// The agent's own tgid: its syscalls are never traced.
+    pub agent_tgid: u32,
+    /// Payload prefix to capture per data event, at most `MAX_CAPTURE`.
+    pub capture_bytes: u32,
+    /// Wake the reader only when this many bytes are pending in the ring buffer; the reader also
+    /// drains on a timer, so nothing waits longer than its poll interval.
+    pub wakeup_bytes: u64,
+}
+const _: () = assert!(size_of::<ProbeConfig>() == 16);
+
+/// Per-connection state the kernel keeps in the `CONNS` map, keyed by `struct sock *`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnState {
+    pub conn_id: u64,
+    pub owner: Identity,
+    pub tuple: Tuple,
+    /// SYN_SENT time (client) or accept time (server), `bpf_ktime_get_ns`.
+    pub opened_ns: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub data_events: u64,
+    pub data_events_lost: u64,
+    pub retransmits: u64,
+    pub role: u8,
+    pub flags: u8,
+    /// 1 once CONN_OPEN was emitted (client: at ESTABLISHED).
+    pub announced: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(size_of::<ConnState>() == 8 + 40 + 40 + 8 * 6 + 8);
+
+/// In-flight `connect` arguments, keyed by pid_tgid between sys_enter and sys_exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectArgs {
+    pub sk: u64,
+    pub remote_addr: [u8; 16],
+    pub remote_port: u16,
+    pub family: u16,
+    /// Set by `inet_sock_set_state` when this call moved the socket to SYN_SENT: the state
+    /// machine then reports the outcome, and the syscall's own error is not counted twice.
+    pub saw_syn_sent: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<ConnectArgs>() == 32);
+
+/// In-flight data syscall arguments, keyed by pid_tgid between sys_enter and sys_exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct IoArgs {
+    pub sk: u64,
+    /// User buffer (read/write/recvfrom/sendto) or iovec array (readv/writev/recvmsg/sendmsg).
+    pub buf: u64,
+    /// iovec count for vectored calls.
+    pub iovcnt: u64,
+    pub syscall: u8,
+    pub direction: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<IoArgs>() == 32);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type below is #[repr(C)], made only of integers and integer arrays, with the
+    // padding spelled out as explicit fields (checked by the size assertions above), so every
+    // bit pattern is a valid value.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProbeConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnectArgs {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::IoArgs {}
+}
