@@ -137,7 +137,10 @@ pub struct EventHeader {
     pub role: u8,
     /// Bits of [`flags`].
     pub flags: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// Network namespace inode of the socket (`sk->__sk_common.skc_net->ns.inum`); 0 on data
+    /// events (the connection's open event carries it).
+    pub netns: u32,
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
     pub ts_ns: u64,
     /// Stable connection id assigned by the kernel side; 0 for events on no connection.
@@ -225,6 +228,10 @@ pub struct KernelOffsets {
     pub sk_type: u32,
     pub sk_protocol: u32,
     pub sk_err: u32,
+    /// `sock.__sk_common.skc_net` (a `possible_net_t` whose first member is `struct net *`).
+    pub sk_net: u32,
+    /// `net.ns.inum`.
+    pub net_inum: u32,
     /// `sock:inet_sock_set_state` field offsets.
     pub tp_state_skaddr: u32,
     pub tp_state_oldstate: u32,
@@ -240,7 +247,7 @@ pub struct KernelOffsets {
     /// `tcp:tcp_retransmit_skb` field offset.
     pub tp_retrans_skaddr: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 33 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 35 * 4);
 
 /// Run-time settings written into the programs as a global.
 #[repr(C)]

@@ -1,5 +1,18 @@
+//! meshtap's kernel side: syscall and TCP tracepoints only (no kprobes, no fentry: see
+//! PLATFORM.md), feeding one ring buffer.
+//!
+//! Data flow: `sys_enter_*` filters (agent itself, non-TCP fds) and parks the arguments per thread;
+//! `sys_exit_*` copies the payload prefix once the byte count is known. Connection lifecycle comes
+//! from `sock:inet_sock_set_state` (connect, established, listen, close) and accept's return.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod probes;
+#[cfg(target_arch = "bpf")]
+mod sock;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
@@ -7,5 +20,12 @@ fn main() {}
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
+    // SAFETY: eBPF programs cannot unwind; every reachable panic is removed by the optimiser or
+    // rejected by the verifier at load time, so this is never executed.
+    unsafe { core::hint::unreachable_unchecked() }
 }
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,144 @@
+//! Maps and globals. Every map is bounded; the agent may resize `EVENTS` and `CONNS` at load time.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use meshtap_common::{
+    ConnState, ConnectArgs, DataEvent, IoArgs, KernelOffsets, MAX_CAPTURE, ProbeConfig, stat,
+};
+
+/// All events, in production order.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Tracked TCP connections keyed by `struct sock *`. LRU so that a socket whose TCP_CLOSE we
+/// never saw (dropped tracepoint, agent restart) cannot pin an entry forever; removed on close.
+#[map]
+pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Data syscall arguments between enter and exit, keyed by pid_tgid (one in flight per thread).
+#[map]
+pub static IO_ARGS: LruHashMap<u64, IoArgs> = LruHashMap::with_max_entries(16384, 0);
+
+/// `connect` arguments between enter and exit, keyed by pid_tgid.
+#[map]
+pub static CONNECT_ARGS: LruHashMap<u64, ConnectArgs> = LruHashMap::with_max_entries(4096, 0);
+
+/// Counters of what the kernel side could not deliver or store (see `meshtap_common::stat`).
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Per-CPU connection id counter (index 0).
+#[map]
+pub static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Scratch space for one data event. The slack after the payload lets the verifier accept a copy
+/// of up to `MAX_CAPTURE` bytes at any offset below `MAX_CAPTURE`.
+#[repr(C)]
+pub struct DataScratch {
+    pub event: DataEvent,
+    pub slack: [u8; MAX_CAPTURE],
+}
+
+#[map]
+pub static DATA_SCRATCH: PerCpuArray<DataScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Written by the agent at load time (`EbpfLoader::set_global`).
+#[unsafe(no_mangle)]
+pub static OFFSETS: KernelOffsets = KernelOffsets {
+    task_files: 0,
+    task_group_leader: 0,
+    task_start_boottime: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_inode: 0,
+    file_private_data: 0,
+    inode_mode: 0,
+    socket_sk: 0,
+    sk_family: 0,
+    sk_state: 0,
+    sk_daddr: 0,
+    sk_rcv_saddr: 0,
+    sk_dport: 0,
+    sk_num: 0,
+    sk_v6_daddr: 0,
+    sk_v6_rcv_saddr: 0,
+    sk_type: 0,
+    sk_protocol: 0,
+    sk_err: 0,
+    sk_net: 0,
+    net_inum: 0,
+    tp_state_skaddr: 0,
+    tp_state_oldstate: 0,
+    tp_state_newstate: 0,
+    tp_state_sport: 0,
+    tp_state_dport: 0,
+    tp_state_family: 0,
+    tp_state_protocol: 0,
+    tp_state_saddr: 0,
+    tp_state_daddr: 0,
+    tp_state_saddr_v6: 0,
+    tp_state_daddr_v6: 0,
+    tp_retrans_skaddr: 0,
+};
+
+#[unsafe(no_mangle)]
+pub static CONFIG: ProbeConfig = ProbeConfig {
+    agent_tgid: 0,
+    capture_bytes: 0,
+    wakeup_bytes: 0,
+};
+
+/// Reads one field of a load-time global. `read_volatile` keeps the compiler from folding the
+/// zero initialiser into the code: the loader rewrites `.rodata` before the verifier sees it.
+macro_rules! global {
+    ($global:ident . $field:ident) => {
+        // SAFETY: the global is a valid, aligned static; volatile only forbids constant folding.
+        unsafe { core::ptr::read_volatile(&$crate::maps::$global.$field) }
+    };
+}
+pub(crate) use global;
+
+/// Adds one to a per-CPU counter.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, and eBPF programs do not preempt each other on one CPU for the
+        // tracepoints used here, so the increment is not torn.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Ring-buffer submit flags: wake the reader only once enough bytes are pending, so a busy node
+/// costs one wake-up per batch rather than one per event; the reader drains on a timer too.
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if pending >= global!(CONFIG.wakeup_bytes) {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// A new connection id: the CPU number in the top bits, a per-CPU sequence below. Unique for the
+/// life of the loaded programs without any cross-CPU atomics.
+#[inline(always)]
+pub fn next_conn_id() -> u64 {
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { aya_ebpf::helpers::generated::bpf_get_smp_processor_id() } as u64;
+    match CONN_SEQ.get_ptr_mut(0) {
+        Some(seq) => {
+            // SAFETY: per-CPU slot (see `count`).
+            let n = unsafe {
+                *seq += 1;
+                *seq
+            };
+            ((cpu + 1) << 48) | (n & 0xffff_ffff_ffff)
+        }
+        None => 0,
+    }
+}

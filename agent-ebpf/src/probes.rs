@@ -1,0 +1,769 @@
+//! Tracepoint programs. Entry points are thin: `match try_x(ctx) { Ok(r) | Err(r) => r }`.
+
+use core::mem::{MaybeUninit, size_of};
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::{bpf_probe_read_user as probe_read_user_raw, bpf_ringbuf_output},
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use meshtap_common::{
+    AF_INET, AF_INET6, ConnEvent, ConnState, ConnectArgs, DataEventHeader, IoArgs, MAX_CAPTURE,
+    MAX_IOV, Tuple, direction, flags, kind, map_id, role, stat, syscall,
+};
+
+use crate::{
+    maps::{
+        CONNECT_ARGS, CONNS, DATA_SCRATCH, EVENTS, IO_ARGS, count, global, next_conn_id,
+        wakeup_flags,
+    },
+    sock::{current_identity, sock_err, sock_netns, sock_state, sock_tuple, tcp_sock_of_fd},
+};
+
+// include/net/tcp_states.h
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+const IPPROTO_TCP: u16 = 6;
+
+const EINPROGRESS: i64 = 115;
+
+/// Syscall tracepoint layout (`/sys/kernel/tracing/events/syscalls/*/format`): the arguments of
+/// `sys_enter_*` start at 16, 8 bytes each; the return value of `sys_exit_*` is at 16.
+const SYSCALL_ARGS: usize = 16;
+const SYSCALL_RET: usize = 16;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> Result<u64, u32> {
+    // SAFETY: reads inside the tracepoint record, whose layout is the stable syscall ABI.
+    unsafe { ctx.read_at::<u64>(SYSCALL_ARGS + 8 * n) }.map_err(|_| 0u32)
+}
+
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> Result<i64, u32> {
+    // SAFETY: as in `arg`.
+    unsafe { ctx.read_at::<i64>(SYSCALL_RET) }.map_err(|_| 0u32)
+}
+
+#[inline(always)]
+fn is_agent() -> bool {
+    (bpf_get_current_pid_tgid() >> 32) as u32 == global!(CONFIG.agent_tgid)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Reserves a connection event, fills the header from `state` (or the current task when `state`
+/// is `None`) and lets `fill` complete it. Counts the event as lost when the ring is full.
+#[inline(always)]
+fn emit_conn(
+    event_kind: u8,
+    sk: u64,
+    state: Option<&ConnState>,
+    tuple: &Tuple,
+    event_role: u8,
+    fill: impl FnOnce(&mut ConnEvent),
+) {
+    let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
+        count(stat::LOST_BASE + event_kind as u32);
+        return;
+    };
+    let ev: &mut MaybeUninit<ConnEvent> = &mut entry;
+    // SAFETY: the reservation is exactly size_of::<ConnEvent>() bytes; zeroing makes every field
+    // (all integers) initialised before we write the interesting ones.
+    let ev = unsafe {
+        core::ptr::write_bytes(ev.as_mut_ptr(), 0, 1);
+        ev.assume_init_mut()
+    };
+    let header = &mut ev.header;
+    header.kind = event_kind;
+    header.role = event_role;
+    header.ts_ns = now();
+    header.sk = sk;
+    header.netns = if sk != 0 { sock_netns(sk) } else { 0 };
+    header.tuple = *tuple;
+    match state {
+        Some(state) => {
+            header.conn_id = state.conn_id;
+            header.flags = state.flags;
+            header.who = state.owner;
+        }
+        None => current_identity(&mut header.who),
+    }
+    fill(ev);
+    entry.submit(wakeup_flags());
+}
+
+/// Starts tracking `sk`; returns the stored state.
+#[inline(always)]
+fn track(sk: u64, conn_role: u8, conn_flags: u8, tuple: &Tuple) -> Option<ConnState> {
+    let mut state = ConnState {
+        conn_id: next_conn_id(),
+        owner: meshtap_common::Identity {
+            tgid: 0,
+            tid: 0,
+            start_ns: 0,
+            cgroup_id: 0,
+            comm: [0; 16],
+        },
+        tuple: *tuple,
+        opened_ns: now(),
+        bytes_sent: 0,
+        bytes_received: 0,
+        data_events: 0,
+        data_events_lost: 0,
+        retransmits: 0,
+        role: conn_role,
+        flags: conn_flags,
+        announced: 0,
+        _pad: [0; 5],
+    };
+    current_identity(&mut state.owner);
+    if CONNS.insert(&sk, &state, 0).is_err() {
+        count(stat::MAP_FAIL_BASE + map_id::CONNS);
+        return None;
+    }
+    Some(state)
+}
+
+// ---------------------------------------------------------------------------------------------
+// connect / accept
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    match try_enter_connect(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_enter_connect(ctx: &TracePointContext) -> Result<u32, u32> {
+    if is_agent() {
+        return Ok(0);
+    }
+    let Some(sk) = tcp_sock_of_fd(arg(ctx, 0)?) else {
+        return Ok(0);
+    };
+    let uaddr = arg(ctx, 1)?;
+    // struct sockaddr_in / sockaddr_in6: family at 0, port (big endian) at 2, the IPv4 address
+    // at 4, the IPv6 address at 8.
+    // SAFETY: probe reads of user memory fail cleanly on bad pointers.
+    let family: u16 = unsafe { bpf_probe_read_user(uaddr as *const u16) }.map_err(|_| 0u32)?;
+    // SAFETY: as above.
+    let port: u16 = unsafe { bpf_probe_read_user((uaddr + 2) as *const u16) }.map_err(|_| 0u32)?;
+    let mut args = ConnectArgs {
+        sk,
+        remote_addr: [0; 16],
+        remote_port: u16::from_be(port),
+        family,
+        saw_syn_sent: 0,
+        _pad: [0; 3],
+    };
+    if family == AF_INET {
+        // SAFETY: as above.
+        let a: [u8; 4] =
+            unsafe { bpf_probe_read_user((uaddr + 4) as *const [u8; 4]) }.map_err(|_| 0u32)?;
+        args.remote_addr[..4].copy_from_slice(&a);
+    } else if family == AF_INET6 {
+        // SAFETY: as above.
+        args.remote_addr =
+            unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16]) }.map_err(|_| 0u32)?;
+    } else {
+        return Ok(0);
+    }
+    if CONNECT_ARGS
+        .insert(&bpf_get_current_pid_tgid(), &args, 0)
+        .is_err()
+    {
+        count(stat::MAP_FAIL_BASE + map_id::CONNECT_ARGS);
+    }
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    match try_exit_connect(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// errno values that mean "this connection attempt failed" (not EINTR, EALREADY, EISCONN, ...).
+#[inline(always)]
+fn is_connect_failure(errno: i64) -> bool {
+    matches!(
+        errno,
+        1      // EPERM: refused by a firewall or a cgroup/BPF hook
+        | 13   // EACCES
+        | 99   // EADDRNOTAVAIL
+        | 101  // ENETUNREACH
+        | 104  // ECONNRESET
+        | 110  // ETIMEDOUT
+        | 111  // ECONNREFUSED
+        | 113 // EHOSTUNREACH
+    )
+}
+
+fn try_exit_connect(ctx: &TracePointContext) -> Result<u32, u32> {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(args) = (unsafe { CONNECT_ARGS.get(&key) }).copied() else {
+        return Ok(0);
+    };
+    let _ = CONNECT_ARGS.remove(&key);
+    let rc = ret(ctx)?;
+    // A connect that reached SYN_SENT is reported by the state machine (ESTABLISHED or
+    // SYN_SENT -> CLOSE with sk_err); only failures before SYN_SENT are reported here.
+    if rc >= 0 || rc == -EINPROGRESS || args.saw_syn_sent != 0 || !is_connect_failure(-rc) {
+        return Ok(0);
+    }
+    let mut tuple = Tuple {
+        local_addr: [0; 16],
+        remote_addr: args.remote_addr,
+        local_port: 0,
+        remote_port: args.remote_port,
+        family: args.family,
+        _pad: 0,
+    };
+    if tuple.family == 0 {
+        tuple.family = AF_INET;
+    }
+    emit_conn(kind::CONN_FAIL, args.sk, None, &tuple, role::CLIENT, |ev| {
+        ev.errno = (-rc) as u32;
+    });
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    match try_exit_accept(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
+    if is_agent() {
+        return Ok(0);
+    }
+    let fd = ret(ctx)?;
+    if fd < 0 {
+        return Ok(0);
+    }
+    let Some(sk) = tcp_sock_of_fd(fd as u64) else {
+        return Ok(0);
+    };
+    let mut tuple = Tuple {
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+        local_port: 0,
+        remote_port: 0,
+        family: 0,
+        _pad: 0,
+    };
+    sock_tuple(sk, &mut tuple);
+    let Some(mut state) = track(sk, role::SERVER, 0, &tuple) else {
+        return Ok(0);
+    };
+    state.announced = 1;
+    if let Some(stored) = CONNS.get_ptr_mut(&sk) {
+        // SAFETY: valid map value pointer for the duration of the program.
+        unsafe { (*stored).announced = 1 };
+    }
+    emit_conn(
+        kind::CONN_OPEN,
+        sk,
+        Some(&state),
+        &tuple,
+        role::SERVER,
+        |_| {},
+    );
+    Ok(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// TCP state machine
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    match try_set_state(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn tp<T>(ctx: &TracePointContext, off: u32) -> Result<T, u32> {
+    // SAFETY: the offset comes from the tracepoint's format file, read by the agent.
+    unsafe { ctx.read_at::<T>(off as usize) }.map_err(|_| 0u32)
+}
+
+fn try_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
+    let protocol: u16 = tp(ctx, global!(OFFSETS.tp_state_protocol))?;
+    if protocol != IPPROTO_TCP {
+        return Ok(0);
+    }
+    let sk: u64 = tp(ctx, global!(OFFSETS.tp_state_skaddr))?;
+    let old: i32 = tp(ctx, global!(OFFSETS.tp_state_oldstate))?;
+    let new: i32 = tp(ctx, global!(OFFSETS.tp_state_newstate))?;
+    let family: u16 = tp(ctx, global!(OFFSETS.tp_state_family))?;
+    let mut tuple = Tuple {
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+        local_port: tp(ctx, global!(OFFSETS.tp_state_sport))?,
+        remote_port: tp(ctx, global!(OFFSETS.tp_state_dport))?,
+        family,
+        _pad: 0,
+    };
+    if family == AF_INET6 {
+        tuple.local_addr = tp(ctx, global!(OFFSETS.tp_state_saddr_v6))?;
+        tuple.remote_addr = tp(ctx, global!(OFFSETS.tp_state_daddr_v6))?;
+    } else {
+        let local: [u8; 4] = tp(ctx, global!(OFFSETS.tp_state_saddr))?;
+        let remote: [u8; 4] = tp(ctx, global!(OFFSETS.tp_state_daddr))?;
+        tuple.local_addr[..4].copy_from_slice(&local);
+        tuple.remote_addr[..4].copy_from_slice(&remote);
+    }
+
+    if new == TCP_SYN_SENT {
+        // connect(): tcp_v4_connect/tcp_v6_connect run in the caller's context.
+        if is_agent() {
+            return Ok(0);
+        }
+        if let Some(args) = CONNECT_ARGS.get_ptr_mut(&bpf_get_current_pid_tgid()) {
+            // SAFETY: valid map value pointer for the duration of the program.
+            unsafe { (*args).saw_syn_sent = 1 };
+        }
+        let _ = track(sk, role::CLIENT, 0, &tuple);
+        return Ok(0);
+    }
+    if new == TCP_LISTEN && old == TCP_CLOSE {
+        emit_conn(kind::LISTEN, sk, None, &tuple, role::SERVER, |_| {});
+        return Ok(0);
+    }
+    if old == TCP_LISTEN && new == TCP_CLOSE {
+        emit_conn(kind::LISTEN_CLOSE, sk, None, &tuple, role::SERVER, |_| {});
+        return Ok(0);
+    }
+    let Some(state) = CONNS.get_ptr_mut(&sk) else {
+        return Ok(0);
+    };
+    if new == TCP_ESTABLISHED && old == TCP_SYN_SENT {
+        // SAFETY: valid map value pointer for the duration of the program.
+        let state = unsafe { &mut *state };
+        if state.announced == 0 {
+            state.announced = 1;
+            state.tuple = tuple;
+            let latency = now().saturating_sub(state.opened_ns);
+            emit_conn(
+                kind::CONN_OPEN,
+                sk,
+                Some(state),
+                &tuple,
+                role::CLIENT,
+                |ev| ev.duration_ns = latency,
+            );
+        }
+        return Ok(0);
+    }
+    if new == TCP_CLOSE {
+        // SAFETY: valid map value pointer; copied before the entry is removed.
+        let state = unsafe { *state };
+        let _ = CONNS.remove(&sk);
+        let elapsed = now().saturating_sub(state.opened_ns);
+        if old == TCP_SYN_SENT && state.announced == 0 {
+            let errno = sock_err(sk);
+            emit_conn(
+                kind::CONN_FAIL,
+                sk,
+                Some(&state),
+                &tuple,
+                role::CLIENT,
+                |ev| {
+                    ev.errno = errno;
+                    ev.duration_ns = elapsed;
+                },
+            );
+        } else {
+            let tuple = if state.tuple.local_port != 0 {
+                state.tuple
+            } else {
+                tuple
+            };
+            emit_conn(
+                kind::CONN_CLOSE,
+                sk,
+                Some(&state),
+                &tuple,
+                state.role,
+                |ev| {
+                    ev.duration_ns = elapsed;
+                    ev.bytes_sent = state.bytes_sent;
+                    ev.bytes_received = state.bytes_received;
+                    ev.data_events = state.data_events;
+                    ev.data_events_lost = state.data_events_lost;
+                    ev.retransmits = state.retransmits;
+                },
+            );
+        }
+    }
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    match try_retransmit(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_retransmit(ctx: &TracePointContext) -> Result<u32, u32> {
+    let sk: u64 = tp(ctx, global!(OFFSETS.tp_retrans_skaddr))?;
+    let Some(state) = CONNS.get_ptr_mut(&sk) else {
+        count(stat::RETRANSMIT_UNTRACKED);
+        return Ok(0);
+    };
+    // SAFETY: valid map value pointer for the duration of the program.
+    let state = unsafe { &mut *state };
+    state.retransmits += 1;
+    let tuple = state.tuple;
+    emit_conn(
+        kind::RETRANSMIT,
+        sk,
+        Some(state),
+        &tuple,
+        state.role,
+        |_| {},
+    );
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    // A thread killed inside a syscall never reaches sys_exit: drop what it parked.
+    let key = bpf_get_current_pid_tgid();
+    let _ = IO_ARGS.remove(&key);
+    let _ = CONNECT_ARGS.remove(&key);
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// data
+
+/// How an entry program finds the user buffer in its arguments.
+#[derive(Clone, Copy)]
+enum Buffer {
+    /// `(fd, buf, len)`: read, write, recvfrom, sendto.
+    Flat,
+    /// `(fd, iov, iovcnt)`: readv, writev.
+    Vector,
+    /// `(fd, msghdr, flags)`: recvmsg, sendmsg.
+    Message,
+    /// `(out_fd, in_fd, ...)`: sendfile; counted, no payload.
+    None,
+}
+
+#[inline(always)]
+fn enter_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Result<u32, u32> {
+    if is_agent() {
+        return Ok(0);
+    }
+    let Some(sk) = tcp_sock_of_fd(arg(ctx, 0)?) else {
+        return Ok(0);
+    };
+    let mut args = IoArgs {
+        sk,
+        buf: 0,
+        iovcnt: 0,
+        syscall: call,
+        direction: dir,
+        _pad: [0; 6],
+    };
+    match buffer {
+        Buffer::Flat => args.buf = arg(ctx, 1)?,
+        Buffer::Vector => {
+            args.buf = arg(ctx, 1)?;
+            args.iovcnt = arg(ctx, 2)?;
+        }
+        Buffer::Message => {
+            // struct user_msghdr: msg_iov at 16, msg_iovlen at 24 (include/linux/socket.h).
+            let msg = arg(ctx, 1)?;
+            // SAFETY: probe reads of user memory fail cleanly on bad pointers.
+            args.buf = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
+            // SAFETY: as above.
+            args.iovcnt = unsafe { bpf_probe_read_user((msg + 24) as *const u64) }.unwrap_or(0);
+        }
+        Buffer::None => {}
+    }
+    if IO_ARGS
+        .insert(&bpf_get_current_pid_tgid(), &args, 0)
+        .is_err()
+    {
+        count(stat::MAP_FAIL_BASE + map_id::IO_ARGS);
+    }
+    Ok(0)
+}
+
+macro_rules! enter_program {
+    ($name:ident, $call:expr, $dir:expr, $buffer:expr) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            match enter_io(&ctx, $call, $dir, $buffer) {
+                Ok(r) | Err(r) => r,
+            }
+        }
+    };
+}
+
+enter_program!(
+    sys_enter_read,
+    syscall::READ,
+    direction::INGRESS,
+    Buffer::Flat
+);
+enter_program!(
+    sys_enter_write,
+    syscall::WRITE,
+    direction::EGRESS,
+    Buffer::Flat
+);
+enter_program!(
+    sys_enter_readv,
+    syscall::READV,
+    direction::INGRESS,
+    Buffer::Vector
+);
+enter_program!(
+    sys_enter_writev,
+    syscall::WRITEV,
+    direction::EGRESS,
+    Buffer::Vector
+);
+enter_program!(
+    sys_enter_recvfrom,
+    syscall::RECVFROM,
+    direction::INGRESS,
+    Buffer::Flat
+);
+enter_program!(
+    sys_enter_sendto,
+    syscall::SENDTO,
+    direction::EGRESS,
+    Buffer::Flat
+);
+enter_program!(
+    sys_enter_recvmsg,
+    syscall::RECVMSG,
+    direction::INGRESS,
+    Buffer::Message
+);
+enter_program!(
+    sys_enter_sendmsg,
+    syscall::SENDMSG,
+    direction::EGRESS,
+    Buffer::Message
+);
+enter_program!(
+    sys_enter_sendfile64,
+    syscall::SENDFILE,
+    direction::EGRESS,
+    Buffer::None
+);
+
+/// One exit program for every data syscall: the entry program recorded which one it was.
+#[tracepoint]
+pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
+    match try_exit_io(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+const HEADER: usize = size_of::<DataEventHeader>();
+
+fn try_exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(args) = (unsafe { IO_ARGS.get(&key) }).copied() else {
+        return Ok(0);
+    };
+    let _ = IO_ARGS.remove(&key);
+    let rc = ret(ctx)?;
+    if rc <= 0 {
+        return Ok(0);
+    }
+    let bytes = rc as u64;
+    let sk = args.sk;
+
+    let scratch = DATA_SCRATCH.get_ptr_mut(0).ok_or(0u32)?;
+    // SAFETY: per-CPU scratch value, valid for the whole program run and not shared.
+    let scratch = unsafe { &mut *scratch };
+    let head = &mut scratch.event.head;
+    head.header.kind = kind::DATA;
+    head.header.flags = 0;
+    head.header._pad = 0;
+    head.header.netns = 0;
+    head.header.ts_ns = now();
+    head.header.sk = sk;
+    head.bytes = bytes;
+    head.direction = args.direction;
+    head.syscall = args.syscall;
+    head._pad = 0;
+    current_identity(&mut head.header.who);
+
+    // Per-connection bookkeeping: exact byte totals even if this event is lost.
+    let state_ptr = match CONNS.get_ptr_mut(&sk) {
+        Some(p) => Some(p),
+        None => {
+            // First sight of a connection opened before the agent (or whose open we missed).
+            let mut tuple = Tuple {
+                local_addr: [0; 16],
+                remote_addr: [0; 16],
+                local_port: 0,
+                remote_port: 0,
+                family: 0,
+                _pad: 0,
+            };
+            sock_tuple(sk, &mut tuple);
+            if sock_state(sk) as i32 != TCP_CLOSE
+                && let Some(mut state) = track(sk, role::UNKNOWN, flags::PRE_EXISTING, &tuple)
+            {
+                state.announced = 1;
+                emit_conn(
+                    kind::CONN_OPEN,
+                    sk,
+                    Some(&state),
+                    &tuple,
+                    role::UNKNOWN,
+                    |_| {},
+                );
+                CONNS.get_ptr_mut(&sk)
+            } else {
+                // Untracked (already closed, or the map is full): still report the bytes.
+                head.header.conn_id = 0;
+                head.header.role = role::UNKNOWN;
+                head.header.tuple = tuple;
+                head.seq = 0;
+                None
+            }
+        }
+    };
+    if let Some(state) = state_ptr {
+        // SAFETY: valid map value pointer for the duration of the program.
+        let state = unsafe { &mut *state };
+        state.announced = 1;
+        if args.direction == direction::EGRESS {
+            state.bytes_sent += bytes;
+        } else {
+            state.bytes_received += bytes;
+        }
+        head.seq = state.data_events;
+        state.data_events += 1;
+        head.header.conn_id = state.conn_id;
+        head.header.role = state.role;
+        head.header.flags = state.flags;
+        head.header.tuple = state.tuple;
+    }
+
+    let captured = copy_payload(scratch, &args, bytes);
+    scratch.event.head.captured = captured as u32;
+    let len = (HEADER + captured) as u64;
+    // SAFETY: `len` is at most HEADER + MAX_CAPTURE, inside the scratch value; the ring buffer
+    // copies it out before this program returns.
+    let rc = unsafe {
+        bpf_ringbuf_output(
+            &EVENTS as *const _ as *mut _,
+            scratch as *mut _ as *mut _,
+            len,
+            wakeup_flags(),
+        )
+    };
+    if rc != 0 {
+        count(stat::LOST_BASE + kind::DATA as u32);
+        if let Some(state) = CONNS.get_ptr_mut(&sk) {
+            // SAFETY: valid map value pointer for the duration of the program.
+            unsafe { (*state).data_events_lost += 1 };
+        }
+    }
+    Ok(0)
+}
+
+/// Copies up to `capture_bytes` of the payload into the scratch event; returns the count.
+#[inline(always)]
+fn copy_payload(scratch: &mut crate::maps::DataScratch, args: &IoArgs, bytes: u64) -> usize {
+    let mut cap = global!(CONFIG.capture_bytes) as u64;
+    if cap > MAX_CAPTURE as u64 {
+        cap = MAX_CAPTURE as u64;
+    }
+    if cap > bytes {
+        cap = bytes;
+    }
+    if cap == 0 || args.buf == 0 {
+        return 0;
+    }
+    let base = scratch.event.payload.as_mut_ptr();
+    match args.syscall {
+        syscall::READ | syscall::WRITE | syscall::RECVFROM | syscall::SENDTO => {
+            let n = cap as u32 & (MAX_CAPTURE as u32 * 2 - 1);
+            if n as u64 > cap {
+                return 0;
+            }
+            // SAFETY: `n <= MAX_CAPTURE` bytes into the payload array; a bad user pointer makes
+            // the helper fail without side effects.
+            let rc = unsafe { probe_read_user_raw(base as *mut _, n, args.buf as *const _) };
+            if rc == 0 { n as usize } else { 0 }
+        }
+        syscall::READV | syscall::WRITEV | syscall::RECVMSG | syscall::SENDMSG => {
+            let mut done: u64 = 0;
+            let mut i: u32 = 0;
+            while i < MAX_IOV {
+                if i as u64 >= args.iovcnt || done >= cap {
+                    break;
+                }
+                // struct iovec { void *iov_base; size_t iov_len; }
+                let iov = args.buf + 16 * i as u64;
+                // SAFETY: probe reads of user memory fail cleanly on bad pointers.
+                let Ok(iov_base) = (unsafe { bpf_probe_read_user(iov as *const u64) }) else {
+                    break;
+                };
+                // SAFETY: as above.
+                let Ok(iov_len) = (unsafe { bpf_probe_read_user((iov + 8) as *const u64) }) else {
+                    break;
+                };
+                let mut n = cap - done;
+                if iov_len < n {
+                    n = iov_len;
+                }
+                let off = (done as u32) & (MAX_CAPTURE as u32 - 1);
+                let n = (n as u32) & (MAX_CAPTURE as u32 * 2 - 1);
+                if n > MAX_CAPTURE as u32 {
+                    break;
+                }
+                if n > 0 {
+                    // SAFETY: off < MAX_CAPTURE and n <= MAX_CAPTURE: the write stays inside
+                    // payload + slack of the scratch value.
+                    let rc = unsafe {
+                        probe_read_user_raw(
+                            base.add(off as usize) as *mut _,
+                            n,
+                            iov_base as *const _,
+                        )
+                    };
+                    if rc != 0 {
+                        break;
+                    }
+                }
+                done += n as u64;
+                i += 1;
+            }
+            if done > cap {
+                cap as usize
+            } else {
+                done as usize
+            }
+        }
+        _ => 0,
+    }
+}

@@ -1,0 +1,118 @@
+//! Reading kernel structures at offsets the agent resolved from BTF (see `maps::OFFSETS`).
+
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+    generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
+};
+use meshtap_common::{AF_INET, AF_INET6, Identity, Tuple};
+
+use crate::maps::global;
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+const SOCK_STREAM: u16 = 1;
+const IPPROTO_TCP: u16 = 6;
+
+/// Reads a `T` at `base + off` from kernel memory.
+#[inline(always)]
+fn read<T>(base: u64, off: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel copes with any address: a bad one returns an error.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
+}
+
+/// The `struct sock *` behind file descriptor `fd` of the current task, if it is an IPv4/IPv6
+/// TCP socket: `task->files->fdt->fd[fd]`, checked to be a socket inode, then
+/// `file->private_data` (`struct socket`) `->sk`. Works for sockets opened before the agent.
+#[inline(always)]
+pub fn tcp_sock_of_fd(fd: u64) -> Option<u64> {
+    // SAFETY: helper without preconditions; the result is only dereferenced via probe reads.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, global!(OFFSETS.task_files))?;
+    let fdt: u64 = read(files, global!(OFFSETS.files_fdt))?;
+    let max_fds: u32 = read(fdt, global!(OFFSETS.fdt_max_fds))?;
+    if fd >= max_fds as u64 {
+        return None;
+    }
+    let fd_array: u64 = read(fdt, global!(OFFSETS.fdt_fd))?;
+    let file: u64 = read(fd_array, (fd * 8) as u32)?;
+    if file == 0 {
+        return None;
+    }
+    let inode: u64 = read(file, global!(OFFSETS.file_inode))?;
+    let mode: u16 = read(inode, global!(OFFSETS.inode_mode))?;
+    if mode & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let socket: u64 = read(file, global!(OFFSETS.file_private_data))?;
+    let sk: u64 = read(socket, global!(OFFSETS.socket_sk))?;
+    if sk == 0 {
+        return None;
+    }
+    let family: u16 = read(sk, global!(OFFSETS.sk_family))?;
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    let sk_type: u16 = read(sk, global!(OFFSETS.sk_type))?;
+    let protocol: u16 = read(sk, global!(OFFSETS.sk_protocol))?;
+    if sk_type != SOCK_STREAM || protocol != IPPROTO_TCP {
+        return None;
+    }
+    Some(sk)
+}
+
+/// `sk->sk_state` (TCP_* values from include/net/tcp_states.h).
+#[inline(always)]
+pub fn sock_state(sk: u64) -> u8 {
+    read(sk, global!(OFFSETS.sk_state)).unwrap_or(0)
+}
+
+/// `sk->sk_err`, the error a failed connect leaves behind (set before TCP_CLOSE by
+/// tcp_done_with_error, net/ipv4/tcp_input.c).
+#[inline(always)]
+pub fn sock_err(sk: u64) -> u32 {
+    read::<i32>(sk, global!(OFFSETS.sk_err)).unwrap_or(0) as u32
+}
+
+/// The socket's 4-tuple, local end first.
+#[inline(always)]
+pub fn sock_tuple(sk: u64, tuple: &mut Tuple) {
+    let family: u16 = read(sk, global!(OFFSETS.sk_family)).unwrap_or(0);
+    tuple.family = family;
+    tuple.local_port = read(sk, global!(OFFSETS.sk_num)).unwrap_or(0);
+    tuple.remote_port = u16::from_be(read(sk, global!(OFFSETS.sk_dport)).unwrap_or(0));
+    if family == AF_INET6 {
+        tuple.local_addr = read(sk, global!(OFFSETS.sk_v6_rcv_saddr)).unwrap_or([0; 16]);
+        tuple.remote_addr = read(sk, global!(OFFSETS.sk_v6_daddr)).unwrap_or([0; 16]);
+    } else {
+        let local: [u8; 4] = read(sk, global!(OFFSETS.sk_rcv_saddr)).unwrap_or([0; 4]);
+        let remote: [u8; 4] = read(sk, global!(OFFSETS.sk_daddr)).unwrap_or([0; 4]);
+        tuple.local_addr = [0; 16];
+        tuple.remote_addr = [0; 16];
+        tuple.local_addr[..4].copy_from_slice(&local);
+        tuple.remote_addr[..4].copy_from_slice(&remote);
+    }
+}
+
+/// The current thread and its process.
+#[inline(always)]
+pub fn current_identity(who: &mut Identity) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    who.tgid = (pid_tgid >> 32) as u32;
+    who.tid = pid_tgid as u32;
+    // SAFETY: helpers without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    who.start_ns = read::<u64>(task, global!(OFFSETS.task_group_leader))
+        .and_then(|leader| read::<u64>(leader, global!(OFFSETS.task_start_boottime)))
+        .unwrap_or(0);
+    // SAFETY: as above.
+    who.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    who.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}
+
+/// The network namespace inode of the socket (`sk->skc_net.net->ns.inum`).
+#[inline(always)]
+pub fn sock_netns(sk: u64) -> u32 {
+    read::<u64>(sk, global!(OFFSETS.sk_net))
+        .and_then(|net| read::<u32>(net, global!(OFFSETS.net_inum)))
+        .unwrap_or(0)
+}
