@@ -1,0 +1,352 @@
+//! `cargo xtask setup`: idempotently installs what building and testing need. Every step prints
+//! one line and returns quickly (a few cheap probes, no network) when already satisfied.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cmd::{Ctx, euid, exists_on_path, probe, probe_stdout, run};
+
+/// The only bpf-linker that links against the image's nightly rustc LLVM (22); 0.11+ needs a
+/// separate LLVM that Debian 12 cannot provide (see `PLATFORM.md`).
+const BPF_LINKER_VERSION: &str = "0.10.3";
+
+/// Debian packages the integration tests use:
+/// - `nginx`, `redis-server`, `prometheus`: real services the agent observes (and prometheus's
+///   `promtool` to check the exposition format);
+/// - `curl`, `wrk`: HTTP client and load generator;
+/// - `python3`: test helpers (stand-in Zipkin collector, schema validation);
+/// - `iproute2`: network namespaces and veth pairs (`ip`), `ss`;
+/// - `bpftool`: inspect the programs and maps the agent loads;
+/// - `procps` (`ps`, `pgrep`, `sysctl`), `psmisc` (`fuser`, `killall`): process / port handling.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "nginx",
+    "curl",
+    "python3",
+    "iproute2",
+    "bpftool",
+    "prometheus",
+    "wrk",
+    "redis-server",
+    "procps",
+    "psmisc",
+];
+
+/// Packages whose install starts a service that would hold a port the tests use:
+/// (package, service, port). Stopped right after they are installed.
+const SERVICES: &[(&str, &str, u16)] = &[
+    ("nginx", "nginx", 80),
+    ("prometheus", "prometheus", 9090),
+    ("redis-server", "redis-server", 6379),
+];
+
+/// Python modules the tests import, and the PyPI distributions that provide them.
+const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests";
+const PYTHON_PACKAGES: &[&str] = &["jsonschema", "pyyaml", "requests"];
+
+/// Runs the whole setup; `packages == false` (`--no-packages`) skips the apt and pip steps.
+pub fn setup(ctx: &Ctx, packages: bool) -> Result<()> {
+    let start = Instant::now();
+    rust(ctx)?;
+    if packages {
+        let mut apt = Apt::default();
+        debian_packages(ctx, &mut apt)?;
+        python_modules(ctx, &mut apt)?;
+    } else {
+        step("debian packages", "skipped (--no-packages)");
+        step("python modules", "skipped (--no-packages)");
+    }
+    eprintln!("[setup] done in {:.2}s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The Rust pieces only: what `cargo build -p meshtap` (agent/build.rs) and the lints need.
+pub fn rust(ctx: &Ctx) -> Result<()> {
+    nightly_rust_src(ctx)?;
+    lint_components(ctx)?;
+    bpf_linker(ctx)
+}
+
+fn step(name: &str, what: &str) {
+    eprintln!("[setup] {name}: {what}");
+}
+
+/// `rustup` for probes: never lets a probe silently download a toolchain.
+fn rustup_probe(ctx: &Ctx) -> std::process::Command {
+    let mut cmd = ctx.cmd("rustup");
+    cmd.env("RUSTUP_AUTO_INSTALL", "0");
+    cmd
+}
+
+/// Step 1: the nightly toolchain (on the image) needs `rust-src` for `-Z build-std=core`.
+fn nightly_rust_src(ctx: &Ctx) -> Result<()> {
+    const NAME: &str = "rust-src (nightly)";
+    if !exists_on_path(ctx, "rustup") {
+        bail!(
+            "rustup not found (looked on PATH and in {}): install rustup with the stable and \
+             nightly toolchains (https://rustup.rs)",
+            ctx.cargo_bin.display()
+        );
+    }
+    let toolchains =
+        probe_stdout(rustup_probe(ctx).args(["toolchain", "list"])).unwrap_or_default();
+    if !toolchains
+        .lines()
+        .any(|line| line.starts_with("nightly-") || line.starts_with("nightly "))
+    {
+        bail!(
+            "the nightly toolchain is not installed (agent/build.rs compiles agent-ebpf with it via \
+             aya-build); install it with `rustup toolchain install nightly --profile minimal \
+             --component rust-src` and re-run `cargo xtask setup`"
+        );
+    }
+    let installed = probe_stdout(rustup_probe(ctx).args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("`rustup component list --toolchain nightly --installed` failed")?;
+    if has_component(&installed, "rust-src") {
+        step(NAME, "already installed");
+        return Ok(());
+    }
+    step(NAME, "installing");
+    run(ctx
+        .cmd("rustup")
+        .args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// `rustup component list --installed` prints `rust-src` bare and others as `<name>-<target>`.
+fn has_component(list: &str, name: &str) -> bool {
+    list.lines().map(str::trim).any(|line| {
+        line == name
+            || line
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('-'))
+    })
+}
+
+/// rustfmt and clippy for the toolchain running xtask (stable): `lint` and `test` need them.
+fn lint_components(ctx: &Ctx) -> Result<()> {
+    const NAME: &str = "rustfmt + clippy (stable)";
+    let installed = probe_stdout(rustup_probe(ctx).args(["component", "list", "--installed"]))
+        .context("`rustup component list --installed` failed")?;
+    let missing: Vec<&str> = ["rustfmt", "clippy"]
+        .into_iter()
+        .filter(|c| !has_component(&installed, c))
+        .collect();
+    if missing.is_empty() {
+        step(NAME, "already installed");
+        return Ok(());
+    }
+    step(NAME, &format!("installing {}", missing.join(" ")));
+    run(ctx.cmd("rustup").args(["component", "add"]).args(&missing))
+}
+
+/// Step 2: bpf-linker, exactly [`BPF_LINKER_VERSION`].
+fn bpf_linker(ctx: &Ctx) -> Result<()> {
+    let name = format!("bpf-linker {BPF_LINKER_VERSION}");
+    // `bpf-linker 0.10.3`; resolved on the augmented PATH, i.e. ~/.cargo/bin first.
+    let found = probe_stdout(ctx.cmd("bpf-linker").arg("--version"));
+    let version = found
+        .as_deref()
+        .and_then(|out| out.split_whitespace().nth(1).map(str::to_owned));
+    if version.as_deref() == Some(BPF_LINKER_VERSION) {
+        step(&name, "already installed");
+        return Ok(());
+    }
+    let why = match version {
+        Some(other) => format!("found {other}, installing (takes about 2 minutes)"),
+        None => "not found, installing (takes about 2 minutes)".to_owned(),
+    };
+    step(&name, &why);
+    run(ctx
+        .cargo([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+        ])
+        .stdin(Stdio::null()))?;
+    let out = probe_stdout(ctx.cmd("bpf-linker").arg("--version")).unwrap_or_default();
+    if out.split_whitespace().nth(1) != Some(BPF_LINKER_VERSION) {
+        bail!(
+            "bpf-linker still not {BPF_LINKER_VERSION} after `cargo install` (got {:?}); is \
+             another bpf-linker earlier on PATH than {}?",
+            out.trim(),
+            ctx.cargo_bin.display()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `apt-get update` at most once per setup.
+#[derive(Default)]
+struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    fn install(&mut self, ctx: &Ctx, packages: &[&str]) -> Result<()> {
+        if euid() != 0 {
+            bail!(
+                "installing Debian packages needs root: run `apt-get install -y \
+                 --no-install-recommends {}` as root, re-run as root, or pass --no-packages",
+                packages.join(" ")
+            );
+        }
+        if !self.updated {
+            run(apt_get(ctx).arg("update"))?;
+            self.updated = true;
+        }
+        run(apt_get(ctx)
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(packages))
+    }
+}
+
+fn apt_get(ctx: &Ctx) -> std::process::Command {
+    let mut cmd = ctx.cmd("apt-get");
+    cmd.env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Which of `packages` dpkg does not report as installed.
+fn missing_debian_packages<'a>(ctx: &Ctx, packages: &[&'a str]) -> Result<Vec<&'a str>> {
+    if !exists_on_path(ctx, "dpkg-query") {
+        bail!("dpkg-query not found: this setup expects Debian 12; pass --no-packages to skip");
+    }
+    // One query for all: exits 1 when some package is unknown, but still lists the known ones.
+    let out = probe(
+        ctx.cmd("dpkg-query")
+            .args(["-W", "-f=${Package}\t${Status}\n"])
+            .args(packages),
+    )?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let installed = |pkg: &str| {
+        stdout.lines().any(|line| {
+            line.split_once('\t').is_some_and(|(name, status)| {
+                name == pkg && status.split_whitespace().last() == Some("installed")
+            })
+        })
+    };
+    Ok(packages
+        .iter()
+        .copied()
+        .filter(|pkg| !installed(pkg))
+        .collect())
+}
+
+/// Step 3: the Debian packages, then stop the services their install may have started.
+fn debian_packages(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
+    const NAME: &str = "debian packages";
+    let missing = missing_debian_packages(ctx, DEBIAN_PACKAGES)?;
+    if missing.is_empty() {
+        step(NAME, &format!("all {} installed", DEBIAN_PACKAGES.len()));
+        return Ok(());
+    }
+    step(NAME, &format!("installing {}", missing.join(" ")));
+    apt.install(ctx, &missing)?;
+    let still = missing_debian_packages(ctx, DEBIAN_PACKAGES)?;
+    if !still.is_empty() {
+        bail!("apt-get install did not install: {}", still.join(" "));
+    }
+    stop_services(ctx, &missing);
+    Ok(())
+}
+
+/// Debian's nginx / prometheus / redis-server start their service on install (unless a
+/// `policy-rc.d` forbids it). Stop them so ports 80/9090/6379 are free for the tests; failures
+/// (not running, no init script) are ignored.
+fn stop_services(ctx: &Ctx, installed_now: &[&str]) {
+    let services: Vec<(&str, u16)> = SERVICES
+        .iter()
+        .filter(|(pkg, _, _)| installed_now.contains(pkg))
+        .map(|&(_, service, port)| (service, port))
+        .collect();
+    if services.is_empty() {
+        return;
+    }
+    let init = probe_stdout(ctx.cmd("ps").args(["-p", "1", "-o", "comm="]))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let systemd = init == "systemd";
+    for &(service, _) in &services {
+        let mut cmd = if systemd {
+            let mut cmd = ctx.cmd("systemctl");
+            cmd.args(["stop", service]);
+            cmd
+        } else {
+            let mut cmd = ctx.cmd("service");
+            cmd.args([service, "stop"]);
+            cmd
+        };
+        let _ignored = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    let list: Vec<String> = services
+        .iter()
+        .map(|(service, port)| format!("{service} (:{port})"))
+        .collect();
+    step(
+        "services",
+        &format!(
+            "stopped {} via {} (PID 1 is {:?})",
+            list.join(", "),
+            if systemd { "systemctl" } else { "service" },
+            init
+        ),
+    );
+}
+
+/// Step 4: Python modules for the tests, with pip, only if they do not import already.
+fn python_modules(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
+    let name = format!("python modules ({})", PYTHON_PACKAGES.join(", "));
+    let imports = || {
+        probe(ctx.cmd("python3").args(["-c", PYTHON_IMPORTS])).is_ok_and(|out| out.status.success())
+    };
+    if imports() {
+        step(&name, "already importable");
+        return Ok(());
+    }
+    if !probe(ctx.cmd("python3").args(["-m", "pip", "--version"]))
+        .is_ok_and(|out| out.status.success())
+    {
+        step("python3-pip", "pip missing, installing");
+        apt.install(ctx, &["python3-pip"])?;
+    }
+    step(&name, "installing with pip");
+    let mut pip = ctx.cmd("python3");
+    pip.args(["-m", "pip", "install", "--quiet"])
+        .args(PYTHON_PACKAGES)
+        .stdin(Stdio::null())
+        // Understood by every pip that has the matching check; ignored by older ones.
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .env("PIP_ROOT_USER_ACTION", "ignore");
+    if externally_managed(ctx) {
+        // Debian's own python3 refuses pip installs (PEP 668). On Debian, pip installs to
+        // /usr/local/lib/python3.11/dist-packages and leaves dpkg's files alone.
+        pip.env("PIP_BREAK_SYSTEM_PACKAGES", "1");
+    }
+    run(&mut pip)?;
+    if !imports() {
+        bail!("`python3 -c '{PYTHON_IMPORTS}'` still fails after the pip install");
+    }
+    Ok(())
+}
+
+/// Whether `python3` is marked externally managed (PEP 668), as Debian's `/usr/bin/python3` is.
+fn externally_managed(ctx: &Ctx) -> bool {
+    probe_stdout(ctx.cmd("python3").args([
+        "-c",
+        "import sysconfig; print(sysconfig.get_path('stdlib'))",
+    ]))
+    .is_some_and(|stdlib| Path::new(stdlib.trim()).join("EXTERNALLY-MANAGED").exists())
+}
