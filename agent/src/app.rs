@@ -1,0 +1,258 @@
+//! Wiring: pre-flight, endpoint, load and attach, then the stages with bounded queues between
+//! them, and an orderly shutdown on SIGINT/SIGTERM.
+//!
+//! kernel -> reader thread -> queue -> processor (connection table, metrics) -> endpoint
+
+use std::{
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use meshtap_common::{map_id, stat};
+use tokio::{signal::unix::SignalKind, sync::mpsc};
+
+use crate::{
+    config::Config,
+    conntrack::{ConnTable, Listener},
+    ebpf::{self, KernelMaps, reader::Reader},
+    event::Event,
+    export::http::{Endpoint, router},
+    metadata::proc::scan_listeners,
+    metrics::{LostLabels, MapLabels, Metrics},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Load(#[from] ebpf::LoadError),
+    #[error(
+        "cannot listen on {addr}: {source} (is another meshtap or service using it? pick another with --listen)"
+    )]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP endpoint failed: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// How long a connection may be silent before the sweep asks the kernel whether it still exists.
+const SWEEP_IDLE: Duration = Duration::from_secs(60);
+
+pub async fn run(config: Config) -> Result<(), RunError> {
+    let tracefs = ebpf::preflight()?;
+    // Bind before loading anything, so that a busy port fails fast and leaves nothing behind.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+
+    let metrics = Arc::new(Metrics::new());
+    let table = Arc::new(Mutex::new(ConnTable::new(
+        metrics.clone(),
+        config.max_connections as usize,
+        config.max_series as usize,
+    )));
+    let ready = Arc::new(AtomicBool::new(false));
+    let endpoint = Endpoint {
+        metrics: metrics.clone(),
+        table: table.clone(),
+        ready: ready.clone(),
+    };
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router(endpoint))
+            .with_graceful_shutdown(async move {
+                let _ = shutdown_rx.changed().await;
+            })
+            .await
+    });
+
+    let btf = ebpf::btf::KernelBtf::from_sys_fs().map_err(ebpf::LoadError::from)?;
+    let offsets = ebpf::offsets::resolve(&btf, &tracefs).map_err(ebpf::LoadError::from)?;
+    drop(btf);
+    let (probes, ring, maps) = ebpf::load(&config, &offsets)?;
+    metrics.programs_attached.set(probes.attached as i64);
+
+    // Listeners that existed before the programs were attached.
+    seed_listeners(&table);
+
+    let queue_batches = (config.queue_events as usize / ebpf::reader::BATCH).max(1);
+    let (tx, rx) = mpsc::channel::<Vec<Event>>(queue_batches);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = Reader {
+        ring,
+        queue: tx,
+        metrics: metrics.clone(),
+        poll_interval: Duration::from_millis(config.poll_interval_ms),
+        stop: stop.clone(),
+    };
+    let reader = std::thread::Builder::new()
+        .name("ringbuf-reader".into())
+        .spawn(move || reader.run())
+        .map_err(RunError::Signals)?;
+    let processor = tokio::spawn(process(rx, table.clone()));
+    let maps = Arc::new(Mutex::new(maps));
+    let housekeeping = tokio::spawn(housekeeping(maps.clone(), metrics.clone(), table.clone()));
+
+    ready.store(true, Ordering::Release);
+    log::info!(
+        "meshtap ready: {} programs attached, serving http://{}/metrics",
+        probes.attached,
+        config.listen
+    );
+
+    let mut sigterm =
+        tokio::signal::unix::signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut sigint =
+        tokio::signal::unix::signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let server_result = tokio::select! {
+        _ = sigterm.recv() => { log::info!("SIGTERM: shutting down"); None }
+        _ = sigint.recv() => { log::info!("SIGINT: shutting down"); None }
+        r = server => Some(r),
+    };
+
+    // Shutdown order: stop serving, detach the programs (no new events), stop the reader, let
+    // the processor drain what is queued.
+    ready.store(false, Ordering::Release);
+    let _ = shutdown_tx.send(true);
+    housekeeping.abort();
+    drop(probes);
+    stop.store(true, Ordering::Relaxed);
+    let _ = reader.join();
+    let _ = processor.await;
+    drop(maps);
+    log::info!("all eBPF programs detached");
+    match server_result {
+        Some(Ok(Err(e))) => Err(RunError::Serve(e)),
+        _ => Ok(()),
+    }
+}
+
+fn seed_listeners(table: &Mutex<ConnTable>) {
+    match scan_listeners(Path::new("/proc"), 65536) {
+        Ok(scan) => {
+            let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
+            let mut seen_netns = std::collections::HashSet::new();
+            for l in scan.listeners {
+                let netns = l.netns as u32;
+                if seen_netns.insert(netns) {
+                    for ip in crate::metadata::netns_addresses(l.tgid) {
+                        table.listeners.add_addr(netns, ip);
+                    }
+                }
+                table.listeners.add(Listener {
+                    addr: l.addr,
+                    netns,
+                    comm: l.comm,
+                });
+            }
+            if scan.skipped > 0 {
+                log::warn!(
+                    "{} listening sockets not indexed (limit reached)",
+                    scan.skipped
+                );
+            }
+        }
+        Err(e) => log::warn!("cannot scan existing listeners: {e}"),
+    }
+}
+
+async fn process(mut rx: mpsc::Receiver<Vec<Event>>, table: Arc<Mutex<ConnTable>>) {
+    while let Some(batch) = rx.recv().await {
+        let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
+        for event in batch {
+            table.handle(event);
+        }
+    }
+}
+
+/// Once a second: kernel counters and map occupancy into metrics; every minute: end connections
+/// whose close event was lost.
+async fn housekeeping(
+    maps: Arc<Mutex<KernelMaps>>,
+    metrics: Arc<Metrics>,
+    table: Arc<Mutex<ConnTable>>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n += 1;
+        let maps = maps.clone();
+        let metrics_c = metrics.clone();
+        let table_c = table.clone();
+        let sweep = n.is_multiple_of(SWEEP_IDLE.as_secs());
+        // Map iteration is a syscall per key: keep it off the async workers.
+        let _ = tokio::task::spawn_blocking(move || {
+            let maps = maps.lock().unwrap_or_else(|e| e.into_inner());
+            refresh_kernel_metrics(&maps, &metrics_c);
+            if sweep {
+                let now = monotonic_ns();
+                let mut table = table_c.lock().unwrap_or_else(|e| e.into_inner());
+                let ended = table.sweep(now, SWEEP_IDLE.as_nanos() as u64, |sk, id| {
+                    maps.tracks(sk, id)
+                });
+                if ended > 0 {
+                    log::debug!("ended {ended} connections whose close event was lost");
+                }
+            }
+        })
+        .await;
+    }
+}
+
+fn refresh_kernel_metrics(maps: &KernelMaps, metrics: &Metrics) {
+    let stats = maps.stats();
+    for k in 1..meshtap_common::kind::COUNT {
+        let slot = (stat::LOST_BASE + k as u32) as usize;
+        let counter = metrics.events_lost.get_or_create_owned(&LostLabels {
+            stage: "kernel".to_string(),
+            kind: crate::event::kind_name(k).to_string(),
+        });
+        metrics.kernel_counter(slot, stats[slot], &counter);
+    }
+    for (i, name) in map_id::NAMES.iter().enumerate() {
+        let slot = (stat::MAP_FAIL_BASE as usize) + i;
+        let counter = metrics.map_insert_failures.get_or_create_owned(&MapLabels {
+            map: name.to_string(),
+        });
+        metrics.kernel_counter(slot, stats[slot], &counter);
+    }
+    let slot = stat::RETRANSMIT_UNTRACKED as usize;
+    metrics.kernel_counter(slot, stats[slot], &metrics.retransmits_untracked);
+
+    let entries = [
+        ("conns", maps.conns.keys().count()),
+        ("io_args", maps.io_args.keys().count()),
+        ("connect_args", maps.connect_args.keys().count()),
+    ];
+    for (name, count) in entries {
+        metrics
+            .map_entries
+            .get_or_create(&MapLabels {
+                map: name.to_string(),
+            })
+            .set(count as i64);
+    }
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

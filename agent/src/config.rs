@@ -1,0 +1,269 @@
+//! One configuration: command-line flags over a TOML file over defaults, validated once.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use meshtap_common::{DEFAULT_CAPTURE, MAX_CAPTURE};
+
+/// meshtap: zero-instrumentation TCP and service metrics for every process on this node, from
+/// eBPF syscall and TCP tracepoints (no kprobes). Must run as root (or with CAP_BPF, CAP_PERFMON,
+/// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH).
+#[derive(Parser, Debug, Default)]
+#[command(name = "meshtap", version, about, long_about = None)]
+pub struct Flags {
+    /// Read settings from this TOML file (keys as in the README: listen, capture_bytes, ...).
+    /// Flags given on the command line override the file.
+    #[arg(long, value_name = "FILE", env = "MESHTAP_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Address of the HTTP endpoint serving /metrics, /healthz, /readyz and
+    /// /api/v1/connections [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Payload bytes captured from each read/write for protocol parsing, 0..=4096 [default: 1024].
+    /// Byte counts are always exact whatever this is.
+    #[arg(long, value_name = "N")]
+    pub capture_bytes: Option<u32>,
+
+    /// Size of the kernel ring buffer in bytes: a power of two, at least 4096 [default: 8388608].
+    /// Events that do not fit are counted in meshtap_events_lost_total{stage="kernel"}.
+    #[arg(long, value_name = "BYTES")]
+    pub ring_buffer_bytes: Option<u32>,
+
+    /// Connections tracked at once, in the kernel map and in the agent [default: 65536].
+    /// Failed inserts are counted in meshtap_map_insert_failures_total.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u32>,
+
+    /// Events buffered between the ring-buffer reader and the processing stage [default: 65536].
+    /// Overflow is counted in meshtap_events_lost_total{stage="userspace_queue"}.
+    #[arg(long, value_name = "N")]
+    pub queue_events: Option<u32>,
+
+    /// How often the reader drains the ring buffer when the kernel has not woken it, in ms
+    /// (the kernel wakes it early once a quarter of the ring is pending) [default: 20].
+    #[arg(long, value_name = "MS")]
+    pub poll_interval_ms: Option<u64>,
+
+    /// Label sets allowed per metric family; further ones are folded into one
+    /// "__overflow__" series and counted in meshtap_metric_series_overflow_total [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_series: Option<u32>,
+
+    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides) [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// The same settings as a file. Unknown keys are an error, so a typo never goes unnoticed.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub capture_bytes: Option<u32>,
+    pub ring_buffer_bytes: Option<u32>,
+    pub max_connections: Option<u32>,
+    pub queue_events: Option<u32>,
+    pub poll_interval_ms: Option<u64>,
+    pub max_series: Option<u32>,
+    pub log_level: Option<String>,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub capture_bytes: u32,
+    pub ring_buffer_bytes: u32,
+    pub max_connections: u32,
+    pub queue_events: u32,
+    pub poll_interval_ms: u64,
+    pub max_series: u32,
+    pub log_level: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid {setting} = {value}: {expected}")]
+    Invalid {
+        setting: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+impl Config {
+    pub fn load(flags: Flags) -> Result<Self, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.message().to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let config = Config {
+            listen: flags
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
+            capture_bytes: flags
+                .capture_bytes
+                .or(file.capture_bytes)
+                .unwrap_or(DEFAULT_CAPTURE),
+            ring_buffer_bytes: flags
+                .ring_buffer_bytes
+                .or(file.ring_buffer_bytes)
+                .unwrap_or(8 * 1024 * 1024),
+            max_connections: flags
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(65536),
+            queue_events: flags.queue_events.or(file.queue_events).unwrap_or(65536),
+            poll_interval_ms: flags
+                .poll_interval_ms
+                .or(file.poll_interval_ms)
+                .unwrap_or(20),
+            max_series: flags.max_series.or(file.max_series).unwrap_or(10000),
+            log_level: flags
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".to_string()),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, value: String, expected| {
+            Err(ConfigError::Invalid {
+                setting,
+                value,
+                expected,
+            })
+        };
+        if self.capture_bytes as usize > MAX_CAPTURE {
+            return invalid(
+                "capture_bytes (--capture-bytes)",
+                self.capture_bytes.to_string(),
+                "must be between 0 and 4096",
+            );
+        }
+        if self.ring_buffer_bytes < 4096 || !self.ring_buffer_bytes.is_power_of_two() {
+            return invalid(
+                "ring_buffer_bytes (--ring-buffer-bytes)",
+                self.ring_buffer_bytes.to_string(),
+                "must be a power of two of at least 4096",
+            );
+        }
+        if !(16..=4_194_304).contains(&self.max_connections) {
+            return invalid(
+                "max_connections (--max-connections)",
+                self.max_connections.to_string(),
+                "must be between 16 and 4194304",
+            );
+        }
+        if !(1024..=16_777_216).contains(&self.queue_events) {
+            return invalid(
+                "queue_events (--queue-events)",
+                self.queue_events.to_string(),
+                "must be between 1024 and 16777216",
+            );
+        }
+        if !(1..=10_000).contains(&self.poll_interval_ms) {
+            return invalid(
+                "poll_interval_ms (--poll-interval-ms)",
+                self.poll_interval_ms.to_string(),
+                "must be between 1 and 10000",
+            );
+        }
+        if self.max_series < 10 {
+            return invalid(
+                "max_series (--max-series)",
+                self.max_series.to_string(),
+                "must be at least 10",
+            );
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
+            return invalid(
+                "log_level (--log-level)",
+                self.log_level.clone(),
+                "must be one of error, warn, info, debug, trace",
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::load(Flags::default()).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(config.capture_bytes, DEFAULT_CAPTURE);
+    }
+
+    #[test]
+    fn flag_beats_file_and_unknown_keys_fail() {
+        let dir = std::env::temp_dir().join(format!("meshtap-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ok.toml");
+        std::fs::write(&path, "capture_bytes = 256\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        let config = Config::load(Flags {
+            config: Some(path.clone()),
+            listen: Some("127.0.0.1:2".parse().unwrap()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(config.capture_bytes, 256);
+        assert_eq!(config.listen.port(), 2);
+
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "capture_byte = 256\n").unwrap();
+        let err = Config::load(Flags {
+            config: Some(bad),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("capture_byte"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_setting() {
+        let err = Config::load(Flags {
+            capture_bytes: Some(999_999),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--capture-bytes"), "{err}");
+        let err = Config::load(Flags {
+            ring_buffer_bytes: Some(5000),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--ring-buffer-bytes"), "{err}");
+    }
+}

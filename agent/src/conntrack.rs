@@ -1,0 +1,731 @@
+//! The connection table: every tracked TCP connection with its owner, role and edge labels, and
+//! the L4 metrics that follow from the lifecycle and data events.
+//!
+//! Naming an edge needs to know which local process is at the other end. Servers are found in the
+//! listener table (LISTEN events, plus a /proc scan at start-up); clients by their local address
+//! among the tracked client connections. A client's open event always precedes the server's
+//! accept in the ring buffer (the client's ESTABLISHED causes the server's), so both sides name
+//! each other consistently without waiting.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+
+use meshtap_common::{direction, flags, role};
+
+use crate::{
+    event::{ConnTotals, Event, Meta, Process},
+    metrics::{EdgeLabels, FailedLabels, Metrics, OVERFLOW},
+};
+
+/// A listening socket on this node.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub netns: u32,
+    pub comm: String,
+}
+
+/// Who listens where, and which addresses each network namespace owns.
+#[derive(Default)]
+pub struct Listeners {
+    by_port: HashMap<u16, Vec<Listener>>,
+    netns_addrs: HashMap<u32, HashSet<IpAddr>>,
+}
+
+impl Listeners {
+    pub fn add(&mut self, listener: Listener) {
+        if !listener.addr.ip().is_unspecified() {
+            self.add_addr(listener.netns, listener.addr.ip());
+        }
+        let list = self.by_port.entry(listener.addr.port()).or_default();
+        list.retain(|l| !(l.addr == listener.addr && l.netns == listener.netns));
+        list.push(listener);
+    }
+
+    pub fn remove(&mut self, addr: SocketAddr, netns: u32) {
+        if let Some(list) = self.by_port.get_mut(&addr.port()) {
+            list.retain(|l| !(l.addr == addr && l.netns == netns));
+            if list.is_empty() {
+                self.by_port.remove(&addr.port());
+            }
+        }
+    }
+
+    pub fn add_addr(&mut self, netns: u32, ip: IpAddr) {
+        if netns != 0 && !ip.is_unspecified() {
+            self.netns_addrs.entry(netns).or_default().insert(ip);
+        }
+    }
+
+    pub fn knows_netns(&self, netns: u32) -> bool {
+        self.netns_addrs.contains_key(&netns)
+    }
+
+    /// The local listener a client in `client_netns` reaches at `remote`, if there is exactly
+    /// one candidate. Loopback addresses only reach the client's own namespace; other addresses
+    /// reach a wildcard listener only in a namespace known to own that address.
+    pub fn server_for(&self, client_netns: u32, remote: SocketAddr) -> Option<&Listener> {
+        let list = self.by_port.get(&remote.port())?;
+        let loopback = remote.ip().is_loopback();
+        let reachable = |l: &&Listener| {
+            if loopback && client_netns != 0 && l.netns != 0 && l.netns != client_netns {
+                return false;
+            }
+            if l.addr.ip() == remote.ip() {
+                return true;
+            }
+            if !l.addr.ip().is_unspecified() {
+                return false;
+            }
+            loopback
+                || self
+                    .netns_addrs
+                    .get(&l.netns)
+                    .is_some_and(|addrs| addrs.contains(&remote.ip()))
+        };
+        let mut candidates = list.iter().filter(reachable);
+        let first = candidates.next()?;
+        // Exact address matches win over wildcards; otherwise an ambiguous match names nobody.
+        match candidates.next() {
+            None => Some(first),
+            Some(second) => [first, second]
+                .into_iter()
+                .chain(list.iter().filter(reachable).skip(2))
+                .find(|l| l.addr.ip() == remote.ip()),
+        }
+    }
+
+    /// Whether `local` is a listening address in `netns` (to infer the role of a connection
+    /// that was already open when the agent started).
+    pub fn is_listening(&self, netns: u32, local: SocketAddr) -> bool {
+        self.by_port.get(&local.port()).is_some_and(|list| {
+            list.iter().any(|l| {
+                (l.netns == netns || netns == 0 || l.netns == 0)
+                    && (l.addr.ip() == local.ip() || l.addr.ip().is_unspecified())
+            })
+        })
+    }
+}
+
+/// One tracked TCP connection, from one side.
+pub struct Connection {
+    pub id: u64,
+    pub sk: u64,
+    pub role: u8,
+    pub netns: u32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub process: Process,
+    pub labels: EdgeLabels,
+    pub pre_existing: bool,
+    pub opened_ns: u64,
+    pub last_seen_ns: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub retransmits: u64,
+    sent: Counter,
+    received: Counter,
+}
+
+/// What `/api/v1/connections` shows of a connection.
+#[derive(Serialize)]
+pub struct ConnectionView {
+    pub id: u64,
+    pub role: &'static str,
+    pub local: String,
+    pub remote: String,
+    pub pid: u32,
+    pub comm: String,
+    pub start_time_ns: u64,
+    pub cgroup_id: u64,
+    pub netns: u32,
+    pub pre_existing: bool,
+    /// Monotonic ns when the connection opened (or was first seen).
+    pub opened_ns: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub retransmits: u64,
+}
+
+pub fn role_name(r: u8) -> &'static str {
+    match r {
+        role::CLIENT => "client",
+        role::SERVER => "server",
+        _ => "unknown",
+    }
+}
+
+/// `meshtap_tcp_connections_failed_total{reason}` from a connect errno.
+pub fn failure_reason(errno: u32) -> &'static str {
+    match errno as i32 {
+        libc::ECONNREFUSED => "refused",
+        libc::ETIMEDOUT => "timed_out",
+        libc::ENETUNREACH | libc::EHOSTUNREACH => "unreachable",
+        libc::ECONNRESET => "reset",
+        libc::EADDRNOTAVAIL => "address_unavailable",
+        libc::EACCES | libc::EPERM => "denied",
+        _ => "other",
+    }
+}
+
+/// A bounded, time-limited memory of closed client endpoints (see `ConnTable::recent_clients`).
+#[derive(Default)]
+struct RecentClients {
+    by_addr: HashMap<SocketAddr, (u32, String, u64)>,
+    order: std::collections::VecDeque<(SocketAddr, u64)>,
+}
+
+impl RecentClients {
+    const CAPACITY: usize = 16384;
+    const TTL_NS: u64 = 30_000_000_000;
+
+    fn insert(&mut self, addr: SocketAddr, netns: u32, comm: String, ts_ns: u64) {
+        while self.order.len() >= Self::CAPACITY
+            || self
+                .order
+                .front()
+                .is_some_and(|(_, t)| ts_ns.saturating_sub(*t) > Self::TTL_NS)
+        {
+            let Some((old, t)) = self.order.pop_front() else {
+                break;
+            };
+            if self.by_addr.get(&old).is_some_and(|e| e.2 == t) {
+                self.by_addr.remove(&old);
+            }
+        }
+        self.by_addr.insert(addr, (netns, comm, ts_ns));
+        self.order.push_back((addr, ts_ns));
+    }
+
+    fn get(&self, addr: SocketAddr, server_netns: u32, now_ns: u64) -> Option<&str> {
+        let (netns, comm, ts) = self.by_addr.get(&addr)?;
+        let same_host = !addr.ip().is_loopback() || *netns == server_netns;
+        (same_host && now_ns.saturating_sub(*ts) <= Self::TTL_NS).then_some(comm.as_str())
+    }
+}
+
+pub struct ConnTable {
+    conns: HashMap<u64, Connection>,
+    /// Tracked client connections by their local address (to name the client at the server).
+    clients_by_local: HashMap<SocketAddr, u64>,
+    pub listeners: Listeners,
+    /// Client endpoints whose connection already closed, for a server that accepts late: a
+    /// client that connects and closes at once reaches TCP_CLOSE as soon as its FIN is acked
+    /// (orphaned FIN_WAIT2 becomes a timewait socket, net/ipv4/tcp_input.c), which can be before
+    /// the server's accept() returns. The address stays reserved by the timewait socket for
+    /// TCP_TIMEWAIT_LEN (60 s), so a tombstone younger than that still names the right client.
+    recent_clients: RecentClients,
+    /// Edge label sets in use (bounded by `max_series`).
+    edges: HashSet<EdgeLabels>,
+    failed_series: HashSet<FailedLabels>,
+    metrics: Arc<Metrics>,
+    max_connections: usize,
+    max_series: usize,
+}
+
+impl ConnTable {
+    pub fn new(metrics: Arc<Metrics>, max_connections: usize, max_series: usize) -> Self {
+        ConnTable {
+            conns: HashMap::new(),
+            clients_by_local: HashMap::new(),
+            listeners: Listeners::default(),
+            recent_clients: RecentClients::default(),
+            edges: HashSet::new(),
+            failed_series: HashSet::new(),
+            metrics,
+            max_connections,
+            max_series,
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<ConnectionView> {
+        let mut out: Vec<ConnectionView> = self
+            .conns
+            .values()
+            .map(|c| ConnectionView {
+                id: c.id,
+                role: role_name(c.role),
+                local: c.local.to_string(),
+                remote: c.remote.to_string(),
+                pid: c.process.tgid,
+                comm: c.process.comm.clone(),
+                start_time_ns: c.process.start_ns,
+                cgroup_id: c.process.cgroup_id,
+                netns: c.netns,
+                pre_existing: c.pre_existing,
+                opened_ns: c.opened_ns,
+                bytes_sent: c.bytes_sent,
+                bytes_received: c.bytes_received,
+                retransmits: c.retransmits,
+            })
+            .collect();
+        out.sort_by_key(|c| c.id);
+        out
+    }
+
+    pub fn handle(&mut self, event: Event) {
+        match event {
+            Event::ConnOpen { meta, connect_ns } => self.open(&meta, connect_ns),
+            Event::ConnFail { meta, errno } => self.fail(&meta, errno),
+            Event::ConnClose { meta, totals } => self.close(&meta, totals),
+            Event::Data {
+                meta,
+                bytes,
+                direction,
+                ..
+            } => self.data(&meta, bytes, direction),
+            Event::Retransmit { meta } => {
+                let labels = match self.conns.get_mut(&meta.conn_id) {
+                    Some(c) => {
+                        c.retransmits += 1;
+                        c.labels.clone()
+                    }
+                    None => self.edge_labels(&meta, self.resolve_role(&meta)),
+                };
+                self.metrics.retransmits.get_or_create(&labels).inc();
+            }
+            Event::Listen { meta } => {
+                self.listeners.add(Listener {
+                    addr: meta.local,
+                    netns: meta.netns,
+                    comm: meta.process.comm.clone(),
+                });
+                if !self.listeners.knows_netns(meta.netns) || meta.local.ip().is_unspecified() {
+                    for ip in crate::metadata::netns_addresses(meta.process.tgid) {
+                        self.listeners.add_addr(meta.netns, ip);
+                    }
+                }
+            }
+            Event::ListenClose { meta } => self.listeners.remove(meta.local, meta.netns),
+        }
+        self.metrics
+            .connections_tracked
+            .set(self.conns.len() as i64);
+    }
+
+    fn resolve_role(&self, meta: &Meta) -> u8 {
+        match meta.role {
+            role::CLIENT | role::SERVER => meta.role,
+            _ if self.listeners.is_listening(meta.netns, meta.local) => role::SERVER,
+            _ => role::CLIENT,
+        }
+    }
+
+    /// Labels of the edge `meta` belongs to, seen from `observer_role`.
+    fn edge_labels(&self, meta: &Meta, observer_role: u8) -> EdgeLabels {
+        let me = meta.process.comm.clone();
+        if observer_role == role::SERVER {
+            let client = self
+                .clients_by_local
+                .get(&meta.remote)
+                .and_then(|id| self.conns.get(id))
+                .filter(|c| {
+                    !meta.remote.ip().is_loopback() || c.netns == meta.netns || c.netns == 0
+                })
+                .map(|c| c.process.comm.clone())
+                .or_else(|| {
+                    self.recent_clients
+                        .get(meta.remote, meta.netns, meta.ts_ns)
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| meta.remote.ip().to_string());
+            EdgeLabels {
+                client,
+                server: me,
+                server_port: meta.local.port().to_string(),
+                role: "server".to_string(),
+            }
+        } else {
+            let server = self
+                .listeners
+                .server_for(meta.netns, meta.remote)
+                .map(|l| l.comm.clone())
+                .unwrap_or_else(|| meta.remote.ip().to_string());
+            EdgeLabels {
+                client: me,
+                server,
+                server_port: meta.remote.port().to_string(),
+                role: "client".to_string(),
+            }
+        }
+    }
+
+    /// Applies the series cap: a label set beyond it is folded into the overflow series.
+    fn capped(&mut self, labels: EdgeLabels) -> EdgeLabels {
+        if self.edges.contains(&labels) {
+            return labels;
+        }
+        if self.edges.len() < self.max_series {
+            self.edges.insert(labels.clone());
+            return labels;
+        }
+        self.metrics
+            .series_overflow
+            .get_or_create(&crate::metrics::MetricLabels {
+                metric: "meshtap_tcp".to_string(),
+            })
+            .inc();
+        EdgeLabels::overflow(&labels.role)
+    }
+
+    fn track(&mut self, meta: &Meta, observer_role: u8, pre_existing: bool) -> Option<EdgeLabels> {
+        let labels = self.capped(self.edge_labels(meta, observer_role));
+        self.metrics.active.get_or_create(&labels).inc();
+        if self.conns.len() >= self.max_connections || meta.conn_id == 0 {
+            if meta.conn_id != 0 {
+                self.metrics
+                    .map_insert_failures
+                    .get_or_create(&crate::metrics::MapLabels {
+                        map: "agent_connections".to_string(),
+                    })
+                    .inc();
+            }
+            // Untracked: the active gauge must not drift, so undo it.
+            self.metrics.active.get_or_create(&labels).dec();
+            return Some(labels);
+        }
+        let conn = Connection {
+            id: meta.conn_id,
+            sk: meta.sk,
+            role: observer_role,
+            netns: meta.netns,
+            local: meta.local,
+            remote: meta.remote,
+            process: meta.process.clone(),
+            sent: self.metrics.sent.get_or_create_owned(&labels),
+            received: self.metrics.received.get_or_create_owned(&labels),
+            labels: labels.clone(),
+            pre_existing,
+            opened_ns: meta.ts_ns,
+            last_seen_ns: meta.ts_ns,
+            bytes_sent: 0,
+            bytes_received: 0,
+            retransmits: 0,
+        };
+        if observer_role == role::CLIENT {
+            self.clients_by_local.insert(meta.local, meta.conn_id);
+        }
+        self.listeners.add_addr(meta.netns, meta.local.ip());
+        self.conns.insert(meta.conn_id, conn);
+        None
+    }
+
+    fn open(&mut self, meta: &Meta, connect_ns: u64) {
+        if self.conns.contains_key(&meta.conn_id) {
+            return;
+        }
+        let pre_existing = meta.flags & flags::PRE_EXISTING != 0;
+        let observer_role = self.resolve_role(meta);
+        let untracked = self.track(meta, observer_role, pre_existing);
+        let labels = match untracked {
+            Some(labels) => labels,
+            None => match self.conns.get(&meta.conn_id) {
+                Some(c) => c.labels.clone(),
+                None => return,
+            },
+        };
+        if !pre_existing {
+            self.metrics.opened.get_or_create(&labels).inc();
+            if observer_role == role::CLIENT {
+                self.metrics
+                    .connect_duration
+                    .get_or_create(&labels)
+                    .observe(connect_ns as f64 / 1e9);
+            }
+        }
+    }
+
+    fn fail(&mut self, meta: &Meta, errno: u32) {
+        let edge = self.edge_labels(meta, role::CLIENT);
+        let labels = FailedLabels {
+            client: edge.client,
+            server: edge.server,
+            server_port: edge.server_port,
+            role: edge.role,
+            reason: failure_reason(errno).to_string(),
+        };
+        let labels = if self.failed_series.contains(&labels) {
+            labels
+        } else if self.failed_series.len() < self.max_series {
+            self.failed_series.insert(labels.clone());
+            labels
+        } else {
+            self.metrics
+                .series_overflow
+                .get_or_create(&crate::metrics::MetricLabels {
+                    metric: "meshtap_tcp_connections_failed".to_string(),
+                })
+                .inc();
+            FailedLabels {
+                client: OVERFLOW.to_string(),
+                server: OVERFLOW.to_string(),
+                server_port: OVERFLOW.to_string(),
+                ..labels
+            }
+        };
+        self.metrics.failed.get_or_create(&labels).inc();
+    }
+
+    fn data(&mut self, meta: &Meta, bytes: u64, dir: u8) {
+        if !self.conns.contains_key(&meta.conn_id) {
+            // The open event was lost or the connection is untracked: account the bytes on the
+            // edge anyway, and track the connection from here on when it has an id.
+            let observer_role = self.resolve_role(meta);
+            if let Some(labels) = self.track(meta, observer_role, true) {
+                let family = if dir == direction::EGRESS {
+                    &self.metrics.sent
+                } else {
+                    &self.metrics.received
+                };
+                family.get_or_create(&labels).inc_by(bytes);
+                return;
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(&meta.conn_id) {
+            conn.last_seen_ns = meta.ts_ns;
+            if dir == direction::EGRESS {
+                conn.bytes_sent += bytes;
+                conn.sent.inc_by(bytes);
+            } else {
+                conn.bytes_received += bytes;
+                conn.received.inc_by(bytes);
+            }
+        }
+    }
+
+    fn close(&mut self, meta: &Meta, totals: ConnTotals) {
+        let Some(conn) = self.conns.remove(&meta.conn_id) else {
+            // Never tracked here (open lost, or table full): count the close and the bytes.
+            let labels = self.edge_labels(meta, self.resolve_role(meta));
+            self.metrics.closed.get_or_create(&labels).inc();
+            self.metrics
+                .sent
+                .get_or_create(&labels)
+                .inc_by(totals.bytes_sent);
+            self.metrics
+                .received
+                .get_or_create(&labels)
+                .inc_by(totals.bytes_received);
+            return;
+        };
+        if conn.role == role::CLIENT && self.clients_by_local.get(&conn.local) == Some(&conn.id) {
+            self.clients_by_local.remove(&conn.local);
+            self.recent_clients.insert(
+                conn.local,
+                conn.netns,
+                conn.process.comm.clone(),
+                meta.ts_ns,
+            );
+        }
+        // The kernel's totals are exact even when data events were lost: add what we missed.
+        if totals.bytes_sent > conn.bytes_sent {
+            conn.sent.inc_by(totals.bytes_sent - conn.bytes_sent);
+        }
+        if totals.bytes_received > conn.bytes_received {
+            conn.received
+                .inc_by(totals.bytes_received - conn.bytes_received);
+        }
+        if totals.retransmits > conn.retransmits {
+            self.metrics
+                .retransmits
+                .get_or_create(&conn.labels)
+                .inc_by(totals.retransmits - conn.retransmits);
+        }
+        if totals.data_events_lost > 0 {
+            log::debug!(
+                "connection {} closed: {} of {} data events lost in the kernel, byte totals reconciled",
+                conn.id,
+                totals.data_events_lost,
+                totals.data_events
+            );
+        }
+        self.metrics.closed.get_or_create(&conn.labels).inc();
+        self.metrics.active.get_or_create(&conn.labels).dec();
+    }
+
+    /// Ends connections whose close event never arrived (lost in a full ring buffer): those idle
+    /// longer than `idle_ns` and for which `alive(sk, id)` says the kernel no longer tracks them.
+    pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, alive: impl Fn(u64, u64) -> bool) -> usize {
+        let stale: Vec<u64> = self
+            .conns
+            .values()
+            .filter(|c| now_ns.saturating_sub(c.last_seen_ns) > idle_ns && !alive(c.sk, c.id))
+            .map(|c| c.id)
+            .collect();
+        for id in &stale {
+            if let Some(conn) = self.conns.remove(id) {
+                if self.clients_by_local.get(&conn.local) == Some(&conn.id) {
+                    self.clients_by_local.remove(&conn.local);
+                }
+                self.metrics.closed.get_or_create(&conn.labels).inc();
+                self.metrics.active.get_or_create(&conn.labels).dec();
+            }
+        }
+        self.metrics
+            .connections_tracked
+            .set(self.conns.len() as i64);
+        stale.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(conn_id: u64, r: u8, local: &str, remote: &str, comm: &str, netns: u32) -> Meta {
+        Meta {
+            ts_ns: 1,
+            conn_id,
+            sk: conn_id * 10,
+            role: r,
+            flags: 0,
+            netns,
+            process: Process {
+                tgid: 100 + conn_id as u32,
+                tid: 100 + conn_id as u32,
+                start_ns: 5,
+                cgroup_id: 1,
+                comm: comm.to_string(),
+            },
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+        }
+    }
+
+    fn value(metrics: &Metrics, name: &str, labels: &str) -> f64 {
+        let text = metrics.encode();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(labels))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    }
+
+    #[test]
+    fn both_ends_on_node_name_each_other_and_reconcile_bytes() {
+        let metrics = Arc::new(Metrics::new());
+        let mut table = ConnTable::new(metrics.clone(), 100, 100);
+        table.listeners.add(Listener {
+            addr: "0.0.0.0:8080".parse().unwrap(),
+            netns: 2,
+            comm: "srv".into(),
+        });
+        table.listeners.add_addr(2, "10.0.0.2".parse().unwrap());
+        table.handle(Event::ConnOpen {
+            meta: meta(1, role::CLIENT, "10.0.0.1:5000", "10.0.0.2:8080", "cli", 1),
+            connect_ns: 1000,
+        });
+        table.handle(Event::ConnOpen {
+            meta: meta(2, role::SERVER, "10.0.0.2:8080", "10.0.0.1:5000", "srv", 2),
+            connect_ns: 0,
+        });
+        table.handle(Event::Data {
+            meta: meta(1, role::CLIENT, "10.0.0.1:5000", "10.0.0.2:8080", "cli", 1),
+            bytes: 10,
+            seq: 0,
+            direction: direction::EGRESS,
+            syscall: 1,
+            payload: vec![],
+        });
+        table.handle(Event::ConnClose {
+            meta: meta(1, role::CLIENT, "10.0.0.1:5000", "10.0.0.2:8080", "cli", 1),
+            totals: ConnTotals {
+                bytes_sent: 25,
+                ..ConnTotals::default()
+            },
+        });
+        let edge = r#"client="cli",server="srv",server_port="8080""#;
+        assert_eq!(
+            value(&metrics, "meshtap_tcp_connections_opened_total", edge),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &metrics,
+                "meshtap_tcp_sent_bytes_total",
+                &format!("{edge},role=\"client\"")
+            ),
+            25.0
+        );
+        assert_eq!(
+            value(
+                &metrics,
+                "meshtap_tcp_active_connections",
+                &format!("{edge},role=\"client\"")
+            ),
+            0.0
+        );
+        assert_eq!(table.conns.len(), 1);
+    }
+
+    #[test]
+    fn remote_peer_is_named_by_ip_and_wildcards_do_not_capture_foreign_addresses() {
+        let metrics = Arc::new(Metrics::new());
+        let mut table = ConnTable::new(metrics.clone(), 100, 100);
+        table.listeners.add(Listener {
+            addr: "0.0.0.0:8080".parse().unwrap(),
+            netns: 2,
+            comm: "srv".into(),
+        });
+        table.handle(Event::ConnOpen {
+            meta: meta(
+                1,
+                role::CLIENT,
+                "10.0.0.1:5000",
+                "93.184.216.34:8080",
+                "cli",
+                1,
+            ),
+            connect_ns: 1000,
+        });
+        assert_eq!(
+            value(
+                &metrics,
+                "meshtap_tcp_connections_opened_total",
+                r#"client="cli",server="93.184.216.34""#
+            ),
+            1.0
+        );
+    }
+
+    #[test]
+    fn series_cap_folds_into_overflow() {
+        let metrics = Arc::new(Metrics::new());
+        let mut table = ConnTable::new(metrics.clone(), 1000, 10);
+        for i in 0..20u64 {
+            table.handle(Event::ConnOpen {
+                meta: meta(
+                    i + 1,
+                    role::CLIENT,
+                    "10.0.0.1:5000",
+                    &format!("192.0.2.{}:80", i + 1),
+                    "cli",
+                    1,
+                ),
+                connect_ns: 1,
+            });
+        }
+        assert_eq!(table.edges.len(), 10);
+        assert_eq!(
+            value(
+                &metrics,
+                "meshtap_tcp_connections_opened_total",
+                r#"server="__overflow__""#
+            ),
+            10.0
+        );
+        assert_eq!(
+            value(
+                &metrics,
+                "meshtap_metric_series_overflow_total",
+                "meshtap_tcp"
+            ),
+            10.0
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! The ring-buffer reader: one thread that sleeps in poll(2) until the kernel wakes it (a batch is
+//! pending) or the poll interval passes, drains every record, decodes it into an owned event and
+//! hands batches to the processing stage through a bounded queue. A full queue drops the batch
+//! and counts every event in it; the reader never blocks on the stages after it.
+
+use std::{
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use meshtap_common::kind;
+use tokio::sync::mpsc;
+
+use crate::{
+    event::{Event, decode, kind_name},
+    metrics::{KindLabels, LostLabels, Metrics},
+};
+
+/// Events per batch handed to the processing stage.
+pub const BATCH: usize = 256;
+
+pub struct Reader {
+    pub ring: RingBuf<MapData>,
+    pub queue: mpsc::Sender<Vec<Event>>,
+    pub metrics: Arc<Metrics>,
+    pub poll_interval: Duration,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Reader {
+    pub fn run(mut self) {
+        let fd = self.ring.as_raw_fd();
+        let timeout = self.poll_interval.as_millis().min(i32::MAX as u128) as i32;
+        let mut delivered = [0u64; kind::COUNT as usize];
+        let mut dropped = [0u64; kind::COUNT as usize];
+        let mut decode_errors = 0u64;
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: `pfd` is a valid pollfd for the duration of the call; the ring buffer fd
+            // stays open because `self.ring` outlives the loop.
+            unsafe { libc::poll(&mut pfd, 1, timeout) };
+
+            loop {
+                let mut batch = Vec::with_capacity(BATCH);
+                while batch.len() < BATCH {
+                    let Some(record) = self.ring.next() else {
+                        break;
+                    };
+                    match decode(&record) {
+                        Ok(event) => batch.push(event),
+                        Err(err) => {
+                            decode_errors += 1;
+                            log::debug!("undecodable ring-buffer record: {err}");
+                        }
+                    }
+                }
+                let drained = batch.len() < BATCH;
+                if !batch.is_empty() {
+                    self.send(batch, &mut delivered, &mut dropped);
+                }
+                if drained {
+                    break;
+                }
+            }
+            self.flush(&mut delivered, &mut dropped, &mut decode_errors);
+        }
+    }
+
+    /// Queues one batch. `meshtap_events_total` counts what entered processing; a batch the
+    /// queue cannot take is counted per kind as lost in stage `userspace_queue`.
+    fn send(&self, batch: Vec<Event>, delivered: &mut [u64], dropped: &mut [u64]) {
+        let mut kinds = [0u64; kind::COUNT as usize];
+        for event in &batch {
+            kinds[event.kind() as usize] += 1;
+        }
+        let target = if self.queue.try_send(batch).is_ok() {
+            delivered
+        } else {
+            dropped
+        };
+        for (total, n) in target.iter_mut().zip(kinds) {
+            *total += n;
+        }
+    }
+
+    /// Publishes the counts of one drain: metric updates once per drain, not per event.
+    fn flush(&self, delivered: &mut [u64], dropped: &mut [u64], decode_errors: &mut u64) {
+        for k in 1..kind::COUNT as usize {
+            if delivered[k] > 0 {
+                self.metrics
+                    .events
+                    .get_or_create(&KindLabels {
+                        kind: kind_name(k as u8).to_string(),
+                    })
+                    .inc_by(delivered[k]);
+                delivered[k] = 0;
+            }
+            if dropped[k] > 0 {
+                self.metrics
+                    .events_lost
+                    .get_or_create(&LostLabels {
+                        stage: "userspace_queue".to_string(),
+                        kind: kind_name(k as u8).to_string(),
+                    })
+                    .inc_by(dropped[k]);
+                dropped[k] = 0;
+            }
+        }
+        if *decode_errors > 0 {
+            self.metrics.decode_errors.inc_by(*decode_errors);
+            *decode_errors = 0;
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Decoding ring-buffer records into owned events. Records are bytes from the kernel: every
+//! length is checked and an unknown or short record is an error, never a panic.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use meshtap_common::{
+    AF_INET, AF_INET6, ConnEvent, DataEventHeader, EventHeader, Identity, Tuple, kind,
+};
+
+/// The process (and thread) an event belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub tgid: u32,
+    pub tid: u32,
+    /// Start time of the process, ns since boot: with `tgid` a unique process identity.
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    pub comm: String,
+}
+
+/// Fields every event has.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub ts_ns: u64,
+    pub conn_id: u64,
+    pub sk: u64,
+    pub role: u8,
+    pub flags: u8,
+    pub netns: u32,
+    pub process: Process,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    ConnOpen {
+        meta: Meta,
+        connect_ns: u64,
+    },
+    ConnFail {
+        meta: Meta,
+        errno: u32,
+    },
+    ConnClose {
+        meta: Meta,
+        totals: ConnTotals,
+    },
+    #[expect(
+        dead_code,
+        reason = "seq, syscall and payload feed the protocol parsers (HTTP/1.x, issue 3)"
+    )]
+    Data {
+        meta: Meta,
+        bytes: u64,
+        seq: u64,
+        direction: u8,
+        syscall: u8,
+        payload: Vec<u8>,
+    },
+    Retransmit {
+        meta: Meta,
+    },
+    Listen {
+        meta: Meta,
+    },
+    ListenClose {
+        meta: Meta,
+    },
+}
+
+/// The kernel's exact per-connection totals, delivered with the close event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnTotals {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub data_events: u64,
+    pub data_events_lost: u64,
+    pub retransmits: u64,
+}
+
+impl Event {
+    pub fn kind(&self) -> u8 {
+        match self {
+            Event::ConnOpen { .. } => kind::CONN_OPEN,
+            Event::ConnFail { .. } => kind::CONN_FAIL,
+            Event::ConnClose { .. } => kind::CONN_CLOSE,
+            Event::Data { .. } => kind::DATA,
+            Event::Retransmit { .. } => kind::RETRANSMIT,
+            Event::Listen { .. } => kind::LISTEN,
+            Event::ListenClose { .. } => kind::LISTEN_CLOSE,
+        }
+    }
+}
+
+/// Label value of each event kind in `meshtap_events_total{kind}`.
+pub fn kind_name(k: u8) -> &'static str {
+    match k {
+        kind::CONN_OPEN => "conn_open",
+        kind::CONN_FAIL => "conn_fail",
+        kind::CONN_CLOSE => "conn_close",
+        kind::DATA => "data",
+        kind::RETRANSMIT => "retransmit",
+        kind::LISTEN => "listen",
+        kind::LISTEN_CLOSE => "listen_close",
+        _ => "unknown",
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than the {needed} its kind needs")]
+    Short { len: usize, needed: usize },
+    #[error("unknown event kind {kind}")]
+    UnknownKind { kind: u8 },
+    #[error("data event claims {captured} payload bytes but carries {available}")]
+    PayloadLength { captured: usize, available: usize },
+}
+
+/// Reads a `T` from the start of `bytes` (unaligned: ring-buffer records are 8-byte aligned, but
+/// we do not rely on it).
+fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let needed = size_of::<T>();
+    if bytes.len() < needed {
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            needed,
+        });
+    }
+    // SAFETY: the length was checked above and `T` is one of the `#[repr(C)]` integer-only
+    // records from meshtap-common, for which every bit pattern is valid.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let header: EventHeader = read(bytes)?;
+    let meta = meta(&header);
+    match header.kind {
+        kind::CONN_OPEN
+        | kind::CONN_FAIL
+        | kind::CONN_CLOSE
+        | kind::RETRANSMIT
+        | kind::LISTEN
+        | kind::LISTEN_CLOSE => {
+            let ev: ConnEvent = read(bytes)?;
+            Ok(match header.kind {
+                kind::CONN_OPEN => Event::ConnOpen {
+                    meta,
+                    connect_ns: ev.duration_ns,
+                },
+                kind::CONN_FAIL => Event::ConnFail {
+                    meta,
+                    errno: ev.errno,
+                },
+                kind::CONN_CLOSE => Event::ConnClose {
+                    meta,
+                    totals: ConnTotals {
+                        bytes_sent: ev.bytes_sent,
+                        bytes_received: ev.bytes_received,
+                        data_events: ev.data_events,
+                        data_events_lost: ev.data_events_lost,
+                        retransmits: ev.retransmits,
+                    },
+                },
+                kind::RETRANSMIT => Event::Retransmit { meta },
+                kind::LISTEN => Event::Listen { meta },
+                _ => Event::ListenClose { meta },
+            })
+        }
+        kind::DATA => {
+            let head: DataEventHeader = read(bytes)?;
+            let start = size_of::<DataEventHeader>();
+            let captured = head.captured as usize;
+            let available = bytes.len() - start;
+            if captured > available {
+                return Err(DecodeError::PayloadLength {
+                    captured,
+                    available,
+                });
+            }
+            Ok(Event::Data {
+                meta,
+                bytes: head.bytes,
+                seq: head.seq,
+                direction: head.direction,
+                syscall: head.syscall,
+                payload: bytes[start..start + captured].to_vec(),
+            })
+        }
+        other => Err(DecodeError::UnknownKind { kind: other }),
+    }
+}
+
+fn meta(h: &EventHeader) -> Meta {
+    let (local, remote) = addrs(&h.tuple);
+    Meta {
+        ts_ns: h.ts_ns,
+        conn_id: h.conn_id,
+        sk: h.sk,
+        role: h.role,
+        flags: h.flags,
+        netns: h.netns,
+        process: process(&h.who),
+        local,
+        remote,
+    }
+}
+
+pub fn comm_str(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+fn process(who: &Identity) -> Process {
+    Process {
+        tgid: who.tgid,
+        tid: who.tid,
+        start_ns: who.start_ns,
+        cgroup_id: who.cgroup_id,
+        comm: comm_str(&who.comm),
+    }
+}
+
+/// The tuple as socket addresses; IPv4-mapped IPv6 (`::ffff:a.b.c.d`) becomes IPv4.
+pub fn addrs(t: &Tuple) -> (SocketAddr, SocketAddr) {
+    (
+        SocketAddr::new(ip(t.family, &t.local_addr), t.local_port),
+        SocketAddr::new(ip(t.family, &t.remote_addr), t.remote_port),
+    )
+}
+
+fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
+    match family {
+        AF_INET6 => {
+            let v6 = Ipv6Addr::from(*raw);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            }
+        }
+        AF_INET => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshtap_common::{DataEvent, MAX_CAPTURE, direction, role};
+
+    fn header(k: u8) -> EventHeader {
+        let mut tuple = Tuple {
+            local_addr: [0; 16],
+            remote_addr: [0; 16],
+            local_port: 8080,
+            remote_port: 40000,
+            family: AF_INET6,
+            _pad: 0,
+        };
+        // ::ffff:10.0.0.1
+        tuple.local_addr[10] = 0xff;
+        tuple.local_addr[11] = 0xff;
+        tuple.local_addr[12..].copy_from_slice(&[10, 0, 0, 1]);
+        tuple.remote_addr[15] = 1; // ::1
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        EventHeader {
+            kind: k,
+            role: role::SERVER,
+            flags: 0,
+            _pad: 0,
+            netns: 7,
+            ts_ns: 1,
+            conn_id: 9,
+            sk: 0xffff,
+            who: Identity {
+                tgid: 10,
+                tid: 11,
+                start_ns: 12,
+                cgroup_id: 13,
+                comm,
+            },
+            tuple,
+        }
+    }
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: T is a plain #[repr(C)] integer record; reading its bytes is always valid.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_data_with_payload_and_mapped_addresses() {
+        let mut ev = DataEvent {
+            head: DataEventHeader {
+                header: header(kind::DATA),
+                bytes: 5000,
+                seq: 3,
+                captured: 4,
+                direction: direction::INGRESS,
+                syscall: 0,
+                _pad: 0,
+            },
+            payload: [0; MAX_CAPTURE],
+        };
+        ev.payload[..4].copy_from_slice(b"GET ");
+        let all = bytes_of(&ev);
+        let record = &all[..size_of::<DataEventHeader>() + 4];
+        match decode(record).unwrap() {
+            Event::Data {
+                meta,
+                bytes,
+                payload,
+                ..
+            } => {
+                assert_eq!(bytes, 5000);
+                assert_eq!(payload, b"GET ");
+                assert_eq!(meta.local.to_string(), "10.0.0.1:8080");
+                assert_eq!(meta.remote.to_string(), "[::1]:40000");
+                assert_eq!(meta.process.comm, "curl");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_short_and_lying_records() {
+        let h = bytes_of(&header(kind::CONN_OPEN));
+        assert!(matches!(decode(&h[..10]), Err(DecodeError::Short { .. })));
+        assert!(matches!(decode(&h), Err(DecodeError::Short { .. })));
+        let mut d = bytes_of(&DataEventHeader {
+            header: header(kind::DATA),
+            bytes: 1,
+            seq: 0,
+            captured: 100,
+            direction: 0,
+            syscall: 0,
+            _pad: 0,
+        });
+        assert!(matches!(decode(&d), Err(DecodeError::PayloadLength { .. })));
+        d[0] = 200;
+        assert!(matches!(
+            decode(&d),
+            Err(DecodeError::UnknownKind { kind: 200 })
+        ));
+    }
+}

@@ -1,0 +1,5 @@
+//! Names for what the kernel reports by number: processes, listeners, namespaces.
+pub mod netns;
+pub mod proc;
+
+pub use netns::netns_addresses;

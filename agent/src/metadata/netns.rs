@@ -1,0 +1,120 @@
+//! Local addresses of a network namespace, read through a process inside it.
+//!
+//! Used to tell whether a remote address is a namespace on this node (a container, a test host)
+//! so that a wildcard listener there can name the server of a connection to that address.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv6Addr},
+    path::Path,
+};
+
+/// Addresses owned by the network namespace of process `tgid`: IPv4 `/32 host LOCAL` entries of
+/// `/proc/<tgid>/net/fib_trie` and the IPv6 addresses of `/proc/<tgid>/net/if_inet6`. Empty when
+/// the process is gone (the caller simply learns nothing).
+pub fn netns_addresses(tgid: u32) -> HashSet<IpAddr> {
+    let base = Path::new("/proc").join(tgid.to_string()).join("net");
+    let mut out = HashSet::new();
+    if let Ok(text) = std::fs::read_to_string(base.join("fib_trie")) {
+        out.extend(parse_fib_trie(&text));
+    }
+    if let Ok(text) = std::fs::read_to_string(base.join("if_inet6")) {
+        out.extend(parse_if_inet6(&text));
+    }
+    out
+}
+
+/// Local IPv4 addresses from `/proc/net/fib_trie`: a `|-- a.b.c.d` leaf followed by a
+/// `/32 host LOCAL` line (net/ipv4/fib_trie.c, fib_trie_seq_show).
+pub fn parse_fib_trie(text: &str) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut last: Option<IpAddr> = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(addr) = line.strip_prefix("|-- ") {
+            last = addr.trim().parse().ok();
+        } else if line.starts_with("/32 host LOCAL")
+            && let Some(ip) = last
+            && !out.contains(&ip)
+        {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+/// IPv6 addresses from `/proc/net/if_inet6`: 32 hex digits, then index, prefix, scope, flags,
+/// device name (net/ipv6/addrconf.c, if6_seq_show).
+pub fn parse_if_inet6(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let hex = line.split_whitespace().next()?;
+            if hex.len() != 32 {
+                return None;
+            }
+            let value = u128::from_str_radix(hex, 16).ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(value)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIB_TRIE: &str = "Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 0.0.0.0
+        /0 universe UNICAST
+     +-- 10.200.1.0/24 2 0 2
+        |-- 10.200.1.0
+           /24 link UNICAST
+        |-- 10.200.1.2
+           /32 host LOCAL
+        |-- 10.200.1.255
+           /32 link BROADCAST
+     +-- 127.0.0.0/8 2 0 2
+        |-- 127.0.0.1
+           /32 host LOCAL
+Local:
+  +-- 0.0.0.0/0 3 0 5
+        |-- 10.200.1.2
+           /32 host LOCAL
+";
+
+    #[test]
+    fn fib_trie_local_addresses() {
+        let got = parse_fib_trie(FIB_TRIE);
+        assert_eq!(
+            got,
+            vec![
+                "10.200.1.2".parse::<IpAddr>().unwrap(),
+                "127.0.0.1".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn if_inet6_addresses_and_garbage() {
+        let text = "fd002000000100000000000000000002 03 40 00 80 veth1\n\
+                    00000000000000000000000000000001 01 80 10 80       lo\n\
+                    zz 01\n";
+        let got = parse_if_inet6(text);
+        assert_eq!(
+            got,
+            vec![
+                "fd00:2000:1::2".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn own_namespace_has_loopback() {
+        let got = netns_addresses(std::process::id());
+        assert!(
+            got.contains(&"127.0.0.1".parse::<IpAddr>().unwrap()),
+            "{got:?}"
+        );
+    }
+}
