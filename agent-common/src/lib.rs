@@ -201,9 +201,9 @@ pub struct DataEvent {
 }
 const _: () = assert!(size_of::<DataEvent>() == 136 + MAX_CAPTURE);
 
-/// Kernel structure member offsets (bytes) and tracepoint field offsets, resolved by the agent from
-/// `/sys/kernel/btf/vmlinux` and `/sys/kernel/tracing/events/*/format` at load time and written
-/// into the programs as a global, because Rust eBPF gets no CO-RE relocations.
+/// Kernel structure member offsets (bytes), resolved by the agent from `/sys/kernel/btf/vmlinux`
+/// at load time and written into the programs as a global, because Rust eBPF gets no CO-RE
+/// relocations.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KernelOffsets {
@@ -232,22 +232,11 @@ pub struct KernelOffsets {
     pub sk_net: u32,
     /// `net.ns.inum`.
     pub net_inum: u32,
-    /// `sock:inet_sock_set_state` field offsets.
-    pub tp_state_skaddr: u32,
-    pub tp_state_oldstate: u32,
-    pub tp_state_newstate: u32,
-    pub tp_state_sport: u32,
-    pub tp_state_dport: u32,
-    pub tp_state_family: u32,
-    pub tp_state_protocol: u32,
-    pub tp_state_saddr: u32,
-    pub tp_state_daddr: u32,
-    pub tp_state_saddr_v6: u32,
-    pub tp_state_daddr_v6: u32,
-    /// `tcp:tcp_retransmit_skb` field offset.
-    pub tp_retrans_skaddr: u32,
+    /// `inet_sock.inet_sport` (big endian): unlike `skc_num` it survives `inet_put_port`, which
+    /// runs before the LISTEN -> CLOSE transition is traced.
+    pub inet_sport: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 35 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 24 * 4);
 
 /// Run-time settings written into the programs as a global.
 #[repr(C)]

@@ -6,6 +6,7 @@
 //! from `sock:inet_sock_set_state` (connect, established, listen, close) and accept's return.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod maps;

@@ -71,18 +71,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     sk_err: 0,
     sk_net: 0,
     net_inum: 0,
-    tp_state_skaddr: 0,
-    tp_state_oldstate: 0,
-    tp_state_newstate: 0,
-    tp_state_sport: 0,
-    tp_state_dport: 0,
-    tp_state_family: 0,
-    tp_state_protocol: 0,
-    tp_state_saddr: 0,
-    tp_state_daddr: 0,
-    tp_state_saddr_v6: 0,
-    tp_state_daddr_v6: 0,
-    tp_retrans_skaddr: 0,
+    inet_sport: 0,
 };
 
 #[unsafe(no_mangle)]
@@ -106,9 +95,16 @@ pub(crate) use global;
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(counter) = STATS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, and eBPF programs do not preempt each other on one CPU for the
-        // tracepoints used here, so the increment is not torn.
-        unsafe { *counter += 1 };
+        // SAFETY: a valid, 8-byte aligned per-CPU map value. Atomic (BPF_ATOMIC | BPF_ADD)
+        // because a raw tracepoint in softirq can interrupt a syscall program on the same CPU;
+        // the BPF target has no Rust atomics, hence the instruction itself.
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({0} + 0) += {1}",
+                in(reg) counter,
+                in(reg) 1u64,
+            )
+        };
     }
 }
 
@@ -132,7 +128,8 @@ pub fn next_conn_id() -> u64 {
     let cpu = unsafe { aya_ebpf::helpers::generated::bpf_get_smp_processor_id() } as u64;
     match CONN_SEQ.get_ptr_mut(0) {
         Some(seq) => {
-            // SAFETY: per-CPU slot (see `count`).
+            // SAFETY: per-CPU slot. Only process-context programs (connect, accept, the first
+            // data on a socket) take ids, and they cannot interrupt each other on one CPU.
             let n = unsafe {
                 *seq += 1;
                 *seq

@@ -7,8 +7,8 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::{bpf_probe_read_user as probe_read_user_raw, bpf_ringbuf_output},
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use meshtap_common::{
     AF_INET, AF_INET6, ConnEvent, ConnState, ConnectArgs, DataEventHeader, IoArgs, MAX_CAPTURE,
@@ -20,7 +20,10 @@ use crate::{
         CONNECT_ARGS, CONNS, DATA_SCRATCH, EVENTS, IO_ARGS, count, global, next_conn_id,
         wakeup_flags,
     },
-    sock::{current_identity, sock_err, sock_netns, sock_state, sock_tuple, tcp_sock_of_fd},
+    sock::{
+        current_identity, sock_err, sock_netns, sock_protocol, sock_sport, sock_state, sock_tuple,
+        tcp_sock_of_fd,
+    },
 };
 
 // include/net/tcp_states.h
@@ -288,44 +291,36 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
 // ---------------------------------------------------------------------------------------------
 // TCP state machine
 
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+/// A raw tracepoint, not a regular one: regular tracepoint programs share the per-CPU
+/// `bpf_prog_active` guard, so a state change in softirq that interrupts any other BPF program
+/// on the CPU (a syscall hook, say) is silently skipped (`recursion_misses`). Raw tracepoints
+/// are guarded per program (kernel/trace/bpf_trace.c, `__bpf_trace_run`).
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     match try_set_state(&ctx) {
-        Ok(r) | Err(r) => r,
+        Ok(r) | Err(r) => r as i32,
     }
 }
 
-#[inline(always)]
-fn tp<T>(ctx: &TracePointContext, off: u32) -> Result<T, u32> {
-    // SAFETY: the offset comes from the tracepoint's format file, read by the agent.
-    unsafe { ctx.read_at::<T>(off as usize) }.map_err(|_| 0u32)
-}
-
-fn try_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
-    let protocol: u16 = tp(ctx, global!(OFFSETS.tp_state_protocol))?;
-    if protocol != IPPROTO_TCP {
+fn try_set_state(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
+    let sk: u64 = ctx.arg(0);
+    let old = ctx.arg::<u64>(1) as i32;
+    let new = ctx.arg::<u64>(2) as i32;
+    if sock_protocol(sk) != IPPROTO_TCP {
         return Ok(0);
     }
-    let sk: u64 = tp(ctx, global!(OFFSETS.tp_state_skaddr))?;
-    let old: i32 = tp(ctx, global!(OFFSETS.tp_state_oldstate))?;
-    let new: i32 = tp(ctx, global!(OFFSETS.tp_state_newstate))?;
-    let family: u16 = tp(ctx, global!(OFFSETS.tp_state_family))?;
     let mut tuple = Tuple {
         local_addr: [0; 16],
         remote_addr: [0; 16],
-        local_port: tp(ctx, global!(OFFSETS.tp_state_sport))?,
-        remote_port: tp(ctx, global!(OFFSETS.tp_state_dport))?,
-        family,
+        local_port: 0,
+        remote_port: 0,
+        family: 0,
         _pad: 0,
     };
-    if family == AF_INET6 {
-        tuple.local_addr = tp(ctx, global!(OFFSETS.tp_state_saddr_v6))?;
-        tuple.remote_addr = tp(ctx, global!(OFFSETS.tp_state_daddr_v6))?;
-    } else {
-        let local: [u8; 4] = tp(ctx, global!(OFFSETS.tp_state_saddr))?;
-        let remote: [u8; 4] = tp(ctx, global!(OFFSETS.tp_state_daddr))?;
-        tuple.local_addr[..4].copy_from_slice(&local);
-        tuple.remote_addr[..4].copy_from_slice(&remote);
+    sock_tuple(sk, &mut tuple);
+    if tuple.family != AF_INET && tuple.family != AF_INET6 {
+        return Ok(0);
     }
 
     if new == TCP_SYN_SENT {
@@ -339,6 +334,9 @@ fn try_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
         }
         let _ = track(sk, role::CLIENT, 0, &tuple);
         return Ok(0);
+    }
+    if new == TCP_LISTEN || old == TCP_LISTEN {
+        tuple.local_port = sock_sport(sk);
     }
     if new == TCP_LISTEN && old == TCP_CLOSE {
         emit_conn(kind::LISTEN, sk, None, &tuple, role::SERVER, |_| {});
@@ -413,15 +411,17 @@ fn try_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
-#[tracepoint]
-pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+/// Raw for the same reason as `inet_sock_set_state`: retransmits fire in softirq.
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
     match try_retransmit(&ctx) {
-        Ok(r) | Err(r) => r,
+        Ok(r) | Err(r) => r as i32,
     }
 }
 
-fn try_retransmit(ctx: &TracePointContext) -> Result<u32, u32> {
-    let sk: u64 = tp(ctx, global!(OFFSETS.tp_retrans_skaddr))?;
+fn try_retransmit(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    // TP_PROTO(const struct sock *sk, const struct sk_buff *skb, int err)
+    let sk: u64 = ctx.arg(0);
     let Some(state) = CONNS.get_ptr_mut(&sk) else {
         count(stat::RETRANSMIT_UNTRACKED);
         return Ok(0);

@@ -66,6 +66,18 @@ pub fn sock_state(sk: u64) -> u8 {
     read(sk, global!(OFFSETS.sk_state)).unwrap_or(0)
 }
 
+/// `inet_sk(sk)->inet_sport`, host order.
+#[inline(always)]
+pub fn sock_sport(sk: u64) -> u16 {
+    u16::from_be(read(sk, global!(OFFSETS.inet_sport)).unwrap_or(0))
+}
+
+/// `sk->sk_protocol`.
+#[inline(always)]
+pub fn sock_protocol(sk: u64) -> u16 {
+    read(sk, global!(OFFSETS.sk_protocol)).unwrap_or(0)
+}
+
 /// `sk->sk_err`, the error a failed connect leaves behind (set before TCP_CLOSE by
 /// tcp_done_with_error, net/ipv4/tcp_input.c).
 #[inline(always)]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 use meshtap_common::{ConnState, ConnectArgs, IoArgs, KernelOffsets, ProbeConfig, stat};
 
@@ -26,8 +26,6 @@ const ATTACH: &[(&str, &str, &[&str])] = &[
         "syscalls",
         &["sys_exit_accept", "sys_exit_accept4"],
     ),
-    ("inet_sock_set_state", "sock", &["inet_sock_set_state"]),
-    ("tcp_retransmit_skb", "tcp", &["tcp_retransmit_skb"]),
     ("sched_process_exit", "sched", &["sched_process_exit"]),
     ("sys_enter_read", "syscalls", &["sys_enter_read"]),
     ("sys_enter_write", "syscalls", &["sys_enter_write"]),
@@ -59,6 +57,9 @@ const ATTACH: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
+/// Raw tracepoints, attached by name (program name = tracepoint name).
+const RAW_ATTACH: &[&str] = &["inet_sock_set_state", "tcp_retransmit_skb"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
@@ -73,6 +74,13 @@ pub enum LoadError {
         "kernel BTF not found at /sys/kernel/btf/vmlinux: use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
     )]
     NoBtf,
+    #[error(
+        "syscall tracepoint syscalls:{event} does not have `{field}` where meshtap reads it; this kernel is not supported"
+    )]
+    SyscallLayout {
+        event: &'static str,
+        field: &'static str,
+    },
     #[error(transparent)]
     Btf(#[from] btf::BtfError),
     #[error(transparent)]
@@ -121,7 +129,33 @@ pub fn preflight() -> Result<PathBuf, LoadError> {
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err(LoadError::NoBtf);
     }
-    Ok(tracefs::ensure_mounted()?)
+    let root = tracefs::ensure_mounted()?;
+    check_syscall_layout(&root)?;
+    Ok(root)
+}
+
+/// The syscall programs read argument `n` at `16 + 8 * n` and the return value at 16
+/// (include/trace/syscall.h: `struct syscall_trace_enter { ent; int nr; unsigned long args[] }`).
+/// Verified here against the kernel's own description rather than trusted.
+fn check_syscall_layout(root: &std::path::Path) -> Result<(), LoadError> {
+    let offset = |event: &'static str, field: &'static str| -> Result<u32, LoadError> {
+        tracefs::fields(root, "syscalls", event)?
+            .get(field)
+            .map(|f| f.offset)
+            .ok_or(LoadError::SyscallLayout { event, field })
+    };
+    let checks = [
+        ("sys_enter_read", "fd", 16),
+        ("sys_enter_read", "buf", 24),
+        ("sys_enter_writev", "vlen", 32),
+        ("sys_exit_read", "ret", 16),
+    ];
+    for (event, field, expected) in checks {
+        if offset(event, field)? != expected {
+            return Err(LoadError::SyscallLayout { event, field });
+        }
+    }
+    Ok(())
 }
 
 fn effective_capabilities() -> u64 {
@@ -226,6 +260,25 @@ pub fn load(
                 })?;
             attached += 1;
         }
+    }
+
+    // Softirq-side hooks are raw tracepoints (per-program recursion guard, see agent-ebpf).
+    for program in RAW_ATTACH {
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut(program)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(LoadError::MissingProgram { program })?;
+        prog.load().map_err(|source| LoadError::Verify {
+            program,
+            source: Box::new(source),
+        })?;
+        prog.attach(program).map_err(|source| LoadError::Attach {
+            program,
+            category: "raw_tp",
+            name: program,
+            source: Box::new(source),
+        })?;
+        attached += 1;
     }
 
     let ring = RingBuf::try_from(

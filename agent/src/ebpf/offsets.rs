@@ -1,18 +1,13 @@
-//! Resolves [`KernelOffsets`]: every kernel struct member and tracepoint field the eBPF programs
-//! read, looked up at load time in this kernel's BTF and tracefs, with each size checked.
+//! Resolves [`KernelOffsets`]: every kernel struct member the eBPF programs read, looked up at
+//! load time in this kernel's BTF, with each size checked.
 //!
 //! The programs read these members with `bpf_probe_read_kernel` at the offsets given here and a
 //! size fixed in their code; a member that changed size or became a bitfield would be misread
 //! silently, so a mismatch fails loading with the member's name instead.
 
-use std::path::Path;
-
 use meshtap_common::KernelOffsets;
 
-use super::{
-    btf::{BtfError, KernelBtf},
-    tracefs::{self, TracefsError},
-};
+use super::btf::{BtfError, KernelBtf};
 
 /// Kernel pointers as the eBPF programs read them (BPF is a 64-bit machine).
 const POINTER: u32 = 8;
@@ -41,38 +36,11 @@ pub enum OffsetsError {
         bits: u32,
         expected: u32,
     },
-    #[error("cannot read the layout of tracepoint {category}:{event}")]
-    Tracepoint {
-        category: &'static str,
-        event: &'static str,
-        #[source]
-        source: TracefsError,
-    },
-    #[error("tracepoint {category}:{event} has no field `{field}`")]
-    TracepointFieldMissing {
-        category: &'static str,
-        event: &'static str,
-        field: &'static str,
-    },
-    #[error(
-        "tracepoint field {category}:{event}.{field} is {actual} bytes where meshtap reads {expected}"
-    )]
-    TracepointFieldSize {
-        category: &'static str,
-        event: &'static str,
-        field: &'static str,
-        expected: u32,
-        actual: u32,
-    },
 }
 
-/// Fills every field of [`KernelOffsets`] from `btf` and the tracefs at `tracefs_root` (see
-/// [`tracefs::ensure_mounted`]).
-pub fn resolve(btf: &KernelBtf, tracefs_root: &Path) -> Result<KernelOffsets, OffsetsError> {
+/// Fills every field of [`KernelOffsets`] from `btf`.
+pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets, OffsetsError> {
     let member = |path, size| member(btf, path, size);
-    // Layouts from include/trace/events/sock.h and include/trace/events/tcp.h.
-    let state = Tracepoint::read(tracefs_root, "sock", "inet_sock_set_state")?;
-    let retransmit = Tracepoint::read(tracefs_root, "tcp", "tcp_retransmit_skb")?;
     // No `..Default::default()`: a field added to `KernelOffsets` must fail to compile here
     // rather than reach the programs as offset 0.
     Ok(KernelOffsets {
@@ -106,18 +74,7 @@ pub fn resolve(btf: &KernelBtf, tracefs_root: &Path) -> Result<KernelOffsets, Of
         // net_namespace.h); naming its `net` member makes a kernel without it fail here.
         sk_net: member("sock.__sk_common.skc_net.net", POINTER)?,
         net_inum: member("net.ns.inum", 4)?,
-        tp_state_skaddr: state.field("skaddr", POINTER)?,
-        tp_state_oldstate: state.field("oldstate", 4)?,
-        tp_state_newstate: state.field("newstate", 4)?,
-        tp_state_sport: state.field("sport", 2)?,
-        tp_state_dport: state.field("dport", 2)?,
-        tp_state_family: state.field("family", 2)?,
-        tp_state_protocol: state.field("protocol", 2)?,
-        tp_state_saddr: state.field("saddr", 4)?,
-        tp_state_daddr: state.field("daddr", 4)?,
-        tp_state_saddr_v6: state.field("saddr_v6", 16)?,
-        tp_state_daddr_v6: state.field("daddr_v6", 16)?,
-        tp_retrans_skaddr: retransmit.field("skaddr", POINTER)?,
+        inet_sport: member("inet_sock.inet_sport", 2)?,
     })
 }
 
@@ -143,55 +100,6 @@ fn member(btf: &KernelBtf, path: &'static str, size: u32) -> Result<u32, Offsets
     Ok(member.offset)
 }
 
-/// One tracepoint's record layout.
-struct Tracepoint {
-    category: &'static str,
-    event: &'static str,
-    fields: std::collections::HashMap<String, tracefs::Field>,
-}
-
-impl Tracepoint {
-    fn read(
-        root: &Path,
-        category: &'static str,
-        event: &'static str,
-    ) -> Result<Self, OffsetsError> {
-        let fields =
-            tracefs::fields(root, category, event).map_err(|source| OffsetsError::Tracepoint {
-                category,
-                event,
-                source,
-            })?;
-        Ok(Self {
-            category,
-            event,
-            fields,
-        })
-    }
-
-    /// Offset of `name`, which must be `size` bytes.
-    fn field(&self, name: &'static str, size: u32) -> Result<u32, OffsetsError> {
-        let field = self
-            .fields
-            .get(name)
-            .ok_or(OffsetsError::TracepointFieldMissing {
-                category: self.category,
-                event: self.event,
-                field: name,
-            })?;
-        if field.size != size {
-            return Err(OffsetsError::TracepointFieldSize {
-                category: self.category,
-                event: self.event,
-                field: name,
-                expected: size,
-                actual: field.size,
-            });
-        }
-        Ok(field.offset)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,8 +108,7 @@ mod tests {
     #[test]
     fn resolves_on_this_kernel() {
         let btf = KernelBtf::from_sys_fs().unwrap();
-        let root = tracefs::ensure_mounted().unwrap();
-        let offsets = resolve(&btf, &root).unwrap();
+        let offsets = resolve(&btf).unwrap();
         println!("{offsets:#?}");
 
         // Layout facts that hold on every supported kernel.
@@ -213,10 +120,6 @@ mod tests {
         assert_eq!(offsets.sk_num, offsets.sk_dport + 2);
         assert_eq!(offsets.sk_state, offsets.sk_family + 2);
         assert_eq!(offsets.sk_v6_rcv_saddr, offsets.sk_v6_daddr + 16);
-        assert_eq!(
-            offsets.tp_state_skaddr, 8,
-            "first field after the 8 common bytes"
-        );
 
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
         if release.trim() != "6.18.44-fc-v782" {
@@ -249,18 +152,7 @@ mod tests {
             (offsets.sk_err, 284),
             (offsets.sk_net, 48),
             (offsets.net_inum, 176),
-            (offsets.tp_state_skaddr, 8),
-            (offsets.tp_state_oldstate, 16),
-            (offsets.tp_state_newstate, 20),
-            (offsets.tp_state_sport, 24),
-            (offsets.tp_state_dport, 26),
-            (offsets.tp_state_family, 28),
-            (offsets.tp_state_protocol, 30),
-            (offsets.tp_state_saddr, 32),
-            (offsets.tp_state_daddr, 36),
-            (offsets.tp_state_saddr_v6, 40),
-            (offsets.tp_state_daddr_v6, 56),
-            (offsets.tp_retrans_skaddr, 16),
+            (offsets.inet_sport, 814),
         ];
         let (actual, expected): (Vec<u32>, Vec<u32>) = expected.into_iter().unzip();
         assert_eq!(actual, expected);
@@ -294,32 +186,6 @@ mod tests {
                 path: "sock.no_such_member",
                 ..
             }
-        ));
-    }
-
-    #[test]
-    fn missing_tracepoint_field_names_it() {
-        let root = tracefs::ensure_mounted().unwrap();
-        let state = Tracepoint::read(&root, "sock", "inet_sock_set_state").unwrap();
-        assert!(matches!(
-            state.field("no_such_field", 4),
-            Err(OffsetsError::TracepointFieldMissing {
-                field: "no_such_field",
-                ..
-            })
-        ));
-        assert!(matches!(
-            state.field("sport", 4),
-            Err(OffsetsError::TracepointFieldSize {
-                field: "sport",
-                expected: 4,
-                actual: 2,
-                ..
-            })
-        ));
-        assert!(matches!(
-            Tracepoint::read(&root, "sock", "no_such_event"),
-            Err(OffsetsError::Tracepoint { .. })
         ));
     }
 }

@@ -2,8 +2,7 @@
 //!
 //! A tracepoint program receives the raw trace record, whose layout the kernel publishes in
 //! `events/<category>/<event>/format` (Documentation/trace/events.rst, "Event formats"). The
-//! offsets there are read at load time rather than hard-coded, because fields move between
-//! kernel versions (e.g. `tcp_retransmit_skb` gained fields over time).
+//! agent checks there, at load time, the syscall record layout its programs assume.
 
 use std::{
     collections::HashMap,
