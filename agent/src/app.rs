@@ -47,7 +47,7 @@ pub enum RunError {
 const SWEEP_IDLE: Duration = Duration::from_secs(60);
 
 pub async fn run(config: Config) -> Result<(), RunError> {
-    let tracefs = ebpf::preflight()?;
+    ebpf::preflight()?;
     // Bind before loading anything, so that a busy port fails fast and leaves nothing behind.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -78,7 +78,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     });
 
     let btf = ebpf::btf::KernelBtf::from_sys_fs().map_err(ebpf::LoadError::from)?;
-    let offsets = ebpf::offsets::resolve(&btf, &tracefs).map_err(ebpf::LoadError::from)?;
+    let offsets = ebpf::offsets::resolve(&btf).map_err(ebpf::LoadError::from)?;
     drop(btf);
     let (probes, ring, maps) = ebpf::load(&config, &offsets)?;
     metrics.programs_attached.set(probes.attached as i64);

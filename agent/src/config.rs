@@ -103,6 +103,17 @@ pub enum ConfigError {
     },
 }
 
+/// One line for a TOML error: the offending line of the file (which names the key) and why.
+fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
+    let Some(span) = err.span() else {
+        return err.message().to_string();
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    format!("line {line_no} `{line}`: {}", err.message())
+}
+
 impl Config {
     pub fn load(flags: Flags) -> Result<Self, ConfigError> {
         let file = match &flags.config {
@@ -113,7 +124,7 @@ impl Config {
                 })?;
                 toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
                     path: path.clone(),
-                    message: e.message().to_string(),
+                    message: describe_toml_error(&text, &e),
                 })?
             }
             None => FileConfig::default(),
@@ -246,6 +257,21 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("capture_byte"), "{err}");
+
+        let wrong_type = dir.join("type.toml");
+        std::fs::write(
+            &wrong_type,
+            "listen = \"127.0.0.1:1\"\ncapture_bytes = \"lots\"\n",
+        )
+        .unwrap();
+        let err = Config::load(Flags {
+            config: Some(wrong_type),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 2 `capture_bytes = \"lots\"`"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

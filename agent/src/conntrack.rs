@@ -174,18 +174,27 @@ pub fn failure_reason(errno: u32) -> &'static str {
     }
 }
 
-/// A bounded, time-limited memory of closed client endpoints (see `ConnTable::recent_clients`).
-#[derive(Default)]
-struct RecentClients {
-    by_addr: HashMap<SocketAddr, (u32, String, u64)>,
-    order: std::collections::VecDeque<(SocketAddr, u64)>,
+/// A bounded memory of recently closed things, by key, forgotten after `TTL_NS`.
+struct Tombstones<K, V> {
+    by_key: HashMap<K, (V, u64)>,
+    order: std::collections::VecDeque<(K, u64)>,
 }
 
-impl RecentClients {
+impl<K, V> Default for Tombstones<K, V> {
+    fn default() -> Self {
+        Tombstones {
+            by_key: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Copy, V> Tombstones<K, V> {
     const CAPACITY: usize = 16384;
+    /// Shorter than TCP_TIMEWAIT_LEN (60 s), during which a closed endpoint cannot be reused.
     const TTL_NS: u64 = 30_000_000_000;
 
-    fn insert(&mut self, addr: SocketAddr, netns: u32, comm: String, ts_ns: u64) {
+    fn insert(&mut self, key: K, value: V, ts_ns: u64) {
         while self.order.len() >= Self::CAPACITY
             || self
                 .order
@@ -195,19 +204,35 @@ impl RecentClients {
             let Some((old, t)) = self.order.pop_front() else {
                 break;
             };
-            if self.by_addr.get(&old).is_some_and(|e| e.2 == t) {
-                self.by_addr.remove(&old);
+            if self.by_key.get(&old).is_some_and(|e| e.1 == t) {
+                self.by_key.remove(&old);
             }
         }
-        self.by_addr.insert(addr, (netns, comm, ts_ns));
-        self.order.push_back((addr, ts_ns));
+        self.by_key.insert(key, (value, ts_ns));
+        self.order.push_back((key, ts_ns));
     }
 
-    fn get(&self, addr: SocketAddr, server_netns: u32, now_ns: u64) -> Option<&str> {
-        let (netns, comm, ts) = self.by_addr.get(&addr)?;
-        let same_host = !addr.ip().is_loopback() || *netns == server_netns;
-        (same_host && now_ns.saturating_sub(*ts) <= Self::TTL_NS).then_some(comm.as_str())
+    fn get(&self, key: &K, now_ns: u64) -> Option<&V> {
+        let (value, ts) = self.by_key.get(key)?;
+        (now_ns.saturating_sub(*ts) <= Self::TTL_NS).then_some(value)
     }
+}
+
+/// A closed client endpoint (see `ConnTable::recent_clients`).
+struct ClosedClient {
+    netns: u32,
+    comm: String,
+}
+
+/// A closed connection whose process may still read what is left in its receive queue: a
+/// socket that gets the peer's FIN after sending its own reaches TCP_CLOSE (tcp_fin ->
+/// tcp_time_wait -> tcp_done) while unread data is still queued for the process.
+///
+/// Matched by socket address and peer: after TCP_CLOSE the local port is already released
+/// (`inet_put_port` clears `skc_num`), so the tuple read from the socket no longer has it.
+struct ClosedConnection {
+    remote: SocketAddr,
+    labels: EdgeLabels,
 }
 
 pub struct ConnTable {
@@ -220,7 +245,9 @@ pub struct ConnTable {
     /// (orphaned FIN_WAIT2 becomes a timewait socket, net/ipv4/tcp_input.c), which can be before
     /// the server's accept() returns. The address stays reserved by the timewait socket for
     /// TCP_TIMEWAIT_LEN (60 s), so a tombstone younger than that still names the right client.
-    recent_clients: RecentClients,
+    recent_clients: Tombstones<SocketAddr, ClosedClient>,
+    /// Connections closed recently, by socket, for reads that drain them after TCP_CLOSE.
+    recent_closed: Tombstones<u64, ClosedConnection>,
     /// Edge label sets in use (bounded by `max_series`).
     edges: HashSet<EdgeLabels>,
     failed_series: HashSet<FailedLabels>,
@@ -235,7 +262,8 @@ impl ConnTable {
             conns: HashMap::new(),
             clients_by_local: HashMap::new(),
             listeners: Listeners::default(),
-            recent_clients: RecentClients::default(),
+            recent_clients: Tombstones::default(),
+            recent_closed: Tombstones::default(),
             edges: HashSet::new(),
             failed_series: HashSet::new(),
             metrics,
@@ -291,6 +319,12 @@ impl ConnTable {
                 self.metrics.retransmits.get_or_create(&labels).inc();
             }
             Event::Listen { meta } => {
+                log::debug!(
+                    "listener: {} netns {} by {}",
+                    meta.local,
+                    meta.netns,
+                    meta.process.comm
+                );
                 self.listeners.add(Listener {
                     addr: meta.local,
                     netns: meta.netns,
@@ -302,7 +336,10 @@ impl ConnTable {
                     }
                 }
             }
-            Event::ListenClose { meta } => self.listeners.remove(meta.local, meta.netns),
+            Event::ListenClose { meta } => {
+                log::debug!("listener closed: {} netns {}", meta.local, meta.netns);
+                self.listeners.remove(meta.local, meta.netns)
+            }
         }
         self.metrics
             .connections_tracked
@@ -331,8 +368,9 @@ impl ConnTable {
                 .map(|c| c.process.comm.clone())
                 .or_else(|| {
                     self.recent_clients
-                        .get(meta.remote, meta.netns, meta.ts_ns)
-                        .map(str::to_string)
+                        .get(&meta.remote, meta.ts_ns)
+                        .filter(|c| !meta.remote.ip().is_loopback() || c.netns == meta.netns)
+                        .map(|c| c.comm.clone())
                 })
                 .unwrap_or_else(|| meta.remote.ip().to_string());
             EdgeLabels {
@@ -473,6 +511,20 @@ impl ConnTable {
     }
 
     fn data(&mut self, meta: &Meta, bytes: u64, dir: u8) {
+        if meta.conn_id == 0
+            && let Some(closed) = self.recent_closed.get(&meta.sk, meta.ts_ns)
+            && closed.remote.ip() == meta.remote.ip()
+            && (meta.remote.port() == 0 || closed.remote.port() == meta.remote.port())
+        {
+            // Draining a connection that already reached TCP_CLOSE: same edge as before.
+            let family = if dir == direction::EGRESS {
+                &self.metrics.sent
+            } else {
+                &self.metrics.received
+            };
+            family.get_or_create(&closed.labels).inc_by(bytes);
+            return;
+        }
         if !self.conns.contains_key(&meta.conn_id) {
             // The open event was lost or the connection is untracked: account the bytes on the
             // edge anyway, and track the connection from here on when it has an id.
@@ -518,11 +570,21 @@ impl ConnTable {
             self.clients_by_local.remove(&conn.local);
             self.recent_clients.insert(
                 conn.local,
-                conn.netns,
-                conn.process.comm.clone(),
+                ClosedClient {
+                    netns: conn.netns,
+                    comm: conn.process.comm.clone(),
+                },
                 meta.ts_ns,
             );
         }
+        self.recent_closed.insert(
+            conn.sk,
+            ClosedConnection {
+                remote: conn.remote,
+                labels: conn.labels.clone(),
+            },
+            meta.ts_ns,
+        );
         // The kernel's totals are exact even when data events were lost: add what we missed.
         if totals.bytes_sent > conn.bytes_sent {
             conn.sent.inc_by(totals.bytes_sent - conn.bytes_sent);
@@ -691,6 +753,62 @@ mod tests {
             ),
             1.0
         );
+    }
+
+    #[test]
+    fn late_accept_and_drain_after_close_keep_the_edge() {
+        let metrics = Arc::new(Metrics::new());
+        let mut table = ConnTable::new(metrics.clone(), 100, 100);
+        table.listeners.add(Listener {
+            addr: "127.0.0.1:80".parse().unwrap(),
+            netns: 1,
+            comm: "srv".into(),
+        });
+        let client = meta(1, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
+        table.handle(Event::ConnOpen {
+            meta: client.clone(),
+            connect_ns: 1,
+        });
+        // The client's orphaned FIN_WAIT2 turns into a timewait socket before the accept.
+        table.handle(Event::ConnClose {
+            meta: client.clone(),
+            totals: ConnTotals::default(),
+        });
+        table.handle(Event::ConnOpen {
+            meta: meta(2, role::SERVER, "127.0.0.1:80", "127.0.0.1:5000", "srv", 1),
+            connect_ns: 0,
+        });
+        // The client reads what was queued after its socket reached TCP_CLOSE.
+        let mut drained = client.clone();
+        drained.conn_id = 0;
+        drained.local.set_port(0);
+        table.handle(Event::Data {
+            meta: drained,
+            bytes: 7,
+            seq: 0,
+            direction: direction::INGRESS,
+            syscall: 0,
+            payload: vec![],
+        });
+        let server_edge = r#"client="cli",server="srv",server_port="80",role="server""#;
+        let client_edge = r#"client="cli",server="srv",server_port="80",role="client""#;
+        assert_eq!(
+            value(
+                &metrics,
+                "meshtap_tcp_connections_opened_total",
+                server_edge
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(&metrics, "meshtap_tcp_received_bytes_total", client_edge),
+            7.0
+        );
+        assert_eq!(
+            value(&metrics, "meshtap_tcp_received_bytes_total", "127.0.0.1"),
+            0.0
+        );
+        assert!(table.conns.values().all(|c| c.role == role::SERVER));
     }
 
     #[test]
