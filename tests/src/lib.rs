@@ -1,1 +1,53 @@
-//! Integration test support.
+//! Integration-test harness for the meshtap agent: the real binary, the real kernel, real sockets.
+//!
+//! Every resource a test creates is held by an RAII guard that releases it on drop, also while a
+//! failing test unwinds: [`Agent`] (SIGTERM, then wait; its stderr is printed when the test
+//! fails), [`NetNs`] / [`VethPair`] (namespaces deleted), [`ScriptChild`] (killed and reaped).
+//!
+//! The helpers panic with a message instead of returning errors: they run inside `#[test]`
+//! functions, where a panic with context *is* the error report.
+//!
+//! Needs: root (BPF, namespaces, `/proc/sys/kernel/ns_last_pid`), `ip` (iproute2), Debian's
+//! `/usr/bin/python3` (or `$MESHTAP_PYTHON`), `bpftool`, `promtool` (package prometheus), and
+//! the agent binary (`$MESHTAP_BIN`, else `target/release/meshtap`).
+//!
+//! Tests take [`serial()`] first: one agent at a time in the whole process, so `cargo test`'s
+//! thread pool cannot make two agents see (and count) each other's traffic.
+
+pub mod agent;
+pub mod bpf;
+pub mod http;
+pub mod metrics;
+pub mod netns;
+pub mod process;
+pub mod prom;
+pub mod serial;
+
+pub use agent::{Agent, Connection, Exited};
+pub use netns::{Host, NetNs, VethPair};
+pub use process::{Script, ScriptChild};
+pub use prom::{Check, Metrics, Sample};
+pub use serial::{Serial, serial};
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long an event may take to reach the agent's metrics: the agent polls its ring buffer every
+/// poll interval, and a test machine under load can be slow.
+pub const SETTLE: Duration = Duration::from_secs(10);
+
+/// The workspace root (`tests/..`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent directory")
+        .to_path_buf()
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now (bound, then released). Tests run
+/// one at a time ([`serial()`]), so nothing of ours takes it in between.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}

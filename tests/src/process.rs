@@ -1,0 +1,249 @@
+//! The test programs (Python scripts in `tests/scripts/`), run as guarded child processes.
+
+use std::fmt::Display;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::agent::send_signal;
+use crate::netns::NetNs;
+
+/// The Python interpreter: `$MESHTAP_PYTHON`, else Debian's `/usr/bin/python3`, else `python3`.
+pub fn python() -> String {
+    if let Ok(p) = std::env::var("MESHTAP_PYTHON") {
+        return p;
+    }
+    if std::path::Path::new("/usr/bin/python3").is_file() {
+        return "/usr/bin/python3".to_owned();
+    }
+    "python3".to_owned()
+}
+
+pub fn scripts_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts")
+}
+
+/// A script invocation being built: `tcp_server.py COMM args...`, optionally in a namespace.
+#[derive(Clone)]
+pub struct Script {
+    file: &'static str,
+    comm: String,
+    netns: Option<String>,
+    args: Vec<String>,
+}
+
+impl Script {
+    /// `tests/scripts/tcp_server.py`, whose process name will be `comm`.
+    pub fn server(comm: &str) -> Self {
+        Self::new("tcp_server.py", comm)
+    }
+
+    /// `tests/scripts/tcp_client.py`, whose process name will be `comm`.
+    pub fn client(comm: &str) -> Self {
+        Self::new("tcp_client.py", comm)
+    }
+
+    pub fn new(file: &'static str, comm: &str) -> Self {
+        assert!(comm.len() <= 15, "comm {comm:?} is longer than 15 bytes");
+        Self {
+            file,
+            comm: comm.to_owned(),
+            netns: None,
+            args: Vec::new(),
+        }
+    }
+
+    /// Runs the script inside `ns`.
+    pub fn in_netns(mut self, ns: &NetNs) -> Self {
+        self.netns = Some(ns.name().to_owned());
+        self
+    }
+
+    pub fn arg(mut self, arg: impl Display) -> Self {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    /// Adds `--name value`.
+    pub fn opt(self, name: &str, value: impl Display) -> Self {
+        self.arg(name).arg(value)
+    }
+
+    fn command(&self) -> Command {
+        let py = python();
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, &py]);
+                c
+            }
+            None => Command::new(&py),
+        };
+        cmd.arg("-u")
+            .arg(scripts_dir().join(self.file))
+            .arg(&self.comm)
+            .args(&self.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        cmd
+    }
+
+    fn describe(&self) -> String {
+        let ns = self
+            .netns
+            .as_ref()
+            .map_or_else(String::new, |n| format!(" in netns {n}"));
+        format!("{} {} {}{ns}", self.file, self.comm, self.args.join(" "))
+    }
+
+    pub fn spawn(&self) -> ScriptChild {
+        let mut child = self
+            .command()
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.describe()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stdin = child.stdin.take();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        ScriptChild {
+            pid: child.id(),
+            child,
+            stdin,
+            lines: rx,
+            what: self.describe(),
+            reaped: false,
+        }
+    }
+
+    /// Spawns, then waits for the `done` event and a zero exit status (see
+    /// [`ScriptChild::finish`]).
+    pub fn run(&self, timeout: Duration) -> Value {
+        self.spawn().finish(timeout)
+    }
+
+    /// Spawns the script so that its pid is `pid` (for pid-reuse tests): writes `pid - 1` to
+    /// `/proc/sys/kernel/ns_last_pid` and forks, retrying while another task takes the pid
+    /// first. Children that got another pid are killed before they act, so the script must be
+    /// started with `--wait-go` (it waits for a line on stdin). `None` after `attempts` misses.
+    pub fn spawn_with_pid(&self, pid: u32, attempts: usize) -> Option<ScriptChild> {
+        for _ in 0..attempts {
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+                .expect("write /proc/sys/kernel/ns_last_pid (needs root)");
+            let child = self.spawn();
+            if child.pid() == pid {
+                return Some(child);
+            }
+            drop(child);
+        }
+        None
+    }
+}
+
+/// A running script. Killed (SIGKILL) and reaped on drop.
+pub struct ScriptChild {
+    child: Child,
+    pid: u32,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    what: String,
+    reaped: bool,
+}
+
+impl ScriptChild {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The next JSON line the script printed. Non-JSON lines are skipped.
+    pub fn next_event(&mut self, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => return v,
+                    Err(_) => eprintln!("[{}] {line}", self.what),
+                },
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("{}: no output line within {timeout:?}", self.what)
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().expect("wait for script");
+                    self.reaped = true;
+                    panic!(
+                        "{}: exited ({status}) without the expected output",
+                        self.what
+                    );
+                }
+            }
+        }
+    }
+
+    /// The next event, asserting that it is `event` (e.g. `listening`).
+    pub fn expect_event(&mut self, event: &str, timeout: Duration) -> Value {
+        let v = self.next_event(timeout);
+        assert_eq!(
+            v["event"].as_str(),
+            Some(event),
+            "{}: expected event {event}, got {v}",
+            self.what
+        );
+        v
+    }
+
+    /// Sends one line to the script's stdin.
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").expect("write to script stdin");
+        stdin.flush().expect("flush script stdin");
+    }
+
+    /// Waits for the `done` event (skipping others) and for the script to exit 0; returns the
+    /// `done` event.
+    pub fn finish(mut self, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        let done = loop {
+            let v = self.next_event(deadline.saturating_duration_since(Instant::now()));
+            if v["event"] == "done" {
+                break v;
+            }
+        };
+        self.stdin = None;
+        let status = self.child.wait().expect("wait for script");
+        self.reaped = true;
+        assert!(status.success(), "{}: exited with {status}", self.what);
+        done
+    }
+
+    /// Kills the script (SIGKILL) and reaps it.
+    pub fn kill(mut self) {
+        self.reap_by_force();
+    }
+
+    fn reap_by_force(&mut self) {
+        if !self.reaped {
+            send_signal(self.pid, libc::SIGKILL);
+            let _ = self.child.wait();
+            self.reaped = true;
+        }
+    }
+}
+
+impl Drop for ScriptChild {
+    fn drop(&mut self) {
+        self.reap_by_force();
+    }
+}
