@@ -16,12 +16,13 @@ use meshtap_common::{map_id, stat};
 use tokio::{signal::unix::SignalKind, sync::mpsc};
 
 use crate::{
+    aggregate::http::HttpAggregator,
     config::Config,
     conntrack::{ConnTable, Listener},
     ebpf::{self, KernelMaps, reader::Reader},
     event::Event,
     export::http::{Endpoint, router},
-    metadata::proc::scan_listeners,
+    metadata::{proc::scan_listeners, service::ServiceNames},
     metrics::{LostLabels, MapLabels, Metrics},
 };
 
@@ -56,9 +57,17 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             source,
         })?;
 
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(&config.duration_buckets));
+    let http = HttpAggregator::new(
+        metrics.clone(),
+        config.max_series as usize,
+        config.series_ttl_secs.saturating_mul(1_000_000_000),
+    );
+    let services = ServiceNames::new(config.service_names.clone(), config.service_ports.clone());
     let table = Arc::new(Mutex::new(ConnTable::new(
         metrics.clone(),
+        services,
+        http,
         config.max_connections as usize,
         config.max_series as usize,
     )));
@@ -150,10 +159,19 @@ fn seed_listeners(table: &Mutex<ConnTable>) {
                         table.listeners.add_addr(netns, ip);
                     }
                 }
+                let process = crate::event::Process {
+                    tgid: l.tgid,
+                    tid: l.tgid,
+                    start_ns: 0,
+                    cgroup_id: 0,
+                    comm: l.comm.clone(),
+                };
+                let service = table.services.name(&process, Some(l.addr.port()));
                 table.listeners.add(Listener {
                     addr: l.addr,
                     netns,
                     comm: l.comm,
+                    service,
                 });
             }
             if scan.skipped > 0 {
@@ -168,10 +186,20 @@ fn seed_listeners(table: &Mutex<ConnTable>) {
 }
 
 async fn process(mut rx: mpsc::Receiver<Vec<Event>>, table: Arc<Mutex<ConnTable>>) {
-    while let Some(batch) = rx.recv().await {
-        let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
-        for event in batch {
-            table.handle(event);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            batch = rx.recv() => {
+                let Some(batch) = batch else { break };
+                let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
+                for event in batch {
+                    table.handle(event);
+                }
+            }
+            _ = tick.tick() => {
+                let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
+                table.tick(monotonic_ns());
+            }
         }
     }
 }

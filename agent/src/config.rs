@@ -53,6 +53,25 @@ pub struct Flags {
     #[arg(long, value_name = "N")]
     pub max_series: Option<u32>,
 
+    /// Remove a metric series not updated for this many seconds [default: 900].
+    #[arg(long, value_name = "SECS")]
+    pub series_ttl_secs: Option<u64>,
+
+    /// Bucket boundaries of the request-duration histograms, seconds, comma-separated
+    /// [default: OpenTelemetry's 0.005,0.01,0.025,0.05,0.075,0.1,0.25,0.5,0.75,1,2.5,5,7.5,10].
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub duration_buckets: Option<Vec<f64>>,
+
+    /// Name the service of processes running executable EXE as NAME (repeatable). Beats
+    /// OTEL_SERVICE_NAME and the executable name.
+    #[arg(long = "service-name", value_name = "EXE=NAME")]
+    pub service_name: Vec<String>,
+
+    /// Name the service of the process serving on PORT as NAME (repeatable). Beats every other
+    /// source of a server's name.
+    #[arg(long = "service-port", value_name = "PORT=NAME")]
+    pub service_port: Vec<String>,
+
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides) [default: info].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -69,6 +88,12 @@ pub struct FileConfig {
     pub queue_events: Option<u32>,
     pub poll_interval_ms: Option<u64>,
     pub max_series: Option<u32>,
+    pub series_ttl_secs: Option<u64>,
+    pub duration_buckets: Option<Vec<f64>>,
+    /// `{ executable = "service" }`
+    pub service_names: Option<std::collections::HashMap<String, String>>,
+    /// `{ "8080" = "service" }`
+    pub service_ports: Option<std::collections::HashMap<String, String>>,
     pub log_level: Option<String>,
 }
 
@@ -82,6 +107,10 @@ pub struct Config {
     pub queue_events: u32,
     pub poll_interval_ms: u64,
     pub max_series: u32,
+    pub series_ttl_secs: u64,
+    pub duration_buckets: Vec<f64>,
+    pub service_names: std::collections::HashMap<String, String>,
+    pub service_ports: std::collections::HashMap<u16, String>,
     pub log_level: String,
 }
 
@@ -101,6 +130,28 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
+}
+
+fn split_pair(setting: &'static str, pair: &str) -> Result<(String, String), ConfigError> {
+    match pair.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(ConfigError::Invalid {
+            setting,
+            value: pair.to_string(),
+            expected: "must look like KEY=NAME",
+        }),
+    }
+}
+
+fn parse_port(setting: &'static str, port: &str) -> Result<u16, ConfigError> {
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or(ConfigError::Invalid {
+            setting,
+            value: port.to_string(),
+            expected: "the port must be a number between 1 and 65535",
+        })
 }
 
 /// One line for a TOML error: the offending line of the file (which names the key) and why.
@@ -152,6 +203,33 @@ impl Config {
                 .or(file.poll_interval_ms)
                 .unwrap_or(20),
             max_series: flags.max_series.or(file.max_series).unwrap_or(10000),
+            series_ttl_secs: flags
+                .series_ttl_secs
+                .or(file.series_ttl_secs)
+                .unwrap_or(900),
+            duration_buckets: flags
+                .duration_buckets
+                .or(file.duration_buckets)
+                .unwrap_or_else(|| crate::metrics::DEFAULT_DURATION_BUCKETS.to_vec()),
+            service_names: {
+                let mut map = file.service_names.unwrap_or_default();
+                for pair in &flags.service_name {
+                    let (exe, name) = split_pair("--service-name", pair)?;
+                    map.insert(exe, name);
+                }
+                map
+            },
+            service_ports: {
+                let mut map = std::collections::HashMap::new();
+                for (port, name) in file.service_ports.unwrap_or_default() {
+                    map.insert(parse_port("service_ports", &port)?, name);
+                }
+                for pair in &flags.service_port {
+                    let (port, name) = split_pair("--service-port", pair)?;
+                    map.insert(parse_port("--service-port", &port)?, name);
+                }
+                map
+            },
             log_level: flags
                 .log_level
                 .or(file.log_level)
@@ -209,6 +287,25 @@ impl Config {
                 "max_series (--max-series)",
                 self.max_series.to_string(),
                 "must be at least 10",
+            );
+        }
+        if self.series_ttl_secs < 1 {
+            return invalid(
+                "series_ttl_secs (--series-ttl-secs)",
+                self.series_ttl_secs.to_string(),
+                "must be at least 1",
+            );
+        }
+        let b = &self.duration_buckets;
+        if b.is_empty()
+            || b.len() > 64
+            || b.iter().any(|x| !x.is_finite() || *x <= 0.0)
+            || b.windows(2).any(|w| w[0] >= w[1])
+        {
+            return invalid(
+                "duration_buckets (--duration-buckets)",
+                format!("{b:?}"),
+                "must be 1 to 64 increasing positive numbers of seconds",
             );
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
@@ -273,6 +370,33 @@ mod tests {
         assert!(err.contains("line 2 `capture_bytes = \"lots\"`"), "{err}");
         assert!(!err.contains('\n'), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn service_mappings_and_buckets() {
+        let config = Config::load(Flags {
+            service_name: vec!["python3=backend".into()],
+            service_port: vec!["8080=frontend".into()],
+            duration_buckets: Some(vec![0.05, 0.1, 0.2]),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(config.service_names["python3"], "backend");
+        assert_eq!(config.service_ports[&8080], "frontend");
+        let err = Config::load(Flags {
+            service_port: vec!["http=frontend".into()],
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--service-port"), "{err}");
+        let err = Config::load(Flags {
+            duration_buckets: Some(vec![0.2, 0.1]),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--duration-buckets"), "{err}");
     }
 
     #[test]

@@ -19,8 +19,11 @@ use serde::Serialize;
 use meshtap_common::{direction, flags, role};
 
 use crate::{
+    aggregate::http::{ExchangeRecord, HttpAggregator},
     event::{ConnTotals, Event, Meta, Process},
+    metadata::service::ServiceNames,
     metrics::{EdgeLabels, FailedLabels, Metrics, OVERFLOW},
+    protocol::{self, Detection, Direction, Exchange, Parser, Protocol, Side},
 };
 
 /// A listening socket on this node.
@@ -29,6 +32,8 @@ pub struct Listener {
     pub addr: SocketAddr,
     pub netns: u32,
     pub comm: String,
+    /// Service name of the listening process (see `metadata::service`).
+    pub service: String,
 }
 
 /// Who listens where, and which addresses each network namespace owns.
@@ -129,9 +134,38 @@ pub struct Connection {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub retransmits: u64,
+    /// Service name of the observing process, and of the other end when it is on this node.
+    pub service: String,
+    pub peer_service: Option<String>,
+    l7: L7,
+    /// Sequence number the next data event should carry (gaps mean lost events).
+    next_seq: u64,
     sent: Counter,
     received: Counter,
 }
+
+/// Protocol state of one connection side.
+enum L7 {
+    /// Not detected yet: `chunks` payload chunks seen, and the bytes of the latest ones if
+    /// they were too short to tell (a request written a byte at a time).
+    Detecting {
+        chunks: u32,
+        held: Vec<u8>,
+        held_dir: Option<Direction>,
+        held_ts: u64,
+    },
+    Parsing(Box<dyn Parser>),
+    /// Not a protocol we parse, or the parser gave up.
+    Ignored,
+}
+
+/// Chunks to look at before deciding a connection speaks no protocol we know: one for a
+/// connection seen from its start, more for one first seen mid-stream (its first chunk may be
+/// the middle of a body).
+const DETECT_CHUNKS: u32 = 1;
+const DETECT_CHUNKS_MIDSTREAM: u32 = 64;
+/// Bytes held back while too few arrived to tell the protocol.
+const DETECT_HOLD_BYTES: usize = 64;
 
 /// What `/api/v1/connections` shows of a connection.
 #[derive(Serialize)]
@@ -222,6 +256,7 @@ impl<K: std::hash::Hash + Eq + Copy, V> Tombstones<K, V> {
 struct ClosedClient {
     netns: u32,
     comm: String,
+    service: String,
 }
 
 /// A closed connection whose process may still read what is left in its receive queue: a
@@ -252,13 +287,23 @@ pub struct ConnTable {
     edges: HashSet<EdgeLabels>,
     failed_series: HashSet<FailedLabels>,
     metrics: Arc<Metrics>,
+    pub services: ServiceNames,
+    http: HttpAggregator,
     max_connections: usize,
     max_series: usize,
 }
 
 impl ConnTable {
-    pub fn new(metrics: Arc<Metrics>, max_connections: usize, max_series: usize) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        services: ServiceNames,
+        http: HttpAggregator,
+        max_connections: usize,
+        max_series: usize,
+    ) -> Self {
         ConnTable {
+            services,
+            http,
             conns: HashMap::new(),
             clients_by_local: HashMap::new(),
             listeners: Listeners::default(),
@@ -305,9 +350,14 @@ impl ConnTable {
             Event::Data {
                 meta,
                 bytes,
+                seq,
                 direction,
+                payload,
                 ..
-            } => self.data(&meta, bytes, direction),
+            } => {
+                self.data(&meta, bytes, direction);
+                self.parse(&meta, seq, bytes, direction, &payload);
+            }
             Event::Retransmit { meta } => {
                 let labels = match self.conns.get_mut(&meta.conn_id) {
                     Some(c) => {
@@ -325,10 +375,12 @@ impl ConnTable {
                     meta.netns,
                     meta.process.comm
                 );
+                let service = self.services.name(&meta.process, Some(meta.local.port()));
                 self.listeners.add(Listener {
                     addr: meta.local,
                     netns: meta.netns,
                     comm: meta.process.comm.clone(),
+                    service,
                 });
                 if !self.listeners.knows_netns(meta.netns) || meta.local.ip().is_unspecified() {
                     for ip in crate::metadata::netns_addresses(meta.process.tgid) {
@@ -354,24 +406,30 @@ impl ConnTable {
         }
     }
 
+    /// The local client process at the other end of server-side connection `meta`: its comm
+    /// and service name, from the tracked client connections or the recently closed ones.
+    fn local_client(&self, meta: &Meta) -> Option<(&str, &str)> {
+        let same_host = |netns: u32| !meta.remote.ip().is_loopback() || netns == meta.netns;
+        self.clients_by_local
+            .get(&meta.remote)
+            .and_then(|id| self.conns.get(id))
+            .filter(|c| same_host(c.netns) || c.netns == 0)
+            .map(|c| (c.process.comm.as_str(), c.service.as_str()))
+            .or_else(|| {
+                self.recent_clients
+                    .get(&meta.remote, meta.ts_ns)
+                    .filter(|c| same_host(c.netns))
+                    .map(|c| (c.comm.as_str(), c.service.as_str()))
+            })
+    }
+
     /// Labels of the edge `meta` belongs to, seen from `observer_role`.
     fn edge_labels(&self, meta: &Meta, observer_role: u8) -> EdgeLabels {
         let me = meta.process.comm.clone();
         if observer_role == role::SERVER {
             let client = self
-                .clients_by_local
-                .get(&meta.remote)
-                .and_then(|id| self.conns.get(id))
-                .filter(|c| {
-                    !meta.remote.ip().is_loopback() || c.netns == meta.netns || c.netns == 0
-                })
-                .map(|c| c.process.comm.clone())
-                .or_else(|| {
-                    self.recent_clients
-                        .get(&meta.remote, meta.ts_ns)
-                        .filter(|c| !meta.remote.ip().is_loopback() || c.netns == meta.netns)
-                        .map(|c| c.comm.clone())
-                })
+                .local_client(meta)
+                .map(|(comm, _)| comm.to_string())
                 .unwrap_or_else(|| meta.remote.ip().to_string());
             EdgeLabels {
                 client,
@@ -428,8 +486,32 @@ impl ConnTable {
             self.metrics.active.get_or_create(&labels).dec();
             return Some(labels);
         }
+        let (service, peer_service) = if observer_role == role::SERVER {
+            let peer = self
+                .local_client(meta)
+                .map(|(_, service)| service.to_string());
+            (
+                self.services.name(&meta.process, Some(meta.local.port())),
+                peer,
+            )
+        } else {
+            let peer = self
+                .listeners
+                .server_for(meta.netns, meta.remote)
+                .map(|l| l.service.clone());
+            (self.services.name(&meta.process, None), peer)
+        };
         let conn = Connection {
             id: meta.conn_id,
+            service,
+            peer_service,
+            l7: L7::Detecting {
+                chunks: 0,
+                held: Vec::new(),
+                held_dir: None,
+                held_ts: 0,
+            },
+            next_seq: 0,
             sk: meta.sk,
             role: observer_role,
             netns: meta.netns,
@@ -480,6 +562,13 @@ impl ConnTable {
     }
 
     fn fail(&mut self, meta: &Meta, errno: u32) {
+        let client_service = self.services.name(&meta.process, None);
+        let peer = self
+            .listeners
+            .server_for(meta.netns, meta.remote)
+            .map(|l| l.service.clone());
+        self.http
+            .connect_failed(&client_service, meta.remote, peer.as_deref(), meta.ts_ns);
         let edge = self.edge_labels(meta, role::CLIENT);
         let labels = FailedLabels {
             client: edge.client,
@@ -551,7 +640,137 @@ impl ConnTable {
         }
     }
 
+    /// Protocol detection and parsing of one data chunk of a tracked connection.
+    fn parse(&mut self, meta: &Meta, seq: u64, bytes: u64, dir: u8, payload: &[u8]) {
+        let Some(conn) = self.conns.get_mut(&meta.conn_id) else {
+            return;
+        };
+        let side = if conn.role == role::SERVER {
+            Side::Server
+        } else {
+            Side::Client
+        };
+        let dir = if dir == direction::EGRESS {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        };
+        let gap = seq != conn.next_seq;
+        conn.next_seq = seq + 1;
+        // Bytes of chunks too short to tell, replayed to the parser once detected.
+        let mut replay: Option<(u64, Vec<u8>)> = None;
+        if let L7::Detecting {
+            chunks,
+            held,
+            held_dir,
+            held_ts,
+        } = &mut conn.l7
+        {
+            *chunks += 1;
+            let limit = if conn.pre_existing {
+                DETECT_CHUNKS_MIDSTREAM
+            } else {
+                DETECT_CHUNKS
+            };
+            if *held_dir != Some(dir) {
+                held.clear();
+            }
+            let mut candidate = std::mem::take(held);
+            let first_ts = if candidate.is_empty() {
+                meta.ts_ns
+            } else {
+                *held_ts
+            };
+            candidate.extend_from_slice(payload);
+            match protocol::detect(side, dir, &candidate) {
+                Detection::Http1 => {
+                    self.http.detected(Protocol::Http1.name());
+                    let earlier = candidate.len() - payload.len();
+                    if earlier > 0 {
+                        candidate.truncate(earlier);
+                        replay = Some((first_ts, candidate));
+                    }
+                    conn.l7 = L7::Parsing(protocol::new_parser(Protocol::Http1, side));
+                }
+                Detection::NeedMore
+                    if payload.len() as u64 == bytes && candidate.len() <= DETECT_HOLD_BYTES =>
+                {
+                    *held = candidate;
+                    *held_dir = Some(dir);
+                    *held_ts = first_ts;
+                    return;
+                }
+                _ if *chunks >= limit => {
+                    conn.l7 = L7::Ignored;
+                    return;
+                }
+                _ => return,
+            }
+        }
+        let L7::Parsing(parser) = &mut conn.l7 else {
+            return;
+        };
+        if gap {
+            parser.gap(dir);
+        }
+        let mut out = Vec::new();
+        if let Some((ts, held)) = replay
+            && let Err(err) = parser.feed(dir, ts, &held, held.len() as u64, &mut out)
+        {
+            self.http.parse_error(Protocol::Http1.name(), err.reason());
+        }
+        if let Err(err) = parser.feed(dir, meta.ts_ns, payload, bytes, &mut out) {
+            self.http.parse_error(Protocol::Http1.name(), err.reason());
+        }
+        if parser.is_dead() {
+            conn.l7 = L7::Ignored;
+        }
+        self.exchanges(meta.conn_id, out, meta.ts_ns);
+    }
+
+    /// Hands a connection's completed exchanges to the aggregator.
+    fn exchanges(&mut self, conn_id: u64, out: Vec<Exchange>, now_ns: u64) {
+        if out.is_empty() {
+            return;
+        }
+        let Some(conn) = self.conns.get(&conn_id) else {
+            return;
+        };
+        let (side, client, server) = if conn.role == role::SERVER {
+            (Side::Server, conn.remote, conn.local)
+        } else {
+            (Side::Client, conn.local, conn.remote)
+        };
+        let service = conn.service.clone();
+        let peer_service = conn.peer_service.clone();
+        for exchange in out {
+            self.http.observe(
+                ExchangeRecord {
+                    exchange,
+                    side,
+                    service: service.clone(),
+                    peer_service: peer_service.clone(),
+                    client,
+                    server,
+                },
+                now_ns,
+            );
+        }
+    }
+
+    /// Periodic work of the stages after the table (pairing timeouts, series expiry).
+    pub fn tick(&mut self, now_ns: u64) {
+        self.http.tick(now_ns);
+    }
+
     fn close(&mut self, meta: &Meta, totals: ConnTotals) {
+        if let Some(conn) = self.conns.get_mut(&meta.conn_id)
+            && let L7::Parsing(parser) = &mut conn.l7
+        {
+            let mut out = Vec::new();
+            parser.close(meta.ts_ns, &mut out);
+            self.exchanges(meta.conn_id, out, meta.ts_ns);
+        }
         let Some(conn) = self.conns.remove(&meta.conn_id) else {
             // Never tracked here (open lost, or table full): count the close and the bytes.
             let labels = self.edge_labels(meta, self.resolve_role(meta));
@@ -573,6 +792,7 @@ impl ConnTable {
                 ClosedClient {
                     netns: conn.netns,
                     comm: conn.process.comm.clone(),
+                    service: conn.service.clone(),
                 },
                 meta.ts_ns,
             );
@@ -660,6 +880,16 @@ mod tests {
         }
     }
 
+    fn table_for(metrics: &Arc<Metrics>, max_connections: usize, max_series: usize) -> ConnTable {
+        ConnTable::new(
+            metrics.clone(),
+            ServiceNames::new(HashMap::new(), HashMap::new()),
+            HttpAggregator::new(metrics.clone(), max_series, u64::MAX),
+            max_connections,
+            max_series,
+        )
+    }
+
     fn value(metrics: &Metrics, name: &str, labels: &str) -> f64 {
         let text = metrics.encode();
         text.lines()
@@ -670,12 +900,13 @@ mod tests {
 
     #[test]
     fn both_ends_on_node_name_each_other_and_reconcile_bytes() {
-        let metrics = Arc::new(Metrics::new());
-        let mut table = ConnTable::new(metrics.clone(), 100, 100);
+        let metrics = Arc::new(Metrics::default());
+        let mut table = table_for(&metrics, 100, 100);
         table.listeners.add(Listener {
             addr: "0.0.0.0:8080".parse().unwrap(),
             netns: 2,
             comm: "srv".into(),
+            service: "srv".into(),
         });
         table.listeners.add_addr(2, "10.0.0.2".parse().unwrap());
         table.handle(Event::ConnOpen {
@@ -727,12 +958,13 @@ mod tests {
 
     #[test]
     fn remote_peer_is_named_by_ip_and_wildcards_do_not_capture_foreign_addresses() {
-        let metrics = Arc::new(Metrics::new());
-        let mut table = ConnTable::new(metrics.clone(), 100, 100);
+        let metrics = Arc::new(Metrics::default());
+        let mut table = table_for(&metrics, 100, 100);
         table.listeners.add(Listener {
             addr: "0.0.0.0:8080".parse().unwrap(),
             netns: 2,
             comm: "srv".into(),
+            service: "srv".into(),
         });
         table.handle(Event::ConnOpen {
             meta: meta(
@@ -757,12 +989,13 @@ mod tests {
 
     #[test]
     fn late_accept_and_drain_after_close_keep_the_edge() {
-        let metrics = Arc::new(Metrics::new());
-        let mut table = ConnTable::new(metrics.clone(), 100, 100);
+        let metrics = Arc::new(Metrics::default());
+        let mut table = table_for(&metrics, 100, 100);
         table.listeners.add(Listener {
             addr: "127.0.0.1:80".parse().unwrap(),
             netns: 1,
             comm: "srv".into(),
+            service: "srv".into(),
         });
         let client = meta(1, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
         table.handle(Event::ConnOpen {
@@ -813,8 +1046,8 @@ mod tests {
 
     #[test]
     fn series_cap_folds_into_overflow() {
-        let metrics = Arc::new(Metrics::new());
-        let mut table = ConnTable::new(metrics.clone(), 1000, 10);
+        let metrics = Arc::new(Metrics::default());
+        let mut table = table_for(&metrics, 1000, 10);
         for i in 0..20u64 {
             table.handle(Event::ConnOpen {
                 meta: meta(

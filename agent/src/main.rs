@@ -1,5 +1,6 @@
 //! meshtap: CLI -> config -> app::run. Every failure ends in one line saying what to do.
 
+mod aggregate;
 mod app;
 mod config;
 mod conntrack;
@@ -8,6 +9,7 @@ mod event;
 mod export;
 mod metadata;
 mod metrics;
+mod protocol;
 
 use clap::Parser as _;
 

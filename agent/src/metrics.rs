@@ -27,6 +27,195 @@ pub mod name {
     pub const RETRANSMITS_UNTRACKED: &str = "meshtap_retransmits_untracked";
     pub const SERIES_OVERFLOW: &str = "meshtap_metric_series_overflow";
     pub const PROGRAMS_ATTACHED: &str = "meshtap_programs_attached";
+    pub const PROTOCOL_DETECTED: &str = "meshtap_protocol_detected";
+    pub const PARSE_ERRORS: &str = "meshtap_parse_errors";
+    pub const EXCHANGES: &str = "meshtap_exchanges";
+    pub const SERIES_EXPIRED: &str = "meshtap_metric_series_expired";
+    // OpenTelemetry semantic conventions for HTTP, in Prometheus form (as Beyla exports them).
+    pub const HTTP_SERVER_DURATION: &str = "http_server_request_duration_seconds";
+    pub const HTTP_SERVER_REQUEST_BODY: &str = "http_server_request_body_size_bytes";
+    pub const HTTP_SERVER_RESPONSE_BODY: &str = "http_server_response_body_size_bytes";
+    pub const HTTP_CLIENT_DURATION: &str = "http_client_request_duration_seconds";
+    pub const HTTP_CLIENT_REQUEST_BODY: &str = "http_client_request_body_size_bytes";
+    pub const HTTP_CLIENT_RESPONSE_BODY: &str = "http_client_response_body_size_bytes";
+    // Tempo's service-graph names.
+    pub const GRAPH_REQUESTS: &str = "traces_service_graph_request";
+    pub const GRAPH_FAILED: &str = "traces_service_graph_request_failed";
+    pub const GRAPH_SERVER_SECONDS: &str = "traces_service_graph_request_server_seconds";
+    pub const GRAPH_CLIENT_SECONDS: &str = "traces_service_graph_request_client_seconds";
+}
+
+/// OpenTelemetry's default explicit bucket boundaries for durations, in seconds.
+pub const DEFAULT_DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Body-size buckets, bytes: 0 (no body) then powers of four up to 64 MiB.
+const BODY_BUCKETS: [f64; 12] = [
+    0.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    67108864.0,
+];
+
+/// Builds histograms with a fixed set of buckets (a nameable `MetricConstructor`).
+#[derive(Clone)]
+pub struct Buckets(std::sync::Arc<Vec<f64>>);
+
+impl prometheus_client::metrics::family::MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+pub type Histograms<L> = Family<L, Histogram, Buckets>;
+
+/// `http_server_*` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpServerLabels {
+    pub service_name: String,
+    pub http_request_method: String,
+    pub http_response_status_code: String,
+    pub http_route: String,
+}
+
+/// `http_client_*` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpClientLabels {
+    pub service_name: String,
+    pub http_request_method: String,
+    pub http_response_status_code: String,
+    pub server_address: String,
+    pub server_port: String,
+}
+
+/// Service-graph edge labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GraphLabels {
+    pub client: String,
+    pub server: String,
+    pub connection_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ParseErrorLabels {
+    pub protocol: String,
+    pub reason: String,
+}
+
+/// The L7 families.
+pub struct HttpFamilies {
+    pub server_duration: Histograms<HttpServerLabels>,
+    pub server_request_body: Histograms<HttpServerLabels>,
+    pub server_response_body: Histograms<HttpServerLabels>,
+    pub client_duration: Histograms<HttpClientLabels>,
+    pub client_request_body: Histograms<HttpClientLabels>,
+    pub client_response_body: Histograms<HttpClientLabels>,
+    pub graph_requests: Family<GraphLabels, Counter>,
+    pub graph_failed: Family<GraphLabels, Counter>,
+    pub graph_server_seconds: Histograms<GraphLabels>,
+    pub graph_client_seconds: Histograms<GraphLabels>,
+    pub protocol_detected: Family<ProtocolLabels, Counter>,
+    pub parse_errors: Family<ParseErrorLabels, Counter>,
+    pub exchanges: Family<ProtocolLabels, Counter>,
+    pub series_expired: Family<MetricLabels, Counter>,
+}
+
+impl HttpFamilies {
+    fn new(registry: &mut Registry, duration_buckets: &[f64]) -> Self {
+        let durations = Buckets(std::sync::Arc::new(duration_buckets.to_vec()));
+        let bodies = Buckets(std::sync::Arc::new(BODY_BUCKETS.to_vec()));
+        let f = HttpFamilies {
+            server_duration: Family::new_with_constructor(durations.clone()),
+            server_request_body: Family::new_with_constructor(bodies.clone()),
+            server_response_body: Family::new_with_constructor(bodies.clone()),
+            client_duration: Family::new_with_constructor(durations.clone()),
+            client_request_body: Family::new_with_constructor(bodies.clone()),
+            client_response_body: Family::new_with_constructor(bodies),
+            graph_requests: Family::default(),
+            graph_failed: Family::default(),
+            graph_server_seconds: Family::new_with_constructor(durations.clone()),
+            graph_client_seconds: Family::new_with_constructor(durations),
+            protocol_detected: Family::default(),
+            parse_errors: Family::default(),
+            exchanges: Family::default(),
+            series_expired: Family::default(),
+        };
+        registry.register(
+            name::HTTP_SERVER_DURATION,
+            "Duration of HTTP server requests, first request byte read to last response byte written",
+            f.server_duration.clone(),
+        );
+        registry.register(
+            name::HTTP_SERVER_REQUEST_BODY,
+            "Size of HTTP server request bodies",
+            f.server_request_body.clone(),
+        );
+        registry.register(
+            name::HTTP_SERVER_RESPONSE_BODY,
+            "Size of HTTP server response bodies",
+            f.server_response_body.clone(),
+        );
+        registry.register(
+            name::HTTP_CLIENT_DURATION,
+            "Duration of HTTP client requests, first request byte written to last response byte read",
+            f.client_duration.clone(),
+        );
+        registry.register(
+            name::HTTP_CLIENT_REQUEST_BODY,
+            "Size of HTTP client request bodies",
+            f.client_request_body.clone(),
+        );
+        registry.register(
+            name::HTTP_CLIENT_RESPONSE_BODY,
+            "Size of HTTP client response bodies",
+            f.client_response_body.clone(),
+        );
+        registry.register(
+            name::GRAPH_REQUESTS,
+            "Requests between two services (each exchange once)",
+            f.graph_requests.clone(),
+        );
+        registry.register(
+            name::GRAPH_FAILED,
+            "Failed requests between two services",
+            f.graph_failed.clone(),
+        );
+        registry.register(
+            name::GRAPH_SERVER_SECONDS,
+            "Request duration between two services, as seen by the server",
+            f.graph_server_seconds.clone(),
+        );
+        registry.register(
+            name::GRAPH_CLIENT_SECONDS,
+            "Request duration between two services, as seen by the client",
+            f.graph_client_seconds.clone(),
+        );
+        registry.register(
+            name::PROTOCOL_DETECTED,
+            "Connection sides whose payload was detected as a protocol",
+            f.protocol_detected.clone(),
+        );
+        registry.register(
+            name::PARSE_ERRORS,
+            "Malformed or unparseable messages, by protocol and reason",
+            f.parse_errors.clone(),
+        );
+        registry.register(
+            name::EXCHANGES,
+            "Request/response exchanges produced, by protocol (each observed side counts)",
+            f.exchanges.clone(),
+        );
+        registry.register(
+            name::SERIES_EXPIRED,
+            "Label sets removed because they were not updated for --series-ttl-secs",
+            f.series_expired.clone(),
+        );
+        f
+    }
 }
 
 /// Label value that replaces a label set beyond the series cap.
@@ -111,14 +300,17 @@ pub struct Metrics {
     pub retransmits_untracked: Counter,
     pub series_overflow: Family<MetricLabels, Counter>,
     pub programs_attached: Gauge,
+    pub http: HttpFamilies,
     /// Last kernel counter values seen, so kernel totals become counter increments.
     kernel_seen: Mutex<Vec<u64>>,
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub fn new(duration_buckets: &[f64]) -> Self {
         let mut registry = Registry::default();
+        let http = HttpFamilies::new(&mut registry, duration_buckets);
         let m = Metrics {
+            http,
             opened: Family::default(),
             closed: Family::default(),
             failed: Family::default(),
@@ -250,6 +442,6 @@ impl Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(&DEFAULT_DURATION_BUCKETS)
     }
 }

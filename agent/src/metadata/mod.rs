@@ -1,5 +1,6 @@
 //! Names for what the kernel reports by number: processes, listeners, namespaces.
 pub mod netns;
 pub mod proc;
+pub mod service;
 
 pub use netns::netns_addresses;

@@ -1,10 +1,3 @@
-#![cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "process_info() is the OTEL_SERVICE_NAME / executable-name source for service names (issue 3)"
-    )
-)]
 //! Process and socket facts read from procfs: which process listens on which TCP address, and
 //! what a process is called.
 //!

@@ -1,0 +1,569 @@
+//! HTTP exchanges into RED metrics (OpenTelemetry names) and the service graph (Tempo names).
+//!
+//! When both ends of a connection are processes on this node, each exchange is observed twice,
+//! once per side. The service graph counts it once: the two observations of the same
+//! connection are paired in order (HTTP/1.x answers in request order), giving one request with
+//! the server's and the client's durations. An observation whose partner does not arrive within
+//! `PAIR_WAIT_NS` (lost events, a side the parser could not follow) is counted alone.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::SocketAddr,
+    sync::Arc,
+};
+
+use crate::{
+    aggregate::series::SeriesGuard,
+    metrics::{
+        GraphLabels, HttpClientLabels, HttpServerLabels, MetricLabels, Metrics, OVERFLOW,
+        ParseErrorLabels, ProtocolLabels, name,
+    },
+    protocol::{Exchange, Side, route::route},
+};
+
+/// How long one side's observation waits for the other side's.
+const PAIR_WAIT_NS: u64 = 2_000_000_000;
+/// Observations waiting for a partner, at most; beyond, they are counted alone at once.
+const MAX_PENDING: usize = 65536;
+/// Destinations known to speak HTTP (for counting connect failures), at most.
+const MAX_HTTP_DESTINATIONS: usize = 16384;
+
+/// An exchange with what the connection table knows about its two ends.
+pub struct ExchangeRecord {
+    pub exchange: Exchange,
+    /// The side that observed it.
+    pub side: Side,
+    /// The observing process's service name.
+    pub service: String,
+    /// The other end's service name when it is a process on this node.
+    pub peer_service: Option<String>,
+    /// The client's and the server's addresses: the same key from both sides.
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+}
+
+/// One side's contribution to a service-graph request.
+struct Half {
+    client: String,
+    server: String,
+    seconds: f64,
+    failed: bool,
+    at_ns: u64,
+}
+
+#[derive(Default)]
+struct Pending {
+    from_client: VecDeque<Half>,
+    from_server: VecDeque<Half>,
+}
+
+pub struct HttpAggregator {
+    metrics: Arc<Metrics>,
+    server_series: SeriesGuard<HttpServerLabels>,
+    client_series: SeriesGuard<HttpClientLabels>,
+    graph_series: SeriesGuard<GraphLabels>,
+    pending: HashMap<(SocketAddr, SocketAddr), Pending>,
+    pending_count: usize,
+    http_destinations: HashSet<SocketAddr>,
+    series_ttl_ns: u64,
+}
+
+fn overflow_counter(
+    metrics: &Metrics,
+    family: &str,
+) -> prometheus_client::metrics::counter::Counter {
+    metrics.series_overflow.get_or_create_owned(&MetricLabels {
+        metric: family.to_string(),
+    })
+}
+
+impl HttpAggregator {
+    pub fn new(metrics: Arc<Metrics>, max_series: usize, series_ttl_ns: u64) -> Self {
+        HttpAggregator {
+            server_series: SeriesGuard::new(
+                max_series,
+                overflow_counter(&metrics, name::HTTP_SERVER_DURATION),
+            ),
+            client_series: SeriesGuard::new(
+                max_series,
+                overflow_counter(&metrics, name::HTTP_CLIENT_DURATION),
+            ),
+            graph_series: SeriesGuard::new(
+                max_series,
+                overflow_counter(&metrics, "traces_service_graph_request_total"),
+            ),
+            metrics,
+            pending: HashMap::new(),
+            pending_count: 0,
+            http_destinations: HashSet::new(),
+            series_ttl_ns,
+        }
+    }
+
+    pub fn detected(&self, protocol: &str) {
+        self.metrics
+            .http
+            .protocol_detected
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn parse_error(&self, protocol: &str, reason: &str) {
+        self.metrics
+            .http
+            .parse_errors
+            .get_or_create(&ParseErrorLabels {
+                protocol: protocol.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn observe(&mut self, record: ExchangeRecord, now_ns: u64) {
+        let ex = &record.exchange;
+        let h = &self.metrics.http;
+        h.exchanges
+            .get_or_create(&ProtocolLabels {
+                protocol: ex.protocol.name().to_string(),
+            })
+            .inc();
+        let seconds = ex.end_ns.saturating_sub(ex.start_ns) as f64 / 1e9;
+        let status = ex.status.map(|s| s.to_string()).unwrap_or_default();
+        let failed = match record.side {
+            Side::Server => ex.status.is_some_and(|s| s >= 500),
+            Side::Client => ex.status.is_none_or(|s| s >= 500),
+        };
+        match record.side {
+            Side::Server => {
+                let labels = HttpServerLabels {
+                    service_name: record.service.clone(),
+                    http_request_method: ex.method.clone(),
+                    http_response_status_code: status,
+                    http_route: route(&ex.path),
+                };
+                let labels = self
+                    .server_series
+                    .admit(labels, now_ns, |l| HttpServerLabels {
+                        http_route: OVERFLOW.to_string(),
+                        ..l
+                    });
+                h.server_duration.get_or_create(&labels).observe(seconds);
+                h.server_request_body
+                    .get_or_create(&labels)
+                    .observe(ex.request_body_bytes as f64);
+                h.server_response_body
+                    .get_or_create(&labels)
+                    .observe(ex.response_body_bytes as f64);
+            }
+            Side::Client => {
+                if self.http_destinations.len() < MAX_HTTP_DESTINATIONS {
+                    self.http_destinations.insert(record.server);
+                }
+                let labels = HttpClientLabels {
+                    service_name: record.service.clone(),
+                    http_request_method: ex.method.clone(),
+                    http_response_status_code: status,
+                    server_address: record.server.ip().to_string(),
+                    server_port: record.server.port().to_string(),
+                };
+                let labels = self
+                    .client_series
+                    .admit(labels, now_ns, |l| HttpClientLabels {
+                        server_address: OVERFLOW.to_string(),
+                        ..l
+                    });
+                h.client_duration.get_or_create(&labels).observe(seconds);
+                h.client_request_body
+                    .get_or_create(&labels)
+                    .observe(ex.request_body_bytes as f64);
+                h.client_response_body
+                    .get_or_create(&labels)
+                    .observe(ex.response_body_bytes as f64);
+            }
+        }
+
+        let (client, server) = match record.side {
+            Side::Server => (
+                record
+                    .peer_service
+                    .clone()
+                    .unwrap_or_else(|| record.client.ip().to_string()),
+                record.service.clone(),
+            ),
+            Side::Client => (
+                record.service.clone(),
+                record
+                    .peer_service
+                    .clone()
+                    .unwrap_or_else(|| record.server.ip().to_string()),
+            ),
+        };
+        let half = Half {
+            client,
+            server,
+            seconds,
+            failed,
+            at_ns: now_ns,
+        };
+        if record.peer_service.is_none() {
+            let (server_s, client_s) = match record.side {
+                Side::Server => (Some(half.seconds), None),
+                Side::Client => (None, Some(half.seconds)),
+            };
+            self.graph(
+                &half.client,
+                &half.server,
+                "virtual_node",
+                server_s,
+                client_s,
+                failed,
+                now_ns,
+            );
+            return;
+        }
+        let key = (record.client, record.server);
+        let pending = self.pending.entry(key).or_default();
+        let partner = match record.side {
+            Side::Server => pending.from_client.pop_front(),
+            Side::Client => pending.from_server.pop_front(),
+        };
+        match partner {
+            Some(other) => {
+                self.pending_count -= 1;
+                if pending.from_client.is_empty() && pending.from_server.is_empty() {
+                    self.pending.remove(&key);
+                }
+                let (from_client, from_server) = match record.side {
+                    Side::Server => (other, half),
+                    Side::Client => (half, other),
+                };
+                self.graph(
+                    &from_client.client,
+                    &from_server.server,
+                    "",
+                    Some(from_server.seconds),
+                    Some(from_client.seconds),
+                    from_client.failed || from_server.failed,
+                    now_ns,
+                );
+            }
+            None if self.pending_count >= MAX_PENDING => {
+                let (server_s, client_s) = match record.side {
+                    Side::Server => (Some(half.seconds), None),
+                    Side::Client => (None, Some(half.seconds)),
+                };
+                self.graph(
+                    &half.client,
+                    &half.server,
+                    "",
+                    server_s,
+                    client_s,
+                    failed,
+                    now_ns,
+                );
+            }
+            None => {
+                match record.side {
+                    Side::Server => pending.from_server.push_back(half),
+                    Side::Client => pending.from_client.push_back(half),
+                }
+                self.pending_count += 1;
+            }
+        }
+    }
+
+    /// A connect to `server` failed: when `server` is known to speak HTTP, that is a failed
+    /// request on the service graph.
+    pub fn connect_failed(
+        &mut self,
+        client: &str,
+        server: SocketAddr,
+        peer: Option<&str>,
+        now_ns: u64,
+    ) {
+        if !self.http_destinations.contains(&server) {
+            return;
+        }
+        let server_name = peer
+            .map(str::to_string)
+            .unwrap_or_else(|| server.ip().to_string());
+        let connection_type = if peer.is_some() { "" } else { "virtual_node" };
+        self.graph(
+            client,
+            &server_name,
+            connection_type,
+            None,
+            None,
+            true,
+            now_ns,
+        );
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call per service-graph observation shape"
+    )]
+    fn graph(
+        &mut self,
+        client: &str,
+        server: &str,
+        connection_type: &str,
+        server_seconds: Option<f64>,
+        client_seconds: Option<f64>,
+        failed: bool,
+        now_ns: u64,
+    ) {
+        let labels = GraphLabels {
+            client: client.to_string(),
+            server: server.to_string(),
+            connection_type: connection_type.to_string(),
+        };
+        let labels = self.graph_series.admit(labels, now_ns, |l| GraphLabels {
+            client: OVERFLOW.to_string(),
+            server: OVERFLOW.to_string(),
+            ..l
+        });
+        let h = &self.metrics.http;
+        h.graph_requests.get_or_create(&labels).inc();
+        if failed {
+            h.graph_failed.get_or_create(&labels).inc();
+        }
+        if let Some(s) = server_seconds {
+            h.graph_server_seconds.get_or_create(&labels).observe(s);
+        }
+        if let Some(s) = client_seconds {
+            h.graph_client_seconds.get_or_create(&labels).observe(s);
+        }
+    }
+
+    /// Periodic work: count observations whose partner never came, and expire idle series.
+    pub fn tick(&mut self, now_ns: u64) {
+        let mut alone = Vec::new();
+        self.pending.retain(|_, p| {
+            while p
+                .from_client
+                .front()
+                .is_some_and(|h| now_ns.saturating_sub(h.at_ns) > PAIR_WAIT_NS)
+            {
+                if let Some(h) = p.from_client.pop_front() {
+                    alone.push((h, Side::Client));
+                }
+            }
+            while p
+                .from_server
+                .front()
+                .is_some_and(|h| now_ns.saturating_sub(h.at_ns) > PAIR_WAIT_NS)
+            {
+                if let Some(h) = p.from_server.pop_front() {
+                    alone.push((h, Side::Server));
+                }
+            }
+            !(p.from_client.is_empty() && p.from_server.is_empty())
+        });
+        self.pending_count -= alone.len();
+        for (h, side) in alone {
+            let (server_s, client_s) = match side {
+                Side::Server => (Some(h.seconds), None),
+                Side::Client => (None, Some(h.seconds)),
+            };
+            self.graph(
+                &h.client, &h.server, "", server_s, client_s, h.failed, now_ns,
+            );
+        }
+        self.expire(now_ns);
+    }
+
+    fn expire(&mut self, now_ns: u64) {
+        let h = &self.metrics.http;
+        let expired = |family: &str, n: usize| {
+            if n > 0 {
+                h.series_expired
+                    .get_or_create(&MetricLabels {
+                        metric: family.to_string(),
+                    })
+                    .inc_by(n as u64);
+            }
+        };
+        let stale = self.server_series.expire(now_ns, self.series_ttl_ns);
+        for l in &stale {
+            h.server_duration.remove(l);
+            h.server_request_body.remove(l);
+            h.server_response_body.remove(l);
+        }
+        expired(name::HTTP_SERVER_DURATION, stale.len());
+        let stale = self.client_series.expire(now_ns, self.series_ttl_ns);
+        for l in &stale {
+            h.client_duration.remove(l);
+            h.client_request_body.remove(l);
+            h.client_response_body.remove(l);
+        }
+        expired(name::HTTP_CLIENT_DURATION, stale.len());
+        let stale = self.graph_series.expire(now_ns, self.series_ttl_ns);
+        for l in &stale {
+            h.graph_requests.remove(l);
+            h.graph_failed.remove(l);
+            h.graph_server_seconds.remove(l);
+            h.graph_client_seconds.remove(l);
+        }
+        expired("traces_service_graph_request_total", stale.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Outcome, Protocol};
+
+    fn exchange(status: Option<u16>, path: &str, ms: u64) -> Exchange {
+        Exchange {
+            protocol: Protocol::Http1,
+            start_ns: 1_000_000_000,
+            end_ns: 1_000_000_000 + ms * 1_000_000,
+            method: "GET".into(),
+            path: path.into(),
+            status,
+            request_body_bytes: 0,
+            response_body_bytes: 3,
+            headers: vec![],
+            outcome: Outcome::Complete,
+        }
+    }
+
+    fn record(side: Side, status: Option<u16>, peer: Option<&str>) -> ExchangeRecord {
+        ExchangeRecord {
+            exchange: exchange(status, "/users/42?x=1", 10),
+            side,
+            service: match side {
+                Side::Server => "backend".into(),
+                Side::Client => "frontend".into(),
+            },
+            peer_service: peer.map(str::to_string),
+            client: "10.0.0.1:5000".parse().unwrap(),
+            server: "10.0.0.2:8080".parse().unwrap(),
+        }
+    }
+
+    fn sample(metrics: &Metrics, prefix: &str, labels: &str) -> f64 {
+        metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(labels))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    }
+
+    #[test]
+    fn both_sides_on_node_count_once_on_the_graph() {
+        let metrics = Arc::new(Metrics::default());
+        let mut agg = HttpAggregator::new(metrics.clone(), 100, u64::MAX);
+        for _ in 0..3 {
+            agg.observe(record(Side::Server, Some(500), Some("frontend")), 1);
+            agg.observe(record(Side::Client, Some(500), Some("backend")), 2);
+        }
+        let edge = r#"client="frontend",server="backend",connection_type="""#;
+        assert_eq!(
+            sample(&metrics, "traces_service_graph_request_total", edge),
+            3.0
+        );
+        assert_eq!(
+            sample(&metrics, "traces_service_graph_request_failed_total", edge),
+            3.0
+        );
+        assert_eq!(
+            sample(
+                &metrics,
+                "traces_service_graph_request_server_seconds_count",
+                edge
+            ),
+            3.0
+        );
+        assert_eq!(
+            sample(
+                &metrics,
+                "traces_service_graph_request_client_seconds_count",
+                edge
+            ),
+            3.0
+        );
+        assert_eq!(
+            sample(
+                &metrics,
+                "http_server_request_duration_seconds_count",
+                r#"http_route="/users/*""#
+            ),
+            3.0
+        );
+    }
+
+    #[test]
+    fn unpaired_and_remote_observations_count_alone() {
+        let metrics = Arc::new(Metrics::default());
+        let mut agg = HttpAggregator::new(metrics.clone(), 100, u64::MAX);
+        agg.observe(record(Side::Client, None, None), 1);
+        agg.observe(record(Side::Server, Some(200), Some("frontend")), 1);
+        agg.tick(10 * PAIR_WAIT_NS);
+        assert_eq!(
+            sample(
+                &metrics,
+                "traces_service_graph_request_failed_total",
+                r#"client="frontend",server="10.0.0.2",connection_type="virtual_node""#
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(
+                &metrics,
+                "traces_service_graph_request_total",
+                r#"client="frontend",server="backend",connection_type="""#
+            ),
+            1.0
+        );
+        // The client saw no response: status "" on the client metrics.
+        assert_eq!(
+            sample(
+                &metrics,
+                "http_client_request_duration_seconds_count",
+                r#"http_response_status_code="""#
+            ),
+            1.0
+        );
+    }
+
+    #[test]
+    fn cap_overflows_routes_and_expiry_removes_series() {
+        let metrics = Arc::new(Metrics::default());
+        let mut agg = HttpAggregator::new(metrics.clone(), 2, 5);
+        for p in ["/a", "/b", "/c", "/d"] {
+            let mut r = record(Side::Server, Some(200), None);
+            r.exchange.path = p.into();
+            agg.observe(r, 1);
+        }
+        assert_eq!(
+            sample(
+                &metrics,
+                "http_server_request_duration_seconds_count",
+                r#"http_route="__overflow__""#
+            ),
+            2.0
+        );
+        assert_eq!(
+            sample(
+                &metrics,
+                "meshtap_metric_series_overflow_total",
+                r#"metric="http_server_request_duration_seconds""#
+            ),
+            2.0
+        );
+        agg.tick(100);
+        assert_eq!(
+            sample(
+                &metrics,
+                "http_server_request_duration_seconds_count",
+                r#"http_route="/a""#
+            ),
+            0.0
+        );
+    }
+}

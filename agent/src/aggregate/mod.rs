@@ -1,0 +1,4 @@
+//! From exchanges to metrics: per-service RED histograms and the service graph, with bounded
+//! label cardinality.
+pub mod http;
+pub mod series;
