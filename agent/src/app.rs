@@ -48,7 +48,7 @@ pub enum RunError {
 const SWEEP_IDLE: Duration = Duration::from_secs(60);
 
 pub async fn run(config: Config) -> Result<(), RunError> {
-    ebpf::preflight()?;
+    ebpf::preflight(&config.btf)?;
     // Bind before loading anything, so that a busy port fails fast and leaves nothing behind.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -86,7 +86,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             .await
     });
 
-    let btf = ebpf::btf::KernelBtf::from_sys_fs().map_err(ebpf::LoadError::from)?;
+    let btf = ebpf::btf::KernelBtf::from_file(&config.btf).map_err(ebpf::LoadError::from)?;
     let offsets = ebpf::offsets::resolve(&btf).map_err(ebpf::LoadError::from)?;
     drop(btf);
     let (probes, ring, maps) = ebpf::load(&config, &offsets)?;

@@ -72,6 +72,12 @@ pub struct Flags {
     #[arg(long = "service-port", value_name = "PORT=NAME")]
     pub service_port: Vec<String>,
 
+    /// BTF describing the running kernel, used to find kernel structure offsets
+    /// [default: /sys/kernel/btf/vmlinux]. For kernels without CONFIG_DEBUG_INFO_BTF, pass a
+    /// BTF file built for the exact kernel (e.g. from BTFHub).
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<PathBuf>,
+
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides) [default: info].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -94,6 +100,7 @@ pub struct FileConfig {
     pub service_names: Option<std::collections::HashMap<String, String>>,
     /// `{ "8080" = "service" }`
     pub service_ports: Option<std::collections::HashMap<String, String>>,
+    pub btf: Option<PathBuf>,
     pub log_level: Option<String>,
 }
 
@@ -111,6 +118,7 @@ pub struct Config {
     pub duration_buckets: Vec<f64>,
     pub service_names: std::collections::HashMap<String, String>,
     pub service_ports: std::collections::HashMap<u16, String>,
+    pub btf: PathBuf,
     pub log_level: String,
 }
 
@@ -230,6 +238,10 @@ impl Config {
                 }
                 map
             },
+            btf: flags
+                .btf
+                .or(file.btf)
+                .unwrap_or_else(|| PathBuf::from("/sys/kernel/btf/vmlinux")),
             log_level: flags
                 .log_level
                 .or(file.log_level)

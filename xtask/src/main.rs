@@ -150,6 +150,30 @@ fn lint(ctx: &Ctx) -> Result<()> {
     .map_err(|e| e.context("clippy reported warnings or errors (denied)"))
 }
 
+/// The cargo-fuzz targets (`fuzz/`, its own workspace) must keep compiling: built with plain
+/// nightly cargo, which is what `cargo fuzz build` wraps (running the fuzzer is not a test).
+fn fuzz_build(ctx: &Ctx) -> Result<()> {
+    let mut cmd = ctx.cmd("rustup");
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--manifest-path",
+        "fuzz/Cargo.toml",
+    ]);
+    for var in [
+        "CARGO",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
+        cmd.env_remove(var);
+    }
+    run(&mut cmd).map_err(|e| e.context("the fuzz targets no longer build"))
+}
+
 fn run_agent(ctx: &Ctx, release: bool, args: &[String]) -> Result<()> {
     // Decide how to get root before spending minutes on a build.
     let sudo = euid() != 0;
@@ -192,6 +216,7 @@ fn test(ctx: &Ctx, lint_first: bool, args: &[String]) -> Result<()> {
         stage("lint", &mut || lint(ctx))?;
     }
     stage("build", &mut || build(ctx, true))?;
+    stage("fuzz build", &mut || fuzz_build(ctx))?;
     let bin = ctx.meshtap_bin(true);
     stage("tests", &mut || {
         let mut cmd = ctx.cargo(["test", "--workspace", "--release"]);

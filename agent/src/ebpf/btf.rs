@@ -16,7 +16,12 @@
 //! The input is treated as untrusted: every read is bounds-checked and every walk through type
 //! references is depth-limited, so a corrupt blob yields a [`BtfError`], never a panic or a hang.
 
-use std::{collections::HashMap, fs, io, ops::Range, path::PathBuf};
+use std::{
+    collections::HashMap,
+    fs, io,
+    ops::Range,
+    path::{Path, PathBuf},
+};
 
 /// Where the running kernel exposes its own BTF (`CONFIG_DEBUG_INFO_BTF`).
 pub const VMLINUX_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
@@ -136,9 +141,19 @@ fn malformed(reason: &'static str) -> BtfError {
 
 impl KernelBtf {
     /// Reads and parses the running kernel's BTF.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the agent reads the --btf path")
+    )]
     pub fn from_sys_fs() -> Result<Self, BtfError> {
-        let bytes = fs::read(VMLINUX_BTF_PATH).map_err(|io| BtfError::Read {
-            path: PathBuf::from(VMLINUX_BTF_PATH),
+        Self::from_file(Path::new(VMLINUX_BTF_PATH))
+    }
+
+    /// Reads and parses a BTF file: the kernel's own, or one made for it (e.g. from BTFHub)
+    /// on kernels that do not expose `/sys/kernel/btf/vmlinux`.
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let bytes = fs::read(path).map_err(|io| BtfError::Read {
+            path: path.to_path_buf(),
             io,
         })?;
         Self::parse(bytes)

@@ -71,9 +71,9 @@ pub enum LoadError {
     )]
     KernelTooOld { release: String },
     #[error(
-        "kernel BTF not found at /sys/kernel/btf/vmlinux: use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+        "kernel BTF not found at {path}: use a kernel built with CONFIG_DEBUG_INFO_BTF=y, or pass --btf with a BTF file for this kernel"
     )]
-    NoBtf,
+    NoBtf { path: PathBuf },
     #[error(
         "syscall tracepoint syscalls:{event} does not have `{field}` where meshtap reads it; this kernel is not supported"
     )]
@@ -110,7 +110,7 @@ pub enum LoadError {
 }
 
 /// Checks what the kernel and our privileges must offer, with one actionable error for each.
-pub fn preflight() -> Result<PathBuf, LoadError> {
+pub fn preflight(btf: &std::path::Path) -> Result<PathBuf, LoadError> {
     let caps = effective_capabilities();
     const CAP_BPF: u32 = 39;
     const CAP_PERFMON: u32 = 38;
@@ -126,8 +126,10 @@ pub fn preflight() -> Result<PathBuf, LoadError> {
     if (major, minor) < (5, 8) {
         return Err(LoadError::KernelTooOld { release });
     }
-    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        return Err(LoadError::NoBtf);
+    if !btf.is_file() {
+        return Err(LoadError::NoBtf {
+            path: btf.to_path_buf(),
+        });
     }
     let root = tracefs::ensure_mounted()?;
     check_syscall_layout(&root)?;
