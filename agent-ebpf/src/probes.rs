@@ -420,8 +420,13 @@ pub fn tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
 }
 
 fn try_retransmit(ctx: &RawTracePointContext) -> Result<u32, u32> {
-    // TP_PROTO(const struct sock *sk, const struct sk_buff *skb, int err)
+    // TP_PROTO(const struct sock *sk, const struct sk_buff *skb, int err): the tracepoint
+    // also fires for attempts that did not go out (e.g. -EBUSY while the segment is still
+    // queued in the host); only err == 0 is a retransmit on the wire.
     let sk: u64 = ctx.arg(0);
+    if ctx.arg::<u64>(2) as i32 != 0 {
+        return Ok(0);
+    }
     let Some(state) = CONNS.get_ptr_mut(&sk) else {
         count(stat::RETRANSMIT_UNTRACKED);
         return Ok(0);
