@@ -85,8 +85,10 @@ impl VethPair {
         static NEXT: AtomicU8 = AtomicU8::new(1);
         let x = NEXT.fetch_add(1, Ordering::Relaxed);
         assert!(x < 250, "too many veth pairs in one test process");
-        let ns_a = NetNs::create(&format!("meshtap-{x}-a"));
-        let ns_b = NetNs::create(&format!("meshtap-{x}-b"));
+        // The pid keeps test binaries that run at the same time out of each other's way.
+        let pid = std::process::id();
+        let ns_a = NetNs::create(&format!("meshtap-{pid}-{x}-a"));
+        let ns_b = NetNs::create(&format!("meshtap-{pid}-{x}-b"));
         let (if_a, if_b) = (format!("mtv{x}a"), format!("mtv{x}b"));
         ip(&[
             "link",
