@@ -16,12 +16,17 @@ use meshtap_common::{map_id, stat};
 use tokio::{signal::unix::SignalKind, sync::mpsc};
 
 use crate::{
-    aggregate::http::HttpAggregator,
+    aggregate::{http::HttpAggregator, traces::Tracer},
     config::Config,
     conntrack::{ConnTable, Listener},
     ebpf::{self, KernelMaps, reader::Reader},
     event::Event,
     export::http::{Endpoint, router},
+    export::zipkin::{
+        api as zipkin_api,
+        sink::{SinkConfig, ZipkinSink},
+        store::{StoreConfig, TraceStore},
+    },
     metadata::{proc::scan_listeners, service::ServiceNames},
     metrics::{LostLabels, MapLabels, Metrics},
 };
@@ -38,6 +43,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start the Zipkin exporter: {0}")]
+    Zipkin(#[source] crate::export::zipkin::sink::SinkError),
     #[error("the HTTP endpoint failed: {0}")]
     Serve(#[source] std::io::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -64,10 +71,44 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         config.series_ttl_secs.saturating_mul(1_000_000_000),
     );
     let services = ServiceNames::new(config.service_names.clone(), config.service_ports.clone());
+    let store = Arc::new(TraceStore::new(
+        StoreConfig {
+            max_spans: config.trace_store_spans as usize,
+            ..StoreConfig::default()
+        },
+        metrics.store.clone(),
+    ));
+    let sink = match &config.zipkin_endpoint {
+        Some(endpoint) => Some(
+            ZipkinSink::start(
+                SinkConfig {
+                    endpoint: endpoint.clone(),
+                    queue_spans: config.zipkin_queue_spans as usize,
+                    batch_spans: config.zipkin_batch_spans as usize,
+                    flush_interval: Duration::from_millis(config.zipkin_flush_ms),
+                    gzip: config.zipkin_gzip,
+                    request_timeout: Duration::from_millis(config.zipkin_timeout_ms),
+                    ..SinkConfig::default()
+                },
+                &metrics.zipkin,
+            )
+            .map_err(RunError::Zipkin)?,
+        ),
+        None => None,
+    };
+    let sink_handle = sink.clone();
+    let tracer = Tracer::new(
+        store.clone(),
+        sink,
+        config.sampling_ratio,
+        config.keep_errors,
+        metrics.traces.clone(),
+    );
     let table = Arc::new(Mutex::new(ConnTable::new(
         metrics.clone(),
         services,
         http,
+        Some(tracer),
         config.max_connections as usize,
         config.max_series as usize,
     )));
@@ -79,7 +120,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(async move {
-        axum::serve(listener, router(endpoint))
+        axum::serve(listener, router(endpoint).merge(zipkin_api::router(store)))
             .with_graceful_shutdown(async move {
                 let _ = shutdown_rx.changed().await;
             })
@@ -140,6 +181,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let _ = reader.join();
     let _ = processor.await;
     drop(maps);
+    if let Some(sink) = &sink_handle {
+        sink.flush_and_stop(Duration::from_secs(5)).await;
+    }
     log::info!("all eBPF programs detached");
     match server_result {
         Some(Ok(Err(e))) => Err(RunError::Serve(e)),

@@ -72,6 +72,45 @@ pub struct Flags {
     #[arg(long = "service-port", value_name = "PORT=NAME")]
     pub service_port: Vec<String>,
 
+    /// Export spans to this Zipkin v2 endpoint (e.g. http://zipkin:9411/api/v2/spans). Without
+    /// it spans are only kept in the built-in store, served at /api/v2/* on --listen.
+    #[arg(long, value_name = "URL")]
+    pub zipkin_endpoint: Option<String>,
+
+    /// Spans per POST to Zipkin [default: 500].
+    #[arg(long, value_name = "N")]
+    pub zipkin_batch_spans: Option<u32>,
+
+    /// How long a span waits for a batch to fill before it is sent, ms [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub zipkin_flush_ms: Option<u64>,
+
+    /// Gzip the bodies sent to Zipkin: true or false [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub zipkin_gzip: Option<bool>,
+
+    /// Timeout of one POST to Zipkin, ms [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub zipkin_timeout_ms: Option<u64>,
+
+    /// Spans queued for Zipkin at most; beyond, spans are dropped and counted in
+    /// meshtap_spans_dropped_total{reason="queue_full"} [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub zipkin_queue_spans: Option<u32>,
+
+    /// Fraction of traces kept, decided from the trace id so that every node keeps the same
+    /// traces, 0.0..=1.0 [default: 1.0].
+    #[arg(long, value_name = "RATIO")]
+    pub sampling_ratio: Option<f64>,
+
+    /// Keep every span with an error whatever the sampling ratio: true or false [default: false].
+    #[arg(long, value_name = "BOOL")]
+    pub keep_errors: Option<bool>,
+
+    /// Spans kept in the built-in trace store (oldest traces evicted first) [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub trace_store_spans: Option<u32>,
+
     /// BTF describing the running kernel, used to find kernel structure offsets
     /// [default: /sys/kernel/btf/vmlinux]. For kernels without CONFIG_DEBUG_INFO_BTF, pass a
     /// BTF file built for the exact kernel (e.g. from BTFHub).
@@ -101,6 +140,15 @@ pub struct FileConfig {
     /// `{ "8080" = "service" }`
     pub service_ports: Option<std::collections::HashMap<String, String>>,
     pub btf: Option<PathBuf>,
+    pub zipkin_endpoint: Option<String>,
+    pub zipkin_batch_spans: Option<u32>,
+    pub zipkin_flush_ms: Option<u64>,
+    pub zipkin_gzip: Option<bool>,
+    pub zipkin_timeout_ms: Option<u64>,
+    pub zipkin_queue_spans: Option<u32>,
+    pub sampling_ratio: Option<f64>,
+    pub keep_errors: Option<bool>,
+    pub trace_store_spans: Option<u32>,
     pub log_level: Option<String>,
 }
 
@@ -119,6 +167,15 @@ pub struct Config {
     pub service_names: std::collections::HashMap<String, String>,
     pub service_ports: std::collections::HashMap<u16, String>,
     pub btf: PathBuf,
+    pub zipkin_endpoint: Option<String>,
+    pub zipkin_batch_spans: u32,
+    pub zipkin_flush_ms: u64,
+    pub zipkin_gzip: bool,
+    pub zipkin_timeout_ms: u64,
+    pub zipkin_queue_spans: u32,
+    pub sampling_ratio: f64,
+    pub keep_errors: bool,
+    pub trace_store_spans: u32,
     pub log_level: String,
 }
 
@@ -242,6 +299,30 @@ impl Config {
                 .btf
                 .or(file.btf)
                 .unwrap_or_else(|| PathBuf::from("/sys/kernel/btf/vmlinux")),
+            zipkin_endpoint: flags.zipkin_endpoint.or(file.zipkin_endpoint),
+            zipkin_batch_spans: flags
+                .zipkin_batch_spans
+                .or(file.zipkin_batch_spans)
+                .unwrap_or(500),
+            zipkin_flush_ms: flags
+                .zipkin_flush_ms
+                .or(file.zipkin_flush_ms)
+                .unwrap_or(1000),
+            zipkin_gzip: flags.zipkin_gzip.or(file.zipkin_gzip).unwrap_or(true),
+            zipkin_timeout_ms: flags
+                .zipkin_timeout_ms
+                .or(file.zipkin_timeout_ms)
+                .unwrap_or(10_000),
+            zipkin_queue_spans: flags
+                .zipkin_queue_spans
+                .or(file.zipkin_queue_spans)
+                .unwrap_or(10_000),
+            sampling_ratio: flags.sampling_ratio.or(file.sampling_ratio).unwrap_or(1.0),
+            keep_errors: flags.keep_errors.or(file.keep_errors).unwrap_or(false),
+            trace_store_spans: flags
+                .trace_store_spans
+                .or(file.trace_store_spans)
+                .unwrap_or(100_000),
             log_level: flags
                 .log_level
                 .or(file.log_level)
@@ -318,6 +399,48 @@ impl Config {
                 "duration_buckets (--duration-buckets)",
                 format!("{b:?}"),
                 "must be 1 to 64 increasing positive numbers of seconds",
+            );
+        }
+        if !(0.0..=1.0).contains(&self.sampling_ratio) {
+            return invalid(
+                "sampling_ratio (--sampling-ratio)",
+                self.sampling_ratio.to_string(),
+                "must be between 0.0 and 1.0",
+            );
+        }
+        if let Some(url) = &self.zipkin_endpoint
+            && !url.starts_with("http://")
+        {
+            return invalid(
+                "zipkin_endpoint (--zipkin-endpoint)",
+                url.clone(),
+                "must be an http:// URL such as http://zipkin:9411/api/v2/spans",
+            );
+        }
+        if !(1..=100_000).contains(&self.zipkin_batch_spans)
+            || !(1..=10_000_000).contains(&self.zipkin_queue_spans)
+            || self.zipkin_batch_spans > self.zipkin_queue_spans
+        {
+            return invalid(
+                "zipkin_batch_spans / zipkin_queue_spans",
+                format!("{} / {}", self.zipkin_batch_spans, self.zipkin_queue_spans),
+                "the batch must be 1..=100000 spans and the queue 1..=10000000 spans, batch <= queue",
+            );
+        }
+        if !(10..=600_000).contains(&self.zipkin_timeout_ms)
+            || !(1..=600_000).contains(&self.zipkin_flush_ms)
+        {
+            return invalid(
+                "zipkin_timeout_ms / zipkin_flush_ms",
+                format!("{} / {}", self.zipkin_timeout_ms, self.zipkin_flush_ms),
+                "must be 10..=600000 ms and 1..=600000 ms",
+            );
+        }
+        if !(100..=10_000_000).contains(&self.trace_store_spans) {
+            return invalid(
+                "trace_store_spans (--trace-store-spans)",
+                self.trace_store_spans.to_string(),
+                "must be between 100 and 10000000",
             );
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {

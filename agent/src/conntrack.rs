@@ -19,7 +19,11 @@ use serde::Serialize;
 use meshtap_common::{direction, flags, role};
 
 use crate::{
-    aggregate::http::{ExchangeRecord, HttpAggregator},
+    aggregate::{
+        http::{ExchangeRecord, HttpAggregator},
+        spans::SpanInput,
+        traces::Tracer,
+    },
     event::{ConnTotals, Event, Meta, Process},
     metadata::service::ServiceNames,
     metrics::{EdgeLabels, FailedLabels, Metrics, OVERFLOW},
@@ -140,6 +144,10 @@ pub struct Connection {
     l7: L7,
     /// Sequence number the next data event should carry (gaps mean lost events).
     next_seq: u64,
+    /// The thread that last moved request bytes: the one serving (server) or sending (client)
+    /// the request in a thread-per-request process.
+    request_tid: u32,
+    executable: String,
     sent: Counter,
     received: Counter,
 }
@@ -289,6 +297,7 @@ pub struct ConnTable {
     metrics: Arc<Metrics>,
     pub services: ServiceNames,
     http: HttpAggregator,
+    tracer: Option<Tracer>,
     max_connections: usize,
     max_series: usize,
 }
@@ -298,12 +307,14 @@ impl ConnTable {
         metrics: Arc<Metrics>,
         services: ServiceNames,
         http: HttpAggregator,
+        tracer: Option<Tracer>,
         max_connections: usize,
         max_series: usize,
     ) -> Self {
         ConnTable {
             services,
             http,
+            tracer,
             conns: HashMap::new(),
             clients_by_local: HashMap::new(),
             listeners: Listeners::default(),
@@ -505,6 +516,8 @@ impl ConnTable {
             id: meta.conn_id,
             service,
             peer_service,
+            request_tid: meta.process.tid,
+            executable: self.services.executable(&meta.process),
             l7: L7::Detecting {
                 chunks: 0,
                 held: Vec::new(),
@@ -657,6 +670,9 @@ impl ConnTable {
         };
         let gap = seq != conn.next_seq;
         conn.next_seq = seq + 1;
+        if dir == side.request_direction() {
+            conn.request_tid = meta.process.tid;
+        }
         // Bytes of chunks too short to tell, replayed to the parser once detected.
         let mut replay: Option<(u64, Vec<u8>)> = None;
         if let L7::Detecting {
@@ -743,7 +759,24 @@ impl ConnTable {
         };
         let service = conn.service.clone();
         let peer_service = conn.peer_service.clone();
+        let (pid, tid, executable) = (conn.process.tgid, conn.request_tid, conn.executable.clone());
+        let (local, remote) = (conn.local, conn.remote);
         for exchange in out {
+            if let Some(tracer) = &mut self.tracer {
+                tracer.add(SpanInput {
+                    exchange: exchange.clone(),
+                    side,
+                    service: service.clone(),
+                    peer_service: peer_service.clone(),
+                    pid,
+                    tid,
+                    executable: executable.clone(),
+                    local,
+                    remote,
+                    connection: (client, server),
+                    now_ns,
+                });
+            }
             self.http.observe(
                 ExchangeRecord {
                     exchange,
@@ -761,6 +794,9 @@ impl ConnTable {
     /// Periodic work of the stages after the table (pairing timeouts, series expiry).
     pub fn tick(&mut self, now_ns: u64) {
         self.http.tick(now_ns);
+        if let Some(tracer) = &mut self.tracer {
+            tracer.tick(now_ns);
+        }
     }
 
     fn close(&mut self, meta: &Meta, totals: ConnTotals) {
@@ -885,6 +921,7 @@ mod tests {
             metrics.clone(),
             ServiceNames::new(HashMap::new(), HashMap::new()),
             HttpAggregator::new(metrics.clone(), max_series, u64::MAX),
+            None,
             max_connections,
             max_series,
         )

@@ -43,6 +43,9 @@ pub mod name {
     pub const GRAPH_FAILED: &str = "traces_service_graph_request_failed";
     pub const GRAPH_SERVER_SECONDS: &str = "traces_service_graph_request_server_seconds";
     pub const GRAPH_CLIENT_SECONDS: &str = "traces_service_graph_request_client_seconds";
+    pub const SPANS_UNLINKED: &str = "meshtap_spans_unlinked";
+    pub const TRACE_CONTEXT_INVALID: &str = "meshtap_trace_context_invalid";
+    pub const SPANS_NOT_SAMPLED: &str = "meshtap_spans_not_sampled";
 }
 
 /// OpenTelemetry's default explicit bucket boundaries for durations, in seconds.
@@ -301,6 +304,9 @@ pub struct Metrics {
     pub series_overflow: Family<MetricLabels, Counter>,
     pub programs_attached: Gauge,
     pub http: HttpFamilies,
+    pub zipkin: crate::export::zipkin::sink::ZipkinMetrics,
+    pub store: crate::export::zipkin::store::StoreMetrics,
+    pub traces: crate::aggregate::traces::TraceCounters,
     /// Last kernel counter values seen, so kernel totals become counter increments.
     kernel_seen: Mutex<Vec<u64>>,
 }
@@ -309,8 +315,31 @@ impl Metrics {
     pub fn new(duration_buckets: &[f64]) -> Self {
         let mut registry = Registry::default();
         let http = HttpFamilies::new(&mut registry, duration_buckets);
+        let zipkin = crate::export::zipkin::sink::ZipkinMetrics::default();
+        zipkin.register(&mut registry);
+        let store = crate::export::zipkin::store::StoreMetrics::default();
+        store.register(&mut registry);
+        let traces = crate::aggregate::traces::TraceCounters::default();
+        registry.register(
+            name::SPANS_UNLINKED,
+            "Spans whose parent was expected but not found (async runtimes, worker pools, parents slower than the link window)",
+            traces.unlinked.clone(),
+        );
+        registry.register(
+            name::TRACE_CONTEXT_INVALID,
+            "Requests whose traceparent or B3 headers were malformed (ignored: the span starts a new trace)",
+            traces.context_invalid.clone(),
+        );
+        registry.register(
+            name::SPANS_NOT_SAMPLED,
+            "Spans not kept: their trace context said not sampled, or the sampling ratio left them out",
+            traces.not_sampled.clone(),
+        );
         let m = Metrics {
             http,
+            zipkin,
+            store,
+            traces,
             opened: Family::default(),
             closed: Family::default(),
             failed: Family::default(),

@@ -44,6 +44,13 @@ impl ServiceNames {
         env.unwrap_or(exe)
     }
 
+    /// The executable name of `process` (its command name once it is gone).
+    pub fn executable(&mut self, process: &Process) -> String {
+        self.facts(process)
+            .0
+            .unwrap_or_else(|| process.comm.clone())
+    }
+
     /// What /proc says about the process, if it is still the same process (pid and start
     /// time match); nothing for a process that is gone.
     fn facts(&mut self, process: &Process) -> (Option<String>, Option<String>) {

@@ -1,0 +1,852 @@
+//! Trace assembly: every exchange becomes a span (SERVER where the server process was
+//! observed, CLIENT where the client was), joined into traces.
+//!
+//! Links, in order of precedence:
+//! 1. Trace context in the request (W3C `traceparent`, B3): the span joins that trace. A B3
+//!    SERVER span shares the caller's span id (Zipkin's shared-span model); a W3C SERVER span
+//!    is a new child of the caller's span. A CLIENT span whose request carries a context takes
+//!    the span id the application put there, so the downstream SERVER span is its child.
+//! 2. No context, both ends on this node: the SERVER span's parent is the CLIENT span of the
+//!    same connection (the two observations are paired in request order).
+//! 3. A CLIENT span sent by a thread that is serving an inbound request, inside that request's
+//!    time window, is a child of that SERVER span (thread-per-request servers).
+//!
+//! Exchanges complete bottom-up (the callee's response before the caller's), so a span waits
+//! up to `LINK_WAIT_NS` for the span that will be its parent; trace ids are assigned top-down
+//! once a root is known. What cannot be linked this way (async runtimes and worker pools that
+//! hand a request to another thread, a parent that takes longer than the wait) becomes a root
+//! of its own trace and is counted in `meshtap_spans_unlinked_total`.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::SocketAddr,
+};
+
+use crate::{
+    aggregate::context::{self, Format, Found, TraceContext},
+    export::zipkin::model::{Endpoint, Kind, Span, format_span_id, format_trace_id},
+    protocol::{Exchange, Side, route::route},
+};
+
+/// How long a span waits for its parent to complete.
+const LINK_WAIT_NS: u64 = 2_000_000_000;
+/// Spans waiting at once; beyond, the oldest are emitted unlinked.
+const MAX_WAITING: usize = 100_000;
+/// Slack when checking that a child lies inside its parent's time window.
+const WINDOW_SLACK_NS: u64 = 1_000_000;
+
+/// An exchange with what is known about the process and endpoints that observed it.
+pub struct SpanInput {
+    pub exchange: Exchange,
+    pub side: Side,
+    pub service: String,
+    pub peer_service: Option<String>,
+    pub pid: u32,
+    /// The thread that read the request (server) or wrote it (client).
+    pub tid: u32,
+    pub executable: String,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// (client address, server address): identical from both ends of a connection.
+    pub connection: (SocketAddr, SocketAddr),
+    /// Arrival time, monotonic ns.
+    pub now_ns: u64,
+}
+
+struct Node {
+    input: SpanInput,
+    span_id: String,
+    /// Known trace id (from a context) before linking.
+    trace_id: Option<String>,
+    /// Parent span id when it comes from the context (not from another node).
+    external_parent: Option<String>,
+    /// Parent node, when inferred.
+    parent: Option<u64>,
+    children: Vec<u64>,
+    /// Whether this span may still get a parent by inference.
+    awaits_parent: bool,
+    debug: bool,
+    shared: bool,
+    sampled: Option<bool>,
+}
+
+/// Assembled spans, ready for sampling and export.
+pub struct Assembled {
+    pub spans: Vec<Span>,
+    /// Spans whose parent was expected but not found.
+    pub unlinked: u64,
+    /// Spans whose request carried a malformed trace context.
+    pub invalid_context: u64,
+    /// Spans dropped because their trace context said not sampled.
+    pub not_sampled: u64,
+}
+
+pub struct SpanAssembler {
+    nodes: HashMap<u64, Node>,
+    order: VecDeque<u64>,
+    next_key: u64,
+    /// SERVER nodes waiting for the CLIENT node of the same connection, in request order.
+    servers_by_connection: HashMap<(SocketAddr, SocketAddr), VecDeque<u64>>,
+    /// CLIENT nodes waiting for a SERVER node of the same thread: (pid, tid) -> keys.
+    clients_by_thread: HashMap<(u32, u32), Vec<u64>>,
+    /// Processes seen serving requests recently: a CLIENT span of theirs without a parent is
+    /// unlinked, not a genuine root.
+    serving: HashMap<u32, u64>,
+    rng: u64,
+    /// CLOCK_REALTIME - CLOCK_MONOTONIC, ns.
+    epoch_offset_ns: i128,
+}
+
+impl SpanAssembler {
+    pub fn new(seed: u64) -> Self {
+        SpanAssembler {
+            nodes: HashMap::new(),
+            order: VecDeque::new(),
+            next_key: 0,
+            servers_by_connection: HashMap::new(),
+            clients_by_thread: HashMap::new(),
+            serving: HashMap::new(),
+            rng: seed | 1,
+            epoch_offset_ns: 0,
+        }
+    }
+
+    /// Sets the monotonic-to-wall-clock offset (refreshed by the caller's clock).
+    pub fn set_epoch_offset(&mut self, offset_ns: i128) {
+        self.epoch_offset_ns = offset_ns;
+    }
+
+    fn random_u64(&mut self) -> u64 {
+        // xorshift64*: ids need to be unique, not secret.
+        loop {
+            self.rng ^= self.rng >> 12;
+            self.rng ^= self.rng << 25;
+            self.rng ^= self.rng >> 27;
+            let v = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
+            if v != 0 {
+                return v;
+            }
+        }
+    }
+
+    fn new_span_id(&mut self) -> String {
+        format_span_id(self.random_u64())
+    }
+
+    fn new_trace_id(&mut self) -> String {
+        format_trace_id((u128::from(self.random_u64()) << 64) | u128::from(self.random_u64()))
+    }
+
+    /// Adds one exchange; returns what became final.
+    pub fn add(&mut self, input: SpanInput, out: &mut Assembled) {
+        let key = self.next_key;
+        self.next_key += 1;
+        let found = context::extract(&input.exchange.headers);
+        let mut node = Node {
+            span_id: String::new(),
+            trace_id: None,
+            external_parent: None,
+            parent: None,
+            children: Vec::new(),
+            awaits_parent: false,
+            debug: false,
+            shared: false,
+            sampled: None,
+            input,
+        };
+        let ctx: Option<TraceContext> = match found {
+            Found::Valid(ctx) => Some(ctx),
+            Found::Invalid => {
+                out.invalid_context += 1;
+                None
+            }
+            Found::None => None,
+        };
+        match (&ctx, node.input.side) {
+            (Some(ctx), Side::Server) => {
+                node.trace_id = Some(ctx.trace_id.clone());
+                node.debug = ctx.debug;
+                node.sampled = ctx.sampled;
+                match ctx.format {
+                    Format::B3 => {
+                        node.span_id = ctx.span_id.clone();
+                        node.external_parent = ctx.parent_id.clone();
+                        node.shared = true;
+                    }
+                    Format::W3c => {
+                        node.span_id = self.new_span_id();
+                        node.external_parent = Some(ctx.span_id.clone());
+                    }
+                }
+            }
+            (Some(ctx), Side::Client) => {
+                node.trace_id = Some(ctx.trace_id.clone());
+                node.debug = ctx.debug;
+                node.sampled = ctx.sampled;
+                node.span_id = ctx.span_id.clone();
+                node.external_parent = ctx.parent_id.clone();
+                node.awaits_parent = node.external_parent.is_none();
+            }
+            (None, Side::Server) => {
+                node.span_id = self.new_span_id();
+                node.awaits_parent = node.input.peer_service.is_some();
+            }
+            (None, Side::Client) => {
+                node.span_id = self.new_span_id();
+                node.awaits_parent = true;
+            }
+        }
+        let now = node.input.now_ns;
+        let side = node.input.side;
+        let connection = node.input.connection;
+        let thread = (node.input.pid, node.input.tid);
+        let (start, end) = (node.input.exchange.start_ns, node.input.exchange.end_ns);
+        if side == Side::Server {
+            self.serving.insert(node.input.pid, now);
+        }
+        self.nodes.insert(key, node);
+        self.order.push_back(key);
+
+        // Adopt the children that were waiting for this span.
+        match side {
+            Side::Server => {
+                if let Some(waiting) = self.clients_by_thread.get_mut(&thread) {
+                    let mut adopted = Vec::new();
+                    waiting.retain(|k| {
+                        let inside = self.nodes.get(k).is_some_and(|c| {
+                            c.parent.is_none()
+                                && c.input.exchange.start_ns + WINDOW_SLACK_NS >= start
+                                && c.input.exchange.end_ns <= end + WINDOW_SLACK_NS
+                        });
+                        if inside {
+                            adopted.push(*k);
+                        }
+                        !inside
+                    });
+                    if waiting.is_empty() {
+                        self.clients_by_thread.remove(&thread);
+                    }
+                    for child in adopted {
+                        self.link(child, key);
+                    }
+                }
+            }
+            Side::Client => {
+                if let Some(queue) = self.servers_by_connection.get_mut(&connection)
+                    && let Some(server) = queue.pop_front()
+                {
+                    if queue.is_empty() {
+                        self.servers_by_connection.remove(&connection);
+                    }
+                    self.link(server, key);
+                }
+            }
+        }
+        // Wait for our own parent, or we are final now.
+        let awaits = self.nodes.get(&key).is_some_and(|n| n.awaits_parent);
+        if awaits {
+            match side {
+                Side::Server => self
+                    .servers_by_connection
+                    .entry(connection)
+                    .or_default()
+                    .push_back(key),
+                Side::Client => self.clients_by_thread.entry(thread).or_default().push(key),
+            }
+        } else {
+            self.finish(key, out);
+        }
+        while self.nodes.len() > MAX_WAITING {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.expire(oldest, out);
+        }
+    }
+
+    /// `child`'s parent is `parent`.
+    fn link(&mut self, child: u64, parent: u64) {
+        let parent_ids = self
+            .nodes
+            .get(&parent)
+            .map(|p| (p.span_id.clone(), p.external_parent.clone()));
+        let Some((parent_span, parent_of_parent)) = parent_ids else {
+            return;
+        };
+        let mut fresh_id = None;
+        if let Some(c) = self.nodes.get(&child)
+            && (c.span_id == parent_span || Some(&c.span_id) == parent_of_parent.as_ref())
+        {
+            // A proxy passed the incoming context through unchanged: the id belongs to
+            // another span, so this one needs its own.
+            fresh_id = Some(());
+        }
+        let new_id = fresh_id.map(|_| self.new_span_id());
+        if let Some(c) = self.nodes.get_mut(&child) {
+            c.parent = Some(parent);
+            c.awaits_parent = false;
+            if let Some(id) = new_id {
+                c.span_id = id;
+            }
+        }
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.children.push(child);
+        }
+    }
+
+    /// Emits `key` and its subtree if its root is final.
+    fn finish(&mut self, key: u64, out: &mut Assembled) {
+        // Walk up: the root must not be waiting.
+        let mut root = key;
+        while let Some(p) = self.nodes.get(&root).and_then(|n| n.parent) {
+            root = p;
+        }
+        if self.nodes.get(&root).is_none_or(|n| n.awaits_parent) {
+            return;
+        }
+        let trace_id = match self.nodes.get(&root).and_then(|n| n.trace_id.clone()) {
+            Some(t) => t,
+            None => self.new_trace_id(),
+        };
+        let (debug, sampled) = self
+            .nodes
+            .get(&root)
+            .map(|n| (n.debug, n.sampled))
+            .unwrap_or((false, None));
+        self.emit_tree(root, &trace_id, None, debug, sampled, out);
+    }
+
+    fn emit_tree(
+        &mut self,
+        key: u64,
+        trace_id: &str,
+        parent_span: Option<String>,
+        debug: bool,
+        sampled: Option<bool>,
+        out: &mut Assembled,
+    ) {
+        let Some(node) = self.nodes.remove(&key) else {
+            return;
+        };
+        let parent_id = parent_span.or_else(|| node.external_parent.clone());
+        for child in &node.children {
+            self.emit_tree(
+                *child,
+                trace_id,
+                Some(node.span_id.clone()),
+                debug,
+                sampled,
+                out,
+            );
+        }
+        if sampled == Some(false) && !debug {
+            out.not_sampled += 1;
+            return;
+        }
+        out.spans
+            .push(self.to_span(node, trace_id, parent_id, debug));
+    }
+
+    fn to_span(&self, node: Node, trace_id: &str, parent_id: Option<String>, debug: bool) -> Span {
+        let input = node.input;
+        let ex = &input.exchange;
+        let route = route(&ex.path);
+        let failed = match input.side {
+            Side::Server => ex.status.is_some_and(|s| s >= 500),
+            Side::Client => ex.status.is_none_or(|s| s >= 500),
+        };
+        let mut tags = BTreeMap::new();
+        tags.insert("http.method".to_string(), ex.method.clone());
+        tags.insert("http.path".to_string(), route.clone());
+        if let Some(status) = ex.status {
+            tags.insert("http.status_code".to_string(), status.to_string());
+        }
+        if failed {
+            let error = match ex.status {
+                Some(status) => status.to_string(),
+                None => "no response".to_string(),
+            };
+            tags.insert("error".to_string(), error);
+        }
+        tags.insert("process.pid".to_string(), input.pid.to_string());
+        tags.insert(
+            "process.executable.name".to_string(),
+            input.executable.clone(),
+        );
+        let wall = |ns: u64| (ns as i128 + self.epoch_offset_ns).max(0) as u64;
+        let timestamp = wall(ex.start_ns) / 1000;
+        let duration = (ex.end_ns.saturating_sub(ex.start_ns) / 1000).max(1);
+        Span {
+            trace_id: trace_id.to_string(),
+            id: node.span_id,
+            parent_id: parent_id.filter(|p| p.len() == 16),
+            kind: Some(match input.side {
+                Side::Server => Kind::Server,
+                Side::Client => Kind::Client,
+            }),
+            name: format!("{} {}", ex.method, route).to_lowercase(),
+            timestamp,
+            duration,
+            local_endpoint: Some(Endpoint::new(Some(&input.service), Some(input.local))),
+            remote_endpoint: Some(Endpoint::new(
+                input.peer_service.as_deref(),
+                Some(input.remote),
+            )),
+            tags,
+            debug,
+            shared: node.shared,
+        }
+    }
+
+    /// Stops waiting for the parent of `key`'s root: it becomes a root, and its tree is
+    /// emitted.
+    fn expire(&mut self, key: u64, out: &mut Assembled) {
+        let mut key = key;
+        while let Some(p) = self.nodes.get(&key).and_then(|n| n.parent) {
+            key = p;
+        }
+        let Some(node) = self.nodes.get_mut(&key) else {
+            return;
+        };
+        if node.awaits_parent {
+            node.awaits_parent = false;
+            let side = node.input.side;
+            let pid = node.input.pid;
+            let connection = node.input.connection;
+            let thread = (pid, node.input.tid);
+            let expected = match side {
+                Side::Server => true,
+                Side::Client => self.serving.contains_key(&pid),
+            };
+            if expected {
+                out.unlinked += 1;
+            }
+            match side {
+                Side::Server => {
+                    if let Some(q) = self.servers_by_connection.get_mut(&connection) {
+                        q.retain(|k| *k != key);
+                        if q.is_empty() {
+                            self.servers_by_connection.remove(&connection);
+                        }
+                    }
+                }
+                Side::Client => {
+                    if let Some(v) = self.clients_by_thread.get_mut(&thread) {
+                        v.retain(|k| *k != key);
+                        if v.is_empty() {
+                            self.clients_by_thread.remove(&thread);
+                        }
+                    }
+                }
+            }
+        }
+        self.finish(key, out);
+    }
+
+    /// Periodic work: spans that waited long enough for a parent become roots.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Assembled) {
+        while let Some(&key) = self.order.front() {
+            match self.nodes.get(&key) {
+                Some(n) if now_ns.saturating_sub(n.input.now_ns) <= LINK_WAIT_NS => break,
+                Some(n) if n.parent.is_some() => {
+                    // Emitted with its root, which is in the queue itself.
+                    self.order.pop_front();
+                }
+                Some(_) => {
+                    self.order.pop_front();
+                    self.expire(key, out);
+                }
+                None => {
+                    self.order.pop_front();
+                }
+            }
+        }
+        self.serving
+            .retain(|_, seen| now_ns.saturating_sub(*seen) < 60 * LINK_WAIT_NS);
+    }
+}
+
+/// Whether a trace is kept by a ratio sampler: decided from the trace id alone, so that every
+/// node keeps the same traces.
+pub fn sampled_by_ratio(trace_id: &str, ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    if ratio <= 0.0 {
+        return false;
+    }
+    let low = trace_id
+        .get(trace_id.len().saturating_sub(16)..)
+        .and_then(|s| u64::from_str_radix(s, 16).ok())
+        .unwrap_or(0);
+    (low as f64) < ratio * (u64::MAX as f64)
+}
+
+/// Spans of the same trace id kept or dropped together; errors optionally always kept.
+pub fn keep(span: &Span, ratio: f64, keep_errors: bool) -> bool {
+    span.debug
+        || (keep_errors && span.tags.contains_key("error"))
+        || sampled_by_ratio(&span.trace_id, ratio)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Outcome, Protocol};
+
+    const MS: u64 = 1_000_000;
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a test fixture spelling out every field"
+    )]
+    fn input(
+        side: Side,
+        pid: u32,
+        tid: u32,
+        window: (u64, u64),
+        connection: (&str, &str),
+        peer: Option<&str>,
+        headers: &[(&str, &str)],
+        now_ns: u64,
+    ) -> SpanInput {
+        let connection: (SocketAddr, SocketAddr) =
+            (connection.0.parse().unwrap(), connection.1.parse().unwrap());
+        let (local, remote) = match side {
+            Side::Client => connection,
+            Side::Server => (connection.1, connection.0),
+        };
+        SpanInput {
+            exchange: Exchange {
+                protocol: Protocol::Http1,
+                start_ns: window.0,
+                end_ns: window.1,
+                method: "GET".into(),
+                path: "/users/7".into(),
+                status: Some(200),
+                request_body_bytes: 0,
+                response_body_bytes: 2,
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                outcome: Outcome::Complete,
+            },
+            side,
+            service: format!("svc{pid}"),
+            peer_service: peer.map(str::to_string),
+            pid,
+            tid,
+            executable: "python3".into(),
+            local,
+            remote,
+            connection,
+            now_ns,
+        }
+    }
+
+    fn empty() -> Assembled {
+        Assembled {
+            spans: Vec::new(),
+            unlinked: 0,
+            invalid_context: 0,
+            not_sampled: 0,
+        }
+    }
+
+    fn by_service<'a>(spans: &'a [Span], service: &str, kind: Kind) -> &'a Span {
+        spans
+            .iter()
+            .find(|s| {
+                s.kind == Some(kind)
+                    && s.local_endpoint
+                        .as_ref()
+                        .and_then(|e| e.service_name.as_deref())
+                        == Some(service)
+            })
+            .unwrap_or_else(|| panic!("no {kind:?} span of {service}"))
+    }
+
+    /// client (pid 1) -> frontend (pid 2, thread 20) -> backend (pid 3), no headers, all on
+    /// this node. Exchanges arrive bottom-up, as they complete.
+    #[test]
+    fn three_tiers_without_headers() {
+        let mut asm = SpanAssembler::new(7);
+        let mut out = empty();
+        let k1 = ("10.0.0.1:40000", "10.0.0.2:8080");
+        let k2 = ("10.0.0.2:40001", "10.0.0.3:9090");
+        asm.add(
+            input(
+                Side::Server,
+                3,
+                30,
+                (20 * MS, 30 * MS),
+                k2,
+                Some("svc2"),
+                &[],
+                31 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Client,
+                2,
+                20,
+                (19 * MS, 31 * MS),
+                k2,
+                Some("svc3"),
+                &[],
+                32 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (10 * MS, 40 * MS),
+                k1,
+                Some("svc1"),
+                &[],
+                41 * MS,
+            ),
+            &mut out,
+        );
+        assert!(out.spans.is_empty(), "the tree waits for its root");
+        asm.add(
+            input(
+                Side::Client,
+                1,
+                10,
+                (9 * MS, 41 * MS),
+                k1,
+                Some("svc2"),
+                &[],
+                42 * MS,
+            ),
+            &mut out,
+        );
+        assert_eq!(
+            out.spans.len(),
+            0,
+            "a client span waits for a possible server parent"
+        );
+        asm.tick(42 * MS + LINK_WAIT_NS + 1, &mut out);
+        assert_eq!(out.spans.len(), 4);
+        assert_eq!(out.unlinked, 0, "pid 1 serves nothing: a genuine root");
+        let root = by_service(&out.spans, "svc1", Kind::Client);
+        let fe_server = by_service(&out.spans, "svc2", Kind::Server);
+        let fe_client = by_service(&out.spans, "svc2", Kind::Client);
+        let be_server = by_service(&out.spans, "svc3", Kind::Server);
+        assert!(out.spans.iter().all(|s| s.trace_id == root.trace_id));
+        assert_eq!(root.parent_id, None);
+        assert_eq!(fe_server.parent_id.as_ref(), Some(&root.id));
+        assert_eq!(fe_client.parent_id.as_ref(), Some(&fe_server.id));
+        assert_eq!(be_server.parent_id.as_ref(), Some(&fe_client.id));
+        assert_eq!(be_server.name, "get /users/*");
+        assert!(be_server.duration >= 1);
+    }
+
+    #[test]
+    fn b3_headers_share_server_spans() {
+        let mut asm = SpanAssembler::new(9);
+        let mut out = empty();
+        let trace = "463ac35c9f6413ad48485a3953bb6124";
+        let k1 = ("10.0.0.1:40000", "10.0.0.2:8080");
+        let k2 = ("10.0.0.2:40001", "10.0.0.3:9090");
+        let to_backend = [
+            ("x-b3-traceid", trace),
+            ("x-b3-spanid", "bbbbbbbbbbbbbbbb"),
+            ("x-b3-parentspanid", "aaaaaaaaaaaaaaaa"),
+            ("x-b3-sampled", "1"),
+        ];
+        let to_frontend = [("x-b3-traceid", trace), ("x-b3-spanid", "aaaaaaaaaaaaaaaa")];
+        asm.add(
+            input(
+                Side::Server,
+                3,
+                30,
+                (20 * MS, 30 * MS),
+                k2,
+                Some("svc2"),
+                &to_backend,
+                31 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Client,
+                2,
+                20,
+                (19 * MS, 31 * MS),
+                k2,
+                Some("svc3"),
+                &to_backend,
+                32 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (10 * MS, 40 * MS),
+                k1,
+                Some("svc1"),
+                &to_frontend,
+                41 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Client,
+                1,
+                10,
+                (9 * MS, 41 * MS),
+                k1,
+                Some("svc2"),
+                &to_frontend,
+                42 * MS,
+            ),
+            &mut out,
+        );
+        asm.tick(42 * MS + LINK_WAIT_NS + 1, &mut out);
+        assert_eq!(out.spans.len(), 4);
+        assert!(out.spans.iter().all(|s| s.trace_id == trace));
+        let fe_server = by_service(&out.spans, "svc2", Kind::Server);
+        let be_server = by_service(&out.spans, "svc3", Kind::Server);
+        let fe_client = by_service(&out.spans, "svc2", Kind::Client);
+        assert_eq!(fe_server.id, "aaaaaaaaaaaaaaaa");
+        assert!(fe_server.shared);
+        assert_eq!(fe_client.id, "bbbbbbbbbbbbbbbb");
+        assert_eq!(fe_client.parent_id.as_deref(), Some("aaaaaaaaaaaaaaaa"));
+        assert_eq!(be_server.id, "bbbbbbbbbbbbbbbb");
+        assert_eq!(be_server.parent_id.as_deref(), Some("aaaaaaaaaaaaaaaa"));
+    }
+
+    #[test]
+    fn w3c_headers_make_server_children() {
+        let mut asm = SpanAssembler::new(11);
+        let mut out = empty();
+        let k2 = ("10.0.0.2:40001", "10.0.0.3:9090");
+        let tp = [(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )];
+        asm.add(
+            input(
+                Side::Server,
+                3,
+                30,
+                (20 * MS, 30 * MS),
+                k2,
+                Some("svc2"),
+                &tp,
+                31 * MS,
+            ),
+            &mut out,
+        );
+        assert_eq!(
+            out.spans.len(),
+            1,
+            "a context makes the server span final at once"
+        );
+        let s = &out.spans[0];
+        assert_eq!(s.parent_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(s.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(s.id, "00f067aa0ba902b7");
+        asm.add(
+            input(
+                Side::Client,
+                2,
+                20,
+                (19 * MS, 31 * MS),
+                k2,
+                Some("svc3"),
+                &tp,
+                32 * MS,
+            ),
+            &mut out,
+        );
+        asm.tick(32 * MS + LINK_WAIT_NS + 1, &mut out);
+        let c = by_service(&out.spans, "svc2", Kind::Client);
+        assert_eq!(c.id, "00f067aa0ba902b7");
+        assert_eq!(c.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn malformed_and_unsampled_contexts() {
+        let mut asm = SpanAssembler::new(13);
+        let mut out = empty();
+        let k = ("10.0.0.1:1", "10.0.0.2:2");
+        let bad = [(
+            "traceparent",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        )];
+        asm.add(
+            input(Side::Server, 3, 30, (1, 2), k, None, &bad, 3),
+            &mut out,
+        );
+        assert_eq!(out.invalid_context, 1);
+        assert_eq!(out.spans.len(), 1);
+        assert_ne!(out.spans[0].trace_id, "00000000000000000000000000000000");
+        let off = [("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0")];
+        asm.add(
+            input(Side::Server, 3, 30, (1, 2), k, None, &off, 3),
+            &mut out,
+        );
+        assert_eq!(out.not_sampled, 1);
+        assert_eq!(out.spans.len(), 1);
+    }
+
+    #[test]
+    fn async_client_of_a_server_process_is_unlinked() {
+        let mut asm = SpanAssembler::new(17);
+        let mut out = empty();
+        let k1 = ("10.0.0.1:40000", "10.0.0.2:8080");
+        let k2 = ("10.0.0.2:40001", "10.0.0.3:9090");
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (10 * MS, 40 * MS),
+                k1,
+                None,
+                &[],
+                41 * MS,
+            ),
+            &mut out,
+        );
+        // Another thread (a worker pool) makes the downstream call.
+        asm.add(
+            input(
+                Side::Client,
+                2,
+                21,
+                (19 * MS, 31 * MS),
+                k2,
+                None,
+                &[],
+                42 * MS,
+            ),
+            &mut out,
+        );
+        asm.tick(42 * MS + LINK_WAIT_NS + 1, &mut out);
+        assert_eq!(out.spans.len(), 2);
+        assert_eq!(out.unlinked, 1);
+    }
+
+    #[test]
+    fn ratio_sampling_is_by_trace_id() {
+        assert!(sampled_by_ratio("00000000000000000000000000000001", 0.5));
+        assert!(!sampled_by_ratio("0000000000000000ffffffffffffffff", 0.5));
+        assert!(sampled_by_ratio("0000000000000000ffffffffffffffff", 1.0));
+        assert!(!sampled_by_ratio("00000000000000000000000000000001", 0.0));
+    }
+}

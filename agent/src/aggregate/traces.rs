@@ -1,0 +1,104 @@
+//! From exchanges to exported spans: assembly (see `spans`), sampling, then the built-in trace
+//! store and, when configured, the Zipkin sink. Never blocks: the sink's queue is bounded and
+//! drops with a count when full.
+
+use std::sync::Arc;
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::{
+    aggregate::spans::{Assembled, SpanAssembler, SpanInput, keep},
+    export::zipkin::{sink::ZipkinSink, store::TraceStore},
+};
+
+/// What the tracer counts (registered by `Metrics`).
+#[derive(Clone, Default)]
+pub struct TraceCounters {
+    pub unlinked: Counter,
+    pub context_invalid: Counter,
+    /// Not kept: the context said not sampled, or the ratio sampler left the trace out.
+    pub not_sampled: Counter,
+}
+
+pub struct Tracer {
+    assembler: SpanAssembler,
+    store: Arc<TraceStore>,
+    sink: Option<ZipkinSink>,
+    sampling_ratio: f64,
+    keep_errors: bool,
+    counters: TraceCounters,
+}
+
+impl Tracer {
+    pub fn new(
+        store: Arc<TraceStore>,
+        sink: Option<ZipkinSink>,
+        sampling_ratio: f64,
+        keep_errors: bool,
+        counters: TraceCounters,
+    ) -> Self {
+        let seed = crate::app::monotonic_ns() ^ (u64::from(std::process::id()) << 32);
+        let mut assembler = SpanAssembler::new(seed);
+        assembler.set_epoch_offset(epoch_offset_ns());
+        Tracer {
+            assembler,
+            store,
+            sink,
+            sampling_ratio,
+            keep_errors,
+            counters,
+        }
+    }
+
+    pub fn add(&mut self, input: SpanInput) {
+        let mut out = empty();
+        self.assembler.add(input, &mut out);
+        self.deliver(out);
+    }
+
+    pub fn tick(&mut self, now_ns: u64) {
+        self.assembler.set_epoch_offset(epoch_offset_ns());
+        let mut out = empty();
+        self.assembler.tick(now_ns, &mut out);
+        self.deliver(out);
+    }
+
+    fn deliver(&mut self, out: Assembled) {
+        self.counters.unlinked.inc_by(out.unlinked);
+        self.counters.context_invalid.inc_by(out.invalid_context);
+        self.counters.not_sampled.inc_by(out.not_sampled);
+        for span in out.spans {
+            if !keep(&span, self.sampling_ratio, self.keep_errors) {
+                self.counters.not_sampled.inc();
+                continue;
+            }
+            if let Some(sink) = &self.sink {
+                // A refused span is counted by the sink (meshtap_spans_dropped_total).
+                let _ = sink.offer(span.clone());
+            }
+            // A span the store rejects is counted by the store.
+            let _ = self.store.insert(span);
+        }
+    }
+}
+
+fn empty() -> Assembled {
+    Assembled {
+        spans: Vec::new(),
+        unlinked: 0,
+        invalid_context: 0,
+        not_sampled: 0,
+    }
+}
+
+/// CLOCK_REALTIME - CLOCK_MONOTONIC in ns: converts the kernel's `bpf_ktime_get_ns` timestamps
+/// to wall-clock time. Read back to back; refreshed on every tick so that clock steps (NTP)
+/// are followed.
+pub fn epoch_offset_ns() -> i128 {
+    let mono = crate::app::monotonic_ns() as i128;
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    wall - mono
+}
