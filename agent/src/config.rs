@@ -107,7 +107,7 @@ pub struct Flags {
     #[arg(long, value_name = "BOOL")]
     pub keep_errors: Option<bool>,
 
-    /// Spans kept in the built-in trace store (oldest traces evicted first) [default: 100000].
+    /// Spans kept in the built-in trace store (oldest traces evicted first) [default: 10000].
     #[arg(long, value_name = "N")]
     pub trace_store_spans: Option<u32>,
 
@@ -322,7 +322,7 @@ impl Config {
             trace_store_spans: flags
                 .trace_store_spans
                 .or(file.trace_store_spans)
-                .unwrap_or(100_000),
+                .unwrap_or(10_000),
             log_level: flags
                 .log_level
                 .or(file.log_level)

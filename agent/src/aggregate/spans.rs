@@ -31,7 +31,7 @@ use crate::{
 /// How long a span waits for its parent to complete.
 const LINK_WAIT_NS: u64 = 2_000_000_000;
 /// Spans waiting at once; beyond, the oldest are emitted unlinked.
-const MAX_WAITING: usize = 100_000;
+const MAX_WAITING: usize = 20_000;
 /// Slack when checking that a child lies inside its parent's time window.
 const WINDOW_SLACK_NS: u64 = 1_000_000;
 
