@@ -14,6 +14,7 @@
 //! "Rust pieces" are nightly's `rust-src`, stable's rustfmt + clippy and bpf-linker 0.10.3;
 //! "all of it" adds the Debian packages and Python modules the integration tests use.
 
+mod bench;
 mod cmd;
 mod setup;
 
@@ -84,6 +85,8 @@ enum Cmd {
     /// `cargo fmt --all -- --check`, then `cargo clippy --workspace --all-targets --release --
     /// -D warnings`.
     Lint,
+    /// Measure the agent's overhead (A/B against no agent); see docs/benchmarks.md
+    Bench(bench::Opts),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Cmd::Run { .. } => "run",
         Cmd::Test { .. } => "test",
         Cmd::Lint => "lint",
+        Cmd::Bench(_) => "bench",
     };
     match Ctx::new().and_then(|ctx| dispatch(&ctx, cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -121,6 +125,7 @@ fn dispatch(ctx: &Ctx, command: Cmd) -> Result<()> {
             eprintln!("xtask lint: OK (rustfmt and clippy clean)");
             Ok(())
         }
+        Cmd::Bench(opts) => bench::bench(ctx, opts),
     }
 }
 

@@ -1,0 +1,1967 @@
+//! `cargo xtask bench [--quick]`: the agent's overhead on loopback, with everything traced.
+//!
+//! Every comparison interleaves the baseline and the measured setup in the same run (A/B/A/B,
+//! `--rounds` rounds, 5 by default) and reports the median, min and max of the per-round
+//! figures. One nginx (1 worker, `return 200 "ok"`) serves every scenario; the agent is started
+//! for each measured round and stopped (SIGTERM) before the next baseline. Results go to
+//! `target/bench/results.json` (one object keyed by scenario id) and `target/bench/results.md`
+//! (printed at the end). Scenarios and methods are described in `docs/benchmarks.md`.
+//!
+//! Load tools: `wrk -t1 -c32` for saturation (B0, B1, B3, B5) and a built-in open-loop
+//! generator (mio, single thread) for fixed rates (B2, B4) and for the many-paths run (B6): it
+//! sends on a schedule and measures each latency from the request's scheduled time, so a
+//! stall delays the clock of every request queued behind it (no coordinated omission).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs;
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Map, Value, json};
+
+use crate::cmd::{Ctx, euid, exists_on_path, run};
+
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args)]
+pub struct Opts {
+    /// Short runs (the whole bench in under 3 minutes) instead of the full durations.
+    #[arg(long)]
+    quick: bool,
+    /// Agent binary to measure [default: target/release/meshtap, or $MESHTAP_BIN].
+    #[arg(long, value_name = "PATH")]
+    bin: Option<PathBuf>,
+    /// A/B rounds per comparison (at least 5 unless you are only trying the harness).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Run only these scenarios (comma-separated ids, e.g. `B1,B2`); B2 runs B1 first.
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    only: Vec<String>,
+}
+
+/// Durations and sizes of one mode.
+struct Plan {
+    quick: bool,
+    rounds: usize,
+    /// One saturation run (wrk), seconds.
+    sat_secs: u64,
+    /// One fixed-rate latency run, seconds.
+    lat_secs: u64,
+    /// B4 duration, seconds, and its load.
+    mem_secs: u64,
+    mem_conns: usize,
+    mem_rate: f64,
+    mem_new_per_s: f64,
+    /// B6 requests and distinct paths.
+    card_requests: u64,
+    card_paths: u32,
+}
+
+impl Plan {
+    fn new(quick: bool, rounds: usize) -> Self {
+        if quick {
+            Self {
+                quick,
+                rounds,
+                sat_secs: 2,
+                lat_secs: 2,
+                mem_secs: 10,
+                mem_conns: 1000,
+                mem_rate: 5000.0,
+                mem_new_per_s: 2000.0,
+                card_requests: 60_000,
+                card_paths: 12_000,
+            }
+        } else {
+            Self {
+                quick,
+                rounds,
+                sat_secs: 10,
+                lat_secs: 10,
+                mem_secs: 600,
+                mem_conns: 1000,
+                mem_rate: 5000.0,
+                mem_new_per_s: 2000.0,
+                card_requests: 1_000_000,
+                card_paths: 100_000,
+            }
+        }
+    }
+}
+
+/// The agent's tracepoints (agent/src/ebpf/mod.rs `ATTACH` and `RAW_ATTACH`), for B0's empty
+/// programs. bpftrace 0.17 has no raw tracepoints: the two raw ones use their classic
+/// tracepoint (same hook, a slightly dearer argument copy).
+fn empty_probe_script() -> String {
+    let mut probes: Vec<String> = [
+        "syscalls:sys_enter_connect",
+        "syscalls:sys_exit_connect",
+        "syscalls:sys_exit_accept",
+        "syscalls:sys_exit_accept4",
+        "sched:sched_process_exit",
+        "sock:inet_sock_set_state",
+        "tcp:tcp_retransmit_skb",
+    ]
+    .iter()
+    .map(|p| format!("tracepoint:{p}"))
+    .collect();
+    for sys in [
+        "read",
+        "write",
+        "readv",
+        "writev",
+        "recvfrom",
+        "sendto",
+        "recvmsg",
+        "sendmsg",
+        "sendfile64",
+    ] {
+        probes.push(format!("tracepoint:syscalls:sys_enter_{sys}"));
+        probes.push(format!("tracepoint:syscalls:sys_exit_{sys}"));
+    }
+    format!("{} {{ }}\n", probes.join(",\n"))
+}
+
+const EMPTY_PROBES: usize = 25;
+
+pub fn bench(ctx: &Ctx, opts: Opts) -> Result<()> {
+    if cfg!(debug_assertions) {
+        // The built-in load generator shares the 2 cores with nginx and the agent: run the
+        // optimised build of xtask (a few seconds to build the first time).
+        use std::os::unix::process::CommandExt as _;
+        let mut cmd = ctx.cargo(["run", "--quiet", "--release", "--package", "xtask", "--"]);
+        cmd.args(std::env::args_os().skip(1));
+        eprintln!("$ {}", crate::cmd::display(&cmd));
+        let err = cmd.exec();
+        bail!("could not exec `{}`: {err}", crate::cmd::display(&cmd));
+    }
+    if euid() != 0 {
+        bail!("the bench loads eBPF programs and drives nginx as root: run it as root");
+    }
+    let bin = match opts
+        .bin
+        .or_else(|| std::env::var_os("MESHTAP_BIN").map(PathBuf::from))
+    {
+        Some(bin) => bin,
+        None => ctx.meshtap_bin(true),
+    };
+    let bin = fs::canonicalize(&bin).with_context(|| {
+        format!(
+            "agent binary {} not found: build it (`cargo xtask build --release`) or pass --bin",
+            bin.display()
+        )
+    })?;
+    ensure_tools(ctx)?;
+    let started = Instant::now();
+    let plan = Plan::new(opts.quick, opts.rounds.max(1));
+    let wanted = |id: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == id);
+    let out_dir = ctx.target_dir().join("bench");
+    fs::create_dir_all(&out_dir)?;
+    let tmp = TempDir::new()?;
+    let nginx = Nginx::start(tmp.path())?;
+    let env = Env {
+        bin,
+        tmp: tmp.path().to_path_buf(),
+        url: format!("http://127.0.0.1:{}/", nginx.port),
+        addr: SocketAddr::from(([127, 0, 0, 1], nginx.port)),
+    };
+    fs::write(env.tmp.join("summary.lua"), WRK_SUMMARY)?;
+    fs::write(env.tmp.join("empty.bt"), empty_probe_script())?;
+    eprintln!(
+        "bench: agent {}, nginx on {}, {} mode, {} rounds",
+        env.bin.display(),
+        env.addr,
+        if plan.quick { "quick" } else { "full" },
+        plan.rounds
+    );
+
+    let mut results = Map::new();
+    results.insert("meta".into(), meta(&plan, &env));
+    let mut lap = Instant::now();
+    let mut record = |id: &str, res: Result<Value>, results: &mut Map<String, Value>| {
+        let mut value = res.unwrap_or_else(|e| {
+            eprintln!("bench {id}: error: {e:#}");
+            json!({ "error": format!("{e:#}") })
+        });
+        value["bench_seconds"] = json!(round(lap.elapsed().as_secs_f64(), 1));
+        eprintln!("bench {id}: done in {:.0}s", lap.elapsed().as_secs_f64());
+        lap = Instant::now();
+        results.insert(id.into(), value);
+        let _ = write_outputs(&out_dir, results, &plan);
+    };
+    let mut baseline_rps = None;
+    let mut events_per_request = None;
+    if wanted("B1") || wanted("B2") || wanted("B5") {
+        let res = b1(&env, &plan);
+        if let Ok(v) = &res {
+            baseline_rps = v["baseline_rps"].as_f64();
+            events_per_request = v["events_per_request"].as_f64();
+        }
+        record("B1", res, &mut results);
+    }
+    if wanted("B3") {
+        record("B3", b3(&env, &plan), &mut results);
+    }
+    if wanted("B5") {
+        let sat = results.get("B1").cloned().unwrap_or(Value::Null);
+        record(
+            "B5",
+            b5(&env, &plan, &sat, events_per_request),
+            &mut results,
+        );
+    }
+    if wanted("B2") {
+        let res = match baseline_rps {
+            Some(rps) => b2(&env, &plan, rps / 2.0),
+            None => Err(anyhow::anyhow!("B2 needs B1's baseline rate, which failed")),
+        };
+        record("B2", res, &mut results);
+    }
+    if wanted("B0") {
+        record("B0", b0(&env, &plan), &mut results);
+    }
+    if wanted("B4") {
+        record("B4", b4(&env, &plan), &mut results);
+    }
+    if wanted("B6") {
+        record("B6", b6(&env, &plan), &mut results);
+    }
+    drop(nginx);
+    if let Some(meta) = results.get_mut("meta") {
+        meta["elapsed_s"] = json!(round(started.elapsed().as_secs_f64(), 1));
+        let foreign: Vec<String> = FOREIGN_TRACERS
+            .lock()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        meta["other_tracers_seen"] = json!(foreign);
+    }
+    let md = write_outputs(&out_dir, &results, &plan)?;
+    println!("{md}");
+    eprintln!(
+        "bench: wrote {} and {} in {:.0}s",
+        out_dir.join("results.json").display(),
+        out_dir.join("results.md").display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The service name the agent gives the bench's nginx (`--service-port`).
+const BENCH_SERVICE: &str = "meshtap-bench-nginx";
+
+struct Env {
+    bin: PathBuf,
+    tmp: PathBuf,
+    url: String,
+    addr: SocketAddr,
+}
+
+fn ensure_tools(ctx: &Ctx) -> Result<()> {
+    let missing: Vec<&str> = [("nginx", "nginx"), ("wrk", "wrk"), ("bpftrace", "bpftrace")]
+        .into_iter()
+        .filter(|(tool, _)| {
+            !exists_on_path(ctx, tool) && !Path::new("/usr/sbin").join(tool).exists()
+        })
+        .map(|(_, pkg)| pkg)
+        .collect();
+    if !missing.is_empty() {
+        let mut cmd = ctx.cmd("apt-get");
+        cmd.env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing);
+        run(&mut cmd).context("installing the bench's tools failed")?;
+    }
+    Ok(())
+}
+
+fn meta(plan: &Plan, env: &Env) -> Value {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_kb = meminfo_kb("MemTotal").unwrap_or(0);
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let sha256 = Command::new("sha256sum")
+        .arg(&env.bin)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .chars()
+                .take(16)
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    json!({
+        "date": date,
+        "agent_bin_sha256_prefix": sha256,
+        "mode": if plan.quick { "quick" } else { "full" },
+        "rounds": plan.rounds,
+        "kernel": kernel.trim(),
+        "cpu_model": model,
+        "cores": cores,
+        "memory_gib": round(mem_kb as f64 / 1024.0 / 1024.0, 1),
+        "agent_bin": env.bin.display().to_string(),
+        "load": "nginx 1 worker `return 200 \"ok\"`, wrk -t1 -c32 (saturation), built-in open-loop generator (fixed rates)",
+    })
+}
+
+fn meminfo_kb(key: &str) -> Option<u64> {
+    fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------------
+
+/// B0: 25 empty bpftrace programs on the agent's hooks vs nothing.
+fn b0(env: &Env, plan: &Plan) -> Result<Value> {
+    let (mut base, mut hooked, mut ratios) = (vec![], vec![], vec![]);
+    let mut attached = 0;
+    for round in 0..plan.rounds {
+        let a = wrk(env, plan.sat_secs)?;
+        let bt = Bpftrace::start(env)?;
+        attached = bt.programs;
+        let b = wrk(env, plan.sat_secs)?;
+        drop(bt);
+        eprintln!(
+            "bench B0 round {}: baseline {:.0} req/s, empty hooks {:.0} req/s",
+            round + 1,
+            a.rps(),
+            b.rps()
+        );
+        base.push(a.rps());
+        hooked.push(b.rps());
+        ratios.push(b.rps() / a.rps());
+    }
+    let mut v = Map::new();
+    v.insert(
+        "what".into(),
+        json!(
+            "wrk -t1 -c32 req/s with 25 empty bpftrace programs on the agent's tracepoints vs none"
+        ),
+    );
+    v.insert("programs_attached".into(), json!(attached));
+    stats(&mut v, "baseline_rps", &base, 0);
+    stats(&mut v, "empty_hooks_rps", &hooked, 0);
+    stats(&mut v, "ratio", &ratios, 4);
+    Ok(Value::Object(v))
+}
+
+/// B1 saturation (also gives B5's coverage at saturation and the agent's CPU per request).
+fn b1(env: &Env, plan: &Plan) -> Result<Value> {
+    let (mut base, mut traced, mut ratios) = (vec![], vec![], vec![]);
+    let (mut coverage, mut lost, mut epr, mut cpu) = (vec![], vec![], vec![], vec![]);
+    let mut bytes_ratio = vec![];
+    for round in 0..plan.rounds {
+        let a = wrk(env, plan.sat_secs)?;
+        let agent = Agent::start(env, "b1", None)?;
+        let before = agent.snapshot()?;
+        let b = wrk(env, plan.sat_secs)?;
+        let after = agent.drained(&before, Duration::from_secs(5))?;
+        drop(agent);
+        let d = after.delta(&before);
+        eprintln!(
+            "bench B1 round {}: baseline {:.0} req/s, agent {:.0} req/s ({:.3}); server exchanges {} / {} requests, lost {}",
+            round + 1,
+            a.rps(),
+            b.rps(),
+            b.rps() / a.rps(),
+            d.server_exchanges,
+            b.requests,
+            d.lost
+        );
+        base.push(a.rps());
+        traced.push(b.rps());
+        ratios.push(b.rps() / a.rps());
+        coverage.push(d.server_exchanges / b.requests as f64);
+        lost.push(d.lost);
+        epr.push((d.events + d.lost) / b.requests as f64);
+        cpu.push(d.cpu_s / b.requests as f64 * 1e6);
+        bytes_ratio.push(d.server_sent_bytes / b.bytes as f64);
+    }
+    let mut v = Map::new();
+    v.insert(
+        "what".into(),
+        json!("wrk -t1 -c32 req/s against nginx with the agent running vs not, interleaved"),
+    );
+    stats(&mut v, "baseline_rps", &base, 0);
+    stats(&mut v, "agent_rps", &traced, 0);
+    stats(&mut v, "ratio", &ratios, 4);
+    stats(&mut v, "coverage", &coverage, 5);
+    stats(&mut v, "lost_events", &lost, 0);
+    stats(&mut v, "events_per_request", &epr, 3);
+    stats(&mut v, "agent_cpu_s_per_million", &cpu, 3);
+    stats(&mut v, "server_sent_bytes_ratio", &bytes_ratio, 5);
+    Ok(Value::Object(v))
+}
+
+/// B2: p50/p99 at a fixed rate (half the baseline saturation), agent vs none, interleaved.
+fn b2(env: &Env, plan: &Plan, rate: f64) -> Result<Value> {
+    let spec = LoadSpec {
+        addr: env.addr,
+        conns: 32,
+        rate,
+        new_conn_rate: 0.0,
+        duration: Duration::from_secs(plan.lat_secs),
+        max_requests: 0,
+        paths: None,
+    };
+    let mut f: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for round in 0..plan.rounds {
+        let a = generate(&spec)?;
+        let agent = Agent::start(env, "b2", None)?;
+        let b = generate(&spec)?;
+        drop(agent);
+        let (a50, a99) = (a.percentile(0.50), a.percentile(0.99));
+        let (b50, b99) = (b.percentile(0.50), b.percentile(0.99));
+        eprintln!(
+            "bench B2 round {}: {:.0} req/s; p50 {a50} -> {b50} us, p99 {a99} -> {b99} us; errors {} / {}",
+            round + 1,
+            b.achieved_rps(),
+            a.errors,
+            b.errors
+        );
+        for (k, x) in [
+            ("baseline_p50_us", a50 as f64),
+            ("agent_p50_us", b50 as f64),
+            ("baseline_p99_us", a99 as f64),
+            ("agent_p99_us", b99 as f64),
+            ("baseline_p999_us", a.percentile(0.999) as f64),
+            ("agent_p999_us", b.percentile(0.999) as f64),
+            ("p50_ratio", b50 as f64 / a50.max(1) as f64),
+            ("p99_ratio", b99 as f64 / a99.max(1) as f64),
+            ("baseline_achieved_rps", a.achieved_rps()),
+            ("agent_achieved_rps", b.achieved_rps()),
+            ("errors", (a.errors + b.errors) as f64),
+            (
+                "generator_cpu_share",
+                (a.cpu_s + b.cpu_s) / (a.elapsed_s + b.elapsed_s),
+            ),
+        ] {
+            f.entry(k).or_default().push(x);
+        }
+    }
+    let mut v = Map::new();
+    v.insert("what".into(), json!("open-loop fixed rate over 32 keep-alive connections, latency from the scheduled send time, agent vs none, interleaved"));
+    v.insert("target_rps".into(), json!(round(rate, 0)));
+    for (k, xs) in &f {
+        let digits = if k.ends_with("ratio") || k.ends_with("share") {
+            4
+        } else {
+            0
+        };
+        stats(&mut v, k, xs, digits);
+    }
+    Ok(Value::Object(v))
+}
+
+/// B3: agent CPU and in-kernel program run time per million requests, at saturation.
+fn b3(env: &Env, plan: &Plan) -> Result<Value> {
+    let _stats = BpfStats::enable()?;
+    let mut f: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for round in 0..plan.rounds {
+        let agent = Agent::start(env, "b3", None)?;
+        let progs0 = prog_stats(agent.pid)?;
+        let before = agent.snapshot()?;
+        let w = wrk(env, plan.sat_secs)?;
+        let progs1 = prog_stats(agent.pid)?;
+        let after = agent.drained(&before, Duration::from_secs(5))?;
+        drop(agent);
+        let d = after.delta(&before);
+        let m = 1e6 / w.requests as f64;
+        let run_ns = progs1.0.saturating_sub(progs0.0) as f64;
+        let runs = progs1.1.saturating_sub(progs0.1) as f64;
+        let user = d.utime_s * m;
+        let sys = d.stime_s * m;
+        let kernel = run_ns / 1e9 * m;
+        eprintln!(
+            "bench B3 round {}: {} requests; agent user {user:.2} + sys {sys:.2} CPU-s/M; bpf {kernel:.2} CPU-s/M ({:.1} runs/request, {:.0} ns/run)",
+            round + 1,
+            w.requests,
+            runs / w.requests as f64,
+            run_ns / runs.max(1.0)
+        );
+        for (k, x) in [
+            ("user_cpu_s_per_million", user + sys),
+            ("kernel_cpu_s_per_million", kernel),
+            ("agent_utime_s_per_million", user),
+            ("agent_stime_s_per_million", sys),
+            ("bpf_runs_per_request", runs / w.requests as f64),
+            ("bpf_ns_per_run", run_ns / runs.max(1.0)),
+            ("requests_per_s", w.rps()),
+        ] {
+            f.entry(k).or_default().push(x);
+        }
+    }
+    let mut v = Map::new();
+    v.insert("what".into(), json!("saturation (wrk -t1 -c32): user_cpu = the agent process's utime+stime, kernel_cpu = run_time_ns of its eBPF programs (bpf stats on), per million requests"));
+    for (k, xs) in &f {
+        stats(&mut v, k, xs, 3);
+    }
+    Ok(Value::Object(v))
+}
+
+/// B4: RSS under 1,000 keep-alive connections at a fixed rate plus new connections per second.
+fn b4(env: &Env, plan: &Plan) -> Result<Value> {
+    let agent = Agent::start(env, "b4", None)?;
+    let start_rss = rss_kb(agent.pid)?;
+    let sampler = Sampler::start(agent.pid, Duration::from_millis(500));
+    let spec = LoadSpec {
+        addr: env.addr,
+        conns: plan.mem_conns,
+        rate: plan.mem_rate,
+        new_conn_rate: plan.mem_new_per_s,
+        duration: Duration::from_secs(plan.mem_secs),
+        max_requests: 0,
+        paths: None,
+    };
+    let load = generate(&spec)?;
+    let samples = sampler.stop();
+    let snap = agent.snapshot()?;
+    let end_rss = rss_kb(agent.pid)?;
+    drop(agent);
+    if samples.is_empty() {
+        bail!("no RSS samples");
+    }
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    let peak = samples.iter().map(|s| s.1).max().unwrap_or(0);
+    // Warm-up: the first fifth of the run. Steady = median after it; growth = median of the
+    // last tenth minus median of the tenth right after warm-up.
+    let n = samples.len();
+    let after_warm: Vec<f64> = samples[n / 5..].iter().map(|s| mb(s.1)).collect();
+    let early: Vec<f64> = samples[n / 5..(n * 3 / 10).max(n / 5 + 1)]
+        .iter()
+        .map(|s| mb(s.1))
+        .collect();
+    let late: Vec<f64> = samples[(n * 9 / 10).min(n - 1)..]
+        .iter()
+        .map(|s| mb(s.1))
+        .collect();
+    eprintln!(
+        "bench B4: {} requests + {} new connections in {:.0}s ({} errors); RSS start {:.1} MB, peak {:.1}, end {:.1}",
+        load.completed,
+        load.oneshots_completed,
+        load.elapsed_s,
+        load.errors,
+        mb(start_rss),
+        mb(peak),
+        mb(end_rss)
+    );
+    Ok(json!({
+        "what": "agent RSS while 1,000 keep-alive connections carry a fixed request rate and new connections (one request each) open at a fixed rate",
+        "duration_s": round(load.elapsed_s, 1),
+        "keepalive_connections": plan.mem_conns,
+        "keepalive_target_rps": plan.mem_rate,
+        "new_connections_target_per_s": plan.mem_new_per_s,
+        "requests_completed": load.completed,
+        "new_connections_completed": load.oneshots_completed,
+        "load_errors": load.errors,
+        "generator_cpu_share": round(load.cpu_s / load.elapsed_s, 3),
+        "start_rss_mb": round(mb(start_rss), 1),
+        "steady_rss_mb": round(median(&after_warm), 1),
+        "peak_rss_mb": round(mb(peak), 1),
+        "end_rss_mb": round(mb(end_rss), 1),
+        "growth_after_warmup_mb": round(median(&late) - median(&early), 2),
+        "connections_tracked_end": snap.connections_tracked,
+        "lost_events": snap.lost,
+        "rss_samples_mb": samples.iter().map(|s| json!([round(s.0, 1), round(mb(s.1), 1)])).collect::<Vec<_>>(),
+    }))
+}
+
+/// B5: coverage at saturation (from B1's rounds), then with the agent throttled to 10% CPU.
+fn b5(env: &Env, plan: &Plan, sat: &Value, events_per_request: Option<f64>) -> Result<Value> {
+    let cg = Cgroup::create()?;
+    let mut f: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for round in 0..plan.rounds {
+        let a = wrk(env, plan.sat_secs)?;
+        let agent = Agent::start(env, "b5", Some(&cg))?;
+        let before = agent.snapshot()?;
+        let sampler = Sampler::start(agent.pid, Duration::from_millis(250));
+        let b = wrk(env, plan.sat_secs)?;
+        let drain = if plan.quick { 8 } else { 30 };
+        let after = agent.drained(&before, Duration::from_secs(drain))?;
+        let samples = sampler.stop();
+        drop(agent);
+        let d = after.delta(&before);
+        let accounted = d.events + d.lost;
+        let produced = events_per_request.map(|e| e * b.requests as f64);
+        eprintln!(
+            "bench B5 round {}: baseline {:.0} req/s, throttled agent {:.0} req/s; exchanges {} / {} requests; delivered {} + lost {} = {} (expected ~{:.0})",
+            round + 1,
+            a.rps(),
+            b.rps(),
+            d.server_exchanges,
+            b.requests,
+            d.events,
+            d.lost,
+            accounted,
+            produced.unwrap_or(f64::NAN)
+        );
+        let peak = samples.iter().map(|s| s.1).max().unwrap_or(0) as f64 / 1024.0;
+        for (k, x) in [
+            ("throttled_coverage", d.server_exchanges / b.requests as f64),
+            ("throttled_lost_events", d.lost),
+            ("throttled_delivered_events", d.events),
+            (
+                "throttled_accounting_ratio",
+                produced.map_or(f64::NAN, |p| accounted / p),
+            ),
+            (
+                "throttled_server_sent_bytes_ratio",
+                d.server_sent_bytes / b.bytes as f64,
+            ),
+            ("throttled_peak_rss_mb", peak),
+            ("throttled_throughput_ratio", b.rps() / a.rps()),
+            ("throttled_agent_cpu_s", d.cpu_s),
+            ("throttled_wall_s", b.secs),
+        ] {
+            f.entry(k).or_default().push(x);
+        }
+    }
+    let mut v = Map::new();
+    v.insert("what".into(), json!("coverage = server-side exchanges counted (http_server_request_duration_seconds_count{service_name=\"meshtap-bench-nginx\"}, the bench's nginx named with --service-port) / requests completed by wrk; saturation figures come from B1's agent rounds; throttled_* = agent limited to 10% of a CPU"));
+    v.insert("throttle".into(), json!(cg.describe()));
+    for (src, dst) in [
+        ("coverage", "coverage"),
+        ("coverage_min", "coverage_min"),
+        ("coverage_max", "coverage_max"),
+        ("lost_events", "lost_events"),
+        ("lost_events_max", "lost_events_max"),
+        ("events_per_request", "events_per_request"),
+    ] {
+        if let Some(x) = sat.get(src) {
+            v.insert(dst.into(), x.clone());
+        }
+    }
+    for (k, xs) in &f {
+        stats(&mut v, k, xs, 4);
+    }
+    Ok(Value::Object(v))
+}
+
+/// B6: many distinct paths: series count, scrape time, RSS growth.
+fn b6(env: &Env, plan: &Plan) -> Result<Value> {
+    let agent = Agent::start(env, "b6", None)?;
+    let rss0 = rss_kb(agent.pid)?;
+    let before = agent.snapshot()?;
+    let spec = LoadSpec {
+        addr: env.addr,
+        conns: 32,
+        rate: 0.0,
+        new_conn_rate: 0.0,
+        duration: Duration::from_secs(if plan.quick { 60 } else { 600 }),
+        max_requests: plan.card_requests,
+        paths: Some(plan.card_paths),
+    };
+    let load = generate(&spec)?;
+    let after = agent.drained(
+        &before,
+        Duration::from_secs(if plan.quick { 5 } else { 30 }),
+    )?;
+    let rss1 = rss_kb(agent.pid)?;
+    let mut times = vec![];
+    let mut body = String::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        body = http_get(agent.port, "/metrics")?.1;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    drop(agent);
+    let d = after.delta(&before);
+    let series: usize = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    let route_series = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("http_server_request_duration_seconds_count")
+                && l.contains(&format!("service_name=\"{BENCH_SERVICE}\""))
+        })
+        .count();
+    let overflow = metric_sum(&body, "meshtap_metric_series_overflow_total", &[]);
+    eprintln!(
+        "bench B6: {} requests over {} paths in {:.1}s; {route_series} route series, {series} series in all; scrape {:.1} ms; RSS {:.1} -> {:.1} MB",
+        load.completed,
+        plan.card_paths,
+        load.elapsed_s,
+        median(&times),
+        rss0 as f64 / 1024.0,
+        rss1 as f64 / 1024.0
+    );
+    let mut v = Map::new();
+    v.insert(
+        "what".into(),
+        json!("closed loop over 32 keep-alive connections, GET /p/<word> over distinct letter-only paths (not collapsed by route templating); default --max-series 10000"),
+    );
+    v.insert("requests".into(), json!(load.completed));
+    v.insert("distinct_paths".into(), json!(plan.card_paths));
+    v.insert("server_route_series".into(), json!(route_series));
+    v.insert("series_total".into(), json!(series));
+    v.insert("metrics_bytes".into(), json!(body.len()));
+    v.insert("series_overflow_observations".into(), json!(overflow));
+    stats(&mut v, "scrape_ms", &times, 2);
+    v.insert(
+        "rss_before_mb".into(),
+        json!(round(rss0 as f64 / 1024.0, 1)),
+    );
+    v.insert("rss_after_mb".into(), json!(round(rss1 as f64 / 1024.0, 1)));
+    v.insert(
+        "rss_growth_mb".into(),
+        json!(round((rss1 as f64 - rss0 as f64) / 1024.0, 1)),
+    );
+    v.insert(
+        "coverage".into(),
+        json!(round(d.server_exchanges / load.completed as f64, 5)),
+    );
+    v.insert("lost_events".into(), json!(d.lost));
+    Ok(Value::Object(v))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------------------------
+
+fn write_outputs(dir: &Path, results: &Map<String, Value>, plan: &Plan) -> Result<String> {
+    let json = serde_json::to_string_pretty(results)?;
+    fs::write(dir.join("results.json"), json + "\n")?;
+    let md = markdown(results, plan);
+    fs::write(dir.join("results.md"), &md)?;
+    Ok(md)
+}
+
+fn markdown(r: &Map<String, Value>, plan: &Plan) -> String {
+    let g = |id: &str, key: &str| r.get(id).and_then(|v| v.get(key)).and_then(Value::as_f64);
+    let range = |id: &str, key: &str, digits: usize| -> String {
+        match (
+            g(id, key),
+            g(id, &format!("{key}_min")),
+            g(id, &format!("{key}_max")),
+        ) {
+            (Some(m), Some(lo), Some(hi)) => {
+                format!("{m:.digits$} ({lo:.digits$}..{hi:.digits$})")
+            }
+            (Some(m), _, _) => format!("{m:.digits$}"),
+            _ => "n/a".into(),
+        }
+    };
+    let verdict = |ok: Option<bool>| match ok {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "n/a",
+    };
+    let mut rows: Vec<[String; 4]> = vec![];
+    let err = |id: &str| {
+        r.get(id)
+            .and_then(|v| v.get("error"))
+            .and_then(Value::as_str)
+            .map(|e| format!("error: {}", e.lines().next().unwrap_or("")))
+    };
+    let mut row = |id: &str, what: String, goal: &str, ok: Option<bool>| {
+        if !r.contains_key(id) {
+            return;
+        }
+        let what = err(id).unwrap_or(what);
+        rows.push([
+            id.to_string(),
+            what,
+            goal.to_string(),
+            verdict(ok).to_string(),
+        ]);
+    };
+    row(
+        "B0",
+        format!(
+            "empty hooks / none, req/s ratio {} ({} vs {} req/s)",
+            range("B0", "ratio", 3),
+            range("B0", "empty_hooks_rps", 0),
+            range("B0", "baseline_rps", 0)
+        ),
+        "context",
+        None,
+    );
+    row(
+        "B1",
+        format!(
+            "agent / none, req/s ratio {} ({} vs {} req/s)",
+            range("B1", "ratio", 3),
+            range("B1", "agent_rps", 0),
+            range("B1", "baseline_rps", 0)
+        ),
+        ">= 0.95",
+        g("B1", "ratio").map(|x| x >= 0.95),
+    );
+    row(
+        "B2",
+        format!(
+            "at {} req/s: p99 ratio {} ({} vs {} us); p50 ratio {} ({} vs {} us)",
+            g("B2", "target_rps").map_or("?".into(), |x| format!("{x:.0}")),
+            range("B2", "p99_ratio", 3),
+            range("B2", "agent_p99_us", 0),
+            range("B2", "baseline_p99_us", 0),
+            range("B2", "p50_ratio", 3),
+            range("B2", "agent_p50_us", 0),
+            range("B2", "baseline_p50_us", 0),
+        ),
+        "p99 ratio <= 1.05",
+        g("B2", "p99_ratio").map(|x| x <= 1.05),
+    );
+    row(
+        "B3",
+        format!(
+            "agent process {} CPU-s/M requests (user {}, sys {}); eBPF programs {} CPU-s/M ({} runs/request, {} ns/run)",
+            range("B3", "user_cpu_s_per_million", 2),
+            range("B3", "agent_utime_s_per_million", 2),
+            range("B3", "agent_stime_s_per_million", 2),
+            range("B3", "kernel_cpu_s_per_million", 2),
+            range("B3", "bpf_runs_per_request", 1),
+            range("B3", "bpf_ns_per_run", 0),
+        ),
+        "<= 4 user, <= 1 kernel",
+        g("B3", "user_cpu_s_per_million")
+            .zip(g("B3", "kernel_cpu_s_per_million"))
+            .map(|(u, k)| u <= 4.0 && k <= 1.0),
+    );
+    let b4_reached = g("B4", "requests_completed")
+        .zip(g("B4", "keepalive_target_rps"))
+        .zip(g("B4", "duration_s"))
+        .map(|((done, rate), secs)| done >= 0.9 * rate * secs);
+    row(
+        "B4",
+        format!(
+            "{} s, 1,000 keep-alive conns at {} req/s (reached {} req/s) + {} new conns/s (reached {}/s): steady RSS {} MB, peak {}, end {}, growth after warm-up {} MB",
+            range("B4", "duration_s", 0),
+            range("B4", "keepalive_target_rps", 0),
+            g("B4", "requests_completed")
+                .zip(g("B4", "duration_s"))
+                .map_or("?".into(), |(n, s)| format!("{:.0}", n / s)),
+            range("B4", "new_connections_target_per_s", 0),
+            g("B4", "new_connections_completed")
+                .zip(g("B4", "duration_s"))
+                .map_or("?".into(), |(n, s)| format!("{:.0}", n / s)),
+            range("B4", "steady_rss_mb", 1),
+            range("B4", "peak_rss_mb", 1),
+            range("B4", "end_rss_mb", 1),
+            range("B4", "growth_after_warmup_mb", 2),
+        ),
+        "steady <= 40 MB, no growth",
+        g("B4", "steady_rss_mb")
+            .zip(g("B4", "growth_after_warmup_mb"))
+            .map(|(s, gr)| s <= 40.0 && gr <= 1.0)
+            // Memory above the goal is a failure even at a lower load; within it, only if
+            // the load was reached.
+            .and_then(|ok| {
+                if ok {
+                    b4_reached.filter(|r| *r).map(|_| true)
+                } else {
+                    Some(false)
+                }
+            }),
+    );
+    row(
+        "B5",
+        format!(
+            "saturation: coverage {}, lost {}; throttled to 10% CPU: coverage {}, lost {}, (delivered+lost)/expected {}, bytes exact {}, peak RSS {} MB, load throughput ratio {}",
+            range("B5", "coverage", 4),
+            range("B5", "lost_events", 0),
+            range("B5", "throttled_coverage", 3),
+            range("B5", "throttled_lost_events", 0),
+            range("B5", "throttled_accounting_ratio", 3),
+            range("B5", "throttled_server_sent_bytes_ratio", 4),
+            range("B5", "throttled_peak_rss_mb", 1),
+            range("B5", "throttled_throughput_ratio", 3),
+        ),
+        "100.0%, 0 lost; all drops counted",
+        g("B5", "coverage_min")
+            .zip(g("B5", "lost_events_max"))
+            .map(|(c, l)| c >= 0.9995 && l == 0.0),
+    );
+    row(
+        "B6",
+        format!(
+            "{} requests over {} paths: {} server route series ({} in all), scrape {} ms, RSS +{} MB",
+            range("B6", "requests", 0),
+            range("B6", "distinct_paths", 0),
+            range("B6", "server_route_series", 0),
+            range("B6", "series_total", 0),
+            range("B6", "scrape_ms", 1),
+            range("B6", "rss_growth_mb", 1),
+        ),
+        "scrape < 50 ms",
+        g("B6", "scrape_ms").map(|x| x < 50.0),
+    );
+    let meta = r.get("meta").cloned().unwrap_or(Value::Null);
+    let mut md = format!(
+        "meshtap bench ({} mode, {} A/B rounds, median (min..max)) on {} cores, Linux {}, {}\n\n",
+        if plan.quick { "quick" } else { "full" },
+        plan.rounds,
+        meta["cores"],
+        meta["kernel"].as_str().unwrap_or("?"),
+        meta["date"].as_str().unwrap_or("?"),
+    );
+    md.push_str("| id | measured | goal | met |\n| --- | --- | --- | --- |\n");
+    for [id, what, goal, ok] in rows {
+        md.push_str(&format!("| {id} | {what} | {goal} | {ok} |\n"));
+    }
+    md
+}
+
+/// Inserts `key` (median), `key_min`, `key_max` and `key_rounds` (raw).
+fn stats(v: &mut Map<String, Value>, key: &str, xs: &[f64], digits: i32) {
+    let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    v.insert(key.into(), json!(round(median(xs), digits)));
+    v.insert(format!("{key}_min"), json!(round(lo, digits)));
+    v.insert(format!("{key}_max"), json!(round(hi, digits)));
+    v.insert(
+        format!("{key}_rounds"),
+        json!(xs.iter().map(|x| round(*x, digits)).collect::<Vec<_>>()),
+    );
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v: Vec<f64> = xs.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Rounds to `digits` decimals; NaN and infinities become JSON null through serde_json.
+fn round(x: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (x * p).round() / p
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes: RAII guards
+// ---------------------------------------------------------------------------------------------
+
+/// A child process stopped (SIGTERM, then SIGKILL after 5 s) when dropped.
+struct Guard {
+    child: Child,
+    name: String,
+}
+
+impl Guard {
+    fn spawn(name: &str, cmd: &mut Command) -> Result<Self> {
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("could not start {name} ({cmd:?})"))?;
+        Ok(Self {
+            child,
+            name: name.to_string(),
+        })
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of a child we have not reaped yet (so the pid cannot have
+        // been reused); no memory is passed.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.running() {
+            return;
+        }
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !self.running() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("bench: {} did not stop on SIGTERM, killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private temporary directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path =
+            std::env::temp_dir().join(format!("meshtap-bench-{}-{stamp}", std::process::id()));
+        fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Other eBPF tracers (meshtap agents, bpftrace) seen during the run that are not our children:
+/// their programs fire on the same syscalls and slow both sides of every comparison.
+static FOREIGN_TRACERS: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn note_foreign_tracers() {
+    let me = std::process::id().to_string();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return;
+    };
+    for e in dir.flatten() {
+        if e.file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_none()
+        {
+            continue;
+        }
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map_or("", |(_, c)| c);
+        let mut fields = rest.split_whitespace();
+        let (state, ppid) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+        if (comm.starts_with("meshtap") || comm == "bpftrace")
+            && state != "Z"
+            && ppid != me
+            && let Ok(mut set) = FOREIGN_TRACERS.lock()
+        {
+            set.insert(format!("{comm} (pid {})", e.file_name().to_string_lossy()));
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Nginx {
+    _guard: Guard,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(tmp: &Path) -> Result<Self> {
+        let dir = tmp.join("nginx");
+        fs::create_dir_all(&dir)?;
+        let port = free_port()?;
+        let d = dir.display();
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+worker_rlimit_nofile 16384;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{ return 200 "ok"; }}
+    }}
+}}
+"#
+        );
+        let conf_path = dir.join("nginx.conf");
+        fs::write(&conf_path, conf)?;
+        let log = fs::File::create(dir.join("stderr.log"))?;
+        let guard = Guard::spawn(
+            "nginx",
+            Command::new("nginx")
+                .arg("-c")
+                .arg(&conf_path)
+                .arg("-p")
+                .arg(&dir)
+                .arg("-e")
+                .arg(dir.join("error.log"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                let log = fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+                bail!("nginx did not start listening on port {port}: {log}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self {
+            _guard: guard,
+            port,
+        })
+    }
+}
+
+/// bpftrace with 25 empty programs on the agent's tracepoints.
+struct Bpftrace {
+    _guard: Guard,
+    programs: usize,
+}
+
+impl Bpftrace {
+    fn start(env: &Env) -> Result<Self> {
+        let log_path = env.tmp.join("bpftrace.log");
+        let log = fs::File::create(&log_path)?;
+        let mut guard = Guard::spawn(
+            "bpftrace",
+            Command::new("bpftrace")
+                .arg(env.tmp.join("empty.bt"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let programs = count_fds(guard.pid(), "anon_inode:bpf-prog");
+            let attaching = fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .contains("Attaching");
+            if programs >= EMPTY_PROBES && attaching {
+                // bpftrace prints "Attaching" before attaching: give it a moment to finish.
+                thread::sleep(Duration::from_millis(300));
+                return Ok(Self {
+                    _guard: guard,
+                    programs,
+                });
+            }
+            if !guard.running() || Instant::now() > deadline {
+                let log = fs::read_to_string(&log_path).unwrap_or_default();
+                bail!("bpftrace did not attach its {EMPTY_PROBES} empty programs: {log}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn count_fds(pid: i32, target: &str) -> usize {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    dir.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy() == target)
+        .count()
+}
+
+/// CPU throttling for B5: cgroup v2 `cpu.max` when the unified hierarchy has the cpu
+/// controller, else cgroup v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`.
+struct Cgroup {
+    dir: PathBuf,
+    v2: bool,
+}
+
+impl Cgroup {
+    fn create() -> Result<Self> {
+        let name = format!("meshtap-bench-{}", std::process::id());
+        for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+            let root = Path::new(root);
+            let controllers =
+                fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+            if controllers.split_whitespace().any(|c| c == "cpu") {
+                let subtree =
+                    fs::read_to_string(root.join("cgroup.subtree_control")).unwrap_or_default();
+                if !subtree.split_whitespace().any(|c| c == "cpu") {
+                    fs::write(root.join("cgroup.subtree_control"), "+cpu")
+                        .context("enabling the cpu controller in the cgroup v2 hierarchy")?;
+                }
+                let dir = root.join(&name);
+                fs::create_dir_all(&dir)?;
+                fs::write(dir.join("cpu.max"), "10000 100000")?;
+                return Ok(Self { dir, v2: true });
+            }
+        }
+        let root = Path::new("/sys/fs/cgroup/cpu");
+        if !root.join("cpu.cfs_quota_us").exists() {
+            bail!("no cgroup cpu controller (neither v2 cpu.max nor v1 /sys/fs/cgroup/cpu)");
+        }
+        let dir = root.join(&name);
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join("cpu.cfs_period_us"), "100000")?;
+        fs::write(dir.join("cpu.cfs_quota_us"), "10000")?;
+        Ok(Self { dir, v2: false })
+    }
+
+    /// Moves every thread of `pid` (v1 `cgroup.procs` moves the whole thread group).
+    fn add_process(&self, pid: i32) -> Result<()> {
+        fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("moving pid {pid} into {}", self.dir.display()))
+    }
+
+    fn describe(&self) -> String {
+        if self.v2 {
+            format!("cgroup v2 {} cpu.max = 10000 100000", self.dir.display())
+        } else {
+            format!(
+                "cgroup v1 {} cpu.cfs_quota_us = 10000, cpu.cfs_period_us = 100000 (the v2 hierarchy has no cpu controller here)",
+                self.dir.display()
+            )
+        }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("bench: could not remove {}", self.dir.display());
+    }
+}
+
+/// BPF run-time statistics, on while this value lives (BPF_ENABLE_STATS holds them on for as
+/// long as its fd is open, and the kernel turns them off when the last holder goes).
+struct BpfStats {
+    _fd: Option<std::os::fd::OwnedFd>,
+    old_sysctl: Option<String>,
+}
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        const BPF_ENABLE_STATS: libc::c_long = 32;
+        let attr: [u32; 2] = [0, 0]; // enable_stats.type = BPF_STATS_RUN_TIME (0)
+        // SAFETY: bpf(2) BPF_ENABLE_STATS reads `size_of_val(&attr)` bytes from `attr`, which
+        // lives across the call; it returns a new fd or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_ENABLE_STATS,
+                attr.as_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        if fd >= 0 {
+            use std::os::fd::FromRawFd as _;
+            // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+            return Ok(Self {
+                _fd: Some(fd),
+                old_sysctl: None,
+            });
+        }
+        // Fallback: the sysctl, restored on drop.
+        let path = "/proc/sys/kernel/bpf_stats_enabled";
+        let old = fs::read_to_string(path).context("reading kernel.bpf_stats_enabled")?;
+        fs::write(path, "1").context("setting kernel.bpf_stats_enabled=1")?;
+        Ok(Self {
+            _fd: None,
+            old_sysctl: Some(old.trim().to_string()),
+        })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(old) = &self.old_sysctl {
+            let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", old);
+        }
+    }
+}
+
+/// Sum of `run_time_ns` and `run_cnt` over the eBPF programs whose fds `pid` holds.
+fn prog_stats(pid: i32) -> Result<(u64, u64)> {
+    let mut seen = HashMap::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let Ok(info) = fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim_start_matches([':', '\t', ' ']).parse::<u64>().ok())
+        };
+        if let (Some(id), Some(ns), Some(cnt)) =
+            (field("prog_id"), field("run_time_ns"), field("run_cnt"))
+        {
+            seen.insert(id, (ns, cnt));
+        }
+    }
+    if seen.is_empty() {
+        bail!("no eBPF program fds found in /proc/{pid}/fdinfo");
+    }
+    Ok(seen
+        .values()
+        .fold((0, 0), |(a, b), (ns, cnt)| (a + ns, b + cnt)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent
+// ---------------------------------------------------------------------------------------------
+
+/// The agent under test, stopped with SIGTERM (by its guard) when dropped.
+struct Agent {
+    _guard: Guard,
+    pid: i32,
+    port: u16,
+    nginx_port: u16,
+}
+
+/// Counters read from one scrape plus the process's CPU time.
+#[derive(Clone, Copy, Default)]
+struct Snapshot {
+    events: f64,
+    lost: f64,
+    server_exchanges: f64,
+    server_sent_bytes: f64,
+    connections_tracked: f64,
+    utime_s: f64,
+    stime_s: f64,
+    cpu_s: f64,
+}
+
+impl Snapshot {
+    fn delta(&self, before: &Self) -> Self {
+        Self {
+            events: self.events - before.events,
+            lost: self.lost - before.lost,
+            server_exchanges: self.server_exchanges - before.server_exchanges,
+            server_sent_bytes: self.server_sent_bytes - before.server_sent_bytes,
+            connections_tracked: self.connections_tracked,
+            utime_s: self.utime_s - before.utime_s,
+            stime_s: self.stime_s - before.stime_s,
+            cpu_s: self.cpu_s - before.cpu_s,
+        }
+    }
+}
+
+impl Agent {
+    fn start(env: &Env, tag: &str, cgroup: Option<&Cgroup>) -> Result<Self> {
+        let port = free_port()?;
+        let log_path = env.tmp.join(format!("agent-{tag}.log"));
+        let log = fs::File::create(&log_path)?;
+        let mut guard = Guard::spawn(
+            "meshtap",
+            Command::new(&env.bin)
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                // A name of our own: other nginx instances on the node (tests) stay apart.
+                .arg("--service-port")
+                .arg(format!("{}={BENCH_SERVICE}", env.addr.port()))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log),
+        )?;
+        let pid = guard.pid();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = http_get(port, "/readyz") {
+                break;
+            }
+            if !guard.running() || Instant::now() > deadline {
+                let log = fs::read_to_string(&log_path).unwrap_or_default();
+                bail!("meshtap did not become ready: {log}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        // Throttled only once started: the limit is about steady-state processing.
+        if let Some(cg) = cgroup {
+            cg.add_process(pid)?;
+        }
+        Ok(Self {
+            _guard: guard,
+            pid,
+            port,
+            nginx_port: env.addr.port(),
+        })
+    }
+
+    fn snapshot(&self) -> Result<Snapshot> {
+        let (status, body) = http_get(self.port, "/metrics")?;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        let (utime_s, stime_s) = cpu_times(self.pid)?;
+        let service = format!(r#"service_name="{BENCH_SERVICE}""#);
+        let server_port = format!(r#"server_port="{}""#, self.nginx_port);
+        Ok(Snapshot {
+            events: metric_sum(&body, "meshtap_events_total", &[]),
+            lost: metric_sum(&body, "meshtap_events_lost_total", &[]),
+            server_exchanges: metric_sum(
+                &body,
+                "http_server_request_duration_seconds_count",
+                &[&service],
+            ),
+            server_sent_bytes: metric_sum(
+                &body,
+                "meshtap_tcp_sent_bytes_total",
+                &[&server_port, r#"role="server""#],
+            ),
+            connections_tracked: metric_sum(&body, "meshtap_connections_tracked", &[]),
+            utime_s,
+            stime_s,
+            cpu_s: utime_s + stime_s,
+        })
+    }
+
+    /// Scrapes until the agent has processed what the load produced (event counters and the
+    /// server exchange count stop moving), at most `limit`.
+    fn drained(&self, before: &Snapshot, limit: Duration) -> Result<Snapshot> {
+        let deadline = Instant::now() + limit;
+        let mut last = *before;
+        let mut stable = 0;
+        loop {
+            thread::sleep(Duration::from_millis(150));
+            let s = self.snapshot()?;
+            // Other processes on the node keep producing events: only our nginx's exchanges
+            // tell that the load has been processed.
+            let quiet = s.server_exchanges == last.server_exchanges;
+            stable = if quiet { stable + 1 } else { 0 };
+            last = s;
+            if stable >= 2 {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                eprintln!("bench: the agent was still processing after {limit:?}");
+                return Ok(s);
+            }
+        }
+    }
+}
+
+fn cpu_times(pid: i32) -> Result<(f64, f64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the ')'.
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/pid/stat")?
+            .parse::<f64>()?)
+    };
+    // SAFETY: sysconf(3) has no memory arguments.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(11)? / hz, ticks(12)? / hz))
+}
+
+fn rss_kb(pid: i32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS in /proc/pid/status")
+}
+
+/// Samples a process's RSS on a thread: `(seconds since start, kB)`.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    handle: thread::JoinHandle<Vec<(f64, u64)>>,
+}
+
+impl Sampler {
+    fn start(pid: i32, every: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut out = vec![];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(kb) = rss_kb(pid) {
+                    out.push((t0.elapsed().as_secs_f64(), kb));
+                }
+                thread::sleep(every);
+            }
+            out
+        });
+        Self { stop, handle }
+    }
+
+    fn stop(self) -> Vec<(f64, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or_default()
+    }
+}
+
+/// HTTP/1.0 GET on loopback (no chunking): status and body.
+fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+/// Sum of the samples of `name` whose labels contain every string of `labels`.
+fn metric_sum(body: &str, name: &str, labels: &[&str]) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            if !(rest.starts_with('{') || rest.starts_with(' ')) {
+                return None;
+            }
+            if !labels.iter().all(|lab| rest.contains(lab)) {
+                return None;
+            }
+            rest.rsplit_once(' ')?.1.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load: wrk at saturation
+// ---------------------------------------------------------------------------------------------
+
+const WRK_SUMMARY: &str = r#"done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH %d %d %d %d\n", summary.requests, summary.bytes,
+    summary.duration, e.connect + e.read + e.write + e.status + e.timeout))
+end
+"#;
+
+struct WrkResult {
+    requests: u64,
+    bytes: u64,
+    secs: f64,
+}
+
+impl WrkResult {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.secs
+    }
+}
+
+fn wrk(env: &Env, secs: u64) -> Result<WrkResult> {
+    note_foreign_tracers();
+    let out = Command::new("wrk")
+        .args(["-t1", "-c32", &format!("-d{secs}s"), "-s"])
+        .arg(env.tmp.join("summary.lua"))
+        .arg(&env.url)
+        .stdin(Stdio::null())
+        .output()
+        .context("could not run wrk")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCH "))
+        .with_context(|| {
+            format!(
+                "wrk printed no summary: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if n.len() != 4 || n[0] == 0 {
+        bail!("unexpected wrk summary: {line}");
+    }
+    Ok(WrkResult {
+        requests: n[0],
+        bytes: n[1],
+        secs: n[2] as f64 / 1e6,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load: built-in open-loop generator
+// ---------------------------------------------------------------------------------------------
+
+struct LoadSpec {
+    addr: SocketAddr,
+    /// Keep-alive connections.
+    conns: usize,
+    /// Requests per second over the keep-alive connections; 0 = closed loop (each connection
+    /// sends its next request as soon as the previous answer is in).
+    rate: f64,
+    /// New connections per second, each carrying one `Connection: close` request.
+    new_conn_rate: f64,
+    duration: Duration,
+    /// Stop after this many keep-alive requests (0 = no limit).
+    max_requests: u64,
+    /// Spread requests over `/p/<word>` for this many distinct words (None = `/`).
+    paths: Option<u32>,
+}
+
+#[derive(Default)]
+struct LoadResult {
+    completed: u64,
+    oneshots_completed: u64,
+    errors: u64,
+    elapsed_s: f64,
+    /// CPU-seconds the generator itself used (this process's utime + stime).
+    cpu_s: f64,
+    lat_us: Vec<u32>,
+}
+
+impl LoadResult {
+    fn percentile(&self, q: f64) -> u32 {
+        if self.lat_us.is_empty() {
+            return 0;
+        }
+        let i = ((self.lat_us.len() as f64 * q) as usize).min(self.lat_us.len() - 1);
+        self.lat_us[i]
+    }
+
+    fn achieved_rps(&self) -> f64 {
+        self.completed as f64 / self.elapsed_s
+    }
+}
+
+struct Conn {
+    stream: mio::net::TcpStream,
+    connected: bool,
+    oneshot: bool,
+    out: Vec<u8>,
+    out_pos: usize,
+    inbuf: Vec<u8>,
+    /// Scheduled send time of the request in flight.
+    inflight: Option<Instant>,
+}
+
+/// A letters-only word (g..z, so never hex, never digits): not collapsed by route templating.
+fn word(i: u32) -> String {
+    let mut x = i.wrapping_mul(2_654_435_761) ^ 0x5bd1_e995;
+    let mut s = String::with_capacity(8);
+    for _ in 0..7 {
+        s.push((b'g' + (x % 20) as u8) as char);
+        x /= 20;
+    }
+    // The scramble above is a bijection on u32, so distinct i give distinct words when the
+    // 7 letters (20^7 > 2^32) cover all of x.
+    s
+}
+
+fn generate(spec: &LoadSpec) -> Result<LoadResult> {
+    note_foreign_tracers();
+    use mio::{Events, Interest, Poll, Token};
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(1024);
+    let mut conns: HashMap<usize, Conn> = HashMap::new();
+    let mut next_token = 0usize;
+    let open = |poll: &Poll, token: usize, oneshot: bool| -> Result<Conn> {
+        let mut stream = mio::net::TcpStream::connect(spec.addr)?;
+        poll.registry().register(
+            &mut stream,
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        Ok(Conn {
+            stream,
+            connected: false,
+            oneshot,
+            out: Vec::new(),
+            out_pos: 0,
+            inbuf: Vec::with_capacity(1024),
+            inflight: None,
+        })
+    };
+    for _ in 0..spec.conns {
+        conns.insert(next_token, open(&poll, next_token, false)?);
+        next_token += 1;
+    }
+    let mut res = LoadResult::default();
+    let mut idle: Vec<usize> = Vec::new();
+    let mut pending: VecDeque<Instant> = VecDeque::new();
+    let mut counter: u32 = 0;
+    let start = Instant::now();
+    let end = start + spec.duration;
+    let ka_interval = (spec.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / spec.rate));
+    let new_interval =
+        (spec.new_conn_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / spec.new_conn_rate));
+    let (mut next_ka, mut next_new) = (start, start);
+    let mut sent: u64 = 0;
+    let root_ka = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_vec();
+    let mut request = |oneshot: bool| -> Vec<u8> {
+        if spec.paths.is_none() && !oneshot {
+            return root_ka.clone();
+        }
+        let path = match spec.paths {
+            Some(n) => {
+                counter = counter.wrapping_add(1);
+                format!("/p/{}", word(counter % n))
+            }
+            None => "/".to_string(),
+        };
+        let close = if oneshot { "Connection: close\r\n" } else { "" };
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{close}\r\n").into_bytes()
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let me = std::process::id() as i32;
+    let cpu0 = cpu_times(me).map_or(0.0, |(u, s)| u + s);
+    loop {
+        let now = Instant::now();
+        if now >= end || (spec.max_requests > 0 && res.completed >= spec.max_requests) {
+            break;
+        }
+        // Schedule keep-alive requests, then hand them to idle connections.
+        match ka_interval {
+            Some(iv) => {
+                while next_ka <= now {
+                    pending.push_back(next_ka);
+                    next_ka += iv;
+                }
+            }
+            None => {
+                let limit = if spec.max_requests > 0 {
+                    spec.max_requests
+                } else {
+                    u64::MAX
+                };
+                while sent + (pending.len() as u64) < limit && pending.len() < idle.len() {
+                    pending.push_back(now);
+                }
+            }
+        }
+        while !pending.is_empty() {
+            let Some(tok) = idle.pop() else { break };
+            let Some(c) = conns.get_mut(&tok) else {
+                continue;
+            };
+            c.inflight = pending.pop_front();
+            c.out = request(false);
+            c.out_pos = 0;
+            sent += 1;
+            flush(c);
+        }
+        if let Some(iv) = new_interval {
+            while next_new <= now {
+                next_new += iv;
+                let tok = next_token;
+                next_token += 1;
+                match open(&poll, tok, true) {
+                    Ok(mut c) => {
+                        c.out = request(true);
+                        c.inflight = Some(now);
+                        conns.insert(tok, c);
+                    }
+                    Err(_) => res.errors += 1,
+                }
+            }
+        }
+        let mut wake = end;
+        if ka_interval.is_some() {
+            wake = wake.min(next_ka);
+        }
+        if new_interval.is_some() {
+            wake = wake.min(next_new);
+        }
+        let timeout = wake
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(1));
+        match poll.poll(&mut events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+        for ev in events.iter() {
+            let tok = ev.token().0;
+            let Some(c) = conns.get_mut(&tok) else {
+                continue;
+            };
+            if !c.connected {
+                if c.stream.take_error().ok().flatten().is_some() || ev.is_error() {
+                    res.errors += 1;
+                    reopen_or_drop(&poll, &mut conns, tok, &open, &mut res)?;
+                    continue;
+                }
+                if c.stream.peer_addr().is_err() {
+                    continue;
+                }
+                c.connected = true;
+                if c.oneshot {
+                    flush(c);
+                } else {
+                    idle.push(tok);
+                }
+            }
+            if c.out_pos < c.out.len() {
+                flush(c);
+            }
+            // Read everything available (edge-triggered).
+            let mut eof = false;
+            loop {
+                match c.stream.read(&mut buf) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        c.inbuf.extend_from_slice(&buf[..n]);
+                        // A short read emptied the socket: the next arrival raises a new edge.
+                        if n < buf.len() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        eof = true;
+                        break;
+                    }
+                }
+            }
+            while let Some(len) = response_len(&c.inbuf) {
+                c.inbuf.drain(..len);
+                let Some(t0) = c.inflight.take() else {
+                    break;
+                };
+                if c.oneshot {
+                    res.oneshots_completed += 1;
+                    eof = true; // close it ourselves, below
+                } else {
+                    res.completed += 1;
+                    let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                    res.lat_us.push(us);
+                    idle.push(tok);
+                }
+            }
+            if eof {
+                if c.inflight.is_some() {
+                    res.errors += 1;
+                }
+                if !c.oneshot {
+                    idle.retain(|t| *t != tok);
+                }
+                reopen_or_drop(&poll, &mut conns, tok, &open, &mut res)?;
+            }
+        }
+    }
+    res.elapsed_s = start.elapsed().as_secs_f64();
+    res.cpu_s = cpu_times(me).map_or(0.0, |(u, s)| u + s) - cpu0;
+    for (_, mut c) in conns.drain() {
+        let _ = poll.registry().deregister(&mut c.stream);
+    }
+    res.lat_us.sort_unstable();
+    Ok(res)
+}
+
+/// Writes what is pending on a connection until done or the socket is full.
+fn flush(c: &mut Conn) {
+    if !c.connected {
+        return;
+    }
+    while c.out_pos < c.out.len() {
+        match c.stream.write(&c.out[c.out_pos..]) {
+            Ok(n) => c.out_pos += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// A keep-alive connection that ended is replaced; a one-shot one is closed with RST (linger
+/// 0) so that 2,000 connections a second leave no TIME_WAIT sockets behind.
+fn reopen_or_drop(
+    poll: &mio::Poll,
+    conns: &mut HashMap<usize, Conn>,
+    tok: usize,
+    open: &dyn Fn(&mio::Poll, usize, bool) -> Result<Conn>,
+    res: &mut LoadResult,
+) -> Result<()> {
+    let Some(mut c) = conns.remove(&tok) else {
+        return Ok(());
+    };
+    let _ = poll.registry().deregister(&mut c.stream);
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt(2) on a socket fd we own, reading `size_of::<linger>()` bytes from a
+    // live local.
+    unsafe {
+        libc::setsockopt(
+            c.stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    let oneshot = c.oneshot;
+    drop(c);
+    if !oneshot {
+        match open(poll, tok, false) {
+            Ok(c) => {
+                conns.insert(tok, c);
+            }
+            Err(_) => res.errors += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Length of the first complete HTTP response in `buf` (headers + Content-Length body).
+fn response_len(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let body = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    (buf.len() >= end + body).then_some(end + body)
+}
