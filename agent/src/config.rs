@@ -49,7 +49,7 @@ pub struct Flags {
     pub poll_interval_ms: Option<u64>,
 
     /// Label sets allowed per metric family; further ones are folded into one
-    /// "__overflow__" series and counted in meshtap_metric_series_overflow_total [default: 10000].
+    /// "__overflow__" series and counted in meshtap_metric_series_overflow_total [default: 1000; a histogram label set is ~17 lines of /metrics].
     #[arg(long, value_name = "N")]
     pub max_series: Option<u32>,
 
@@ -267,7 +267,7 @@ impl Config {
                 .poll_interval_ms
                 .or(file.poll_interval_ms)
                 .unwrap_or(20),
-            max_series: flags.max_series.or(file.max_series).unwrap_or(10000),
+            max_series: flags.max_series.or(file.max_series).unwrap_or(1000),
             series_ttl_secs: flags
                 .series_ttl_secs
                 .or(file.series_ttl_secs)
