@@ -110,6 +110,18 @@ pub struct Tuple {
 }
 const _: () = assert!(size_of::<Tuple>() == 40);
 
+impl Tuple {
+    /// All zeros: no addresses, no ports, no family yet.
+    pub const ZERO: Tuple = Tuple {
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+        local_port: 0,
+        remote_port: 0,
+        family: 0,
+        _pad: 0,
+    };
+}
+
 /// Who did it: the thread and process that made the syscall (or that owned the connection, for
 /// events raised in softirq context).
 #[repr(C)]

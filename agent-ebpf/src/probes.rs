@@ -260,14 +260,7 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     let Some(sk) = tcp_sock_of_fd(fd as u64) else {
         return Ok(0);
     };
-    let mut tuple = Tuple {
-        local_addr: [0; 16],
-        remote_addr: [0; 16],
-        local_port: 0,
-        remote_port: 0,
-        family: 0,
-        _pad: 0,
-    };
+    let mut tuple = Tuple::ZERO;
     sock_tuple(sk, &mut tuple);
     let Some(mut state) = track(sk, role::SERVER, 0, &tuple) else {
         return Ok(0);
@@ -310,14 +303,7 @@ fn try_set_state(ctx: &RawTracePointContext) -> Result<u32, u32> {
     if sock_protocol(sk) != IPPROTO_TCP {
         return Ok(0);
     }
-    let mut tuple = Tuple {
-        local_addr: [0; 16],
-        remote_addr: [0; 16],
-        local_port: 0,
-        remote_port: 0,
-        family: 0,
-        _pad: 0,
-    };
+    let mut tuple = Tuple::ZERO;
     sock_tuple(sk, &mut tuple);
     if tuple.family != AF_INET && tuple.family != AF_INET6 {
         return Ok(0);
@@ -623,14 +609,7 @@ fn try_exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
         Some(p) => Some(p),
         None => {
             // First sight of a connection opened before the agent (or whose open we missed).
-            let mut tuple = Tuple {
-                local_addr: [0; 16],
-                remote_addr: [0; 16],
-                local_port: 0,
-                remote_port: 0,
-                family: 0,
-                _pad: 0,
-            };
+            let mut tuple = Tuple::ZERO;
             sock_tuple(sk, &mut tuple);
             if sock_state(sk) as i32 != TCP_CLOSE
                 && let Some(mut state) = track(sk, role::UNKNOWN, flags::PRE_EXISTING, &tuple)
