@@ -172,6 +172,9 @@ enum L7 {
 /// the middle of a body).
 const DETECT_CHUNKS: u32 = 1;
 const DETECT_CHUNKS_MIDSTREAM: u32 = 64;
+/// How far behind the monotonic clock the event clock may fall before ticks use the former.
+const TICK_IDLE_MARGIN_NS: u64 = 3_000_000_000;
+
 /// Bytes held back while too few arrived to tell the protocol.
 const DETECT_HOLD_BYTES: usize = 64;
 
@@ -298,6 +301,9 @@ pub struct ConnTable {
     pub services: ServiceNames,
     http: HttpAggregator,
     tracer: Option<Tracer>,
+    /// The latest event timestamp seen: waits (pairing, span linking) run on event time, so
+    /// that a processing backlog does not expire what is still queued.
+    event_clock: u64,
     max_connections: usize,
     max_series: usize,
 }
@@ -315,6 +321,7 @@ impl ConnTable {
             services,
             http,
             tracer,
+            event_clock: 0,
             conns: HashMap::new(),
             clients_by_local: HashMap::new(),
             listeners: Listeners::default(),
@@ -354,6 +361,16 @@ impl ConnTable {
     }
 
     pub fn handle(&mut self, event: Event) {
+        let ts = match &event {
+            Event::ConnOpen { meta, .. }
+            | Event::ConnFail { meta, .. }
+            | Event::ConnClose { meta, .. }
+            | Event::Data { meta, .. }
+            | Event::Retransmit { meta }
+            | Event::Listen { meta }
+            | Event::ListenClose { meta } => meta.ts_ns,
+        };
+        self.event_clock = self.event_clock.max(ts);
         match event {
             Event::ConnOpen { meta, connect_ns } => self.open(&meta, connect_ns),
             Event::ConnFail { meta, errno } => self.fail(&meta, errno),
@@ -420,18 +437,34 @@ impl ConnTable {
     /// The local client process at the other end of server-side connection `meta`: its comm
     /// and service name, from the tracked client connections or the recently closed ones.
     fn local_client(&self, meta: &Meta) -> Option<(&str, &str)> {
-        let same_host = |netns: u32| !meta.remote.ip().is_loopback() || netns == meta.netns;
+        self.local_client_at(meta.remote, meta.netns, meta.ts_ns)
+    }
+
+    fn local_client_at(&self, remote: SocketAddr, netns: u32, ts_ns: u64) -> Option<(&str, &str)> {
+        let same_host = |n: u32| !remote.ip().is_loopback() || n == netns;
         self.clients_by_local
-            .get(&meta.remote)
+            .get(&remote)
             .and_then(|id| self.conns.get(id))
             .filter(|c| same_host(c.netns) || c.netns == 0)
             .map(|c| (c.process.comm.as_str(), c.service.as_str()))
             .or_else(|| {
                 self.recent_clients
-                    .get(&meta.remote, meta.ts_ns)
+                    .get(&remote, ts_ns)
                     .filter(|c| same_host(c.netns))
                     .map(|c| (c.comm.as_str(), c.service.as_str()))
             })
+    }
+
+    /// The service name of the process at the other end, when it is on this node.
+    fn peer_service(&self, role: u8, netns: u32, remote: SocketAddr, ts_ns: u64) -> Option<String> {
+        if role == role::SERVER {
+            self.local_client_at(remote, netns, ts_ns)
+                .map(|(_, service)| service.to_string())
+        } else {
+            self.listeners
+                .server_for(netns, remote)
+                .map(|l| l.service.clone())
+        }
     }
 
     /// Labels of the edge `meta` belongs to, seen from `observer_role`.
@@ -497,20 +530,11 @@ impl ConnTable {
             self.metrics.active.get_or_create(&labels).dec();
             return Some(labels);
         }
-        let (service, peer_service) = if observer_role == role::SERVER {
-            let peer = self
-                .local_client(meta)
-                .map(|(_, service)| service.to_string());
-            (
-                self.services.name(&meta.process, Some(meta.local.port())),
-                peer,
-            )
+        let peer_service = self.peer_service(observer_role, meta.netns, meta.remote, meta.ts_ns);
+        let service = if observer_role == role::SERVER {
+            self.services.name(&meta.process, Some(meta.local.port()))
         } else {
-            let peer = self
-                .listeners
-                .server_for(meta.netns, meta.remote)
-                .map(|l| l.service.clone());
-            (self.services.name(&meta.process, None), peer)
+            self.services.name(&meta.process, None)
         };
         let conn = Connection {
             id: meta.conn_id,
@@ -752,6 +776,19 @@ impl ConnTable {
         let Some(conn) = self.conns.get(&conn_id) else {
             return;
         };
+        if conn.peer_service.is_none() {
+            // The other end may have been tracked after this one (a connection first seen
+            // mid-stream, from the side that happened to move bytes first): look again.
+            let found = self.peer_service(conn.role, conn.netns, conn.remote, now_ns);
+            if found.is_some()
+                && let Some(c) = self.conns.get_mut(&conn_id)
+            {
+                c.peer_service = found;
+            }
+        }
+        let Some(conn) = self.conns.get(&conn_id) else {
+            return;
+        };
         let (side, client, server) = if conn.role == role::SERVER {
             (Side::Server, conn.remote, conn.local)
         } else {
@@ -793,6 +830,11 @@ impl ConnTable {
 
     /// Periodic work of the stages after the table (pairing timeouts, series expiry).
     pub fn tick(&mut self, now_ns: u64) {
+        // Event time while events flow; when the node is quiet, the clock moves on anyway
+        // (with a margin for events still in the ring buffer).
+        let now_ns = self
+            .event_clock
+            .max(now_ns.saturating_sub(TICK_IDLE_MARGIN_NS));
         self.http.tick(now_ns);
         if let Some(tracer) = &mut self.tracer {
             tracer.tick(now_ns);

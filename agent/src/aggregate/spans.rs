@@ -95,11 +95,17 @@ pub struct SpanAssembler {
     rng: u64,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC, ns.
     epoch_offset_ns: i128,
+    sampling_ratio: f64,
+    keep_errors: bool,
 }
 
 impl SpanAssembler {
-    pub fn new(seed: u64) -> Self {
+    /// `sampling_ratio` applies to traces without a sampling decision of their own; a context
+    /// that says sampled (or debug) is kept, one that says not sampled is dropped.
+    pub fn new(seed: u64, sampling_ratio: f64, keep_errors: bool) -> Self {
         SpanAssembler {
+            sampling_ratio,
+            keep_errors,
             nodes: HashMap::new(),
             order: VecDeque::new(),
             next_key: 0,
@@ -339,12 +345,18 @@ impl SpanAssembler {
                 out,
             );
         }
-        if sampled == Some(false) && !debug {
+        let span = self.to_span(node, trace_id, parent_id, debug);
+        let keep = debug
+            || (self.keep_errors && span.tags.contains_key("error"))
+            || match sampled {
+                Some(decision) => decision,
+                None => sampled_by_ratio(trace_id, self.sampling_ratio),
+            };
+        if keep {
+            out.spans.push(span);
+        } else {
             out.not_sampled += 1;
-            return;
         }
-        out.spans
-            .push(self.to_span(node, trace_id, parent_id, debug));
     }
 
     fn to_span(&self, node: Node, trace_id: &str, parent_id: Option<String>, debug: bool) -> Span {
@@ -482,13 +494,6 @@ pub fn sampled_by_ratio(trace_id: &str, ratio: f64) -> bool {
     (low as f64) < ratio * (u64::MAX as f64)
 }
 
-/// Spans of the same trace id kept or dropped together; errors optionally always kept.
-pub fn keep(span: &Span, ratio: f64, keep_errors: bool) -> bool {
-    span.debug
-        || (keep_errors && span.tags.contains_key("error"))
-        || sampled_by_ratio(&span.trace_id, ratio)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,7 +576,7 @@ mod tests {
     /// this node. Exchanges arrive bottom-up, as they complete.
     #[test]
     fn three_tiers_without_headers() {
-        let mut asm = SpanAssembler::new(7);
+        let mut asm = SpanAssembler::new(7, 1.0, false);
         let mut out = empty();
         let k1 = ("10.0.0.1:40000", "10.0.0.2:8080");
         let k2 = ("10.0.0.2:40001", "10.0.0.3:9090");
@@ -651,7 +656,7 @@ mod tests {
 
     #[test]
     fn b3_headers_share_server_spans() {
-        let mut asm = SpanAssembler::new(9);
+        let mut asm = SpanAssembler::new(9, 1.0, false);
         let mut out = empty();
         let trace = "463ac35c9f6413ad48485a3953bb6124";
         let k1 = ("10.0.0.1:40000", "10.0.0.2:8080");
@@ -731,7 +736,7 @@ mod tests {
 
     #[test]
     fn w3c_headers_make_server_children() {
-        let mut asm = SpanAssembler::new(11);
+        let mut asm = SpanAssembler::new(11, 1.0, false);
         let mut out = empty();
         let k2 = ("10.0.0.2:40001", "10.0.0.3:9090");
         let tp = [(
@@ -781,7 +786,7 @@ mod tests {
 
     #[test]
     fn malformed_and_unsampled_contexts() {
-        let mut asm = SpanAssembler::new(13);
+        let mut asm = SpanAssembler::new(13, 1.0, false);
         let mut out = empty();
         let k = ("10.0.0.1:1", "10.0.0.2:2");
         let bad = [(
@@ -806,7 +811,7 @@ mod tests {
 
     #[test]
     fn async_client_of_a_server_process_is_unlinked() {
-        let mut asm = SpanAssembler::new(17);
+        let mut asm = SpanAssembler::new(17, 1.0, false);
         let mut out = empty();
         let k1 = ("10.0.0.1:40000", "10.0.0.2:8080");
         let k2 = ("10.0.0.2:40001", "10.0.0.3:9090");
@@ -840,6 +845,27 @@ mod tests {
         asm.tick(42 * MS + LINK_WAIT_NS + 1, &mut out);
         assert_eq!(out.spans.len(), 2);
         assert_eq!(out.unlinked, 1);
+    }
+
+    #[test]
+    fn context_decisions_beat_the_ratio() {
+        let mut asm = SpanAssembler::new(19, 0.0, false);
+        let mut out = empty();
+        let k = ("10.0.0.1:1", "10.0.0.2:2");
+        let on = [(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )];
+        asm.add(
+            input(Side::Server, 3, 30, (1, 2), k, None, &on, 3),
+            &mut out,
+        );
+        asm.add(
+            input(Side::Server, 3, 30, (1, 2), k, None, &[], 3),
+            &mut out,
+        );
+        assert_eq!(out.spans.len(), 1, "sampled context kept at ratio 0");
+        assert_eq!(out.not_sampled, 1, "no context: the ratio decides");
     }
 
     #[test]

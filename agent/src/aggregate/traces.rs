@@ -7,7 +7,7 @@ use std::sync::Arc;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::{
-    aggregate::spans::{Assembled, SpanAssembler, SpanInput, keep},
+    aggregate::spans::{Assembled, SpanAssembler, SpanInput},
     export::zipkin::{sink::ZipkinSink, store::TraceStore},
 };
 
@@ -24,8 +24,6 @@ pub struct Tracer {
     assembler: SpanAssembler,
     store: Arc<TraceStore>,
     sink: Option<ZipkinSink>,
-    sampling_ratio: f64,
-    keep_errors: bool,
     counters: TraceCounters,
 }
 
@@ -38,14 +36,12 @@ impl Tracer {
         counters: TraceCounters,
     ) -> Self {
         let seed = crate::app::monotonic_ns() ^ (u64::from(std::process::id()) << 32);
-        let mut assembler = SpanAssembler::new(seed);
+        let mut assembler = SpanAssembler::new(seed, sampling_ratio, keep_errors);
         assembler.set_epoch_offset(epoch_offset_ns());
         Tracer {
             assembler,
             store,
             sink,
-            sampling_ratio,
-            keep_errors,
             counters,
         }
     }
@@ -68,10 +64,6 @@ impl Tracer {
         self.counters.context_invalid.inc_by(out.invalid_context);
         self.counters.not_sampled.inc_by(out.not_sampled);
         for span in out.spans {
-            if !keep(&span, self.sampling_ratio, self.keep_errors) {
-                self.counters.not_sampled.inc();
-                continue;
-            }
             if let Some(sink) = &self.sink {
                 // A refused span is counted by the sink (meshtap_spans_dropped_total).
                 let _ = sink.offer(span.clone());
