@@ -2,7 +2,8 @@
 //!
 //! Every resource a test creates is held by an RAII guard that releases it on drop, also while a
 //! failing test unwinds: [`Agent`] (SIGTERM, then wait; its stderr is printed when the test
-//! fails), [`NetNs`] / [`VethPair`] (namespaces deleted), [`ScriptChild`] (killed and reaped).
+//! fails), [`NetNs`] / [`VethPair`] (namespaces deleted), [`ScriptChild`] (killed and reaped),
+//! [`Nginx`] and [`Prometheus`] (stopped, their temp directories removed), [`TempDir`].
 //!
 //! The helpers panic with a message instead of returning errors: they run inside `#[test]`
 //! functions, where a panic with context *is* the error report.
@@ -19,15 +20,23 @@ pub mod bpf;
 pub mod http;
 pub mod metrics;
 pub mod netns;
+pub mod nginx;
 pub mod process;
 pub mod prom;
+pub mod prometheus;
+pub mod scrape;
 pub mod serial;
+pub mod tempdir;
 
 pub use agent::{Agent, Connection, Exited};
 pub use netns::{Host, NetNs, VethPair};
+pub use nginx::{Nginx, NginxConfig};
 pub use process::{Script, ScriptChild};
 pub use prom::{Check, Metrics, Sample};
+pub use prometheus::Prometheus;
+pub use scrape::Scraper;
 pub use serial::{Serial, serial};
+pub use tempdir::TempDir;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -18,3 +18,42 @@ pub const MAP_ENTRIES: &str = "meshtap_map_entries";
 
 pub const ROLE_CLIENT: (&str, &str) = ("role", "client");
 pub const ROLE_SERVER: (&str, &str) = ("role", "server");
+
+// HTTP (OpenTelemetry semantic conventions), per observed side. Histograms: append `_count`,
+// `_sum` or `_bucket` (see [`count`], [`sum`], [`bucket`]).
+pub const HTTP_SERVER_DURATION: &str = "http_server_request_duration_seconds";
+pub const HTTP_SERVER_REQUEST_BODY: &str = "http_server_request_body_size_bytes";
+pub const HTTP_SERVER_RESPONSE_BODY: &str = "http_server_response_body_size_bytes";
+pub const HTTP_CLIENT_DURATION: &str = "http_client_request_duration_seconds";
+pub const HTTP_CLIENT_REQUEST_BODY: &str = "http_client_request_body_size_bytes";
+pub const HTTP_CLIENT_RESPONSE_BODY: &str = "http_client_response_body_size_bytes";
+
+// Service graph (Tempo's names).
+pub const GRAPH_REQUESTS: &str = "traces_service_graph_request_total";
+pub const GRAPH_FAILED: &str = "traces_service_graph_request_failed_total";
+pub const GRAPH_SERVER_SECONDS: &str = "traces_service_graph_request_server_seconds";
+pub const GRAPH_CLIENT_SECONDS: &str = "traces_service_graph_request_client_seconds";
+
+// The agent's own L7 telemetry.
+pub const PROTOCOL_DETECTED: &str = "meshtap_protocol_detected_total";
+pub const PARSE_ERRORS: &str = "meshtap_parse_errors_total";
+pub const EXCHANGES: &str = "meshtap_exchanges_total";
+pub const SERIES_OVERFLOW: &str = "meshtap_metric_series_overflow_total";
+
+/// The label value of folded series beyond `--max-series`.
+pub const OVERFLOW: &str = "__overflow__";
+
+/// `<histogram>_count`.
+pub fn count(histogram: &str) -> String {
+    format!("{histogram}_count")
+}
+
+/// `<histogram>_sum`.
+pub fn sum(histogram: &str) -> String {
+    format!("{histogram}_sum")
+}
+
+/// `<histogram>_bucket`.
+pub fn bucket(histogram: &str) -> String {
+    format!("{histogram}_bucket")
+}

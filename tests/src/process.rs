@@ -35,6 +35,7 @@ pub struct Script {
     comm: String,
     netns: Option<String>,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 impl Script {
@@ -55,6 +56,7 @@ impl Script {
             comm: comm.to_owned(),
             netns: None,
             args: Vec::new(),
+            envs: Vec::new(),
         }
     }
 
@@ -74,6 +76,13 @@ impl Script {
         self.arg(name).arg(value)
     }
 
+    /// Sets `key=value` in the script's environment (e.g. `OTEL_SERVICE_NAME`). `ip netns exec`
+    /// passes the environment on.
+    pub fn env(mut self, key: &str, value: impl Display) -> Self {
+        self.envs.push((key.to_owned(), value.to_string()));
+        self
+    }
+
     fn command(&self) -> Command {
         let py = python();
         let mut cmd = match &self.netns {
@@ -91,6 +100,7 @@ impl Script {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
@@ -245,5 +255,64 @@ impl ScriptChild {
 impl Drop for ScriptChild {
     fn drop(&mut self) {
         self.reap_by_force();
+    }
+}
+
+/// What a command printed, and how it ended.
+#[derive(Debug)]
+pub struct CommandOutput {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` to completion (stdin closed, stdout and stderr captured). Panics if it cannot
+/// start, or if it is still running after `timeout` (then it is killed and reaped first). The
+/// exit status is the caller's to check.
+pub fn run_command(cmd: &mut Command, timeout: Duration) -> CommandOutput {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let collect = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let stdout = collect(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = collect(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waitpid") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            send_signal(child.id(), libc::SIGKILL);
+            let _ = child.wait();
+            panic!("{what} still running after {timeout:?}: killed");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    CommandOutput {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
     }
 }
