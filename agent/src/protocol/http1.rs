@@ -1246,6 +1246,39 @@ impl Http1Parser {
                 self.credit(role, unknown);
                 self.stream(role).state = State::Body(Body::Chunked(Chunk::DataCr));
             }
+            // The uncaptured tail ends exactly after the chunk's data and its CRLF (or part
+            // of it): a writer that sends one chunk per syscall. Framing is still known.
+            State::Body(Body::Chunked(Chunk::Data { remaining }))
+                if unknown == remaining + 1 || unknown == remaining + 2 =>
+            {
+                self.credit(role, remaining);
+                let next = if unknown == remaining + 1 {
+                    Chunk::DataLf
+                } else {
+                    Chunk::Size {
+                        value: 0,
+                        digits: 0,
+                    }
+                };
+                self.stream(role).state = State::Body(Body::Chunked(next));
+            }
+            State::Body(Body::Chunked(Chunk::DataCr)) if unknown <= 2 => {
+                let next = if unknown == 1 {
+                    Chunk::DataLf
+                } else {
+                    Chunk::Size {
+                        value: 0,
+                        digits: 0,
+                    }
+                };
+                self.stream(role).state = State::Body(Body::Chunked(next));
+            }
+            State::Body(Body::Chunked(Chunk::DataLf)) if unknown == 1 => {
+                self.stream(role).state = State::Body(Body::Chunked(Chunk::Size {
+                    value: 0,
+                    digits: 0,
+                }));
+            }
             State::Body(Body::Chunked(_) | Body::Lost { .. }) => {
                 self.credit(role, unknown);
                 self.stream(role).state = State::Body(Body::Lost { matched: 0 });
