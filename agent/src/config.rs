@@ -38,7 +38,7 @@ pub struct Flags {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<u32>,
 
-    /// Events buffered between the ring-buffer reader and the processing stage [default: 16384; each holds up to --capture-bytes of payload].
+    /// Events buffered between the ring-buffer reader and the processing stage [default: 65536; each holds up to --capture-bytes of payload].
     /// Overflow is counted in meshtap_events_lost_total{stage="userspace_queue"}.
     #[arg(long, value_name = "N")]
     pub queue_events: Option<u32>,
@@ -262,7 +262,7 @@ impl Config {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(65536),
-            queue_events: flags.queue_events.or(file.queue_events).unwrap_or(16384),
+            queue_events: flags.queue_events.or(file.queue_events).unwrap_or(65536),
             poll_interval_ms: flags
                 .poll_interval_ms
                 .or(file.poll_interval_ms)
