@@ -30,6 +30,10 @@ pub static CONNECT_ARGS: LruHashMap<u64, ConnectArgs> = LruHashMap::with_max_ent
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
+/// The last (sk, newstate) the first `inet_sock_set_state` program handled on this CPU.
+#[map]
+pub static SET_STATE_DONE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU connection id counter (index 0).
 #[map]
 pub static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -17,8 +17,8 @@ use meshtap_common::{
 
 use crate::{
     maps::{
-        CONNECT_ARGS, CONNS, DATA_SCRATCH, EVENTS, IO_ARGS, count, global, next_conn_id,
-        wakeup_flags,
+        CONNECT_ARGS, CONNS, DATA_SCRATCH, EVENTS, IO_ARGS, SET_STATE_DONE, count, global,
+        next_conn_id, wakeup_flags,
     },
     sock::{
         current_identity, sock_err, sock_netns, sock_protocol, sock_sport, sock_state, sock_tuple,
@@ -288,11 +288,45 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
 /// `bpf_prog_active` guard, so a state change in softirq that interrupts any other BPF program
 /// on the CPU (a syscall hook, say) is silently skipped (`recursion_misses`). Raw tracepoints
 /// are guarded per program (kernel/trace/bpf_trace.c, `__bpf_trace_run`).
+///
+/// The per-program guard still skips a state change in softirq that interrupts this very
+/// program on the same CPU (seen as `recursion_misses`: a few closes in thousands). So a second
+/// copy is attached to the same tracepoint: it runs right after the first for every event, and
+/// handles the event only if the first did not (the first marks what it handled in a per-CPU
+/// slot). A nested event skipped by one copy is handled by the other.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    let r = match try_set_state(&ctx) {
+        Ok(r) | Err(r) => r as i32,
+    };
+    if let Some(done) = SET_STATE_DONE.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; see the comment above for who else touches it.
+        unsafe { *done = event_key(&ctx) };
+    }
+    r
+}
+
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_backup(ctx: RawTracePointContext) -> i32 {
+    let key = event_key(&ctx);
+    if let Some(done) = SET_STATE_DONE.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, as above.
+        unsafe {
+            if *done == key {
+                *done = [0, 0];
+                return 0;
+            }
+        }
+    }
     match try_set_state(&ctx) {
         Ok(r) | Err(r) => r as i32,
     }
+}
+
+/// (sk, newstate): one state change (a socket never changes to the state it is in).
+#[inline(always)]
+fn event_key(ctx: &RawTracePointContext) -> [u64; 2] {
+    [ctx.arg::<u64>(0), ctx.arg::<u64>(2)]
 }
 
 fn try_set_state(ctx: &RawTracePointContext) -> Result<u32, u32> {

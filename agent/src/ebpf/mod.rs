@@ -57,8 +57,13 @@ const ATTACH: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-/// Raw tracepoints, attached by name (program name = tracepoint name).
-const RAW_ATTACH: &[&str] = &["inet_sock_set_state", "tcp_retransmit_skb"];
+/// Raw tracepoints: (program, tracepoint). The two `inet_sock_set_state` programs must be
+/// attached in this order (the backup runs after the first, see agent-ebpf).
+const RAW_ATTACH: &[(&str, &str)] = &[
+    ("inet_sock_set_state", "inet_sock_set_state"),
+    ("inet_sock_set_state_backup", "inet_sock_set_state"),
+    ("tcp_retransmit_skb", "tcp_retransmit_skb"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -265,7 +270,7 @@ pub fn load(
     }
 
     // Softirq-side hooks are raw tracepoints (per-program recursion guard, see agent-ebpf).
-    for program in RAW_ATTACH {
+    for (program, tracepoint) in RAW_ATTACH {
         let prog: &mut RawTracePoint = ebpf
             .program_mut(program)
             .and_then(|p| p.try_into().ok())
@@ -274,12 +279,13 @@ pub fn load(
             program,
             source: Box::new(source),
         })?;
-        prog.attach(program).map_err(|source| LoadError::Attach {
-            program,
-            category: "raw_tp",
-            name: program,
-            source: Box::new(source),
-        })?;
+        prog.attach(tracepoint)
+            .map_err(|source| LoadError::Attach {
+                program,
+                category: "raw_tp",
+                name: tracepoint,
+                source: Box::new(source),
+            })?;
         attached += 1;
     }
 
