@@ -87,6 +87,10 @@ pub struct SpanAssembler {
     next_key: u64,
     /// SERVER nodes waiting for the CLIENT node of the same connection, in request order.
     servers_by_connection: HashMap<(SocketAddr, SocketAddr), VecDeque<u64>>,
+    /// CLIENT nodes no SERVER node has paired with yet, by connection: syscall exits of two
+    /// processes are not ordered, so the client's exchange may complete (read the response)
+    /// before the server's does (its write returns).
+    clients_by_connection: HashMap<(SocketAddr, SocketAddr), VecDeque<u64>>,
     /// CLIENT nodes waiting for a SERVER node of the same thread: (pid, tid) -> keys.
     clients_by_thread: HashMap<(u32, u32), Vec<u64>>,
     /// Processes seen serving requests recently: a CLIENT span of theirs without a parent is
@@ -110,6 +114,7 @@ impl SpanAssembler {
             order: VecDeque::new(),
             next_key: 0,
             servers_by_connection: HashMap::new(),
+            clients_by_connection: HashMap::new(),
             clients_by_thread: HashMap::new(),
             serving: HashMap::new(),
             rng: seed | 1,
@@ -216,6 +221,10 @@ impl SpanAssembler {
         // Adopt the children that were waiting for this span.
         match side {
             Side::Server => {
+                let awaits = self.nodes.get(&key).is_some_and(|n| n.awaits_parent);
+                if awaits && let Some(client) = self.pop_client(connection) {
+                    self.link(key, client);
+                }
                 if let Some(waiting) = self.clients_by_thread.get_mut(&thread) {
                     let mut adopted = Vec::new();
                     waiting.retain(|k| {
@@ -245,6 +254,11 @@ impl SpanAssembler {
                         self.servers_by_connection.remove(&connection);
                     }
                     self.link(server, key);
+                } else {
+                    self.clients_by_connection
+                        .entry(connection)
+                        .or_default()
+                        .push_back(key);
                 }
             }
         }
@@ -268,6 +282,22 @@ impl SpanAssembler {
             };
             self.expire(oldest, out);
         }
+    }
+
+    /// The oldest CLIENT node of `connection` still waiting, if any.
+    fn pop_client(&mut self, connection: (SocketAddr, SocketAddr)) -> Option<u64> {
+        let queue = self.clients_by_connection.get_mut(&connection)?;
+        let mut found = None;
+        while let Some(k) = queue.pop_front() {
+            if self.nodes.contains_key(&k) {
+                found = Some(k);
+                break;
+            }
+        }
+        if queue.is_empty() {
+            self.clients_by_connection.remove(&connection);
+        }
+        found
     }
 
     /// `child`'s parent is `parent`.
@@ -475,6 +505,11 @@ impl SpanAssembler {
         }
         self.serving
             .retain(|_, seen| now_ns.saturating_sub(*seen) < 60 * LINK_WAIT_NS);
+        let nodes = &self.nodes;
+        self.clients_by_connection.retain(|_, q| {
+            q.retain(|k| nodes.contains_key(k));
+            !q.is_empty()
+        });
     }
 }
 
@@ -845,6 +880,46 @@ mod tests {
         asm.tick(42 * MS + LINK_WAIT_NS + 1, &mut out);
         assert_eq!(out.spans.len(), 2);
         assert_eq!(out.unlinked, 1);
+    }
+
+    #[test]
+    fn client_exchange_completing_first_still_parents_the_server() {
+        let mut asm = SpanAssembler::new(23, 1.0, false);
+        let mut out = empty();
+        let k = ("10.0.0.1:40000", "10.0.0.2:8080");
+        asm.add(
+            input(
+                Side::Client,
+                1,
+                10,
+                (9 * MS, 12 * MS),
+                k,
+                Some("svc2"),
+                &[],
+                12 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (10 * MS, 11 * MS),
+                k,
+                Some("svc1"),
+                &[],
+                13 * MS,
+            ),
+            &mut out,
+        );
+        asm.tick(13 * MS + LINK_WAIT_NS + 1, &mut out);
+        assert_eq!(out.spans.len(), 2);
+        let c = by_service(&out.spans, "svc1", Kind::Client);
+        let srv = by_service(&out.spans, "svc2", Kind::Server);
+        assert_eq!(srv.parent_id.as_ref(), Some(&c.id));
+        assert_eq!(srv.trace_id, c.trace_id);
+        assert_eq!(out.unlinked, 0);
     }
 
     #[test]
