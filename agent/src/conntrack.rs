@@ -361,16 +361,7 @@ impl ConnTable {
     }
 
     pub fn handle(&mut self, event: Event) {
-        let ts = match &event {
-            Event::ConnOpen { meta, .. }
-            | Event::ConnFail { meta, .. }
-            | Event::ConnClose { meta, .. }
-            | Event::Data { meta, .. }
-            | Event::Retransmit { meta }
-            | Event::Listen { meta }
-            | Event::ListenClose { meta } => meta.ts_ns,
-        };
-        self.event_clock = self.event_clock.max(ts);
+        self.event_clock = self.event_clock.max(event.meta().ts_ns);
         match event {
             Event::ConnOpen { meta, connect_ns } => self.open(&meta, connect_ns),
             Event::ConnFail { meta, errno } => self.fail(&meta, errno),
@@ -637,34 +628,6 @@ impl ConnTable {
     }
 
     fn data(&mut self, meta: &Meta, bytes: u64, dir: u8) {
-        if meta.conn_id == 0
-            && let Some(closed) = self.recent_closed.get(&meta.sk, meta.ts_ns)
-            && closed.remote.ip() == meta.remote.ip()
-            && (meta.remote.port() == 0 || closed.remote.port() == meta.remote.port())
-        {
-            // Draining a connection that already reached TCP_CLOSE: same edge as before.
-            let family = if dir == direction::EGRESS {
-                &self.metrics.sent
-            } else {
-                &self.metrics.received
-            };
-            family.get_or_create(&closed.labels).inc_by(bytes);
-            return;
-        }
-        if !self.conns.contains_key(&meta.conn_id) {
-            // The open event was lost or the connection is untracked: account the bytes on the
-            // edge anyway, and track the connection from here on when it has an id.
-            let observer_role = self.resolve_role(meta);
-            if let Some(labels) = self.track(meta, observer_role, true) {
-                let family = if dir == direction::EGRESS {
-                    &self.metrics.sent
-                } else {
-                    &self.metrics.received
-                };
-                family.get_or_create(&labels).inc_by(bytes);
-                return;
-            }
-        }
         if let Some(conn) = self.conns.get_mut(&meta.conn_id) {
             conn.last_seen_ns = meta.ts_ns;
             if dir == direction::EGRESS {
@@ -674,6 +637,39 @@ impl ConnTable {
                 conn.bytes_received += bytes;
                 conn.received.inc_by(bytes);
             }
+            return;
+        }
+        let labels = match self.recent_closed.get(&meta.sk, meta.ts_ns) {
+            // Draining a connection that already reached TCP_CLOSE: same edge as before.
+            Some(closed)
+                if meta.conn_id == 0
+                    && closed.remote.ip() == meta.remote.ip()
+                    && (meta.remote.port() == 0 || closed.remote.port() == meta.remote.port()) =>
+            {
+                closed.labels.clone()
+            }
+            // The open event was lost or the connection is untracked: account the bytes on the
+            // edge anyway, and track the connection from here on when it has an id.
+            _ => {
+                let observer_role = self.resolve_role(meta);
+                match self.track(meta, observer_role, true) {
+                    Some(labels) => labels,
+                    None => return self.data(meta, bytes, dir),
+                }
+            }
+        };
+        self.bytes_family(dir).get_or_create(&labels).inc_by(bytes);
+    }
+
+    /// `meshtap_tcp_sent_bytes_total` or `meshtap_tcp_received_bytes_total` by direction.
+    fn bytes_family(
+        &self,
+        dir: u8,
+    ) -> &prometheus_client::metrics::family::Family<EdgeLabels, Counter> {
+        if dir == direction::EGRESS {
+            &self.metrics.sent
+        } else {
+            &self.metrics.received
         }
     }
 

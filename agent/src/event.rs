@@ -80,6 +80,18 @@ pub struct ConnTotals {
 }
 
 impl Event {
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Event::ConnOpen { meta, .. }
+            | Event::ConnFail { meta, .. }
+            | Event::ConnClose { meta, .. }
+            | Event::Data { meta, .. }
+            | Event::Retransmit { meta }
+            | Event::Listen { meta }
+            | Event::ListenClose { meta } => meta,
+        }
+    }
+
     pub fn kind(&self) -> u8 {
         match self {
             Event::ConnOpen { .. } => kind::CONN_OPEN,

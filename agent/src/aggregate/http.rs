@@ -15,8 +15,8 @@ use std::{
 use crate::{
     aggregate::series::SeriesGuard,
     metrics::{
-        GraphLabels, HttpClientLabels, HttpServerLabels, MetricLabels, Metrics, OVERFLOW,
-        ParseErrorLabels, ProtocolLabels, name,
+        GraphLabels, Histograms, HttpClientLabels, HttpServerLabels, MetricLabels, Metrics,
+        OVERFLOW, ParseErrorLabels, ProtocolLabels, name,
     },
     protocol::{Exchange, Side, route::route},
 };
@@ -149,13 +149,19 @@ impl HttpAggregator {
                         http_route: OVERFLOW.to_string(),
                         ..l
                     });
-                h.server_duration.get_or_create(&labels).observe(seconds);
-                h.server_request_body
-                    .get_or_create(&labels)
-                    .observe(ex.request_body_bytes as f64);
-                h.server_response_body
-                    .get_or_create(&labels)
-                    .observe(ex.response_body_bytes as f64);
+                observe(
+                    [
+                        &h.server_duration,
+                        &h.server_request_body,
+                        &h.server_response_body,
+                    ],
+                    &labels,
+                    [
+                        seconds,
+                        ex.request_body_bytes as f64,
+                        ex.response_body_bytes as f64,
+                    ],
+                );
             }
             Side::Client => {
                 if self.http_destinations.len() < MAX_HTTP_DESTINATIONS {
@@ -174,13 +180,19 @@ impl HttpAggregator {
                         server_address: OVERFLOW.to_string(),
                         ..l
                     });
-                h.client_duration.get_or_create(&labels).observe(seconds);
-                h.client_request_body
-                    .get_or_create(&labels)
-                    .observe(ex.request_body_bytes as f64);
-                h.client_response_body
-                    .get_or_create(&labels)
-                    .observe(ex.response_body_bytes as f64);
+                observe(
+                    [
+                        &h.client_duration,
+                        &h.client_request_body,
+                        &h.client_response_body,
+                    ],
+                    &labels,
+                    [
+                        seconds,
+                        ex.request_body_bytes as f64,
+                        ex.response_body_bytes as f64,
+                    ],
+                );
             }
         }
 
@@ -388,16 +400,24 @@ impl HttpAggregator {
         };
         let stale = self.server_series.expire(now_ns, self.series_ttl_ns);
         for l in &stale {
-            h.server_duration.remove(l);
-            h.server_request_body.remove(l);
-            h.server_response_body.remove(l);
+            for family in [
+                &h.server_duration,
+                &h.server_request_body,
+                &h.server_response_body,
+            ] {
+                family.remove(l);
+            }
         }
         expired(name::HTTP_SERVER_DURATION, stale.len());
         let stale = self.client_series.expire(now_ns, self.series_ttl_ns);
         for l in &stale {
-            h.client_duration.remove(l);
-            h.client_request_body.remove(l);
-            h.client_response_body.remove(l);
+            for family in [
+                &h.client_duration,
+                &h.client_request_body,
+                &h.client_response_body,
+            ] {
+                family.remove(l);
+            }
         }
         expired(name::HTTP_CLIENT_DURATION, stale.len());
         let stale = self.graph_series.expire(now_ns, self.series_ttl_ns);
@@ -408,6 +428,17 @@ impl HttpAggregator {
             h.graph_client_seconds.remove(l);
         }
         expired("traces_service_graph_request_total", stale.len());
+    }
+}
+
+/// Duration, request body and response body of one exchange under one label set.
+fn observe<L: Clone + std::hash::Hash + Eq>(
+    families: [&Histograms<L>; 3],
+    labels: &L,
+    values: [f64; 3],
+) {
+    for (family, value) in families.into_iter().zip(values) {
+        family.get_or_create(labels).observe(value);
     }
 }
 
