@@ -4,7 +4,6 @@
 //! kernel -> reader thread -> queue -> processor (connection table, metrics) -> endpoint
 
 use std::{
-    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -17,7 +16,7 @@ use tokio::{signal::unix::SignalKind, sync::mpsc};
 
 use crate::{
     aggregate::{http::HttpAggregator, traces::Tracer},
-    config::Config,
+    config::{Config, Kubernetes},
     conntrack::{ConnTable, Listener},
     ebpf::{self, KernelMaps, reader::Reader},
     event::Event,
@@ -27,7 +26,11 @@ use crate::{
         sink::{SinkConfig, ZipkinSink},
         store::{StoreConfig, TraceStore},
     },
-    metadata::{proc::scan_listeners, service::ServiceNames},
+    metadata::{
+        kube::{self, KubeIndex, KubeSettings},
+        proc::scan_listeners,
+        service::ServiceNames,
+    },
     metrics::{LostLabels, MapLabels, Metrics},
 };
 
@@ -43,6 +46,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Kubernetes(#[from] kube::KubeError),
     #[error("cannot start the Zipkin exporter: {0}")]
     Zipkin(#[source] crate::export::zipkin::sink::SinkError),
     #[error("the HTTP endpoint failed: {0}")]
@@ -70,7 +75,29 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         config.max_series as usize,
         config.series_ttl_secs.saturating_mul(1_000_000_000),
     );
-    let services = ServiceNames::new(config.service_names.clone(), config.service_ports.clone());
+    let mut services =
+        ServiceNames::new(config.service_names.clone(), config.service_ports.clone())
+            .with_proc_root(config.proc_root.clone());
+    if let Kubernetes::On {
+        api_url,
+        node_name,
+        retry_max_secs,
+        cache_entries,
+    } = &config.kubernetes
+    {
+        let index = KubeIndex::default();
+        kube::start(
+            KubeSettings {
+                api_url: api_url.clone(),
+                node_name: node_name.clone(),
+                retry_max: Duration::from_secs(*retry_max_secs),
+                cache_entries: *cache_entries as usize,
+            },
+            index.clone(),
+            metrics.kube.clone(),
+        )?;
+        services = services.with_kubernetes(index, config.cgroup_root.clone());
+    }
     let store = Arc::new(TraceStore::new(
         StoreConfig {
             max_spans: config.trace_store_spans as usize,
@@ -192,14 +219,20 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 }
 
 fn seed_listeners(table: &Mutex<ConnTable>) {
-    match scan_listeners(Path::new("/proc"), 65536) {
+    let proc_root = table
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .services
+        .proc_root()
+        .to_path_buf();
+    match scan_listeners(&proc_root, 65536) {
         Ok(scan) => {
             let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
             let mut seen_netns = std::collections::HashSet::new();
             for l in scan.listeners {
                 let netns = l.netns as u32;
                 if seen_netns.insert(netns) {
-                    for ip in crate::metadata::netns_addresses(l.tgid) {
+                    for ip in crate::metadata::netns_addresses(&proc_root, l.tgid) {
                         table.listeners.add_addr(netns, ip);
                     }
                 }
@@ -210,12 +243,14 @@ fn seed_listeners(table: &Mutex<ConnTable>) {
                     cgroup_id: 0,
                     comm: l.comm.clone(),
                 };
-                let service = table.services.name(&process, Some(l.addr.port()));
+                let id = table.services.identify(&process, Some(l.addr.port()));
                 table.listeners.add(Listener {
                     addr: l.addr,
                     netns,
                     comm: l.comm,
-                    service,
+                    service: id.service,
+                    pod: id.pod,
+                    process: Some(process),
                 });
             }
             if scan.skipped > 0 {

@@ -120,6 +120,41 @@ pub struct Flags {
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides) [default: info].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+
+    /// Kubernetes metadata (pod, namespace and workload names): auto, on or off [default: auto:
+    /// on when KUBERNETES_SERVICE_HOST is set, as in a pod, or --kube-api-url is given].
+    #[arg(long, value_name = "MODE")]
+    pub kubernetes: Option<String>,
+
+    /// Talk to the Kubernetes API at this http(s) URL without in-cluster credentials (for
+    /// `kubectl proxy` or tests) [default: the in-cluster service account].
+    #[arg(long, value_name = "URL", env = "MESHTAP_KUBE_API_URL")]
+    pub kube_api_url: Option<String>,
+
+    /// Name of the node this agent runs on, to watch only its pods (the DaemonSet sets it from
+    /// spec.nodeName). Required when Kubernetes metadata is on.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Ceiling of the back-off between retries when the Kubernetes API fails, seconds
+    /// (retries start at 0.5 s and double) [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub kube_retry_max_seconds: Option<u64>,
+
+    /// Objects kept per Kubernetes cache (pods, services, replicasets); beyond, objects are
+    /// counted in meshtap_kubernetes_cache_rejected_total and not stored [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub kube_cache_entries: Option<u32>,
+
+    /// Where the host's procfs is mounted (a container mounts the host's /proc elsewhere)
+    /// [default: /proc].
+    #[arg(long, value_name = "PATH")]
+    pub proc_root: Option<PathBuf>,
+
+    /// The host's cgroup v2 hierarchy, to name the container of a process that exited before
+    /// /proc/<pid>/cgroup was read [default: the first cgroup2 mount in /proc/self/mountinfo].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// The same settings as a file. Unknown keys are an error, so a typo never goes unnoticed.
@@ -150,6 +185,26 @@ pub struct FileConfig {
     pub keep_errors: Option<bool>,
     pub trace_store_spans: Option<u32>,
     pub log_level: Option<String>,
+    pub kubernetes: Option<String>,
+    pub kube_api_url: Option<String>,
+    pub node_name: Option<String>,
+    pub kube_retry_max_seconds: Option<u64>,
+    pub kube_cache_entries: Option<u32>,
+    pub proc_root: Option<PathBuf>,
+    pub cgroup_root: Option<PathBuf>,
+}
+
+/// Where Kubernetes metadata comes from, if anywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kubernetes {
+    Off,
+    On {
+        /// None: the in-cluster service account.
+        api_url: Option<String>,
+        node_name: String,
+        retry_max_secs: u64,
+        cache_entries: u32,
+    },
 }
 
 /// Validated settings.
@@ -177,6 +232,10 @@ pub struct Config {
     pub keep_errors: bool,
     pub trace_store_spans: u32,
     pub log_level: String,
+    pub kubernetes: Kubernetes,
+    pub proc_root: PathBuf,
+    /// None: no cgroup v2 hierarchy found (cgroup ids are then not resolved).
+    pub cgroup_root: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +289,80 @@ fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
     format!("line {line_no} `{line}`: {}", err.message())
 }
 
+/// Resolves `--kubernetes` (auto: on inside a pod or with an explicit API URL).
+fn kubernetes(flags: &Flags, file: &FileConfig) -> Result<Kubernetes, ConfigError> {
+    let mode = flags
+        .kubernetes
+        .clone()
+        .or(file.kubernetes.clone())
+        .unwrap_or_else(|| "auto".to_string());
+    let api_url = flags.kube_api_url.clone().or(file.kube_api_url.clone());
+    let on = match mode.as_str() {
+        "off" => false,
+        "on" => true,
+        "auto" => api_url.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+        _ => {
+            return Err(ConfigError::Invalid {
+                setting: "kubernetes (--kubernetes)",
+                value: mode,
+                expected: "must be auto, on or off",
+            });
+        }
+    };
+    if !on {
+        return Ok(Kubernetes::Off);
+    }
+    if let Some(url) = &api_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(ConfigError::Invalid {
+            setting: "kube_api_url (--kube-api-url)",
+            value: url.clone(),
+            expected: "must be an http:// or https:// URL",
+        });
+    }
+    let Some(node_name) = flags
+        .node_name
+        .clone()
+        .or(file.node_name.clone())
+        .filter(|n| !n.is_empty())
+    else {
+        return Err(ConfigError::Invalid {
+            setting: "node_name (--node-name, NODE_NAME)",
+            value: String::new(),
+            expected: "is required with Kubernetes metadata: set NODE_NAME from the downward API (spec.nodeName), or pass --kubernetes off",
+        });
+    };
+    let retry_max_secs = flags
+        .kube_retry_max_seconds
+        .or(file.kube_retry_max_seconds)
+        .unwrap_or(30);
+    if !(1..=3600).contains(&retry_max_secs) {
+        return Err(ConfigError::Invalid {
+            setting: "kube_retry_max_seconds (--kube-retry-max-seconds)",
+            value: retry_max_secs.to_string(),
+            expected: "must be between 1 and 3600",
+        });
+    }
+    let cache_entries = flags
+        .kube_cache_entries
+        .or(file.kube_cache_entries)
+        .unwrap_or(100_000);
+    if !(100..=10_000_000).contains(&cache_entries) {
+        return Err(ConfigError::Invalid {
+            setting: "kube_cache_entries (--kube-cache-entries)",
+            value: cache_entries.to_string(),
+            expected: "must be between 100 and 10000000",
+        });
+    }
+    Ok(Kubernetes::On {
+        api_url,
+        node_name,
+        retry_max_secs,
+        cache_entries,
+    })
+}
+
 impl Config {
     pub fn load(flags: Flags) -> Result<Self, ConfigError> {
         let file = match &flags.config {
@@ -245,6 +378,7 @@ impl Config {
             }
             None => FileConfig::default(),
         };
+        let kubernetes = kubernetes(&flags, &file)?;
         let config = Config {
             listen: flags
                 .listen
@@ -327,6 +461,21 @@ impl Config {
                 .log_level
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_string()),
+            kubernetes,
+            proc_root: flags
+                .proc_root
+                .clone()
+                .or(file.proc_root.clone())
+                .unwrap_or_else(|| PathBuf::from("/proc")),
+            cgroup_root: flags
+                .cgroup_root
+                .clone()
+                .or(file.cgroup_root.clone())
+                .or_else(|| {
+                    std::fs::read_to_string("/proc/self/mountinfo")
+                        .ok()
+                        .and_then(|m| crate::metadata::cgroup::cgroup2_mount(&m))
+                }),
         };
         config.validate()?;
         Ok(config)

@@ -25,7 +25,10 @@ use crate::{
         traces::Tracer,
     },
     event::{ConnTotals, Event, Meta, Process},
-    metadata::service::ServiceNames,
+    metadata::{
+        kube::{Peer, PodMeta},
+        service::{Identity, ServiceNames},
+    },
     metrics::{EdgeLabels, FailedLabels, Metrics, OVERFLOW},
     protocol::{self, Detection, Direction, Exchange, Parser, Protocol, Side},
 };
@@ -38,6 +41,10 @@ pub struct Listener {
     pub comm: String,
     /// Service name of the listening process (see `metadata::service`).
     pub service: String,
+    /// Its pod, in Kubernetes.
+    pub pod: Option<Arc<PodMeta>>,
+    /// The listening process, to name it again once its pod is known.
+    pub process: Option<Process>,
 }
 
 /// Who listens where, and which addresses each network namespace owns.
@@ -141,6 +148,9 @@ pub struct Connection {
     /// Service name of the observing process, and of the other end when it is on this node.
     pub service: String,
     pub peer_service: Option<String>,
+    /// In Kubernetes: the observing process's pod, and the pod or Service at the other end.
+    pub pod: Option<Arc<PodMeta>>,
+    pub peer_k8s: Option<Peer>,
     l7: L7,
     /// Sequence number the next data event should carry (gaps mean lost events).
     next_seq: u64,
@@ -268,6 +278,7 @@ struct ClosedClient {
     netns: u32,
     comm: String,
     service: String,
+    pod: Option<Arc<PodMeta>>,
 }
 
 /// A closed connection whose process may still read what is left in its receive queue: a
@@ -394,15 +405,20 @@ impl ConnTable {
                     meta.netns,
                     meta.process.comm
                 );
-                let service = self.services.name(&meta.process, Some(meta.local.port()));
+                let id = self
+                    .services
+                    .identify(&meta.process, Some(meta.local.port()));
                 self.listeners.add(Listener {
                     addr: meta.local,
                     netns: meta.netns,
                     comm: meta.process.comm.clone(),
-                    service,
+                    service: id.service,
+                    pod: id.pod,
+                    process: Some(meta.process.clone()),
                 });
                 if !self.listeners.knows_netns(meta.netns) || meta.local.ip().is_unspecified() {
-                    for ip in crate::metadata::netns_addresses(meta.process.tgid) {
+                    let proc_root = self.services.proc_root().to_path_buf();
+                    for ip in crate::metadata::netns_addresses(&proc_root, meta.process.tgid) {
                         self.listeners.add_addr(meta.netns, ip);
                     }
                 }
@@ -426,35 +442,95 @@ impl ConnTable {
     }
 
     /// The local client process at the other end of server-side connection `meta`: its comm
-    /// and service name, from the tracked client connections or the recently closed ones.
-    fn local_client(&self, meta: &Meta) -> Option<(&str, &str)> {
+    /// and identity, from the tracked client connections or the recently closed ones.
+    fn local_client(&self, meta: &Meta) -> Option<(&str, Identity)> {
         self.local_client_at(meta.remote, meta.netns, meta.ts_ns)
     }
 
-    fn local_client_at(&self, remote: SocketAddr, netns: u32, ts_ns: u64) -> Option<(&str, &str)> {
+    fn local_client_at(
+        &self,
+        remote: SocketAddr,
+        netns: u32,
+        ts_ns: u64,
+    ) -> Option<(&str, Identity)> {
         let same_host = |n: u32| !remote.ip().is_loopback() || n == netns;
         self.clients_by_local
             .get(&remote)
             .and_then(|id| self.conns.get(id))
             .filter(|c| same_host(c.netns) || c.netns == 0)
-            .map(|c| (c.process.comm.as_str(), c.service.as_str()))
+            .map(|c| {
+                (
+                    c.process.comm.as_str(),
+                    Identity {
+                        service: c.service.clone(),
+                        pod: c.pod.clone(),
+                    },
+                )
+            })
             .or_else(|| {
                 self.recent_clients
                     .get(&remote, ts_ns)
                     .filter(|c| same_host(c.netns))
-                    .map(|c| (c.comm.as_str(), c.service.as_str()))
+                    .map(|c| {
+                        (
+                            c.comm.as_str(),
+                            Identity {
+                                service: c.service.clone(),
+                                pod: c.pod.clone(),
+                            },
+                        )
+                    })
             })
     }
 
-    /// The service name of the process at the other end, when it is on this node.
-    fn peer_service(&self, role: u8, netns: u32, remote: SocketAddr, ts_ns: u64) -> Option<String> {
+    /// The identity of the process at the other end, when it is on this node.
+    fn peer_identity(
+        &mut self,
+        role: u8,
+        netns: u32,
+        remote: SocketAddr,
+        ts_ns: u64,
+    ) -> Option<Identity> {
         if role == role::SERVER {
-            self.local_client_at(remote, netns, ts_ns)
-                .map(|(_, service)| service.to_string())
-        } else {
-            self.listeners
-                .server_for(netns, remote)
-                .map(|l| l.service.clone())
+            return self.local_client_at(remote, netns, ts_ns).map(|(_, id)| id);
+        }
+        let l = self.listeners.server_for(netns, remote)?;
+        let known = Identity {
+            service: l.service.clone(),
+            pod: l.pod.clone(),
+        };
+        // A listener seen before its pod was known (API late or down): ask again.
+        if known.pod.is_none()
+            && self.services.kubernetes()
+            && let Some(process) = l.process.clone()
+        {
+            let port = l.addr.port();
+            let again = self.services.identify(&process, Some(port));
+            if again.pod.is_some() {
+                return Some(again);
+            }
+        }
+        Some(known)
+    }
+
+    /// The other end of a connection: its service name when it is a process on this node, and
+    /// its pod (or Service) in Kubernetes, local or not.
+    fn peer(
+        &mut self,
+        role: u8,
+        netns: u32,
+        remote: SocketAddr,
+        ts_ns: u64,
+    ) -> (Option<String>, Option<Peer>) {
+        match self.peer_identity(role, netns, remote, ts_ns) {
+            Some(Identity {
+                service,
+                pod: Some(pod),
+            }) => (Some(service), Some(Peer::Pod(pod))),
+            Some(Identity { service, pod: None }) => {
+                (Some(service), self.services.remote(remote.ip()))
+            }
+            None => (None, self.services.remote(remote.ip())),
         }
     }
 
@@ -521,16 +597,20 @@ impl ConnTable {
             self.metrics.active.get_or_create(&labels).dec();
             return Some(labels);
         }
-        let peer_service = self.peer_service(observer_role, meta.netns, meta.remote, meta.ts_ns);
-        let service = if observer_role == role::SERVER {
-            self.services.name(&meta.process, Some(meta.local.port()))
+        let (peer_service, peer_k8s) =
+            self.peer(observer_role, meta.netns, meta.remote, meta.ts_ns);
+        let me = if observer_role == role::SERVER {
+            self.services
+                .identify(&meta.process, Some(meta.local.port()))
         } else {
-            self.services.name(&meta.process, None)
+            self.services.identify(&meta.process, None)
         };
         let conn = Connection {
             id: meta.conn_id,
-            service,
+            service: me.service,
+            pod: me.pod,
             peer_service,
+            peer_k8s,
             request_tid: meta.process.tid,
             executable: self.services.executable(&meta.process),
             l7: L7::Detecting {
@@ -772,14 +852,34 @@ impl ConnTable {
         let Some(conn) = self.conns.get(&conn_id) else {
             return;
         };
-        if conn.peer_service.is_none() {
+        if conn.peer_service.is_none() || (self.services.kubernetes() && conn.peer_k8s.is_none()) {
             // The other end may have been tracked after this one (a connection first seen
-            // mid-stream, from the side that happened to move bytes first): look again.
-            let found = self.peer_service(conn.role, conn.netns, conn.remote, now_ns);
-            if found.is_some()
+            // mid-stream, from the side that happened to move bytes first), or its pod may have
+            // become known since: look again.
+            let (role, netns, remote) = (conn.role, conn.netns, conn.remote);
+            let (service, k8s) = self.peer(role, netns, remote, now_ns);
+            if let Some(c) = self.conns.get_mut(&conn_id) {
+                if c.peer_service.is_none() {
+                    c.peer_service = service;
+                }
+                if c.peer_k8s.is_none() {
+                    c.peer_k8s = k8s;
+                }
+            }
+        }
+        if self.services.kubernetes()
+            && let Some(conn) = self.conns.get(&conn_id)
+            && conn.pod.is_none()
+        {
+            // Seen before the API answered (or before the pod was listed): name it again.
+            let process = conn.process.clone();
+            let port = (conn.role == role::SERVER).then_some(conn.local.port());
+            let me = self.services.identify(&process, port);
+            if me.pod.is_some()
                 && let Some(c) = self.conns.get_mut(&conn_id)
             {
-                c.peer_service = found;
+                c.service = me.service;
+                c.pod = me.pod;
             }
         }
         let Some(conn) = self.conns.get(&conn_id) else {
@@ -792,6 +892,8 @@ impl ConnTable {
         };
         let service = conn.service.clone();
         let peer_service = conn.peer_service.clone();
+        let pod = conn.pod.clone();
+        let peer_k8s = conn.peer_k8s.clone();
         let (pid, tid, executable) = (conn.process.tgid, conn.request_tid, conn.executable.clone());
         let (local, remote) = (conn.local, conn.remote);
         for exchange in out {
@@ -801,6 +903,8 @@ impl ConnTable {
                     side,
                     service: service.clone(),
                     peer_service: peer_service.clone(),
+                    pod: pod.clone(),
+                    peer_k8s: peer_k8s.clone(),
                     pid,
                     tid,
                     executable: executable.clone(),
@@ -816,6 +920,8 @@ impl ConnTable {
                     side,
                     service: service.clone(),
                     peer_service: peer_service.clone(),
+                    pod: pod.clone(),
+                    peer_k8s: peer_k8s.clone(),
                     client,
                     server,
                 },
@@ -867,6 +973,7 @@ impl ConnTable {
                     netns: conn.netns,
                     comm: conn.process.comm.clone(),
                     service: conn.service.clone(),
+                    pod: conn.pod.clone(),
                 },
                 meta.ts_ns,
             );
@@ -982,6 +1089,8 @@ mod tests {
             netns: 2,
             comm: "srv".into(),
             service: "srv".into(),
+            pod: None,
+            process: None,
         });
         table.listeners.add_addr(2, "10.0.0.2".parse().unwrap());
         table.handle(Event::ConnOpen {
@@ -1040,6 +1149,8 @@ mod tests {
             netns: 2,
             comm: "srv".into(),
             service: "srv".into(),
+            pod: None,
+            process: None,
         });
         table.handle(Event::ConnOpen {
             meta: meta(
@@ -1071,6 +1182,8 @@ mod tests {
             netns: 1,
             comm: "srv".into(),
             service: "srv".into(),
+            pod: None,
+            process: None,
         });
         let client = meta(1, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
         table.handle(Event::ConnOpen {

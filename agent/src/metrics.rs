@@ -1,9 +1,9 @@
 //! Every metric the agent exports: names in one place, registered once, encoded by the endpoint.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
+    encoding::{EncodeLabelSet, LabelSetEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
@@ -46,6 +46,9 @@ pub mod name {
     pub const SPANS_UNLINKED: &str = "meshtap_spans_unlinked";
     pub const TRACE_CONTEXT_INVALID: &str = "meshtap_trace_context_invalid";
     pub const SPANS_NOT_SAMPLED: &str = "meshtap_spans_not_sampled";
+    pub const KUBE_API_ERRORS: &str = "meshtap_kubernetes_api_errors";
+    pub const KUBE_OBJECTS: &str = "meshtap_kubernetes_objects";
+    pub const KUBE_CACHE_REJECTED: &str = "meshtap_kubernetes_cache_rejected";
 }
 
 /// OpenTelemetry's default explicit bucket boundaries for durations, in seconds.
@@ -71,6 +74,32 @@ impl prometheus_client::metrics::family::MetricConstructor<Histogram> for Bucket
 
 pub type Histograms<L> = Family<L, Histogram, Buckets>;
 
+/// Writes one `name="value"` label.
+fn encode_label(encoder: &mut LabelSetEncoder, name: &str, value: &str) -> std::fmt::Result {
+    use prometheus_client::encoding::EncodeLabel;
+    (name, value).encode(encoder.encode_label())
+}
+
+/// The pod of the observing process, as OpenTelemetry's `k8s.*` resource attributes in
+/// Prometheus form: `k8s_namespace_name`, `k8s_pod_name` and the workload's label
+/// (`k8s_deployment_name`, ...). No labels at all outside Kubernetes.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct K8sLabels(pub Option<Arc<crate::metadata::kube::PodMeta>>);
+
+impl EncodeLabelSet for K8sLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
+        let Some(pod) = &self.0 else {
+            return Ok(());
+        };
+        encode_label(encoder, "k8s_namespace_name", &pod.namespace)?;
+        encode_label(encoder, "k8s_pod_name", &pod.name)?;
+        if let Some((kind, name)) = &pod.workload {
+            encode_label(encoder, kind.label(), name)?;
+        }
+        Ok(())
+    }
+}
+
 /// `http_server_*` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpServerLabels {
@@ -78,6 +107,8 @@ pub struct HttpServerLabels {
     pub http_request_method: String,
     pub http_response_status_code: String,
     pub http_route: String,
+    #[prometheus(flatten)]
+    pub k8s: K8sLabels,
 }
 
 /// `http_client_*` labels.
@@ -88,6 +119,28 @@ pub struct HttpClientLabels {
     pub http_response_status_code: String,
     pub server_address: String,
     pub server_port: String,
+    #[prometheus(flatten)]
+    pub k8s: K8sLabels,
+}
+
+/// The namespaces of a service-graph edge's two ends, when known (`client_namespace`,
+/// `server_namespace`; absent otherwise).
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct GraphNamespaces {
+    pub client: Option<String>,
+    pub server: Option<String>,
+}
+
+impl EncodeLabelSet for GraphNamespaces {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
+        if let Some(ns) = &self.client {
+            encode_label(encoder, "client_namespace", ns)?;
+        }
+        if let Some(ns) = &self.server {
+            encode_label(encoder, "server_namespace", ns)?;
+        }
+        Ok(())
+    }
 }
 
 /// Service-graph edge labels.
@@ -96,6 +149,41 @@ pub struct GraphLabels {
     pub client: String,
     pub server: String,
     pub connection_type: String,
+    #[prometheus(flatten)]
+    pub namespaces: GraphNamespaces,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: String,
+}
+
+/// Health of the Kubernetes metadata watches, by resource.
+#[derive(Clone, Default)]
+pub struct KubeMetrics {
+    pub api_errors: Family<ResourceLabels, Counter>,
+    pub objects: Family<ResourceLabels, Gauge>,
+    pub cache_rejected: Family<ResourceLabels, Counter>,
+}
+
+impl KubeMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            name::KUBE_API_ERRORS,
+            "Failed Kubernetes API list/watch calls, by resource (retried with back-off; names fall back to process names meanwhile)",
+            self.api_errors.clone(),
+        );
+        registry.register(
+            name::KUBE_OBJECTS,
+            "Kubernetes objects in the agent's caches, by resource",
+            self.objects.clone(),
+        );
+        registry.register(
+            name::KUBE_CACHE_REJECTED,
+            "Kubernetes objects not cached because the cache was full (--kube-cache-entries), by resource",
+            self.cache_rejected.clone(),
+        );
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -307,6 +395,7 @@ pub struct Metrics {
     pub zipkin: crate::export::zipkin::sink::ZipkinMetrics,
     pub store: crate::export::zipkin::store::StoreMetrics,
     pub traces: crate::aggregate::traces::TraceCounters,
+    pub kube: KubeMetrics,
     /// Last kernel counter values seen, so kernel totals become counter increments.
     kernel_seen: Mutex<Vec<u64>>,
 }
@@ -320,6 +409,8 @@ impl Metrics {
         let store = crate::export::zipkin::store::StoreMetrics::default();
         store.register(&mut registry);
         let traces = crate::aggregate::traces::TraceCounters::default();
+        let kube = KubeMetrics::default();
+        kube.register(&mut registry);
         registry.register(
             name::SPANS_UNLINKED,
             "Spans whose parent was expected but not found (async runtimes, worker pools, parents slower than the link window)",
@@ -340,6 +431,7 @@ impl Metrics {
             zipkin,
             store,
             traces,
+            kube,
             opened: Family::default(),
             closed: Family::default(),
             failed: Family::default(),

@@ -14,9 +14,10 @@ use std::{
 
 use crate::{
     aggregate::series::SeriesGuard,
+    metadata::kube::{Peer, PodMeta},
     metrics::{
-        GraphLabels, Histograms, HttpClientLabels, HttpServerLabels, MetricLabels, Metrics,
-        OVERFLOW, ParseErrorLabels, ProtocolLabels, name,
+        GraphLabels, GraphNamespaces, Histograms, HttpClientLabels, HttpServerLabels, K8sLabels,
+        MetricLabels, Metrics, OVERFLOW, ParseErrorLabels, ProtocolLabels, name,
     },
     protocol::{Exchange, Side, route::route},
 };
@@ -37,6 +38,9 @@ pub struct ExchangeRecord {
     pub service: String,
     /// The other end's service name when it is a process on this node.
     pub peer_service: Option<String>,
+    /// In Kubernetes: the observing process's pod, and the pod or Service at the other end.
+    pub pod: Option<Arc<PodMeta>>,
+    pub peer_k8s: Option<Peer>,
     /// The client's and the server's addresses: the same key from both sides.
     pub client: SocketAddr,
     pub server: SocketAddr,
@@ -46,6 +50,7 @@ pub struct ExchangeRecord {
 struct Half {
     client: String,
     server: String,
+    namespaces: GraphNamespaces,
     seconds: f64,
     failed: bool,
     at_ns: u64,
@@ -142,6 +147,7 @@ impl HttpAggregator {
                     http_request_method: ex.method.clone(),
                     http_response_status_code: status,
                     http_route: route(&ex.path),
+                    k8s: K8sLabels(record.pod.clone()),
                 };
                 let labels = self
                     .server_series
@@ -173,6 +179,7 @@ impl HttpAggregator {
                     http_response_status_code: status,
                     server_address: record.server.ip().to_string(),
                     server_port: record.server.port().to_string(),
+                    k8s: K8sLabels(record.pod.clone()),
                 };
                 let labels = self
                     .client_series
@@ -196,25 +203,39 @@ impl HttpAggregator {
             }
         }
 
-        let (client, server) = match record.side {
+        // The other end's name: the local process's service name, else its workload (or
+        // Service) in Kubernetes, else its address.
+        let peer_name = |ip: std::net::IpAddr| {
+            record
+                .peer_service
+                .clone()
+                .or_else(|| record.peer_k8s.as_ref().map(|p| p.name().to_string()))
+                .unwrap_or_else(|| ip.to_string())
+        };
+        let own_ns = record.pod.as_ref().map(|p| p.namespace.clone());
+        let peer_ns = record.peer_k8s.as_ref().map(|p| p.namespace().to_string());
+        let (client, server, namespaces) = match record.side {
             Side::Server => (
-                record
-                    .peer_service
-                    .clone()
-                    .unwrap_or_else(|| record.client.ip().to_string()),
+                peer_name(record.client.ip()),
                 record.service.clone(),
+                GraphNamespaces {
+                    client: peer_ns,
+                    server: own_ns,
+                },
             ),
             Side::Client => (
                 record.service.clone(),
-                record
-                    .peer_service
-                    .clone()
-                    .unwrap_or_else(|| record.server.ip().to_string()),
+                peer_name(record.server.ip()),
+                GraphNamespaces {
+                    client: own_ns,
+                    server: peer_ns,
+                },
             ),
         };
         let half = Half {
             client,
             server,
+            namespaces,
             seconds,
             failed,
             at_ns: now_ns,
@@ -227,6 +248,7 @@ impl HttpAggregator {
             self.graph(
                 &half.client,
                 &half.server,
+                &half.namespaces,
                 "virtual_node",
                 server_s,
                 client_s,
@@ -251,9 +273,22 @@ impl HttpAggregator {
                     Side::Server => (other, half),
                     Side::Client => (half, other),
                 };
+                let namespaces = GraphNamespaces {
+                    client: from_client
+                        .namespaces
+                        .client
+                        .clone()
+                        .or_else(|| from_server.namespaces.client.clone()),
+                    server: from_server
+                        .namespaces
+                        .server
+                        .clone()
+                        .or_else(|| from_client.namespaces.server.clone()),
+                };
                 self.graph(
                     &from_client.client,
                     &from_server.server,
+                    &namespaces,
                     "",
                     Some(from_server.seconds),
                     Some(from_client.seconds),
@@ -269,6 +304,7 @@ impl HttpAggregator {
                 self.graph(
                     &half.client,
                     &half.server,
+                    &half.namespaces,
                     "",
                     server_s,
                     client_s,
@@ -305,6 +341,7 @@ impl HttpAggregator {
         self.graph(
             client,
             &server_name,
+            &GraphNamespaces::default(),
             connection_type,
             None,
             None,
@@ -321,6 +358,7 @@ impl HttpAggregator {
         &mut self,
         client: &str,
         server: &str,
+        namespaces: &GraphNamespaces,
         connection_type: &str,
         server_seconds: Option<f64>,
         client_seconds: Option<f64>,
@@ -331,10 +369,12 @@ impl HttpAggregator {
             client: client.to_string(),
             server: server.to_string(),
             connection_type: connection_type.to_string(),
+            namespaces: namespaces.clone(),
         };
         let labels = self.graph_series.admit(labels, now_ns, |l| GraphLabels {
             client: OVERFLOW.to_string(),
             server: OVERFLOW.to_string(),
+            namespaces: GraphNamespaces::default(),
             ..l
         });
         let h = &self.metrics.http;
@@ -381,7 +421,14 @@ impl HttpAggregator {
                 Side::Client => (None, Some(h.seconds)),
             };
             self.graph(
-                &h.client, &h.server, "", server_s, client_s, h.failed, now_ns,
+                &h.client,
+                &h.server,
+                &h.namespaces,
+                "",
+                server_s,
+                client_s,
+                h.failed,
+                now_ns,
             );
         }
         self.expire(now_ns);
@@ -471,6 +518,8 @@ mod tests {
                 Side::Client => "frontend".into(),
             },
             peer_service: peer.map(str::to_string),
+            pod: None,
+            peer_k8s: None,
             client: "10.0.0.1:5000".parse().unwrap(),
             server: "10.0.0.2:8080".parse().unwrap(),
         }

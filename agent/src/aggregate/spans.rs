@@ -41,6 +41,9 @@ pub struct SpanInput {
     pub side: Side,
     pub service: String,
     pub peer_service: Option<String>,
+    /// In Kubernetes: the observing process's pod, and the pod or Service at the other end.
+    pub pod: Option<std::sync::Arc<crate::metadata::kube::PodMeta>>,
+    pub peer_k8s: Option<crate::metadata::kube::Peer>,
     pub pid: u32,
     /// The thread that read the request (server) or wrote it (client).
     pub tid: u32,
@@ -415,6 +418,17 @@ impl SpanAssembler {
             "process.executable.name".to_string(),
             input.executable.clone(),
         );
+        if let Some(pod) = &input.pod {
+            tags.insert("k8s.namespace.name".to_string(), pod.namespace.clone());
+            tags.insert("k8s.pod.name".to_string(), pod.name.clone());
+            if let Some((kind, name)) = &pod.workload {
+                tags.insert(kind.tag().to_string(), name.clone());
+            }
+        }
+        let peer_name = input
+            .peer_service
+            .as_deref()
+            .or_else(|| input.peer_k8s.as_ref().map(|p| p.name()));
         let wall = |ns: u64| (ns as i128 + self.epoch_offset_ns).max(0) as u64;
         let timestamp = wall(ex.start_ns) / 1000;
         let duration = (ex.end_ns.saturating_sub(ex.start_ns) / 1000).max(1);
@@ -430,10 +444,7 @@ impl SpanAssembler {
             timestamp,
             duration,
             local_endpoint: Some(Endpoint::new(Some(&input.service), Some(input.local))),
-            remote_endpoint: Some(Endpoint::new(
-                input.peer_service.as_deref(),
-                Some(input.remote),
-            )),
+            remote_endpoint: Some(Endpoint::new(peer_name, Some(input.remote))),
             tags,
             debug,
             shared: node.shared,
@@ -575,6 +586,8 @@ mod tests {
             side,
             service: format!("svc{pid}"),
             peer_service: peer.map(str::to_string),
+            pod: None,
+            peer_k8s: None,
             pid,
             tid,
             executable: "python3".into(),

@@ -1,4 +1,6 @@
 //! Names for what the kernel reports by number: processes, listeners, namespaces.
+pub mod cgroup;
+pub mod kube;
 pub mod netns;
 pub mod proc;
 pub mod service;

@@ -12,8 +12,8 @@ use std::{
 /// Addresses owned by the network namespace of process `tgid`: IPv4 `/32 host LOCAL` entries of
 /// `/proc/<tgid>/net/fib_trie` and the IPv6 addresses of `/proc/<tgid>/net/if_inet6`. Empty when
 /// the process is gone (the caller simply learns nothing).
-pub fn netns_addresses(tgid: u32) -> HashSet<IpAddr> {
-    let base = Path::new("/proc").join(tgid.to_string()).join("net");
+pub fn netns_addresses(proc_root: &Path, tgid: u32) -> HashSet<IpAddr> {
+    let base = proc_root.join(tgid.to_string()).join("net");
     let mut out = HashSet::new();
     if let Ok(text) = std::fs::read_to_string(base.join("fib_trie")) {
         out.extend(parse_fib_trie(&text));
@@ -111,7 +111,7 @@ Local:
 
     #[test]
     fn own_namespace_has_loopback() {
-        let got = netns_addresses(std::process::id());
+        let got = netns_addresses(Path::new("/proc"), std::process::id());
         assert!(
             got.contains(&"127.0.0.1".parse::<IpAddr>().unwrap()),
             "{got:?}"

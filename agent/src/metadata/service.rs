@@ -1,23 +1,62 @@
-//! Service names for processes, first that applies: a configured mapping (by executable, or by
-//! the port a server serves on), the process's `OTEL_SERVICE_NAME`, its executable name, its
-//! command name. Kubernetes workload names will plug in here, ahead of the executable name.
+//! Service names for processes, first that applies: a configured mapping (by the port a server
+//! serves on, or by executable), the process's `OTEL_SERVICE_NAME`, its Kubernetes workload (or
+//! pod) name, its executable name, its command name.
+//!
+//! In Kubernetes, a process's pod comes from its container: the container id in
+//! `/proc/<pid>/cgroup`, or, for a process that is already gone, in the path of the cgroup whose
+//! id the kernel reported (found under the cgroup v2 hierarchy).
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use crate::{
     event::Process,
-    metadata::proc::{boottime_ns_to_ticks, clock_ticks_per_second, process_info},
+    metadata::{
+        cgroup::{ContainerRef, parse_cgroup_path, parse_proc_cgroup, path_of_cgroup_id},
+        kube::{KubeIndex, PodMeta},
+        proc::{boottime_ns_to_ticks, clock_ticks_per_second, process_info},
+    },
 };
 
 /// Processes remembered at once; the cache is emptied when full (names are cheap to re-read).
 const CACHE_CAPACITY: usize = 16384;
+/// Cgroup directories walked at most to find one cgroup id.
+const CGROUP_WALK_LIMIT: usize = 50_000;
+
+/// What /proc said about a process.
+#[derive(Clone, Default)]
+struct Facts {
+    exe: Option<String>,
+    env_service_name: Option<String>,
+    container: Option<ContainerRef>,
+}
+
+/// Kubernetes lookups: the index the watches fill, and where cgroups are.
+struct Kube {
+    index: KubeIndex,
+    cgroup_root: Option<PathBuf>,
+    /// cgroup id -> container (for processes gone before /proc was read).
+    by_cgroup_id: HashMap<u64, Option<ContainerRef>>,
+}
+
+/// A process's service name and, in Kubernetes, its pod.
+#[derive(Clone, Debug, Default)]
+pub struct Identity {
+    pub service: String,
+    pub pod: Option<Arc<PodMeta>>,
+}
 
 pub struct ServiceNames {
     by_executable: HashMap<String, String>,
     by_port: HashMap<u16, String>,
-    /// (tgid, start time) -> (executable name, OTEL_SERVICE_NAME): a reused pid is a new key.
-    cache: HashMap<(u32, u64), (Option<String>, Option<String>)>,
+    /// (tgid, start time) -> what /proc says: a reused pid is a new key.
+    cache: HashMap<(u32, u64), Facts>,
     hz: u64,
+    proc_root: PathBuf,
+    kube: Option<Kube>,
 }
 
 impl ServiceNames {
@@ -27,45 +66,137 @@ impl ServiceNames {
             by_port,
             cache: HashMap::new(),
             hz: clock_ticks_per_second(),
+            proc_root: PathBuf::from("/proc"),
+            kube: None,
         }
+    }
+
+    /// Reads processes from `proc_root` instead of /proc.
+    pub fn with_proc_root(mut self, proc_root: PathBuf) -> Self {
+        self.proc_root = proc_root;
+        self
+    }
+
+    /// Names processes in pods after their workloads.
+    pub fn with_kubernetes(mut self, index: KubeIndex, cgroup_root: Option<PathBuf>) -> Self {
+        self.kube = Some(Kube {
+            index,
+            cgroup_root,
+            by_cgroup_id: HashMap::new(),
+        });
+        self
+    }
+
+    /// Where processes are read from.
+    pub fn proc_root(&self) -> &Path {
+        &self.proc_root
+    }
+
+    /// Whether Kubernetes metadata is on.
+    pub fn kubernetes(&self) -> bool {
+        self.kube.is_some()
+    }
+
+    /// The pod or Service that owns `ip` now, when Kubernetes metadata is on.
+    pub fn remote(&self, ip: std::net::IpAddr) -> Option<crate::metadata::kube::Peer> {
+        if ip.is_loopback() || ip.is_unspecified() {
+            return None;
+        }
+        self.kube.as_ref()?.index.peer(ip)
     }
 
     /// The service name of `process`; `serving_port` is the local port when the process is
     /// the server of the connection in question.
     pub fn name(&mut self, process: &Process, serving_port: Option<u16>) -> String {
+        self.identify(process, serving_port).service
+    }
+
+    /// The service name and pod of `process`.
+    pub fn identify(&mut self, process: &Process, serving_port: Option<u16>) -> Identity {
+        let pod = self.pod(process);
         if let Some(name) = serving_port.and_then(|p| self.by_port.get(&p)) {
-            return name.clone();
+            return Identity {
+                service: name.clone(),
+                pod,
+            };
         }
-        let (exe, env) = self.facts(process);
-        let exe = exe.unwrap_or_else(|| process.comm.clone());
-        if let Some(name) = self.by_executable.get(&exe) {
-            return name.clone();
+        let facts = self.facts(process);
+        let exe = facts.exe.unwrap_or_else(|| process.comm.clone());
+        let service = if let Some(name) = self.by_executable.get(&exe) {
+            name.clone()
+        } else if let Some(name) = facts.env_service_name {
+            name
+        } else if let Some(pod) = &pod {
+            pod.service_name().to_string()
+        } else {
+            exe
+        };
+        Identity { service, pod }
+    }
+
+    /// The pod running `process`, when Kubernetes metadata is on and the pod is known.
+    pub fn pod(&mut self, process: &Process) -> Option<Arc<PodMeta>> {
+        self.kube.as_ref()?;
+        let container = match self.facts(process).container {
+            Some(c) => Some(c),
+            None => self.container_of_cgroup_id(process.cgroup_id),
+        }?;
+        self.kube.as_ref()?.index.pod(
+            container.container_id.as_deref(),
+            container.pod_uid.as_deref(),
+        )
+    }
+
+    /// The container of the cgroup with id `cgroup_id`, from its path under the cgroup v2 root.
+    fn container_of_cgroup_id(&mut self, cgroup_id: u64) -> Option<ContainerRef> {
+        let kube = self.kube.as_mut()?;
+        if cgroup_id == 0 {
+            return None;
         }
-        env.unwrap_or(exe)
+        if let Some(known) = kube.by_cgroup_id.get(&cgroup_id) {
+            return known.clone();
+        }
+        let root = kube.cgroup_root.as_deref()?;
+        let found = path_of_cgroup_id(root, cgroup_id, CGROUP_WALK_LIMIT)
+            .and_then(|path| parse_cgroup_path(&path));
+        if kube.by_cgroup_id.len() >= CACHE_CAPACITY {
+            kube.by_cgroup_id.clear();
+        }
+        kube.by_cgroup_id.insert(cgroup_id, found.clone());
+        found
     }
 
     /// The executable name of `process` (its command name once it is gone).
     pub fn executable(&mut self, process: &Process) -> String {
         self.facts(process)
-            .0
+            .exe
             .unwrap_or_else(|| process.comm.clone())
     }
 
     /// What /proc says about the process, if it is still the same process (pid and start
     /// time match); nothing for a process that is gone.
-    fn facts(&mut self, process: &Process) -> (Option<String>, Option<String>) {
+    fn facts(&mut self, process: &Process) -> Facts {
         let key = (process.tgid, process.start_ns);
         if let Some(v) = self.cache.get(&key) {
             return v.clone();
         }
-        let facts = match process_info(Path::new("/proc"), process.tgid) {
+        let facts = match process_info(&self.proc_root, process.tgid) {
             Ok(info)
                 if process.start_ns == 0
                     || info.start_ticks == boottime_ns_to_ticks(process.start_ns, self.hz) =>
             {
-                (info.exe_name, info.env_service_name)
+                let container = if self.kube.is_some() {
+                    read_cgroup(&self.proc_root, process.tgid)
+                } else {
+                    None
+                };
+                Facts {
+                    exe: info.exe_name,
+                    env_service_name: info.env_service_name,
+                    container,
+                }
             }
-            _ => (None, None),
+            _ => Facts::default(),
         };
         if self.cache.len() >= CACHE_CAPACITY {
             self.cache.clear();
@@ -73,6 +204,12 @@ impl ServiceNames {
         self.cache.insert(key, facts.clone());
         facts
     }
+}
+
+/// The container of process `tgid`, from `/proc/<tgid>/cgroup`.
+fn read_cgroup(proc_root: &Path, tgid: u32) -> Option<ContainerRef> {
+    let text = std::fs::read_to_string(proc_root.join(tgid.to_string()).join("cgroup")).ok()?;
+    parse_proc_cgroup(&text)
 }
 
 #[cfg(test)]
