@@ -152,7 +152,8 @@ pub struct Flags {
     pub proc_root: Option<PathBuf>,
 
     /// The host's cgroup v2 hierarchy, to name the container of a process that exited before
-    /// /proc/<pid>/cgroup was read [default: the first cgroup2 mount in /proc/self/mountinfo].
+    /// /proc/<pid>/cgroup was read; a hybrid host's /sys/fs/cgroup is taken as its unified/
+    /// [default: the first cgroup2 mount in /proc/self/mountinfo].
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<PathBuf>,
 }
@@ -287,6 +288,17 @@ fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
     let line_no = text[..start].matches('\n').count() + 1;
     let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
     format!("line {line_no} `{line}`: {}", err.message())
+}
+
+/// The cgroup v2 hierarchy at or under `root`: a host on the hybrid layout (cgroup v1
+/// controllers, v2 at `unified/`) mounted whole has it one level down.
+fn cgroup2_root(root: PathBuf) -> PathBuf {
+    let unified = root.join("unified");
+    if !root.join("cgroup.controllers").exists() && unified.join("cgroup.controllers").exists() {
+        unified
+    } else {
+        root
+    }
 }
 
 /// Resolves `--kubernetes` (auto: on inside a pod or with an explicit API URL).
@@ -471,6 +483,7 @@ impl Config {
                 .cgroup_root
                 .clone()
                 .or(file.cgroup_root.clone())
+                .map(cgroup2_root)
                 .or_else(|| {
                     std::fs::read_to_string("/proc/self/mountinfo")
                         .ok()
@@ -681,6 +694,61 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("--duration-buckets"), "{err}");
+    }
+
+    #[test]
+    fn cgroup_root_of_a_hybrid_host_is_its_unified_hierarchy() {
+        let dir = std::env::temp_dir().join(format!("meshtap-cgroot-{}", std::process::id()));
+        let hybrid = dir.join("hybrid");
+        std::fs::create_dir_all(hybrid.join("unified")).unwrap();
+        std::fs::write(hybrid.join("unified/cgroup.controllers"), "").unwrap();
+        assert_eq!(cgroup2_root(hybrid.clone()), hybrid.join("unified"));
+        let v2 = dir.join("v2");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(v2.join("cgroup.controllers"), "cpu memory").unwrap();
+        assert_eq!(cgroup2_root(v2.clone()), v2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn kubernetes_needs_a_node_name_and_a_valid_mode() {
+        let err = Config::load(Flags {
+            kubernetes: Some("on".into()),
+            node_name: None,
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("NODE_NAME"), "{err}");
+        let err = Config::load(Flags {
+            kubernetes: Some("maybe".into()),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--kubernetes"), "{err}");
+        let config = Config::load(Flags {
+            kube_api_url: Some("http://127.0.0.1:1".into()),
+            node_name: Some("node-a".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(
+            config.kubernetes,
+            Kubernetes::On {
+                api_url: Some("http://127.0.0.1:1".into()),
+                node_name: "node-a".into(),
+                retry_max_secs: 30,
+                cache_entries: 100_000,
+            }
+        );
+        let config = Config::load(Flags {
+            kubernetes: Some("off".into()),
+            kube_api_url: Some("http://127.0.0.1:1".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(config.kubernetes, Kubernetes::Off);
     }
 
     #[test]

@@ -20,7 +20,9 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 /// - `python3`: test helpers (stand-in Zipkin collector, schema validation);
 /// - `iproute2`: network namespaces and veth pairs (`ip`), `ss`;
 /// - `bpftool`: inspect the programs and maps the agent loads;
-/// - `procps` (`ps`, `pgrep`, `sysctl`), `psmisc` (`fuser`, `killall`): process / port handling.
+/// - `procps` (`ps`, `pgrep`, `sysctl`), `psmisc` (`fuser`, `killall`): process / port handling;
+/// - `iptables`: DNAT inside test network namespaces, as kube-proxy does for Service ClusterIPs
+///   and as a packet to another node's pod looks to this node (the Kubernetes tests).
 const DEBIAN_PACKAGES: &[&str] = &[
     "nginx",
     "curl",
@@ -32,6 +34,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "redis-server",
     "procps",
     "psmisc",
+    "iptables",
 ];
 
 /// Packages whose install starts a service that would hold a port the tests use:
@@ -43,8 +46,24 @@ const SERVICES: &[(&str, &str, u16)] = &[
 ];
 
 /// Python modules the tests import, and the PyPI distributions that provide them.
-const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests";
-const PYTHON_PACKAGES: &[&str] = &["jsonschema", "pyyaml", "requests"];
+/// `kubernetes-validate` bundles Kubernetes' JSON schemas (tests/tests/deploy.rs validates
+/// deploy/ with them); its version is pinned, and checked, because the schemas it carries are.
+const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_validate; \
+    from importlib.metadata import version; \
+    assert version('kubernetes-validate') == '1.37.0', version('kubernetes-validate')";
+const PYTHON_PACKAGES: &[&str] = &[
+    "jsonschema",
+    "pyyaml",
+    "requests",
+    "kubernetes-validate==1.37.0",
+];
+
+/// Debian 12's kubectl (package kubernetes-client, 1.20: its built-in kustomize is v2.0.3, the
+/// oldest deploy/kustomization.yaml stays compatible with), unpacked here rather than installed:
+/// machine images may carry another package owning /usr/bin/kubectl (this one's has Google's
+/// `kubectl`), which dpkg would refuse to overwrite. tests/tests/deploy.rs looks for it here.
+const DEBIAN_KUBECTL_DIR: &str = "/usr/local/lib/meshtap/kubernetes-client";
+const DEBIAN_KUBECTL_PACKAGE: &str = "kubernetes-client";
 
 /// Runs the whole setup; `packages == false` (`--no-packages`) skips the apt and pip steps.
 pub fn setup(ctx: &Ctx, packages: bool) -> Result<()> {
@@ -53,9 +72,14 @@ pub fn setup(ctx: &Ctx, packages: bool) -> Result<()> {
     if packages {
         let mut apt = Apt::default();
         debian_packages(ctx, &mut apt)?;
+        debian_kubectl(ctx, &mut apt)?;
         python_modules(ctx, &mut apt)?;
     } else {
         step("debian packages", "skipped (--no-packages)");
+        step(
+            "kubectl (debian kubernetes-client)",
+            "skipped (--no-packages)",
+        );
         step("python modules", "skipped (--no-packages)");
     }
     eprintln!("[setup] done in {:.2}s", start.elapsed().as_secs_f64());
@@ -198,13 +222,18 @@ impl Apt {
                 packages.join(" ")
             );
         }
+        self.update(ctx)?;
+        run(apt_get(ctx)
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(packages))
+    }
+
+    fn update(&mut self, ctx: &Ctx) -> Result<()> {
         if !self.updated {
             run(apt_get(ctx).arg("update"))?;
             self.updated = true;
         }
-        run(apt_get(ctx)
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(packages))
+        Ok(())
     }
 }
 
@@ -306,45 +335,115 @@ fn stop_services(ctx: &Ctx, installed_now: &[&str]) {
     );
 }
 
-/// Step 4: Python modules for the tests, with pip, only if they do not import already.
-fn python_modules(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
-    let name = format!("python modules ({})", PYTHON_PACKAGES.join(", "));
-    let imports = || {
-        probe(ctx.cmd("python3").args(["-c", PYTHON_IMPORTS])).is_ok_and(|out| out.status.success())
+/// Step 4: Debian's kubectl, unpacked into [`DEBIAN_KUBECTL_DIR`] (see there why not installed):
+/// `apt-get download` fetches the package through apt's configured sources, `dpkg-deb -x`
+/// unpacks it. Skipped when the kubectl there already reports version 1.20.
+fn debian_kubectl(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
+    const NAME: &str = "kubectl (debian kubernetes-client)";
+    let kubectl = Path::new(DEBIAN_KUBECTL_DIR).join("usr/bin/kubectl");
+    let version = || {
+        probe_stdout(ctx.cmd(&kubectl).args(["version", "--client", "--short"]))
+            .and_then(|out| out.split_whitespace().last().map(str::to_owned))
     };
+    if let Some(v) = version().filter(|v| v.starts_with("v1.20.")) {
+        step(NAME, &format!("{v} already at {}", kubectl.display()));
+        return Ok(());
+    }
+    if euid() != 0 {
+        bail!(
+            "unpacking Debian's kubectl into {DEBIAN_KUBECTL_DIR} needs root: re-run as root, or \
+             pass --no-packages"
+        );
+    }
+    step(NAME, &format!("unpacking into {DEBIAN_KUBECTL_DIR}"));
+    apt.update(ctx)?;
+    let download =
+        std::env::temp_dir().join(format!("meshtap-setup-kubectl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&download);
+    std::fs::create_dir_all(&download).with_context(|| format!("create {}", download.display()))?;
+    let result = (|| {
+        // As root, apt downloads as user _apt, who cannot write to our directory.
+        run(apt_get(ctx)
+            .args([
+                "-o",
+                "APT::Sandbox::User=root",
+                "download",
+                DEBIAN_KUBECTL_PACKAGE,
+            ])
+            .current_dir(&download))?;
+        let deb = std::fs::read_dir(&download)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .with_context(|| format!("apt-get download left no .deb in {}", download.display()))?;
+        let _ = std::fs::remove_dir_all(DEBIAN_KUBECTL_DIR);
+        std::fs::create_dir_all(DEBIAN_KUBECTL_DIR)?;
+        run(ctx
+            .cmd("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(DEBIAN_KUBECTL_DIR))
+    })();
+    let _ = std::fs::remove_dir_all(&download);
+    result?;
+    match version() {
+        Some(v) if v.starts_with("v1.20.") => Ok(()),
+        other => bail!(
+            "{} reports version {other:?} after unpacking {DEBIAN_KUBECTL_PACKAGE}, expected v1.20.x",
+            kubectl.display()
+        ),
+    }
+}
+
+/// The interpreter the tests run their scripts with (`tests/src/process.rs`: `python()`):
+/// `$MESHTAP_PYTHON`, else Debian's `/usr/bin/python3`, else `python3` on PATH. The modules must
+/// be installed for that one, not for whichever `python3` comes first on PATH (pyenv's, here).
+fn python() -> String {
+    if let Ok(p) = std::env::var("MESHTAP_PYTHON") {
+        return p;
+    }
+    if Path::new("/usr/bin/python3").is_file() {
+        return "/usr/bin/python3".to_owned();
+    }
+    "python3".to_owned()
+}
+
+/// Step 5: Python modules for the tests, with pip, only if they do not import already.
+fn python_modules(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
+    let py = python();
+    let name = format!("python modules ({}) for {py}", PYTHON_PACKAGES.join(", "));
+    let imports =
+        || probe(ctx.cmd(&py).args(["-c", PYTHON_IMPORTS])).is_ok_and(|out| out.status.success());
     if imports() {
         step(&name, "already importable");
         return Ok(());
     }
-    if !probe(ctx.cmd("python3").args(["-m", "pip", "--version"]))
-        .is_ok_and(|out| out.status.success())
-    {
+    if !probe(ctx.cmd(&py).args(["-m", "pip", "--version"])).is_ok_and(|out| out.status.success()) {
         step("python3-pip", "pip missing, installing");
         apt.install(ctx, &["python3-pip"])?;
     }
     step(&name, "installing with pip");
-    let mut pip = ctx.cmd("python3");
+    let mut pip = ctx.cmd(&py);
     pip.args(["-m", "pip", "install", "--quiet"])
         .args(PYTHON_PACKAGES)
         .stdin(Stdio::null())
         // Understood by every pip that has the matching check; ignored by older ones.
         .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
         .env("PIP_ROOT_USER_ACTION", "ignore");
-    if externally_managed(ctx) {
+    if externally_managed(ctx, &py) {
         // Debian's own python3 refuses pip installs (PEP 668). On Debian, pip installs to
         // /usr/local/lib/python3.11/dist-packages and leaves dpkg's files alone.
         pip.env("PIP_BREAK_SYSTEM_PACKAGES", "1");
     }
     run(&mut pip)?;
     if !imports() {
-        bail!("`python3 -c '{PYTHON_IMPORTS}'` still fails after the pip install");
+        bail!("`{py} -c \"{PYTHON_IMPORTS}\"` still fails after the pip install");
     }
     Ok(())
 }
 
-/// Whether `python3` is marked externally managed (PEP 668), as Debian's `/usr/bin/python3` is.
-fn externally_managed(ctx: &Ctx) -> bool {
-    probe_stdout(ctx.cmd("python3").args([
+/// Whether `py` is marked externally managed (PEP 668), as Debian's `/usr/bin/python3` is.
+fn externally_managed(ctx: &Ctx, py: &str) -> bool {
+    probe_stdout(ctx.cmd(py).args([
         "-c",
         "import sysconfig; print(sysconfig.get_path('stdlib'))",
     ]))

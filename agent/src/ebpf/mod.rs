@@ -229,6 +229,24 @@ impl KernelMaps {
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/meshtap-ebpf"));
 
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (often 64 KiB or 8 MiB) rather than
+/// to the memory cgroup: lift it where allowed (root, or CAP_SYS_RESOURCE in a container).
+/// Best effort: on newer kernels the limit does not matter, and if it does and cannot be
+/// raised, the map creation error that follows says so.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass and nothing else.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!(
+            "could not lift RLIMIT_MEMLOCK ({}); only kernels before 5.11 need it",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 pub fn load(
     config: &Config,
     offsets: &KernelOffsets,
@@ -239,6 +257,7 @@ pub fn load(
         // Wake the reader once a quarter of the ring is pending; the timer covers the rest.
         wakeup_bytes: u64::from(config.ring_buffer_bytes / 4),
     };
+    raise_memlock_limit();
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", offsets, true)
         .override_global("CONFIG", &probe_config, true)
