@@ -13,6 +13,12 @@ mod protocol;
 
 use clap::Parser as _;
 
+/// The processing stage allocates and frees small objects at a high rate (exchanges, spans,
+/// their strings); mimalloc does that with less CPU than glibc's malloc and returns freed
+/// memory instead of fragmenting per-thread arenas.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let flags = config::Flags::parse();
     let config = match config::Config::load(flags) {

@@ -95,7 +95,7 @@ pub struct SpanAssembler {
     /// before the server's does (its write returns).
     clients_by_connection: HashMap<(SocketAddr, SocketAddr), VecDeque<u64>>,
     /// CLIENT nodes waiting for a SERVER node of the same thread: (pid, tid) -> keys.
-    clients_by_thread: HashMap<(u32, u32), Vec<u64>>,
+    clients_by_thread: HashMap<(u32, u32), VecDeque<u64>>,
     /// Processes seen serving requests recently: a CLIENT span of theirs without a parent is
     /// unlinked, not a genuine root.
     serving: HashMap<u32, u64>,
@@ -229,18 +229,28 @@ impl SpanAssembler {
                     self.link(key, client);
                 }
                 if let Some(waiting) = self.clients_by_thread.get_mut(&thread) {
+                    // Newest first: a client span that completed before this request started
+                    // cannot be inside it, nor can any older one (they arrive in completion
+                    // order, give or take the slack), so the scan stops there instead of
+                    // visiting every span the thread has waiting.
                     let mut adopted = Vec::new();
-                    waiting.retain(|k| {
-                        let inside = self.nodes.get(k).is_some_and(|c| {
-                            c.parent.is_none()
-                                && c.input.exchange.start_ns + WINDOW_SLACK_NS >= start
-                                && c.input.exchange.end_ns <= end + WINDOW_SLACK_NS
-                        });
-                        if inside {
+                    for k in waiting.iter().rev() {
+                        let Some(c) = self.nodes.get(k) else {
+                            continue;
+                        };
+                        if c.input.now_ns + WINDOW_SLACK_NS < start {
+                            break;
+                        }
+                        if c.parent.is_none()
+                            && c.input.exchange.start_ns + WINDOW_SLACK_NS >= start
+                            && c.input.exchange.end_ns <= end + WINDOW_SLACK_NS
+                        {
                             adopted.push(*k);
                         }
-                        !inside
-                    });
+                    }
+                    if !adopted.is_empty() {
+                        waiting.retain(|k| !adopted.contains(k));
+                    }
                     if waiting.is_empty() {
                         self.clients_by_thread.remove(&thread);
                     }
@@ -274,7 +284,11 @@ impl SpanAssembler {
                     .entry(connection)
                     .or_default()
                     .push_back(key),
-                Side::Client => self.clients_by_thread.entry(thread).or_default().push(key),
+                Side::Client => self
+                    .clients_by_thread
+                    .entry(thread)
+                    .or_default()
+                    .push_back(key),
             }
         } else {
             self.finish(key, out);
@@ -477,7 +491,7 @@ impl SpanAssembler {
             match side {
                 Side::Server => {
                     if let Some(q) = self.servers_by_connection.get_mut(&connection) {
-                        q.retain(|k| *k != key);
+                        remove_key(q, key, &self.nodes);
                         if q.is_empty() {
                             self.servers_by_connection.remove(&connection);
                         }
@@ -485,7 +499,7 @@ impl SpanAssembler {
                 }
                 Side::Client => {
                     if let Some(v) = self.clients_by_thread.get_mut(&thread) {
-                        v.retain(|k| *k != key);
+                        remove_key(v, key, &self.nodes);
                         if v.is_empty() {
                             self.clients_by_thread.remove(&thread);
                         }
@@ -521,6 +535,25 @@ impl SpanAssembler {
             q.retain(|k| nodes.contains_key(k));
             !q.is_empty()
         });
+    }
+}
+
+/// Removes `key` from a queue in arrival order, with the keys of spans already emitted that
+/// precede it. Spans expire oldest first, so it is almost always at the front then: no scan of
+/// the whole queue (a busy client thread has thousands waiting).
+fn remove_key<V>(queue: &mut VecDeque<u64>, key: u64, nodes: &HashMap<u64, V>) {
+    while let Some(front) = queue.front() {
+        if *front == key {
+            queue.pop_front();
+            return;
+        }
+        if nodes.contains_key(front) {
+            break;
+        }
+        queue.pop_front();
+    }
+    if let Some(i) = queue.iter().position(|k| *k == key) {
+        queue.remove(i);
     }
 }
 
