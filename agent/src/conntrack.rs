@@ -279,6 +279,8 @@ struct ClosedClient {
     comm: String,
     service: String,
     pod: Option<Arc<PodMeta>>,
+    /// The server address the client connected to (before any NAT).
+    server: SocketAddr,
 }
 
 /// A closed connection whose process may still read what is left in its receive queue: a
@@ -296,6 +298,9 @@ pub struct ConnTable {
     conns: HashMap<u64, Connection>,
     /// Tracked client connections by their local address (to name the client at the server).
     clients_by_local: HashMap<SocketAddr, u64>,
+    /// Tracked server connections by their client's address (to find, from a client, the local
+    /// server it reached through a NAT such as a Service ClusterIP).
+    servers_by_remote: HashMap<SocketAddr, u64>,
     pub listeners: Listeners,
     /// Client endpoints whose connection already closed, for a server that accepts late: a
     /// client that connects and closes at once reaches TCP_CLOSE as soon as its FIN is acked
@@ -335,6 +340,7 @@ impl ConnTable {
             event_clock: 0,
             conns: HashMap::new(),
             clients_by_local: HashMap::new(),
+            servers_by_remote: HashMap::new(),
             listeners: Listeners::default(),
             recent_clients: Tombstones::default(),
             recent_closed: Tombstones::default(),
@@ -488,13 +494,21 @@ impl ConnTable {
         &mut self,
         role: u8,
         netns: u32,
+        local: SocketAddr,
         remote: SocketAddr,
         ts_ns: u64,
     ) -> Option<Identity> {
         if role == role::SERVER {
             return self.local_client_at(remote, netns, ts_ns).map(|(_, id)| id);
         }
-        let l = self.listeners.server_for(netns, remote)?;
+        let Some(l) = self.listeners.server_for(netns, remote) else {
+            // Not a listener at that address: maybe a local server reached through a NAT (a
+            // Service ClusterIP, a port mapping), which sees this client's own address.
+            return self.local_server_of(local, netns).map(|c| Identity {
+                service: c.service.clone(),
+                pod: c.pod.clone(),
+            });
+        };
         let known = Identity {
             service: l.service.clone(),
             pod: l.pod.clone(),
@@ -513,22 +527,59 @@ impl ConnTable {
         Some(known)
     }
 
+    /// The tracked server-side connection whose client is `client` (same host rules as
+    /// `local_client_at`).
+    fn local_server_of(&self, client: SocketAddr, netns: u32) -> Option<&Connection> {
+        let same_host = |n: u32| !client.ip().is_loopback() || n == netns;
+        self.servers_by_remote
+            .get(&client)
+            .and_then(|id| self.conns.get(id))
+            .filter(|c| same_host(c.netns) || c.netns == 0)
+    }
+
+    /// The server address as the local client at `client` sees it (before any NAT), when the
+    /// client is a process on this node: both sides then key the exchange alike.
+    fn client_view_of_server(
+        &self,
+        client: SocketAddr,
+        netns: u32,
+        ts_ns: u64,
+    ) -> Option<SocketAddr> {
+        let same_host = |n: u32| !client.ip().is_loopback() || n == netns;
+        self.clients_by_local
+            .get(&client)
+            .and_then(|id| self.conns.get(id))
+            .filter(|c| same_host(c.netns) || c.netns == 0)
+            .map(|c| c.remote)
+            .or_else(|| {
+                self.recent_clients
+                    .get(&client, ts_ns)
+                    .filter(|c| same_host(c.netns))
+                    .map(|c| c.server)
+            })
+    }
+
     /// The other end of a connection: its service name when it is a process on this node, and
     /// its pod (or Service) in Kubernetes, local or not.
     fn peer(
         &mut self,
         role: u8,
         netns: u32,
+        local: SocketAddr,
         remote: SocketAddr,
         ts_ns: u64,
     ) -> (Option<String>, Option<Peer>) {
-        match self.peer_identity(role, netns, remote, ts_ns) {
+        match self.peer_identity(role, netns, local, remote, ts_ns) {
             Some(Identity {
                 service,
                 pod: Some(pod),
             }) => (Some(service), Some(Peer::Pod(pod))),
             Some(Identity { service, pod: None }) => {
-                (Some(service), self.services.remote(remote.ip()))
+                // A local process not tied to a pod, at an address Kubernetes names (a pod IP,
+                // a ClusterIP in front of it): the Kubernetes name is the one users know.
+                let k8s = self.services.remote(remote.ip());
+                let service = k8s.as_ref().map_or(service, |p| p.name().to_string());
+                (Some(service), k8s)
             }
             None => (None, self.services.remote(remote.ip())),
         }
@@ -597,8 +648,13 @@ impl ConnTable {
             self.metrics.active.get_or_create(&labels).dec();
             return Some(labels);
         }
-        let (peer_service, peer_k8s) =
-            self.peer(observer_role, meta.netns, meta.remote, meta.ts_ns);
+        let (peer_service, peer_k8s) = self.peer(
+            observer_role,
+            meta.netns,
+            meta.local,
+            meta.remote,
+            meta.ts_ns,
+        );
         let me = if observer_role == role::SERVER {
             self.services
                 .identify(&meta.process, Some(meta.local.port()))
@@ -638,6 +694,8 @@ impl ConnTable {
         };
         if observer_role == role::CLIENT {
             self.clients_by_local.insert(meta.local, meta.conn_id);
+        } else {
+            self.servers_by_remote.insert(meta.remote, meta.conn_id);
         }
         self.listeners.add_addr(meta.netns, meta.local.ip());
         self.conns.insert(meta.conn_id, conn);
@@ -856,8 +914,8 @@ impl ConnTable {
             // The other end may have been tracked after this one (a connection first seen
             // mid-stream, from the side that happened to move bytes first), or its pod may have
             // become known since: look again.
-            let (role, netns, remote) = (conn.role, conn.netns, conn.remote);
-            let (service, k8s) = self.peer(role, netns, remote, now_ns);
+            let (role, netns, local, remote) = (conn.role, conn.netns, conn.local, conn.remote);
+            let (service, k8s) = self.peer(role, netns, local, remote, now_ns);
             if let Some(c) = self.conns.get_mut(&conn_id) {
                 if c.peer_service.is_none() {
                     c.peer_service = service;
@@ -886,7 +944,10 @@ impl ConnTable {
             return;
         };
         let (side, client, server) = if conn.role == role::SERVER {
-            (Side::Server, conn.remote, conn.local)
+            let server = self
+                .client_view_of_server(conn.remote, conn.netns, now_ns)
+                .unwrap_or(conn.local);
+            (Side::Server, conn.remote, server)
         } else {
             (Side::Client, conn.local, conn.remote)
         };
@@ -965,6 +1026,9 @@ impl ConnTable {
                 .inc_by(totals.bytes_received);
             return;
         };
+        if conn.role == role::SERVER && self.servers_by_remote.get(&conn.remote) == Some(&conn.id) {
+            self.servers_by_remote.remove(&conn.remote);
+        }
         if conn.role == role::CLIENT && self.clients_by_local.get(&conn.local) == Some(&conn.id) {
             self.clients_by_local.remove(&conn.local);
             self.recent_clients.insert(
@@ -974,6 +1038,7 @@ impl ConnTable {
                     comm: conn.process.comm.clone(),
                     service: conn.service.clone(),
                     pod: conn.pod.clone(),
+                    server: conn.remote,
                 },
                 meta.ts_ns,
             );
@@ -1025,6 +1090,9 @@ impl ConnTable {
             if let Some(conn) = self.conns.remove(id) {
                 if self.clients_by_local.get(&conn.local) == Some(&conn.id) {
                     self.clients_by_local.remove(&conn.local);
+                }
+                if self.servers_by_remote.get(&conn.remote) == Some(&conn.id) {
+                    self.servers_by_remote.remove(&conn.remote);
                 }
                 self.metrics.closed.get_or_create(&conn.labels).inc();
                 self.metrics.active.get_or_create(&conn.labels).dec();
@@ -1138,6 +1206,56 @@ mod tests {
             0.0
         );
         assert_eq!(table.conns.len(), 1);
+    }
+
+    #[test]
+    fn a_local_server_behind_a_cluster_ip_pairs_with_its_client_once() {
+        let metrics = Arc::new(Metrics::default());
+        let mut table = table_for(&metrics, 100, 100);
+        table.listeners.add(Listener {
+            addr: "0.0.0.0:8080".parse().unwrap(),
+            netns: 2,
+            comm: "srv".into(),
+            service: "srv".into(),
+            pod: None,
+            process: None,
+        });
+        table.listeners.add_addr(2, "10.0.0.2".parse().unwrap());
+        // The client connects to a ClusterIP; DNAT takes it to the server's own address.
+        let client = || meta(1, role::CLIENT, "10.0.0.1:5000", "10.96.0.10:80", "cli", 1);
+        let server = || meta(2, role::SERVER, "10.0.0.2:8080", "10.0.0.1:5000", "srv", 2);
+        table.handle(Event::ConnOpen {
+            meta: client(),
+            connect_ns: 1000,
+        });
+        table.handle(Event::ConnOpen {
+            meta: server(),
+            connect_ns: 0,
+        });
+        let request = b"GET /x HTTP/1.1\r\nHost: api\r\n\r\n".to_vec();
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
+        let data = |meta: Meta, seq: u64, direction: u8, payload: &Vec<u8>| Event::Data {
+            meta,
+            bytes: payload.len() as u64,
+            seq,
+            direction,
+            syscall: 1,
+            payload: payload.clone(),
+        };
+        table.handle(data(client(), 0, direction::EGRESS, &request));
+        table.handle(data(server(), 0, direction::INGRESS, &request));
+        table.handle(data(server(), 1, direction::EGRESS, &response));
+        table.handle(data(client(), 1, direction::INGRESS, &response));
+        table.tick(10_000_000_000);
+        let graph = |connection_type: &str| {
+            value(
+                &metrics,
+                "traces_service_graph_request_total",
+                &format!(r#"client="cli",server="srv",connection_type="{connection_type}""#),
+            )
+        };
+        assert_eq!(graph(""), 1.0, "{}", metrics.encode());
+        assert_eq!(graph("virtual_node"), 0.0, "{}", metrics.encode());
     }
 
     #[test]

@@ -32,6 +32,8 @@ struct Facts {
     exe: Option<String>,
     env_service_name: Option<String>,
     container: Option<ContainerRef>,
+    /// Whether /proc still had the process (else the facts above are unknown, not absent).
+    found: bool,
 }
 
 /// Kubernetes lookups: the index the watches fill, and where cgroups are.
@@ -137,9 +139,12 @@ impl ServiceNames {
     /// The pod running `process`, when Kubernetes metadata is on and the pod is known.
     pub fn pod(&mut self, process: &Process) -> Option<Arc<PodMeta>> {
         self.kube.as_ref()?;
-        let container = match self.facts(process).container {
+        let facts = self.facts(process);
+        let container = match facts.container {
             Some(c) => Some(c),
-            None => self.container_of_cgroup_id(process.cgroup_id),
+            // Gone before /proc was read: its cgroup still says which container it was.
+            None if !facts.found => self.container_of_cgroup_id(process.cgroup_id),
+            None => None,
         }?;
         self.kube.as_ref()?.index.pod(
             container.container_id.as_deref(),
@@ -194,6 +199,7 @@ impl ServiceNames {
                     exe: info.exe_name,
                     env_service_name: info.env_service_name,
                     container,
+                    found: true,
                 }
             }
             _ => Facts::default(),
