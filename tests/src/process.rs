@@ -2,7 +2,7 @@
 
 use std::fmt::Display;
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
@@ -34,6 +34,8 @@ pub struct Script {
     file: &'static str,
     comm: String,
     netns: Option<String>,
+    cgroup: Option<PathBuf>,
+    interpreter: Option<PathBuf>,
     args: Vec<String>,
     envs: Vec<(String, String)>,
 }
@@ -55,6 +57,8 @@ impl Script {
             file,
             comm: comm.to_owned(),
             netns: None,
+            cgroup: None,
+            interpreter: None,
             args: Vec::new(),
             envs: Vec::new(),
         }
@@ -63,6 +67,21 @@ impl Script {
     /// Runs the script inside `ns`.
     pub fn in_netns(mut self, ns: &NetNs) -> Self {
         self.netns = Some(ns.name().to_owned());
+        self
+    }
+
+    /// Runs the script as a member of the cgroup v2 directory `dir`: the process writes its pid
+    /// to `dir/cgroup.procs` before it execs the interpreter, so every socket it opens is
+    /// opened from that cgroup.
+    pub fn in_cgroup(mut self, dir: &Path) -> Self {
+        self.cgroup = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Runs the script with this Python interpreter instead of [`python()`] (e.g. a copy of it
+    /// under another name, so that the process's executable name is one of the test's choosing).
+    pub fn interpreter(mut self, path: &Path) -> Self {
+        self.interpreter = Some(path.to_path_buf());
         self
     }
 
@@ -84,15 +103,33 @@ impl Script {
     }
 
     fn command(&self) -> Command {
-        let py = python();
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, &py]);
-                c
-            }
-            None => Command::new(&py),
-        };
+        let py = self
+            .interpreter
+            .as_ref()
+            .map_or_else(python, |p| p.to_string_lossy().into_owned());
+        // `sh -c 'echo $$ > "$0" && exec "$@"' PROCS PROGRAM ARGS...`: join the cgroup, then
+        // become the program (same pid). Before `ip netns exec`, which mounts a sysfs of the
+        // namespace's own over /sys, hiding the cgroup hierarchy.
+        let mut program: Vec<String> = Vec::new();
+        if let Some(dir) = &self.cgroup {
+            program.extend([
+                "sh".to_owned(),
+                "-c".to_owned(),
+                r#"echo $$ > "$0" && exec "$@""#.to_owned(),
+                dir.join("cgroup.procs").to_string_lossy().into_owned(),
+            ]);
+        }
+        if let Some(ns) = &self.netns {
+            program.extend([
+                "ip".to_owned(),
+                "netns".to_owned(),
+                "exec".to_owned(),
+                ns.clone(),
+            ]);
+        }
+        program.push(py);
+        let mut cmd = Command::new(&program[0]);
+        cmd.args(&program[1..]);
         cmd.arg("-u")
             .arg(scripts_dir().join(self.file))
             .arg(&self.comm)
@@ -109,7 +146,16 @@ impl Script {
             .netns
             .as_ref()
             .map_or_else(String::new, |n| format!(" in netns {n}"));
-        format!("{} {} {}{ns}", self.file, self.comm, self.args.join(" "))
+        let cg = self
+            .cgroup
+            .as_ref()
+            .map_or_else(String::new, |d| format!(" in cgroup {}", d.display()));
+        format!(
+            "{} {} {}{ns}{cg}",
+            self.file,
+            self.comm,
+            self.args.join(" ")
+        )
     }
 
     pub fn spawn(&self) -> ScriptChild {
