@@ -230,10 +230,17 @@ struct Inner {
 }
 
 fn count_up(map: &mut BTreeMap<String, BTreeMap<String, usize>>, outer: &str, inner: &str) {
-    *map.entry(outer.to_string())
-        .or_default()
-        .entry(inner.to_string())
-        .or_default() += 1;
+    // Names repeat: allocate keys only for a name not seen yet.
+    let names = match map.get_mut(outer) {
+        Some(names) => names,
+        None => map.entry(outer.to_string()).or_default(),
+    };
+    match names.get_mut(inner) {
+        Some(n) => *n += 1,
+        None => {
+            names.insert(inner.to_string(), 1);
+        }
+    }
 }
 
 fn count_down(map: &mut BTreeMap<String, BTreeMap<String, usize>>, outer: &str, inner: &str) {
