@@ -151,6 +151,8 @@ pub struct Connection {
     /// In Kubernetes: the observing process's pod, and the pod or Service at the other end.
     pub pod: Option<Arc<PodMeta>>,
     pub peer_k8s: Option<Peer>,
+    /// When the Kubernetes names above were last looked up (event time).
+    k8s_checked_ns: u64,
     l7: L7,
     /// Sequence number the next data event should carry (gaps mean lost events).
     next_seq: u64,
@@ -184,6 +186,9 @@ const DETECT_CHUNKS: u32 = 1;
 const DETECT_CHUNKS_MIDSTREAM: u32 = 64;
 /// How far behind the monotonic clock the event clock may fall before ticks use the former.
 const TICK_IDLE_MARGIN_NS: u64 = 3_000_000_000;
+
+/// How often a connection's missing Kubernetes names are looked up again.
+const K8S_RETRY_NS: u64 = 1_000_000_000;
 
 /// Bytes held back while too few arrived to tell the protocol.
 const DETECT_HOLD_BYTES: usize = 64;
@@ -667,6 +672,7 @@ impl ConnTable {
             pod: me.pod,
             peer_service,
             peer_k8s,
+            k8s_checked_ns: meta.ts_ns,
             request_tid: meta.process.tid,
             executable: self.services.executable(&meta.process),
             l7: L7::Detecting {
@@ -910,7 +916,12 @@ impl ConnTable {
         let Some(conn) = self.conns.get(&conn_id) else {
             return;
         };
-        if conn.peer_service.is_none() || (self.services.kubernetes() && conn.peer_k8s.is_none()) {
+        // Kubernetes names missing (API late or down, pod not listed yet) are looked up again,
+        // at most once a second per connection: not on every exchange.
+        let k8s_due = self.services.kubernetes()
+            && now_ns.saturating_sub(conn.k8s_checked_ns) >= K8S_RETRY_NS
+            && (conn.peer_k8s.is_none() || conn.pod.is_none());
+        if conn.peer_service.is_none() || (k8s_due && conn.peer_k8s.is_none()) {
             // The other end may have been tracked after this one (a connection first seen
             // mid-stream, from the side that happened to move bytes first), or its pod may have
             // become known since: look again.
@@ -925,7 +936,10 @@ impl ConnTable {
                 }
             }
         }
-        if self.services.kubernetes()
+        if k8s_due && let Some(c) = self.conns.get_mut(&conn_id) {
+            c.k8s_checked_ns = now_ns;
+        }
+        if k8s_due
             && let Some(conn) = self.conns.get(&conn_id)
             && conn.pod.is_none()
         {
