@@ -278,6 +278,24 @@ impl<K: std::hash::Hash + Eq + Copy, V> Tombstones<K, V> {
     }
 }
 
+/// A local client endpoint, live or recently closed, as a server-side connection sees it.
+struct LocalClient<'a> {
+    comm: &'a str,
+    service: &'a str,
+    pod: Option<&'a Arc<PodMeta>>,
+    /// The server address the client connected to (before any NAT).
+    server: SocketAddr,
+}
+
+impl LocalClient<'_> {
+    fn identity(&self) -> Identity {
+        Identity {
+            service: self.service.to_string(),
+            pod: self.pod.cloned(),
+        }
+    }
+}
+
 /// A closed client endpoint (see `ConnTable::recent_clients`).
 struct ClosedClient {
     netns: u32,
@@ -452,9 +470,9 @@ impl ConnTable {
         }
     }
 
-    /// The local client process at the other end of server-side connection `meta`: its comm
-    /// and identity, from the tracked client connections or the recently closed ones.
-    fn local_client(&self, meta: &Meta) -> Option<(&str, Identity)> {
+    /// The local client at the other end of server-side connection `meta`, from the tracked
+    /// client connections or the recently closed ones.
+    fn local_client(&self, meta: &Meta) -> Option<LocalClient<'_>> {
         self.local_client_at(meta.remote, meta.netns, meta.ts_ns)
     }
 
@@ -463,33 +481,27 @@ impl ConnTable {
         remote: SocketAddr,
         netns: u32,
         ts_ns: u64,
-    ) -> Option<(&str, Identity)> {
+    ) -> Option<LocalClient<'_>> {
         let same_host = |n: u32| !remote.ip().is_loopback() || n == netns;
         self.clients_by_local
             .get(&remote)
             .and_then(|id| self.conns.get(id))
             .filter(|c| same_host(c.netns) || c.netns == 0)
-            .map(|c| {
-                (
-                    c.process.comm.as_str(),
-                    Identity {
-                        service: c.service.clone(),
-                        pod: c.pod.clone(),
-                    },
-                )
+            .map(|c| LocalClient {
+                comm: &c.process.comm,
+                service: &c.service,
+                pod: c.pod.as_ref(),
+                server: c.remote,
             })
             .or_else(|| {
                 self.recent_clients
                     .get(&remote, ts_ns)
                     .filter(|c| same_host(c.netns))
-                    .map(|c| {
-                        (
-                            c.comm.as_str(),
-                            Identity {
-                                service: c.service.clone(),
-                                pod: c.pod.clone(),
-                            },
-                        )
+                    .map(|c| LocalClient {
+                        comm: &c.comm,
+                        service: &c.service,
+                        pod: c.pod.as_ref(),
+                        server: c.server,
                     })
             })
     }
@@ -504,7 +516,9 @@ impl ConnTable {
         ts_ns: u64,
     ) -> Option<Identity> {
         if role == role::SERVER {
-            return self.local_client_at(remote, netns, ts_ns).map(|(_, id)| id);
+            return self
+                .local_client_at(remote, netns, ts_ns)
+                .map(|c| c.identity());
         }
         let Some(l) = self.listeners.server_for(netns, remote) else {
             // Not a listener at that address: maybe a local server reached through a NAT (a
@@ -542,28 +556,6 @@ impl ConnTable {
             .filter(|c| same_host(c.netns) || c.netns == 0)
     }
 
-    /// The server address as the local client at `client` sees it (before any NAT), when the
-    /// client is a process on this node: both sides then key the exchange alike.
-    fn client_view_of_server(
-        &self,
-        client: SocketAddr,
-        netns: u32,
-        ts_ns: u64,
-    ) -> Option<SocketAddr> {
-        let same_host = |n: u32| !client.ip().is_loopback() || n == netns;
-        self.clients_by_local
-            .get(&client)
-            .and_then(|id| self.conns.get(id))
-            .filter(|c| same_host(c.netns) || c.netns == 0)
-            .map(|c| c.remote)
-            .or_else(|| {
-                self.recent_clients
-                    .get(&client, ts_ns)
-                    .filter(|c| same_host(c.netns))
-                    .map(|c| c.server)
-            })
-    }
-
     /// The other end of a connection: its service name when it is a process on this node, and
     /// its pod (or Service) in Kubernetes, local or not.
     fn peer(
@@ -596,7 +588,7 @@ impl ConnTable {
         if observer_role == role::SERVER {
             let client = self
                 .local_client(meta)
-                .map(|(comm, _)| comm.to_string())
+                .map(|c| c.comm.to_string())
                 .unwrap_or_else(|| meta.remote.ip().to_string());
             EdgeLabels {
                 client,
@@ -958,9 +950,11 @@ impl ConnTable {
             return;
         };
         let (side, client, server) = if conn.role == role::SERVER {
+            // The server address as a local client saw it (before any NAT, e.g. a ClusterIP):
+            // both sides then key the exchange alike.
             let server = self
-                .client_view_of_server(conn.remote, conn.netns, now_ns)
-                .unwrap_or(conn.local);
+                .local_client_at(conn.remote, conn.netns, now_ns)
+                .map_or(conn.local, |c| c.server);
             (Side::Server, conn.remote, server)
         } else {
             (Side::Client, conn.local, conn.remote)
