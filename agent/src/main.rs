@@ -7,6 +7,7 @@ mod conntrack;
 mod ebpf;
 mod event;
 mod export;
+mod fast;
 mod metadata;
 mod metrics;
 mod protocol;

@@ -6,14 +6,11 @@
 //! the server's and the client's durations. An observation whose partner does not arrive within
 //! `PAIR_WAIT_NS` (lost events, a side the parser could not follow) is counted alone.
 
-use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    net::SocketAddr,
-    sync::Arc,
-};
+use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
 
 use crate::{
     aggregate::series::SeriesGuard,
+    fast::{Map, Set},
     metadata::kube::{Peer, PodMeta},
     metrics::{
         GraphLabels, GraphNamespaces, Histograms, HttpClientLabels, HttpServerLabels, K8sLabels,
@@ -67,9 +64,9 @@ pub struct HttpAggregator {
     server_series: SeriesGuard<HttpServerLabels>,
     client_series: SeriesGuard<HttpClientLabels>,
     graph_series: SeriesGuard<GraphLabels>,
-    pending: HashMap<(SocketAddr, SocketAddr), Pending>,
+    pending: Map<(SocketAddr, SocketAddr), Pending>,
     pending_count: usize,
-    http_destinations: HashSet<SocketAddr>,
+    http_destinations: Set<SocketAddr>,
     series_ttl_ns: u64,
 }
 
@@ -98,9 +95,9 @@ impl HttpAggregator {
                 overflow_counter(&metrics, "traces_service_graph_request_total"),
             ),
             metrics,
-            pending: HashMap::new(),
+            pending: Map::default(),
             pending_count: 0,
-            http_destinations: HashSet::new(),
+            http_destinations: Set::default(),
             series_ttl_ns,
         }
     }

@@ -2,13 +2,15 @@
 //! observations fold into one overflow label set and are counted) and expiry of label sets
 //! not updated for a while.
 
-use std::{collections::HashMap, hash::Hash};
+use std::hash::Hash;
+
+use crate::fast::Map;
 
 use prometheus_client::metrics::counter::Counter;
 
 /// Admits label sets into a family up to `cap`, remembering when each was last used.
 pub struct SeriesGuard<L> {
-    last_used: HashMap<L, u64>,
+    last_used: Map<L, u64>,
     cap: usize,
     /// `meshtap_metric_series_overflow_total{metric}` for this family.
     overflow: Counter,
@@ -17,7 +19,7 @@ pub struct SeriesGuard<L> {
 impl<L: Clone + Hash + Eq> SeriesGuard<L> {
     pub fn new(cap: usize, overflow: Counter) -> Self {
         SeriesGuard {
-            last_used: HashMap::new(),
+            last_used: Map::default(),
             cap,
             overflow,
         }
