@@ -8,7 +8,6 @@
 //! each other consistently without waiting.
 
 use std::{
-    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -25,6 +24,7 @@ use crate::{
         traces::Tracer,
     },
     event::{ConnTotals, Event, Meta, Process},
+    fast::{Map, Set},
     metadata::{
         kube::{Peer, PodMeta},
         service::{Identity, ServiceNames},
@@ -50,8 +50,8 @@ pub struct Listener {
 /// Who listens where, and which addresses each network namespace owns.
 #[derive(Default)]
 pub struct Listeners {
-    by_port: HashMap<u16, Vec<Listener>>,
-    netns_addrs: HashMap<u32, HashSet<IpAddr>>,
+    by_port: Map<u16, Vec<Listener>>,
+    netns_addrs: Map<u32, Set<IpAddr>>,
 }
 
 impl Listeners {
@@ -236,14 +236,14 @@ pub fn failure_reason(errno: u32) -> &'static str {
 
 /// A bounded memory of recently closed things, by key, forgotten after `TTL_NS`.
 struct Tombstones<K, V> {
-    by_key: HashMap<K, (V, u64)>,
+    by_key: Map<K, (V, u64)>,
     order: std::collections::VecDeque<(K, u64)>,
 }
 
 impl<K, V> Default for Tombstones<K, V> {
     fn default() -> Self {
         Tombstones {
-            by_key: HashMap::new(),
+            by_key: Map::default(),
             order: std::collections::VecDeque::new(),
         }
     }
@@ -318,12 +318,14 @@ struct ClosedConnection {
 }
 
 pub struct ConnTable {
-    conns: HashMap<u64, Connection>,
+    conns: Map<u64, Connection>,
     /// Tracked client connections by their local address (to name the client at the server).
-    clients_by_local: HashMap<SocketAddr, u64>,
+    clients_by_local: Map<SocketAddr, u64>,
     /// Tracked server connections by their client's address (to find, from a client, the local
     /// server it reached through a NAT such as a Service ClusterIP).
-    servers_by_remote: HashMap<SocketAddr, u64>,
+    servers_by_remote: Map<SocketAddr, u64>,
+    /// Tracked server connections per owning process (tgid): see `SpanInput::in_server_process`.
+    server_conns_by_pid: Map<u32, u32>,
     pub listeners: Listeners,
     /// Client endpoints whose connection already closed, for a server that accepts late: a
     /// client that connects and closes at once reaches TCP_CLOSE as soon as its FIN is acked
@@ -334,8 +336,8 @@ pub struct ConnTable {
     /// Connections closed recently, by socket, for reads that drain them after TCP_CLOSE.
     recent_closed: Tombstones<u64, ClosedConnection>,
     /// Edge label sets in use (bounded by `max_series`).
-    edges: HashSet<EdgeLabels>,
-    failed_series: HashSet<FailedLabels>,
+    edges: Set<EdgeLabels>,
+    failed_series: Set<FailedLabels>,
     metrics: Arc<Metrics>,
     pub services: ServiceNames,
     http: HttpAggregator,
@@ -361,14 +363,15 @@ impl ConnTable {
             http,
             tracer,
             event_clock: 0,
-            conns: HashMap::new(),
-            clients_by_local: HashMap::new(),
-            servers_by_remote: HashMap::new(),
+            conns: Map::default(),
+            clients_by_local: Map::default(),
+            servers_by_remote: Map::default(),
+            server_conns_by_pid: Map::default(),
             listeners: Listeners::default(),
             recent_clients: Tombstones::default(),
             recent_closed: Tombstones::default(),
-            edges: HashSet::new(),
-            failed_series: HashSet::new(),
+            edges: Set::default(),
+            failed_series: Set::default(),
             metrics,
             max_connections,
             max_series,
@@ -694,6 +697,10 @@ impl ConnTable {
             self.clients_by_local.insert(meta.local, meta.conn_id);
         } else {
             self.servers_by_remote.insert(meta.remote, meta.conn_id);
+            *self
+                .server_conns_by_pid
+                .entry(meta.process.tgid)
+                .or_default() += 1;
         }
         self.listeners.add_addr(meta.netns, meta.local.ip());
         self.conns.insert(meta.conn_id, conn);
@@ -964,6 +971,7 @@ impl ConnTable {
         let pod = conn.pod.clone();
         let peer_k8s = conn.peer_k8s.clone();
         let (pid, tid, executable) = (conn.process.tgid, conn.request_tid, conn.executable.clone());
+        let in_server_process = side == Side::Server || self.server_conns_by_pid.contains_key(&pid);
         let (local, remote) = (conn.local, conn.remote);
         for exchange in out {
             if let Some(tracer) = &mut self.tracer {
@@ -980,6 +988,7 @@ impl ConnTable {
                     local,
                     remote,
                     connection: (client, server),
+                    in_server_process,
                     now_ns,
                 });
             }
@@ -1034,6 +1043,7 @@ impl ConnTable {
                 .inc_by(totals.bytes_received);
             return;
         };
+        self.forget_server(&conn);
         if conn.role == role::SERVER && self.servers_by_remote.get(&conn.remote) == Some(&conn.id) {
             self.servers_by_remote.remove(&conn.remote);
         }
@@ -1085,6 +1095,20 @@ impl ConnTable {
         self.metrics.active.get_or_create(&conn.labels).dec();
     }
 
+    /// Drops a removed connection from the count of its process's server connections.
+    fn forget_server(&mut self, conn: &Connection) {
+        if conn.role != role::SERVER {
+            return;
+        }
+        let tgid = conn.process.tgid;
+        if let Some(n) = self.server_conns_by_pid.get_mut(&tgid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.server_conns_by_pid.remove(&tgid);
+            }
+        }
+    }
+
     /// Ends connections whose close event never arrived (lost in a full ring buffer): those idle
     /// longer than `idle_ns` and for which `alive(sk, id)` says the kernel no longer tracks them.
     pub fn sweep(&mut self, now_ns: u64, idle_ns: u64, alive: impl Fn(u64, u64) -> bool) -> usize {
@@ -1096,6 +1120,7 @@ impl ConnTable {
             .collect();
         for id in &stale {
             if let Some(conn) = self.conns.remove(id) {
+                self.forget_server(&conn);
                 if self.clients_by_local.get(&conn.local) == Some(&conn.id) {
                     self.clients_by_local.remove(&conn.local);
                 }
@@ -1140,7 +1165,7 @@ mod tests {
     fn table_for(metrics: &Arc<Metrics>, max_connections: usize, max_series: usize) -> ConnTable {
         ConnTable::new(
             metrics.clone(),
-            ServiceNames::new(HashMap::new(), HashMap::new()),
+            ServiceNames::new(Default::default(), Default::default()),
             HttpAggregator::new(metrics.clone(), max_series, u64::MAX),
             None,
             max_connections,

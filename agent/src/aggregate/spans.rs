@@ -18,13 +18,14 @@
 //! of its own trace and is counted in `meshtap_spans_unlinked_total`.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, VecDeque},
     net::SocketAddr,
 };
 
 use crate::{
     aggregate::context::{self, Format, Found, TraceContext},
     export::zipkin::model::{Endpoint, Kind, Span, format_span_id, format_trace_id},
+    fast::Map,
     protocol::{Exchange, Side, route::route},
 };
 
@@ -52,6 +53,11 @@ pub struct SpanInput {
     pub remote: SocketAddr,
     /// (client address, server address): identical from both ends of a connection.
     pub connection: (SocketAddr, SocketAddr),
+    /// Whether the process holds a server connection now. A CLIENT exchange of a process
+    /// that holds none cannot be inside a request it serves (that request's connection stays
+    /// open until the response is written, after the call returns): its span is a root at
+    /// once instead of waiting (`LINK_WAIT_NS` or `MAX_WAITING`) for a parent that cannot come.
+    pub in_server_process: bool,
     /// Arrival time, monotonic ns.
     pub now_ns: u64,
 }
@@ -85,20 +91,20 @@ pub struct Assembled {
 }
 
 pub struct SpanAssembler {
-    nodes: HashMap<u64, Node>,
+    nodes: Map<u64, Node>,
     order: VecDeque<u64>,
     next_key: u64,
     /// SERVER nodes waiting for the CLIENT node of the same connection, in request order.
-    servers_by_connection: HashMap<(SocketAddr, SocketAddr), VecDeque<u64>>,
+    servers_by_connection: Map<(SocketAddr, SocketAddr), VecDeque<u64>>,
     /// CLIENT nodes no SERVER node has paired with yet, by connection: syscall exits of two
     /// processes are not ordered, so the client's exchange may complete (read the response)
     /// before the server's does (its write returns).
-    clients_by_connection: HashMap<(SocketAddr, SocketAddr), VecDeque<u64>>,
+    clients_by_connection: Map<(SocketAddr, SocketAddr), VecDeque<u64>>,
     /// CLIENT nodes waiting for a SERVER node of the same thread: (pid, tid) -> keys.
-    clients_by_thread: HashMap<(u32, u32), VecDeque<u64>>,
+    clients_by_thread: Map<(u32, u32), VecDeque<u64>>,
     /// Processes seen serving requests recently: a CLIENT span of theirs without a parent is
     /// unlinked, not a genuine root.
-    serving: HashMap<u32, u64>,
+    serving: Map<u32, u64>,
     rng: u64,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC, ns.
     epoch_offset_ns: i128,
@@ -113,13 +119,13 @@ impl SpanAssembler {
         SpanAssembler {
             sampling_ratio,
             keep_errors,
-            nodes: HashMap::new(),
+            nodes: Map::default(),
             order: VecDeque::new(),
             next_key: 0,
-            servers_by_connection: HashMap::new(),
-            clients_by_connection: HashMap::new(),
-            clients_by_thread: HashMap::new(),
-            serving: HashMap::new(),
+            servers_by_connection: Map::default(),
+            clients_by_connection: Map::default(),
+            clients_by_thread: Map::default(),
+            serving: Map::default(),
             rng: seed | 1,
             epoch_offset_ns: 0,
         }
@@ -199,7 +205,7 @@ impl SpanAssembler {
                 node.sampled = ctx.sampled;
                 node.span_id = ctx.span_id.clone();
                 node.external_parent = ctx.parent_id.clone();
-                node.awaits_parent = node.external_parent.is_none();
+                node.awaits_parent = node.external_parent.is_none() && node.input.in_server_process;
             }
             (None, Side::Server) => {
                 node.span_id = self.new_span_id();
@@ -207,7 +213,7 @@ impl SpanAssembler {
             }
             (None, Side::Client) => {
                 node.span_id = self.new_span_id();
-                node.awaits_parent = true;
+                node.awaits_parent = node.input.in_server_process;
             }
         }
         let now = node.input.now_ns;
@@ -222,6 +228,7 @@ impl SpanAssembler {
         self.order.push_back(key);
 
         // Adopt the children that were waiting for this span.
+        let mut paired = false;
         match side {
             Side::Server => {
                 let awaits = self.nodes.get(&key).is_some_and(|n| n.awaits_parent);
@@ -267,6 +274,7 @@ impl SpanAssembler {
                         self.servers_by_connection.remove(&connection);
                     }
                     self.link(server, key);
+                    paired = true;
                 } else {
                     self.clients_by_connection
                         .entry(connection)
@@ -290,6 +298,10 @@ impl SpanAssembler {
                     .or_default()
                     .push_back(key),
             }
+        } else if side == Side::Client && !paired && ctx.is_none() {
+            // A root that its server span (if that end is observed) has yet to pair with: held
+            // in `clients_by_connection` until it does, then emitted with it; else emitted
+            // when it expires.
         } else {
             self.finish(key, out);
         }
@@ -414,29 +426,32 @@ impl SpanAssembler {
             Side::Server => ex.status.is_some_and(|s| s >= 500),
             Side::Client => ex.status.is_none_or(|s| s >= 500),
         };
+        let mut name = format!("{} {}", ex.method, route);
+        if name.is_ascii() {
+            name.make_ascii_lowercase();
+        } else {
+            name = name.to_lowercase();
+        }
         let mut tags = BTreeMap::new();
-        tags.insert("http.method".to_string(), ex.method.clone());
-        tags.insert("http.path".to_string(), route.clone());
+        tags.insert("http.method".into(), ex.method.clone());
+        tags.insert("http.path".into(), route);
         if let Some(status) = ex.status {
-            tags.insert("http.status_code".to_string(), status.to_string());
+            tags.insert("http.status_code".into(), status.to_string());
         }
         if failed {
             let error = match ex.status {
                 Some(status) => status.to_string(),
                 None => "no response".to_string(),
             };
-            tags.insert("error".to_string(), error);
+            tags.insert("error".into(), error);
         }
-        tags.insert("process.pid".to_string(), input.pid.to_string());
-        tags.insert(
-            "process.executable.name".to_string(),
-            input.executable.clone(),
-        );
+        tags.insert("process.pid".into(), input.pid.to_string());
+        tags.insert("process.executable.name".into(), input.executable.clone());
         if let Some(pod) = &input.pod {
-            tags.insert("k8s.namespace.name".to_string(), pod.namespace.clone());
-            tags.insert("k8s.pod.name".to_string(), pod.name.clone());
+            tags.insert("k8s.namespace.name".into(), pod.namespace.clone());
+            tags.insert("k8s.pod.name".into(), pod.name.clone());
             if let Some((kind, name)) = &pod.workload {
-                tags.insert(kind.tag().to_string(), name.clone());
+                tags.insert(kind.tag().into(), name.clone());
             }
         }
         let peer_name = input
@@ -454,7 +469,7 @@ impl SpanAssembler {
                 Side::Server => Kind::Server,
                 Side::Client => Kind::Client,
             }),
-            name: format!("{} {}", ex.method, route).to_lowercase(),
+            name,
             timestamp,
             duration,
             local_endpoint: Some(Endpoint::new(Some(&input.service), Some(input.local))),
@@ -541,7 +556,7 @@ impl SpanAssembler {
 /// Removes `key` from a queue in arrival order, with the keys of spans already emitted that
 /// precede it. Spans expire oldest first, so it is almost always at the front then: no scan of
 /// the whole queue (a busy client thread has thousands waiting).
-fn remove_key<V>(queue: &mut VecDeque<u64>, key: u64, nodes: &HashMap<u64, V>) {
+fn remove_key<V>(queue: &mut VecDeque<u64>, key: u64, nodes: &Map<u64, V>) {
     while let Some(front) = queue.front() {
         if *front == key {
             queue.pop_front();
@@ -627,6 +642,7 @@ mod tests {
             local,
             remote,
             connection,
+            in_server_process: true,
             now_ns,
         }
     }
@@ -926,6 +942,43 @@ mod tests {
         asm.tick(42 * MS + LINK_WAIT_NS + 1, &mut out);
         assert_eq!(out.spans.len(), 2);
         assert_eq!(out.unlinked, 1);
+    }
+
+    #[test]
+    fn clients_of_a_process_that_serves_nothing_wait_for_their_server_only() {
+        let pure = |conn, window, now| {
+            let mut i = input(Side::Client, 1, 10, window, conn, None, &[], now);
+            i.in_server_process = false;
+            i
+        };
+        let server =
+            |conn, window, now| input(Side::Server, 2, 20, window, conn, Some("svc1"), &[], now);
+        let mut asm = SpanAssembler::new(19, 1.0, false);
+        let mut out = empty();
+        let k1 = ("10.0.0.1:40000", "10.0.0.2:8080");
+        // Client first: held for its server span only, then both go out together.
+        asm.add(pure(k1, (MS, 5 * MS), 6 * MS), &mut out);
+        assert!(out.spans.is_empty());
+        assert!(asm.clients_by_thread.is_empty());
+        asm.add(server(k1, (2 * MS, 4 * MS), 7 * MS), &mut out);
+        assert_eq!(out.spans.len(), 2);
+        let client = by_service(&out.spans, "svc1", Kind::Client);
+        let srv = by_service(&out.spans, "svc2", Kind::Server);
+        assert_eq!(client.parent_id, None);
+        assert_eq!(srv.parent_id.as_ref(), Some(&client.id));
+        assert_eq!(srv.trace_id, client.trace_id);
+        // Server first: the client pairs with it and both go out at once.
+        asm.add(server(k1, (12 * MS, 14 * MS), 15 * MS), &mut out);
+        asm.add(pure(k1, (11 * MS, 15 * MS), 16 * MS), &mut out);
+        assert_eq!(out.spans.len(), 4);
+        // A server that is not observed: the client goes out when it expires, not as unlinked.
+        let k2 = ("10.0.0.1:40002", "192.0.2.1:443");
+        asm.add(pure(k2, (20 * MS, 25 * MS), 26 * MS), &mut out);
+        assert_eq!(out.spans.len(), 4);
+        asm.tick(26 * MS + LINK_WAIT_NS + 1, &mut out);
+        assert_eq!(out.spans.len(), 5);
+        assert_eq!(out.unlinked, 0);
+        assert!(asm.nodes.is_empty());
     }
 
     #[test]

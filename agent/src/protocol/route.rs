@@ -45,18 +45,18 @@ pub fn route(path: &str) -> String {
 
 /// `*` for an identifier, `*.ext` for an identifier with a file extension (`123.json`),
 /// else the segment itself.
-fn template(segment: &str) -> String {
+fn template(segment: &str) -> std::borrow::Cow<'_, str> {
     if is_identifier(segment) {
-        return "*".to_owned();
+        return "*".into();
     }
     if let Some((stem, ext)) = segment.rsplit_once('.')
         && (1..=5).contains(&ext.len())
         && ext.bytes().all(|b| b.is_ascii_alphanumeric())
         && is_identifier(stem)
     {
-        return format!("*.{ext}");
+        return format!("*.{ext}").into();
     }
-    segment.to_owned()
+    segment.into()
 }
 
 /// Does the segment look like an identifier rather than a word of the API?

@@ -8,6 +8,7 @@
 //! one bad span never makes a collector reject a whole batch.
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
@@ -93,8 +94,10 @@ pub struct Span {
     pub local_endpoint: Option<Endpoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_endpoint: Option<Endpoint>,
+    /// Keys are `'static` when the agent writes them (no allocation per tag), owned when a
+    /// span is read from JSON.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub tags: BTreeMap<String, String>,
+    pub tags: BTreeMap<Cow<'static, str>, String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub debug: bool,
     /// True on a server span that reuses its client's span id (B3 single-span RPCs).
@@ -251,7 +254,10 @@ impl Span {
         if self.timestamp != 0 && self.duration == 0 {
             self.duration = 1;
         }
-        if let Some(t) = normalize_trace_id(&self.trace_id) {
+        let id = &self.trace_id;
+        if (id.bytes().any(|b| b.is_ascii_uppercase()) || id.starts_with("0000000000000000"))
+            && let Some(t) = normalize_trace_id(id)
+        {
             self.trace_id = t;
         }
         for endpoint in [&mut self.local_endpoint, &mut self.remote_endpoint] {

@@ -9,15 +9,14 @@
 //!
 //! Queries take time as an argument (`end_ts`), so tests need no clock.
 
-use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    sync::Mutex,
-};
+use std::{collections::BTreeMap, sync::Mutex};
 
 use prometheus_client::{
     metrics::{counter::Counter, gauge::Gauge},
     registry::Registry,
 };
+
+use crate::fast::{Map, Set};
 
 use super::{
     model::{DependencyLink, Endpoint, Kind, Span, SpanError, normalize_trace_id},
@@ -199,8 +198,8 @@ impl TraceQuery {
             }
             for (met, term) in terms.iter_mut().zip(&self.annotation_query) {
                 *met |= match term {
-                    Term::Tag { key, value } => span.tags.get(key) == Some(value),
-                    Term::Key(key) => span.tags.contains_key(key),
+                    Term::Tag { key, value } => span.tags.get(key.as_str()) == Some(value),
+                    Term::Key(key) => span.tags.contains_key(key.as_str()),
                 };
             }
         }
@@ -216,13 +215,33 @@ struct Trace {
     min_ts: u64,
 }
 
+/// A stored trace's id: its value, and whether it is a 128-bit id (32 characters once
+/// normalized: a 128-bit id whose high half is zero is stored as the 64-bit id). Copy, so the
+/// indexes hold no strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct TraceKey {
+    value: u128,
+    long: bool,
+}
+
+impl TraceKey {
+    /// The key of a normalized trace id (see `normalize_trace_id`).
+    fn of(id: &str) -> Option<Self> {
+        let value = u128::from_str_radix(id, 16).ok()?;
+        Some(TraceKey {
+            value,
+            long: id.len() == 32,
+        })
+    }
+}
+
 #[derive(Default)]
 struct Inner {
-    traces: HashMap<String, Trace>,
-    by_time: BTreeMap<(u64, u64), String>,
-    /// Low 64 bits (16 characters) -> 128-bit trace ids ending so.
-    by_low_id: HashMap<String, Vec<String>>,
-    by_service: HashMap<String, HashSet<String>>,
+    traces: Map<TraceKey, Trace>,
+    by_time: BTreeMap<(u64, u64), TraceKey>,
+    /// Local service name -> spans of it in the store. A query by service scans `by_time`
+    /// instead of keeping a set of trace ids per service: queries are rare, spans are not.
+    services: BTreeMap<String, usize>,
     span_names: BTreeMap<String, BTreeMap<String, usize>>,
     remote_services: BTreeMap<String, BTreeMap<String, usize>>,
     spans: usize,
@@ -258,11 +277,14 @@ fn count_down(map: &mut BTreeMap<String, BTreeMap<String, usize>>, outer: &str, 
 }
 
 impl Inner {
+    /// Stores a validated span (its trace id is lower-hex, 16 or 32 characters).
     fn insert(&mut self, span: Span) {
-        let id = span.trace_id.clone();
+        let Some(id) = TraceKey::of(&span.trace_id) else {
+            return;
+        };
         let seq = &mut self.next_seq;
         let mut created = false;
-        let trace = self.traces.entry(id.clone()).or_insert_with(|| {
+        let trace = self.traces.entry(id).or_insert_with(|| {
             created = true;
             *seq += 1;
             Trace {
@@ -272,12 +294,6 @@ impl Inner {
                 min_ts: 0,
             }
         });
-        if created && id.len() == 32 {
-            self.by_low_id
-                .entry(id[16..].to_string())
-                .or_default()
-                .push(id.clone());
-        }
         if span.timestamp != 0 {
             if trace.min_ts == 0 || span.timestamp < trace.min_ts {
                 trace.min_ts = span.timestamp;
@@ -290,14 +306,14 @@ impl Inner {
         if created || key != trace.key {
             self.by_time.remove(&trace.key);
             trace.key = key;
-            self.by_time.insert(key, id.clone());
+            self.by_time.insert(key, id);
         }
         if let Some(service) = span.local_service() {
-            if !self.by_service.contains_key(service) {
-                self.by_service.insert(service.to_string(), HashSet::new());
-            }
-            if let Some(traces) = self.by_service.get_mut(service) {
-                traces.insert(id);
+            match self.services.get_mut(service) {
+                Some(n) => *n += 1,
+                None => {
+                    self.services.insert(service.to_string(), 1);
+                }
             }
             if !span.name.is_empty() {
                 count_up(&mut self.span_names, service, &span.name);
@@ -318,20 +334,12 @@ impl Inner {
         let Some(trace) = self.traces.remove(&id) else {
             return 0;
         };
-        if id.len() == 32
-            && let Some(ids) = self.by_low_id.get_mut(&id[16..])
-        {
-            ids.retain(|i| *i != id);
-            if ids.is_empty() {
-                self.by_low_id.remove(&id[16..]);
-            }
-        }
         for span in &trace.spans {
             if let Some(service) = span.local_service() {
-                if let Some(traces) = self.by_service.get_mut(service) {
-                    traces.remove(&id);
-                    if traces.is_empty() {
-                        self.by_service.remove(service);
+                if let Some(n) = self.services.get_mut(service) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.services.remove(service);
                     }
                 }
                 if !span.name.is_empty() {
@@ -348,17 +356,30 @@ impl Inner {
 
     /// Ids of the stored traces a (normalized) query id names: itself, plus, as Zipkin without
     /// strict trace ids, the traces whose low 64 bits it names or equals.
-    fn matching_ids(&self, id: &str) -> Vec<&String> {
-        let mut ids: Vec<&String> = Vec::new();
-        if let Some((key, _)) = self.traces.get_key_value(id) {
+    /// A 16-character id finds the 128-bit traces by scanning: such queries are rare, and an
+    /// index of low halves would cost every stored trace an entry.
+    fn matching_ids(&self, id: &str) -> Vec<TraceKey> {
+        let Some(key) = TraceKey::of(id) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<TraceKey> = Vec::new();
+        if self.traces.contains_key(&key) {
             ids.push(key);
         }
-        if id.len() == 16 {
-            if let Some(long) = self.by_low_id.get(id) {
-                ids.extend(long);
+        if key.long {
+            let low = TraceKey {
+                value: key.value & u128::from(u64::MAX),
+                long: false,
+            };
+            if self.traces.contains_key(&low) {
+                ids.push(low);
             }
-        } else if let Some((key, _)) = self.traces.get_key_value(&id[16..]) {
-            ids.push(key);
+        } else {
+            ids.extend(
+                self.traces
+                    .keys()
+                    .filter(|k| k.long && k.value & u128::from(u64::MAX) == key.value),
+            );
         }
         ids
     }
@@ -367,7 +388,7 @@ impl Inner {
         let mut spans: Vec<Span> = self
             .matching_ids(id)
             .into_iter()
-            .filter_map(|i| self.traces.get(i))
+            .filter_map(|i| self.traces.get(&i))
             .flat_map(|t| t.spans.iter().cloned())
             .collect();
         if spans.is_empty() {
@@ -378,22 +399,19 @@ impl Inner {
     }
 
     /// Trace ids in the window, newest first, restricted to `service`'s when given.
-    fn in_window(&self, window: (u64, u64), service: Option<&str>) -> Vec<&String> {
+    fn in_window(&self, window: (u64, u64), service: Option<&str>) -> Vec<TraceKey> {
         let range = (window.0, 0)..=(window.1, u64::MAX);
+        let in_range = self.by_time.range(range).rev().map(|(_, id)| *id);
         match service {
-            None => self.by_time.range(range).rev().map(|(_, id)| id).collect(),
-            Some(service) => {
-                let Some(ids) = self.by_service.get(service) else {
-                    return Vec::new();
-                };
-                let mut keyed: Vec<((u64, u64), &String)> = ids
-                    .iter()
-                    .filter_map(|id| Some((self.traces.get(id)?.key, id)))
-                    .filter(|(key, _)| range.contains(key))
-                    .collect();
-                keyed.sort_unstable_by_key(|(key, _)| std::cmp::Reverse(*key));
-                keyed.into_iter().map(|(_, id)| id).collect()
-            }
+            None => in_range.collect(),
+            Some(service) if !self.services.contains_key(service) => Vec::new(),
+            Some(service) => in_range
+                .filter(|id| {
+                    self.traces
+                        .get(id)
+                        .is_some_and(|t| t.spans.iter().any(|s| s.local_service() == Some(service)))
+                })
+                .collect(),
         }
     }
 }
@@ -450,9 +468,7 @@ impl TraceStore {
     /// `GET /services`: local service names, sorted.
     pub fn services(&self) -> Vec<String> {
         let inner = self.lock();
-        let mut names: Vec<String> = inner.by_service.keys().cloned().collect();
-        names.sort_unstable();
-        names
+        inner.services.keys().cloned().collect()
     }
 
     /// `GET /spans?serviceName=`: span names recorded by `service`, sorted.
@@ -485,7 +501,7 @@ impl TraceStore {
     /// `GET /traceMany`: the known traces among `ids`.
     pub fn traces_by_id(&self, ids: &[String]) -> Vec<Vec<Span>> {
         let inner = self.lock();
-        let mut seen = HashSet::new();
+        let mut seen = Set::default();
         ids.iter()
             .filter_map(|id| normalize_trace_id(id))
             .filter(|id| seen.insert(id.clone()))
@@ -502,7 +518,7 @@ impl TraceStore {
             if out.len() >= query.limit {
                 break;
             }
-            let Some(trace) = inner.traces.get(id) else {
+            let Some(trace) = inner.traces.get(&id) else {
                 continue;
             };
             if query.matches(&trace.spans) {
@@ -526,7 +542,7 @@ impl TraceStore {
         let inner = self.lock();
         let mut links = Links::default();
         for id in inner.in_window(query.window(), None) {
-            if let Some(trace) = inner.traces.get(id) {
+            if let Some(trace) = inner.traces.get(&id) {
                 links.put_trace(&trace.spans);
             }
         }
@@ -637,8 +653,8 @@ struct Tree {
 
 impl Tree {
     fn build(spans: &[Span]) -> Self {
-        let mut unshared: HashMap<&str, usize> = HashMap::new();
-        let mut shared: HashMap<(&str, Option<&Endpoint>), usize> = HashMap::new();
+        let mut unshared: Map<&str, usize> = Map::default();
+        let mut shared: Map<(&str, Option<&Endpoint>), usize> = Map::default();
         for (i, s) in spans.iter().enumerate() {
             if s.shared {
                 shared
