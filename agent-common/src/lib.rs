@@ -134,7 +134,8 @@ pub struct Identity {
     pub start_ns: u64,
     /// cgroup v2 id (`bpf_get_current_cgroup_id`).
     pub cgroup_id: u64,
-    /// Thread command name, NUL-padded.
+    /// Thread command name, NUL-padded. In a data event of the process that opened the
+    /// connection, the name of the thread that opened it (copied from the connection state).
     pub comm: [u8; 16],
 }
 const _: () = assert!(size_of::<Identity>() == 40);
@@ -261,8 +262,13 @@ pub struct ProbeConfig {
     /// Wake the reader only when this many bytes are pending in the ring buffer; the reader also
     /// drains on a timer, so nothing waits longer than its poll interval.
     pub wakeup_bytes: u64,
+    /// Data events are written only while fewer bytes than this are pending in the ring buffer:
+    /// the rest is kept for connection events (open, close with its byte totals), so that a
+    /// reader falling behind loses payloads, counted, but not the totals that keep byte counts
+    /// exact.
+    pub data_limit_bytes: u64,
 }
-const _: () = assert!(size_of::<ProbeConfig>() == 16);
+const _: () = assert!(size_of::<ProbeConfig>() == 24);
 
 /// Per-connection state the kernel keeps in the `CONNS` map, keyed by `struct sock *`.
 #[repr(C)]

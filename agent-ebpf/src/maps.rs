@@ -83,6 +83,7 @@ pub static CONFIG: ProbeConfig = ProbeConfig {
     agent_tgid: 0,
     capture_bytes: 0,
     wakeup_bytes: 0,
+    data_limit_bytes: 0,
 };
 
 /// Reads one field of a load-time global. `read_volatile` keeps the compiler from folding the
@@ -116,7 +117,18 @@ pub fn count(index: u32) {
 /// costs one wake-up per batch rather than one per event; the reader drains on a timer too.
 #[inline(always)]
 pub fn wakeup_flags() -> u64 {
-    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    wakeup_flags_at(pending_bytes())
+}
+
+/// Bytes written to the ring buffer and not yet consumed.
+#[inline(always)]
+pub fn pending_bytes() -> u64 {
+    EVENTS.query(BPF_RB_AVAIL_DATA as u64)
+}
+
+/// `wakeup_flags` for a known number of pending bytes.
+#[inline(always)]
+pub fn wakeup_flags_at(pending: u64) -> u64 {
     if pending >= global!(CONFIG.wakeup_bytes) {
         BPF_RB_FORCE_WAKEUP as u64
     } else {

@@ -18,7 +18,7 @@ use meshtap_common::{
 use crate::{
     maps::{
         CONNECT_ARGS, CONNS, DATA_SCRATCH, EVENTS, IO_ARGS, SET_STATE_DONE, count, global,
-        next_conn_id, wakeup_flags,
+        next_conn_id, pending_bytes, wakeup_flags, wakeup_flags_at,
     },
     sock::{
         current_identity, sock_err, sock_netns, sock_protocol, sock_sport, sock_state, sock_tuple,
@@ -636,7 +636,6 @@ fn try_exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
     head.direction = args.direction;
     head.syscall = args.syscall;
     head._pad = 0;
-    current_identity(&mut head.header.who);
 
     // Per-connection bookkeeping: exact byte totals even if this event is lost.
     let state_ptr = match CONNS.get_ptr_mut(&sk) {
@@ -660,6 +659,7 @@ fn try_exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
                 CONNS.get_ptr_mut(&sk)
             } else {
                 // Untracked (already closed, or the map is full): still report the bytes.
+                current_identity(&mut head.header.who);
                 head.header.conn_id = 0;
                 head.header.role = role::UNKNOWN;
                 head.header.tuple = tuple;
@@ -683,20 +683,37 @@ fn try_exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
         head.header.role = state.role;
         head.header.flags = state.flags;
         head.header.tuple = state.tuple;
+        // The process that opened the connection is almost always the one using it: then its
+        // identity is copied from the connection (four helper calls fewer per event); only the
+        // thread is the current one. Another process (a forked worker, a passed fd) gets its own.
+        let pid_tgid = bpf_get_current_pid_tgid();
+        if state.owner.tgid == (pid_tgid >> 32) as u32 {
+            head.header.who = state.owner;
+            head.header.who.tid = pid_tgid as u32;
+        } else {
+            current_identity(&mut head.header.who);
+        }
     }
 
     let captured = copy_payload(scratch, &args, bytes);
     scratch.event.head.captured = captured as u32;
     let len = (HEADER + captured) as u64;
-    // SAFETY: `len` is at most HEADER + MAX_CAPTURE, inside the scratch value; the ring buffer
-    // copies it out before this program returns.
-    let rc = unsafe {
-        bpf_ringbuf_output(
-            &EVENTS as *const _ as *mut _,
-            scratch as *mut _ as *mut _,
-            len,
-            wakeup_flags(),
-        )
+    // The last part of the ring is kept for connection events (see `ProbeConfig`): past the
+    // limit a data event is lost exactly as if the ring were full.
+    let pending = pending_bytes();
+    let rc = if pending + len > global!(CONFIG.data_limit_bytes) {
+        -1
+    } else {
+        // SAFETY: `len` is at most HEADER + MAX_CAPTURE, inside the scratch value; the ring
+        // buffer copies it out before this program returns.
+        unsafe {
+            bpf_ringbuf_output(
+                &EVENTS as *const _ as *mut _,
+                scratch as *mut _ as *mut _,
+                len,
+                wakeup_flags_at(pending),
+            )
+        }
     };
     if rc != 0 {
         count(stat::LOST_BASE + kind::DATA as u32);

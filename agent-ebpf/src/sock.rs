@@ -4,7 +4,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
     generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
 };
-use meshtap_common::{AF_INET, AF_INET6, Identity, Tuple};
+use meshtap_common::{AF_INET6, Identity, Tuple};
 
 use crate::maps::global;
 
@@ -23,17 +23,32 @@ fn read<T>(base: u64, off: u32) -> Option<T> {
 /// The `struct sock *` behind file descriptor `fd` of the current task, if it is an IPv4/IPv6
 /// TCP socket: `task->files->fdt->fd[fd]`, checked to be a socket inode, then
 /// `file->private_data` (`struct socket`) `->sk`. Works for sockets opened before the agent.
+///
+/// This runs on every read and write of every process, so it makes as few probe reads as it
+/// can (each is a helper call): `fdtable.max_fds` and `fdtable.fd` are read together, and so are
+/// `sock.sk_type` and `sock.sk_protocol`, when the kernel lays them out next to each other (the
+/// checks are on load-time constants). The address family is not read: a SOCK_STREAM socket
+/// whose protocol is IPPROTO_TCP exists only in AF_INET and AF_INET6 (the other families refuse
+/// protocol 6 at socket()).
 #[inline(always)]
 pub fn tcp_sock_of_fd(fd: u64) -> Option<u64> {
     // SAFETY: helper without preconditions; the result is only dereferenced via probe reads.
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = read(task, global!(OFFSETS.task_files))?;
     let fdt: u64 = read(files, global!(OFFSETS.files_fdt))?;
-    let max_fds: u32 = read(fdt, global!(OFFSETS.fdt_max_fds))?;
+    let (max_fds, fd_array) = if global!(OFFSETS.fdt_fd) == global!(OFFSETS.fdt_max_fds) + 8 {
+        // `unsigned int max_fds` (then 4 bytes of padding), `struct file **fd`.
+        let pair: [u64; 2] = read(fdt, global!(OFFSETS.fdt_max_fds))?;
+        (pair[0] as u32, pair[1])
+    } else {
+        (
+            read::<u32>(fdt, global!(OFFSETS.fdt_max_fds))?,
+            read::<u64>(fdt, global!(OFFSETS.fdt_fd))?,
+        )
+    };
     if fd >= max_fds as u64 {
         return None;
     }
-    let fd_array: u64 = read(fdt, global!(OFFSETS.fdt_fd))?;
     let file: u64 = read(fd_array, (fd * 8) as u32)?;
     if file == 0 {
         return None;
@@ -48,12 +63,15 @@ pub fn tcp_sock_of_fd(fd: u64) -> Option<u64> {
     if sk == 0 {
         return None;
     }
-    let family: u16 = read(sk, global!(OFFSETS.sk_family))?;
-    if family != AF_INET && family != AF_INET6 {
-        return None;
-    }
-    let sk_type: u16 = read(sk, global!(OFFSETS.sk_type))?;
-    let protocol: u16 = read(sk, global!(OFFSETS.sk_protocol))?;
+    let (sk_type, protocol) = if global!(OFFSETS.sk_protocol) == global!(OFFSETS.sk_type) + 2 {
+        let both: u32 = read(sk, global!(OFFSETS.sk_type))?;
+        (both as u16, (both >> 16) as u16)
+    } else {
+        (
+            read::<u16>(sk, global!(OFFSETS.sk_type))?,
+            read::<u16>(sk, global!(OFFSETS.sk_protocol))?,
+        )
+    };
     if sk_type != SOCK_STREAM || protocol != IPPROTO_TCP {
         return None;
     }

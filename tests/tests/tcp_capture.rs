@@ -798,6 +798,74 @@ fn lost_events_are_accounted_for() {
     );
 }
 
+/// A stopped agent's small ring buffer fills with data events; the part kept for connection
+/// events still takes the opens and closes, whose per-connection totals keep the byte counters
+/// exact while the lost data events are counted.
+#[test]
+fn bytes_stay_exact_when_data_events_are_lost() {
+    const ROUNDS: u64 = 2000;
+    const REQUEST: u64 = 100;
+    const RESPONSE: u64 = 300;
+    let _serial = serial();
+    let net = Net::Loopback;
+    // 64 KiB: 4 KiB of it kept for connection events; 2000 round trips are 8000 data events.
+    let agent = Agent::start(&["--ring-buffer-bytes", "65536"]);
+    let (cli, srv) = ("mt-cli-datalost", "mt-srv-datalost");
+    let data = [("kind", "data")];
+    let closes = [("kind", "conn_close")];
+    let before = agent.metrics();
+    let mut server = net
+        .server(srv)
+        .opt("--mode", "rr")
+        .opt("--request", REQUEST)
+        .opt("--response", RESPONSE)
+        .spawn();
+    let port = listening_port(&mut server);
+    agent.signal(libc::SIGSTOP);
+    let (client, server) = {
+        struct Continue<'a>(&'a Agent);
+        impl Drop for Continue<'_> {
+            fn drop(&mut self) {
+                self.0.signal(libc::SIGCONT);
+            }
+        }
+        let _continue = Continue(&agent);
+        let client = net
+            .client(cli, port)
+            .opt("--mode", "rr")
+            .opt("--rounds", ROUNDS)
+            .opt("--request", REQUEST)
+            .opt("--response", RESPONSE)
+            .run(RUN);
+        (client, server.finish(RUN))
+    };
+    assert_eq!(num(&client, "sent"), ROUNDS * REQUEST);
+    assert_eq!(num(&server, "sent"), ROUNDS * RESPONSE);
+    assert_connections(&agent, cli, srv, port, 1);
+    assert_bytes(&agent, (cli, srv, port), &client, &server);
+    let lost = |m: &Metrics, kind: &[(&str, &str)]| m.value(EVENTS_LOST, kind);
+    // The kernel's loss counters are read once a second.
+    agent.wait_until(
+        Duration::from_secs(5),
+        |m| lost(m, &data) > lost(&before, &data),
+        |m| {
+            format!(
+                "2000 round trips into a 64 KiB ring buffer of a stopped agent lost no data \
+                 event:\n{}\n{}",
+                m.describe(EVENTS_LOST),
+                m.describe(EVENTS)
+            )
+        },
+    );
+    let m = agent.metrics();
+    assert_eq!(
+        lost(&m, &closes),
+        lost(&before, &closes),
+        "a close was lost: {}",
+        m.describe(EVENTS_LOST)
+    );
+}
+
 fn wait_for_set(what: &str, before: &BTreeSet<u64>, current: impl Fn() -> BTreeSet<u64>) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -713,7 +713,7 @@ fn b6(env: &Env, plan: &Plan) -> Result<Value> {
     let mut v = Map::new();
     v.insert(
         "what".into(),
-        json!("closed loop over 32 keep-alive connections, GET /p/<word> over distinct letter-only paths (not collapsed by route templating); default --max-series 10000"),
+        json!("closed loop over 32 keep-alive connections, GET /p/<word> over distinct letter-only paths (not collapsed by route templating); default --max-series (1000)"),
     );
     v.insert("requests".into(), json!(load.completed));
     v.insert("distinct_paths".into(), json!(plan.card_paths));

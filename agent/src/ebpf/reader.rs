@@ -1,7 +1,10 @@
 //! The ring-buffer reader: one thread that sleeps in poll(2) until the kernel wakes it (a batch is
 //! pending) or the poll interval passes, drains every record, decodes it into an owned event and
-//! hands batches to the processing stage through a bounded queue. A full queue drops the batch
-//! and counts every event in it; the reader never blocks on the stages after it.
+//! hands batches to the processing stage through a bounded queue. The reader never blocks on
+//! the stages after it: when the queue is full, the data events of the batch are dropped and
+//! counted, and its connection events are held (up to [`MAX_HELD`], beyond which they are
+//! dropped and counted too) to go first in the next batch the queue takes. A close carries the
+//! kernel's byte totals, so byte counts stay exact through a backlog.
 
 use std::{
     os::fd::AsRawFd,
@@ -23,6 +26,8 @@ use crate::{
 
 /// Events per batch handed to the processing stage.
 pub const BATCH: usize = 256;
+/// Connection events held while the processing queue is full.
+pub const MAX_HELD: usize = 16_384;
 
 pub struct Reader {
     pub ring: RingBuf<MapData>,
@@ -39,6 +44,7 @@ impl Reader {
         let mut delivered = [0u64; kind::COUNT as usize];
         let mut dropped = [0u64; kind::COUNT as usize];
         let mut decode_errors = 0u64;
+        let mut held: Vec<Event> = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
             let mut pfd = libc::pollfd {
                 fd,
@@ -64,8 +70,8 @@ impl Reader {
                     }
                 }
                 let drained = batch.len() < BATCH;
-                if !batch.is_empty() {
-                    self.send(batch, &mut delivered, &mut dropped);
+                if !batch.is_empty() || !held.is_empty() {
+                    self.send(batch, &mut held, &mut delivered, &mut dropped);
                 }
                 if drained {
                     break;
@@ -73,22 +79,46 @@ impl Reader {
             }
             self.flush(&mut delivered, &mut dropped, &mut decode_errors);
         }
+        for event in held {
+            dropped[event.kind() as usize] += 1;
+        }
+        self.flush(&mut delivered, &mut dropped, &mut decode_errors);
     }
 
-    /// Queues one batch. `meshtap_events_total` counts what entered processing; a batch the
-    /// queue cannot take is counted per kind as lost in stage `userspace_queue`.
-    fn send(&self, batch: Vec<Event>, delivered: &mut [u64], dropped: &mut [u64]) {
+    /// Queues one batch, after the connection events held from earlier ones (they are older).
+    /// `meshtap_events_total` counts what entered processing. If the queue cannot take it, its
+    /// data events are counted per kind as lost in stage `userspace_queue` and its connection
+    /// events are held, as many as `MAX_HELD` allows (the rest are counted lost).
+    fn send(
+        &self,
+        mut batch: Vec<Event>,
+        held: &mut Vec<Event>,
+        delivered: &mut [u64],
+        dropped: &mut [u64],
+    ) {
+        if !held.is_empty() {
+            held.append(&mut batch);
+            batch = std::mem::take(held);
+        }
         let mut kinds = [0u64; kind::COUNT as usize];
         for event in &batch {
             kinds[event.kind() as usize] += 1;
         }
-        let target = if self.queue.try_send(batch).is_ok() {
-            delivered
-        } else {
-            dropped
-        };
-        for (total, n) in target.iter_mut().zip(kinds) {
-            *total += n;
+        match self.queue.try_send(batch) {
+            Ok(()) => {
+                for (total, n) in delivered.iter_mut().zip(kinds) {
+                    *total += n;
+                }
+            }
+            Err(err) => {
+                for event in err.into_inner() {
+                    if event.kind() != kind::DATA && held.len() < MAX_HELD {
+                        held.push(event);
+                    } else {
+                        dropped[event.kind() as usize] += 1;
+                    }
+                }
+            }
         }
     }
 
