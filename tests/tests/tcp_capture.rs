@@ -268,34 +268,60 @@ fn bytes_are_exact_for_large_and_vectored_transfers() {
     assert_bytes(&agent, (cli, srv, port), &client, &server);
 }
 
-#[test]
-fn keepalive_connection_with_2000_round_trips() {
-    const ROUNDS: u64 = 2000;
-    const REQUEST: u64 = 100;
-    const RESPONSE: u64 = 300;
-    let _serial = serial();
+/// One keep-alive connection on loopback with `RR_ROUNDS` round trips of `RR_REQUEST` bytes
+/// out and `RR_RESPONSE` back. `meanwhile` runs once the server listens, until both ends are
+/// done (its guard is dropped then). Returns the port and both ends' byte counts, checked.
+fn round_trips<G>(cli: &str, srv: &str, meanwhile: impl FnOnce() -> G) -> (u16, Value, Value) {
+    const RR_ROUNDS: u64 = 2000;
+    const RR_REQUEST: u64 = 100;
+    const RR_RESPONSE: u64 = 300;
     let net = Net::Loopback;
-    let agent = Agent::start(&[]);
-    let (cli, srv) = ("mt-cli-keepalv", "mt-srv-keepalv");
     let mut server = net
         .server(srv)
         .opt("--mode", "rr")
-        .opt("--request", REQUEST)
-        .opt("--response", RESPONSE)
+        .opt("--request", RR_REQUEST)
+        .opt("--response", RR_RESPONSE)
         .spawn();
     let port = listening_port(&mut server);
+    let guard = meanwhile();
     let client = net
         .client(cli, port)
         .opt("--mode", "rr")
-        .opt("--rounds", ROUNDS)
-        .opt("--request", REQUEST)
-        .opt("--response", RESPONSE)
+        .opt("--rounds", RR_ROUNDS)
+        .opt("--request", RR_REQUEST)
+        .opt("--response", RR_RESPONSE)
         .run(RUN);
     let server = server.finish(RUN);
-    assert_eq!(num(&client, "sent"), ROUNDS * REQUEST);
-    assert_eq!(num(&client, "received"), ROUNDS * RESPONSE);
-    assert_eq!(num(&server, "sent"), ROUNDS * RESPONSE);
-    assert_eq!(num(&server, "received"), ROUNDS * REQUEST);
+    drop(guard);
+    assert_eq!(num(&client, "sent"), RR_ROUNDS * RR_REQUEST);
+    assert_eq!(num(&client, "received"), RR_ROUNDS * RR_RESPONSE);
+    assert_eq!(num(&server, "sent"), RR_ROUNDS * RR_RESPONSE);
+    assert_eq!(num(&server, "received"), RR_ROUNDS * RR_REQUEST);
+    (port, client, server)
+}
+
+/// Stops the agent (SIGSTOP) until dropped, so that it cannot drain its ring buffer.
+struct Stopped<'a>(&'a Agent);
+
+impl<'a> Stopped<'a> {
+    fn new(agent: &'a Agent) -> Self {
+        agent.signal(libc::SIGSTOP);
+        Stopped(agent)
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        self.0.signal(libc::SIGCONT);
+    }
+}
+
+#[test]
+fn keepalive_connection_with_2000_round_trips() {
+    let _serial = serial();
+    let agent = Agent::start(&[]);
+    let (cli, srv) = ("mt-cli-keepalv", "mt-srv-keepalv");
+    let (port, client, server) = round_trips(cli, srv, || ());
     assert_connections(&agent, cli, srv, port, 1);
     assert_bytes(&agent, (cli, srv, port), &client, &server);
 }
@@ -755,15 +781,8 @@ fn lost_events_are_accounted_for() {
 
     // The stopped agent cannot drain its 4 KiB ring buffer: most of the burst must be dropped
     // in the kernel, and counted.
-    agent.signal(libc::SIGSTOP);
     let result = {
-        struct Continue<'a>(&'a Agent);
-        impl Drop for Continue<'_> {
-            fn drop(&mut self) {
-                self.0.signal(libc::SIGCONT);
-            }
-        }
-        let _continue = Continue(&agent);
+        let _stopped = Stopped::new(&agent);
         client.run(RUN)
     };
     assert_eq!(
@@ -803,44 +822,14 @@ fn lost_events_are_accounted_for() {
 /// exact while the lost data events are counted.
 #[test]
 fn bytes_stay_exact_when_data_events_are_lost() {
-    const ROUNDS: u64 = 2000;
-    const REQUEST: u64 = 100;
-    const RESPONSE: u64 = 300;
     let _serial = serial();
-    let net = Net::Loopback;
     // 64 KiB: 4 KiB of it kept for connection events; 2000 round trips are 8000 data events.
     let agent = Agent::start(&["--ring-buffer-bytes", "65536"]);
     let (cli, srv) = ("mt-cli-datalost", "mt-srv-datalost");
     let data = [("kind", "data")];
     let closes = [("kind", "conn_close")];
     let before = agent.metrics();
-    let mut server = net
-        .server(srv)
-        .opt("--mode", "rr")
-        .opt("--request", REQUEST)
-        .opt("--response", RESPONSE)
-        .spawn();
-    let port = listening_port(&mut server);
-    agent.signal(libc::SIGSTOP);
-    let (client, server) = {
-        struct Continue<'a>(&'a Agent);
-        impl Drop for Continue<'_> {
-            fn drop(&mut self) {
-                self.0.signal(libc::SIGCONT);
-            }
-        }
-        let _continue = Continue(&agent);
-        let client = net
-            .client(cli, port)
-            .opt("--mode", "rr")
-            .opt("--rounds", ROUNDS)
-            .opt("--request", REQUEST)
-            .opt("--response", RESPONSE)
-            .run(RUN);
-        (client, server.finish(RUN))
-    };
-    assert_eq!(num(&client, "sent"), ROUNDS * REQUEST);
-    assert_eq!(num(&server, "sent"), ROUNDS * RESPONSE);
+    let (port, client, server) = round_trips(cli, srv, || Stopped::new(&agent));
     assert_connections(&agent, cli, srv, port, 1);
     assert_bytes(&agent, (cli, srv, port), &client, &server);
     let lost = |m: &Metrics, kind: &[(&str, &str)]| m.value(EVENTS_LOST, kind);
