@@ -96,30 +96,26 @@ impl Reader {
         delivered: &mut [u64],
         dropped: &mut [u64],
     ) {
+        // Reserve first: while the queue stays full, a batch costs O(batch), not a pass over
+        // everything held.
+        let Ok(permit) = self.queue.try_reserve() else {
+            for event in batch {
+                if event.kind() != kind::DATA && held.len() < MAX_HELD {
+                    held.push(event);
+                } else {
+                    dropped[event.kind() as usize] += 1;
+                }
+            }
+            return;
+        };
         if !held.is_empty() {
             held.append(&mut batch);
             batch = std::mem::take(held);
         }
-        let mut kinds = [0u64; kind::COUNT as usize];
         for event in &batch {
-            kinds[event.kind() as usize] += 1;
+            delivered[event.kind() as usize] += 1;
         }
-        match self.queue.try_send(batch) {
-            Ok(()) => {
-                for (total, n) in delivered.iter_mut().zip(kinds) {
-                    *total += n;
-                }
-            }
-            Err(err) => {
-                for event in err.into_inner() {
-                    if event.kind() != kind::DATA && held.len() < MAX_HELD {
-                        held.push(event);
-                    } else {
-                        dropped[event.kind() as usize] += 1;
-                    }
-                }
-            }
-        }
+        permit.send(batch);
     }
 
     /// Publishes the counts of one drain: metric updates once per drain, not per event.
