@@ -1043,12 +1043,7 @@ impl ConnTable {
                 .inc_by(totals.bytes_received);
             return;
         };
-        self.forget_server(&conn);
-        if conn.role == role::SERVER && self.servers_by_remote.get(&conn.remote) == Some(&conn.id) {
-            self.servers_by_remote.remove(&conn.remote);
-        }
-        if conn.role == role::CLIENT && self.clients_by_local.get(&conn.local) == Some(&conn.id) {
-            self.clients_by_local.remove(&conn.local);
+        if self.unindex(&conn) && conn.role == role::CLIENT {
             self.recent_clients.insert(
                 conn.local,
                 ClosedClient {
@@ -1095,18 +1090,27 @@ impl ConnTable {
         self.metrics.active.get_or_create(&conn.labels).dec();
     }
 
-    /// Drops a removed connection from the count of its process's server connections.
-    fn forget_server(&mut self, conn: &Connection) {
-        if conn.role != role::SERVER {
-            return;
-        }
-        let tgid = conn.process.tgid;
-        if let Some(n) = self.server_conns_by_pid.get_mut(&tgid) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.server_conns_by_pid.remove(&tgid);
+    /// Removes a connection taken out of `conns` from the indexes `track` put it in. Returns
+    /// whether it was still the one indexed under its address (a newer connection may have
+    /// taken the address over).
+    fn unindex(&mut self, conn: &Connection) -> bool {
+        let (index, key) = if conn.role == role::SERVER {
+            let tgid = conn.process.tgid;
+            if let Some(n) = self.server_conns_by_pid.get_mut(&tgid) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.server_conns_by_pid.remove(&tgid);
+                }
             }
+            (&mut self.servers_by_remote, conn.remote)
+        } else {
+            (&mut self.clients_by_local, conn.local)
+        };
+        let current = index.get(&key) == Some(&conn.id);
+        if current {
+            index.remove(&key);
         }
+        current
     }
 
     /// Ends connections whose close event never arrived (lost in a full ring buffer): those idle
@@ -1120,13 +1124,7 @@ impl ConnTable {
             .collect();
         for id in &stale {
             if let Some(conn) = self.conns.remove(id) {
-                self.forget_server(&conn);
-                if self.clients_by_local.get(&conn.local) == Some(&conn.id) {
-                    self.clients_by_local.remove(&conn.local);
-                }
-                if self.servers_by_remote.get(&conn.remote) == Some(&conn.id) {
-                    self.servers_by_remote.remove(&conn.remote);
-                }
+                self.unindex(&conn);
                 self.metrics.closed.get_or_create(&conn.labels).inc();
                 self.metrics.active.get_or_create(&conn.labels).dec();
             }
@@ -1173,6 +1171,18 @@ mod tests {
         )
     }
 
+    /// A process "srv" listening on `addr` in `netns`.
+    fn listen_srv(table: &mut ConnTable, addr: &str, netns: u32) {
+        table.listeners.add(Listener {
+            addr: addr.parse().unwrap(),
+            netns,
+            comm: "srv".into(),
+            service: "srv".into(),
+            pod: None,
+            process: None,
+        });
+    }
+
     fn value(metrics: &Metrics, name: &str, labels: &str) -> f64 {
         let text = metrics.encode();
         text.lines()
@@ -1185,14 +1195,7 @@ mod tests {
     fn both_ends_on_node_name_each_other_and_reconcile_bytes() {
         let metrics = Arc::new(Metrics::default());
         let mut table = table_for(&metrics, 100, 100);
-        table.listeners.add(Listener {
-            addr: "0.0.0.0:8080".parse().unwrap(),
-            netns: 2,
-            comm: "srv".into(),
-            service: "srv".into(),
-            pod: None,
-            process: None,
-        });
+        listen_srv(&mut table, "0.0.0.0:8080", 2);
         table.listeners.add_addr(2, "10.0.0.2".parse().unwrap());
         table.handle(Event::ConnOpen {
             meta: meta(1, role::CLIENT, "10.0.0.1:5000", "10.0.0.2:8080", "cli", 1),
@@ -1245,14 +1248,7 @@ mod tests {
     fn a_local_server_behind_a_cluster_ip_pairs_with_its_client_once() {
         let metrics = Arc::new(Metrics::default());
         let mut table = table_for(&metrics, 100, 100);
-        table.listeners.add(Listener {
-            addr: "0.0.0.0:8080".parse().unwrap(),
-            netns: 2,
-            comm: "srv".into(),
-            service: "srv".into(),
-            pod: None,
-            process: None,
-        });
+        listen_srv(&mut table, "0.0.0.0:8080", 2);
         table.listeners.add_addr(2, "10.0.0.2".parse().unwrap());
         // The client connects to a ClusterIP; DNAT takes it to the server's own address.
         let client = || meta(1, role::CLIENT, "10.0.0.1:5000", "10.96.0.10:80", "cli", 1);
@@ -1295,14 +1291,7 @@ mod tests {
     fn remote_peer_is_named_by_ip_and_wildcards_do_not_capture_foreign_addresses() {
         let metrics = Arc::new(Metrics::default());
         let mut table = table_for(&metrics, 100, 100);
-        table.listeners.add(Listener {
-            addr: "0.0.0.0:8080".parse().unwrap(),
-            netns: 2,
-            comm: "srv".into(),
-            service: "srv".into(),
-            pod: None,
-            process: None,
-        });
+        listen_srv(&mut table, "0.0.0.0:8080", 2);
         table.handle(Event::ConnOpen {
             meta: meta(
                 1,
@@ -1328,14 +1317,7 @@ mod tests {
     fn late_accept_and_drain_after_close_keep_the_edge() {
         let metrics = Arc::new(Metrics::default());
         let mut table = table_for(&metrics, 100, 100);
-        table.listeners.add(Listener {
-            addr: "127.0.0.1:80".parse().unwrap(),
-            netns: 1,
-            comm: "srv".into(),
-            service: "srv".into(),
-            pod: None,
-            process: None,
-        });
+        listen_srv(&mut table, "127.0.0.1:80", 1);
         let client = meta(1, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
         table.handle(Event::ConnOpen {
             meta: client.clone(),

@@ -71,7 +71,7 @@ impl Reader {
                 }
                 let drained = batch.len() < BATCH;
                 if !batch.is_empty() || !held.is_empty() {
-                    self.send(batch, &mut held, &mut delivered, &mut dropped);
+                    send(&self.queue, batch, &mut held, &mut delivered, &mut dropped);
                 }
                 if drained {
                     break;
@@ -83,39 +83,6 @@ impl Reader {
             dropped[event.kind() as usize] += 1;
         }
         self.flush(&mut delivered, &mut dropped, &mut decode_errors);
-    }
-
-    /// Queues one batch, after the connection events held from earlier ones (they are older).
-    /// `meshtap_events_total` counts what entered processing. If the queue cannot take it, its
-    /// data events are counted per kind as lost in stage `userspace_queue` and its connection
-    /// events are held, as many as `MAX_HELD` allows (the rest are counted lost).
-    fn send(
-        &self,
-        mut batch: Vec<Event>,
-        held: &mut Vec<Event>,
-        delivered: &mut [u64],
-        dropped: &mut [u64],
-    ) {
-        // Reserve first: while the queue stays full, a batch costs O(batch), not a pass over
-        // everything held.
-        let Ok(permit) = self.queue.try_reserve() else {
-            for event in batch {
-                if event.kind() != kind::DATA && held.len() < MAX_HELD {
-                    held.push(event);
-                } else {
-                    dropped[event.kind() as usize] += 1;
-                }
-            }
-            return;
-        };
-        if !held.is_empty() {
-            held.append(&mut batch);
-            batch = std::mem::take(held);
-        }
-        for event in &batch {
-            delivered[event.kind() as usize] += 1;
-        }
-        permit.send(batch);
     }
 
     /// Publishes the counts of one drain: metric updates once per drain, not per event.
@@ -145,5 +112,132 @@ impl Reader {
             self.metrics.decode_errors.inc_by(*decode_errors);
             *decode_errors = 0;
         }
+    }
+}
+
+/// Queues one batch, after the connection events held from earlier ones (they are older).
+/// `meshtap_events_total` counts what entered processing. If the queue cannot take it, its
+/// data events are counted per kind as lost in stage `userspace_queue` and its connection
+/// events are held, as many as `MAX_HELD` allows (the rest are counted lost).
+fn send(
+    queue: &mpsc::Sender<Vec<Event>>,
+    mut batch: Vec<Event>,
+    held: &mut Vec<Event>,
+    delivered: &mut [u64],
+    dropped: &mut [u64],
+) {
+    // Reserve first: while the queue stays full, a batch costs O(batch), not a pass over
+    // everything held.
+    let Ok(permit) = queue.try_reserve() else {
+        for event in batch {
+            if event.kind() != kind::DATA && held.len() < MAX_HELD {
+                held.push(event);
+            } else {
+                dropped[event.kind() as usize] += 1;
+            }
+        }
+        return;
+    };
+    if !held.is_empty() {
+        held.append(&mut batch);
+        batch = std::mem::take(held);
+    }
+    for event in &batch {
+        delivered[event.kind() as usize] += 1;
+    }
+    permit.send(batch);
+}
+
+#[cfg(test)]
+mod tests {
+    use meshtap_common::role;
+
+    use super::*;
+    use crate::event::{ConnTotals, Meta, Process};
+
+    fn meta() -> Meta {
+        Meta {
+            ts_ns: 1,
+            conn_id: 7,
+            sk: 1,
+            netns: 1,
+            role: role::CLIENT,
+            flags: 0,
+            local: "127.0.0.1:5000".parse().unwrap(),
+            remote: "127.0.0.1:80".parse().unwrap(),
+            process: Process {
+                tgid: 1,
+                tid: 1,
+                start_ns: 1,
+                cgroup_id: 1,
+                comm: "c".into(),
+            },
+        }
+    }
+
+    fn data() -> Event {
+        Event::Data {
+            meta: meta(),
+            bytes: 3,
+            seq: 0,
+            direction: meshtap_common::direction::EGRESS,
+            syscall: 1,
+            payload: b"abc".to_vec(),
+        }
+    }
+
+    fn close() -> Event {
+        Event::ConnClose {
+            meta: meta(),
+            totals: ConnTotals::default(),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_data_and_holds_connection_events_for_the_next_batch() {
+        let (tx, mut rx) = mpsc::channel::<Vec<Event>>(1);
+        let (mut held, mut delivered, mut dropped) = (
+            Vec::new(),
+            [0u64; kind::COUNT as usize],
+            [0u64; kind::COUNT as usize],
+        );
+        send(&tx, vec![data()], &mut held, &mut delivered, &mut dropped);
+        assert_eq!(delivered[kind::DATA as usize], 1);
+        // Full: the data events go, the close waits.
+        send(
+            &tx,
+            vec![data(), close(), data()],
+            &mut held,
+            &mut delivered,
+            &mut dropped,
+        );
+        assert_eq!(dropped[kind::DATA as usize], 2);
+        assert_eq!(dropped[kind::CONN_CLOSE as usize], 0);
+        assert_eq!(held.len(), 1);
+        assert_eq!(rx.try_recv().unwrap().len(), 1);
+        // Room again: the held close goes first, before the newer events.
+        send(&tx, vec![data()], &mut held, &mut delivered, &mut dropped);
+        let batch = rx.try_recv().unwrap();
+        let kinds: Vec<u8> = batch.iter().map(Event::kind).collect();
+        assert_eq!(kinds, [kind::CONN_CLOSE, kind::DATA]);
+        assert!(held.is_empty());
+        assert_eq!(delivered[kind::CONN_CLOSE as usize], 1);
+        assert_eq!(delivered[kind::DATA as usize], 2);
+    }
+
+    #[test]
+    fn held_connection_events_are_bounded_and_the_rest_counted() {
+        let (tx, _rx) = mpsc::channel::<Vec<Event>>(1);
+        tx.try_send(Vec::new()).unwrap();
+        let (mut held, mut delivered, mut dropped) = (
+            Vec::new(),
+            [0u64; kind::COUNT as usize],
+            [0u64; kind::COUNT as usize],
+        );
+        let batch: Vec<Event> = (0..MAX_HELD + 5).map(|_| close()).collect();
+        send(&tx, batch, &mut held, &mut delivered, &mut dropped);
+        assert_eq!(held.len(), MAX_HELD);
+        assert_eq!(dropped[kind::CONN_CLOSE as usize], 5);
+        assert_eq!(delivered.iter().sum::<u64>(), 0);
     }
 }
