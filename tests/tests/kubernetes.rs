@@ -1055,6 +1055,25 @@ fn graph(client: &str, server: &str, client_ns: &str, server_ns: &str) -> L {
     ])
 }
 
+/// `n` requests from the `web` StatefulSet pod to the `api` Deployment pod (both in `shop`, on
+/// this node) through `dest`: the server series, the client series and the graph edge.
+fn web_to_api(node: &Node, dest: SocketAddrV4, n: usize) -> Vec<Expect> {
+    let (apod, web) = (node.api(), node.web());
+    vec![
+        expect(
+            count(HTTP_SERVER_DURATION),
+            server_series("api", &apod, ("k8s_deployment_name", "api")),
+            n,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            client_series("web", &web, ("k8s_statefulset_name", "web"), dest),
+            n,
+        ),
+        expect(GRAPH_REQUESTS, graph("web", "api", "shop", "shop"), n),
+    ]
+}
+
 fn addr(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
 }
@@ -1479,23 +1498,7 @@ fn pods_are_named_with_the_cgroupfs_driver_too() {
     wait_synced(&agent, &cluster.expected_objects());
     let dest = node.api_addr();
     node.web_requests(dest, N);
-    let (apod, web) = (node.api(), node.web());
-    assert_settled(
-        &agent,
-        &[
-            expect(
-                count(HTTP_SERVER_DURATION),
-                server_series("api", &apod, ("k8s_deployment_name", "api")),
-                N,
-            ),
-            expect(
-                count(HTTP_CLIENT_DURATION),
-                client_series("web", &web, ("k8s_statefulset_name", "web"), dest),
-                N,
-            ),
-            expect(GRAPH_REQUESTS, graph("web", "api", "shop", "shop"), N),
-        ],
-    );
+    assert_settled(&agent, &web_to_api(&node, dest, N));
 }
 
 /// A client that made its requests and exited while the agent was stopped (SIGSTOP): when the
@@ -1514,28 +1517,13 @@ fn a_process_gone_before_the_agent_looked_is_named_by_its_cgroup() {
     let resume = scopeguard(|| agent.signal(libc::SIGCONT));
     node.web_requests(dest, 10);
     drop(resume);
-    let (apod, web) = (node.api(), node.web());
-    assert_settled(
-        &agent,
-        &[
-            expect(
-                count(HTTP_CLIENT_DURATION),
-                client_series("web", &web, ("k8s_statefulset_name", "web"), dest),
-                10,
-            ),
-            expect(
-                count(HTTP_SERVER_DURATION),
-                server_series("api", &apod, ("k8s_deployment_name", "api")),
-                10,
-            ),
-            expect(GRAPH_REQUESTS, graph("web", "api", "shop", "shop"), 10),
-            expect(
-                count(HTTP_CLIENT_DURATION),
-                L::new(&[("service_name", "web-bin")]),
-                0,
-            ),
-        ],
-    );
+    let mut checks = web_to_api(&node, dest, 10);
+    checks.push(expect(
+        count(HTTP_CLIENT_DURATION),
+        L::new(&[("service_name", "web-bin")]),
+        0,
+    ));
+    assert_settled(&agent, &checks);
 }
 
 /// Runs `f` when dropped (also while a failing test unwinds).
@@ -1725,23 +1713,11 @@ fn cluster_ip_to_a_pod_of_this_node_counts_each_request_once() {
     wait_synced(&agent, &cluster.expected_objects());
     node.web_requests(service_addr, N);
 
-    let (apod, web) = (node.api(), node.web());
-    let checks = vec![
-        expect(
-            count(HTTP_SERVER_DURATION),
-            server_series("api", &apod, ("k8s_deployment_name", "api")),
-            N,
-        ),
-        expect(
-            count(HTTP_CLIENT_DURATION),
-            client_series("web", &web, ("k8s_statefulset_name", "web"), service_addr),
-            N,
-        ),
-        expect(GRAPH_REQUESTS, graph("web", "api", "shop", "shop"), N),
-        expect(GRAPH_REQUESTS, L::new(&[("client", "web")]), N),
-    ];
+    let mut checks = web_to_api(&node, service_addr, N);
+    checks.push(expect(GRAPH_REQUESTS, L::new(&[("client", "web")]), N));
     assert_settled(&agent, &checks);
     let spans = collector.wait_spans(&agent, &["web", "api"], 2 * N);
+    let apod = node.api();
     let client_tags = [
         ("k8s.namespace.name", "shop"),
         ("k8s.pod.name", "web-0"),
