@@ -129,6 +129,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         sink,
         config.sampling_ratio,
         config.keep_errors,
+        u64::from(config.trace_store_rate),
         metrics.traces.clone(),
     );
     let table = Arc::new(Mutex::new(ConnTable::new(

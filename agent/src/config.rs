@@ -111,6 +111,12 @@ pub struct Flags {
     #[arg(long, value_name = "N")]
     pub trace_store_spans: Option<u32>,
 
+    /// Traces per second the built-in trace store admits once a burst of 10 seconds' worth is
+    /// spent (the rest are counted and still exported to a collector); 0 = every trace
+    /// [default: 200].
+    #[arg(long, value_name = "TRACES_PER_S")]
+    pub trace_store_rate: Option<u32>,
+
     /// BTF describing the running kernel, used to find kernel structure offsets
     /// [default: /sys/kernel/btf/vmlinux]. For kernels without CONFIG_DEBUG_INFO_BTF, pass a
     /// BTF file built for the exact kernel (e.g. from BTFHub).
@@ -185,6 +191,7 @@ pub struct FileConfig {
     pub sampling_ratio: Option<f64>,
     pub keep_errors: Option<bool>,
     pub trace_store_spans: Option<u32>,
+    pub trace_store_rate: Option<u32>,
     pub log_level: Option<String>,
     pub kubernetes: Option<String>,
     pub kube_api_url: Option<String>,
@@ -232,6 +239,8 @@ pub struct Config {
     pub sampling_ratio: f64,
     pub keep_errors: bool,
     pub trace_store_spans: u32,
+    /// Traces per second admitted to the store after its burst; 0 = no limit.
+    pub trace_store_rate: u32,
     pub log_level: String,
     pub kubernetes: Kubernetes,
     pub proc_root: PathBuf,
@@ -469,6 +478,10 @@ impl Config {
                 .trace_store_spans
                 .or(file.trace_store_spans)
                 .unwrap_or(10_000),
+            trace_store_rate: flags
+                .trace_store_rate
+                .or(file.trace_store_rate)
+                .unwrap_or(200),
             log_level: flags
                 .log_level
                 .or(file.log_level)
@@ -605,6 +618,13 @@ impl Config {
                 "must be between 100 and 10000000",
             );
         }
+        if self.trace_store_rate > 1_000_000 {
+            return invalid(
+                "trace_store_rate (--trace-store-rate)",
+                self.trace_store_rate.to_string(),
+                "must be at most 1000000 traces per second (0 = no limit)",
+            );
+        }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return invalid(
                 "log_level (--log-level)",
@@ -625,6 +645,7 @@ mod tests {
         let config = Config::load(Flags::default()).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:9464");
         assert_eq!(config.capture_bytes, DEFAULT_CAPTURE);
+        assert_eq!(config.trace_store_rate, 200);
     }
 
     #[test]
@@ -767,5 +788,12 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("--ring-buffer-bytes"), "{err}");
+        let err = Config::load(Flags {
+            trace_store_rate: Some(2_000_000),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--trace-store-rate"), "{err}");
     }
 }

@@ -46,6 +46,7 @@ pub mod name {
     pub const SPANS_UNLINKED: &str = "meshtap_spans_unlinked";
     pub const TRACE_CONTEXT_INVALID: &str = "meshtap_trace_context_invalid";
     pub const SPANS_NOT_SAMPLED: &str = "meshtap_spans_not_sampled";
+    pub const STORE_DECLINED: &str = "meshtap_trace_store_declined_spans";
     pub const KUBE_API_ERRORS: &str = "meshtap_kubernetes_api_errors";
     pub const KUBE_OBJECTS: &str = "meshtap_kubernetes_objects";
     pub const KUBE_CACHE_REJECTED: &str = "meshtap_kubernetes_cache_rejected";
@@ -425,6 +426,11 @@ impl Metrics {
             name::SPANS_NOT_SAMPLED,
             "Spans not kept: their trace context said not sampled, or the sampling ratio left them out",
             traces.not_sampled.clone(),
+        );
+        registry.register(
+            name::STORE_DECLINED,
+            "Sampled spans the built-in trace store did not take: their trace came above its admission rate (--trace-store-rate); a collector still gets them",
+            traces.store_declined.clone(),
         );
         let m = Metrics {
             http,

@@ -23,7 +23,10 @@ use std::{
 };
 
 use crate::{
-    aggregate::context::{self, Format, Found, TraceContext},
+    aggregate::{
+        admission::StoreAdmission,
+        context::{self, Format, Found, TraceContext},
+    },
     export::zipkin::model::{Endpoint, Kind, Span, format_span_id, format_trace_id},
     fast::Map,
     protocol::{Exchange, Side, route::route},
@@ -79,9 +82,15 @@ struct Node {
     sampled: Option<bool>,
 }
 
-/// Assembled spans, ready for sampling and export.
+/// Assembled spans, sampled, ready for export.
+#[derive(Default)]
 pub struct Assembled {
+    /// For the store and, when one is configured, the collector.
     pub spans: Vec<Span>,
+    /// For the collector only: the store declined their trace (see `admission`).
+    pub export_only: Vec<Span>,
+    /// Sampled spans the store declined (whether or not a collector took them).
+    pub store_declined: u64,
     /// Spans whose parent was expected but not found.
     pub unlinked: u64,
     /// Spans whose request carried a malformed trace context.
@@ -110,6 +119,20 @@ pub struct SpanAssembler {
     epoch_offset_ns: i128,
     sampling_ratio: f64,
     keep_errors: bool,
+    /// Whether a collector takes every sampled span (then spans the store declines are still
+    /// built).
+    exporting: bool,
+    admission: StoreAdmission,
+}
+
+/// Where the spans of one emitted tree go.
+struct Outputs {
+    debug: bool,
+    sampled: Option<bool>,
+    /// The store's decision, asked for the first kept span.
+    store: Option<bool>,
+    /// Arrival time of the tree's root, for the store's rate.
+    now_ns: u64,
 }
 
 impl SpanAssembler {
@@ -128,7 +151,17 @@ impl SpanAssembler {
             serving: Map::default(),
             rng: seed | 1,
             epoch_offset_ns: 0,
+            exporting: false,
+            admission: StoreAdmission::new(0),
         }
+    }
+
+    /// Spans go to a collector (`exporting`) and to a store that admits traces as `admission`
+    /// says. Without this, every sampled span is built and goes to the store.
+    pub fn with_outputs(mut self, exporting: bool, admission: StoreAdmission) -> Self {
+        self.exporting = exporting;
+        self.admission = admission;
+        self
     }
 
     /// Sets the monotonic-to-wall-clock offset (refreshed by the caller's clock).
@@ -373,21 +406,26 @@ impl SpanAssembler {
             Some(t) => t,
             None => self.new_trace_id(),
         };
-        let (debug, sampled) = self
-            .nodes
-            .get(&root)
-            .map(|n| (n.debug, n.sampled))
-            .unwrap_or((false, None));
-        self.emit_tree(root, &trace_id, None, debug, sampled, out);
+        let mut outputs = match self.nodes.get(&root) {
+            Some(n) => Outputs {
+                debug: n.debug,
+                sampled: n.sampled,
+                store: None,
+                now_ns: n.input.now_ns,
+            },
+            None => return,
+        };
+        self.emit_tree(root, &trace_id, None, &mut outputs, out);
     }
 
+    /// Emits `key`'s subtree: samples each span, asks the store once, and builds only the
+    /// spans someone takes.
     fn emit_tree(
         &mut self,
         key: u64,
         trace_id: &str,
         parent_span: Option<String>,
-        debug: bool,
-        sampled: Option<bool>,
+        outputs: &mut Outputs,
         out: &mut Assembled,
     ) {
         let Some(node) = self.nodes.remove(&key) else {
@@ -395,26 +433,32 @@ impl SpanAssembler {
         };
         let parent_id = parent_span.or_else(|| node.external_parent.clone());
         for child in &node.children {
-            self.emit_tree(
-                *child,
-                trace_id,
-                Some(node.span_id.clone()),
-                debug,
-                sampled,
-                out,
-            );
+            self.emit_tree(*child, trace_id, Some(node.span_id.clone()), outputs, out);
         }
-        let span = self.to_span(node, trace_id, parent_id, debug);
-        let keep = debug
-            || (self.keep_errors && span.tags.contains_key("error"))
-            || match sampled {
+        let keep = outputs.debug
+            || (self.keep_errors && failed(&node.input))
+            || match outputs.sampled {
                 Some(decision) => decision,
                 None => sampled_by_ratio(trace_id, self.sampling_ratio),
             };
-        if keep {
+        if !keep {
+            out.not_sampled += 1;
+            return;
+        }
+        let store = *outputs
+            .store
+            .get_or_insert_with(|| self.admission.admit(trace_id, outputs.now_ns));
+        if !store {
+            out.store_declined += 1;
+            if !self.exporting {
+                return;
+            }
+        }
+        let span = self.to_span(node, trace_id, parent_id, outputs.debug);
+        if store {
             out.spans.push(span);
         } else {
-            out.not_sampled += 1;
+            out.export_only.push(span);
         }
     }
 
@@ -422,10 +466,7 @@ impl SpanAssembler {
         let input = node.input;
         let ex = &input.exchange;
         let route = route(&ex.path);
-        let failed = match input.side {
-            Side::Server => ex.status.is_some_and(|s| s >= 500),
-            Side::Client => ex.status.is_none_or(|s| s >= 500),
-        };
+        let failed = failed(&input);
         let mut name = format!("{} {}", ex.method, route);
         if name.is_ascii() {
             name.make_ascii_lowercase();
@@ -572,6 +613,15 @@ fn remove_key<V>(queue: &mut VecDeque<u64>, key: u64, nodes: &Map<u64, V>) {
     }
 }
 
+/// Whether the exchange is an error of its span: a 5xx, or no response at all on the client.
+fn failed(input: &SpanInput) -> bool {
+    let status = input.exchange.status;
+    match input.side {
+        Side::Server => status.is_some_and(|s| s >= 500),
+        Side::Client => status.is_none_or(|s| s >= 500),
+    }
+}
+
 /// Whether a trace is kept by a ratio sampler: decided from the trace id alone, so that every
 /// node keeps the same traces.
 pub fn sampled_by_ratio(trace_id: &str, ratio: f64) -> bool {
@@ -648,12 +698,7 @@ mod tests {
     }
 
     fn empty() -> Assembled {
-        Assembled {
-            spans: Vec::new(),
-            unlinked: 0,
-            invalid_context: 0,
-            not_sampled: 0,
-        }
+        Assembled::default()
     }
 
     fn by_service<'a>(spans: &'a [Span], service: &str, kind: Kind) -> &'a Span {
@@ -749,6 +794,53 @@ mod tests {
         assert_eq!(be_server.parent_id.as_ref(), Some(&fe_client.id));
         assert_eq!(be_server.name, "get /users/*");
         assert!(be_server.duration >= 1);
+    }
+
+    /// The store takes a burst of 10 traces at 1 per second: the rest are not built without a
+    /// collector, and go to the collector only with one. Later parts of a trace follow it.
+    #[test]
+    fn store_admission_declines_whole_traces() {
+        for exporting in [false, true] {
+            let mut asm =
+                SpanAssembler::new(7, 1.0, false).with_outputs(exporting, StoreAdmission::new(1));
+            let mut out = empty();
+            let server = |trace: u32, parent: u32, port: u32| {
+                let tp = format!("00-{trace:032x}-{parent:016x}-01");
+                let conn = format!("10.0.0.1:{port}");
+                input(
+                    Side::Server,
+                    2,
+                    20,
+                    (10 * MS, 20 * MS),
+                    (conn.as_str(), "10.0.0.2:8080"),
+                    None,
+                    &[("traceparent", tp.as_str())],
+                    21 * MS,
+                )
+            };
+            for trace in 1..=15 {
+                asm.add(server(trace, 1, 40000 + trace), &mut out);
+            }
+            // Second parts of a stored trace and of a declined one.
+            asm.add(server(1, 2, 41000), &mut out);
+            asm.add(server(12, 2, 41001), &mut out);
+            let traces = |spans: &[Span]| -> Vec<u32> {
+                spans
+                    .iter()
+                    .map(|s| u32::from_str_radix(&s.trace_id, 16).unwrap())
+                    .collect()
+            };
+            let stored = traces(&out.spans);
+            assert_eq!(stored, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1], "{exporting}");
+            assert_eq!(out.store_declined, 6, "{exporting}");
+            let exported_only = traces(&out.export_only);
+            if exporting {
+                assert_eq!(exported_only, [11, 12, 13, 14, 15, 12]);
+            } else {
+                assert!(exported_only.is_empty());
+            }
+            assert_eq!(out.not_sampled, 0);
+        }
     }
 
     #[test]

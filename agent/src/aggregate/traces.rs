@@ -7,7 +7,10 @@ use std::sync::Arc;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::{
-    aggregate::spans::{Assembled, SpanAssembler, SpanInput},
+    aggregate::{
+        admission::StoreAdmission,
+        spans::{Assembled, SpanAssembler, SpanInput},
+    },
     export::zipkin::{sink::ZipkinSink, store::TraceStore},
 };
 
@@ -18,6 +21,8 @@ pub struct TraceCounters {
     pub context_invalid: Counter,
     /// Not kept: the context said not sampled, or the ratio sampler left the trace out.
     pub not_sampled: Counter,
+    /// Sampled, but above the store's admission rate (exported all the same to a collector).
+    pub store_declined: Counter,
 }
 
 pub struct Tracer {
@@ -33,10 +38,12 @@ impl Tracer {
         sink: Option<ZipkinSink>,
         sampling_ratio: f64,
         keep_errors: bool,
+        store_rate: u64,
         counters: TraceCounters,
     ) -> Self {
         let seed = crate::app::monotonic_ns() ^ (u64::from(std::process::id()) << 32);
-        let mut assembler = SpanAssembler::new(seed, sampling_ratio, keep_errors);
+        let mut assembler = SpanAssembler::new(seed, sampling_ratio, keep_errors)
+            .with_outputs(sink.is_some(), StoreAdmission::new(store_rate));
         assembler.set_epoch_offset(epoch_offset_ns());
         Tracer {
             assembler,
@@ -63,6 +70,12 @@ impl Tracer {
         self.counters.unlinked.inc_by(out.unlinked);
         self.counters.context_invalid.inc_by(out.invalid_context);
         self.counters.not_sampled.inc_by(out.not_sampled);
+        self.counters.store_declined.inc_by(out.store_declined);
+        if let Some(sink) = &self.sink {
+            for span in out.export_only {
+                let _ = sink.offer(span);
+            }
+        }
         for span in out.spans {
             if let Some(sink) = &self.sink {
                 // A refused span is counted by the sink (meshtap_spans_dropped_total).
@@ -75,12 +88,7 @@ impl Tracer {
 }
 
 fn empty() -> Assembled {
-    Assembled {
-        spans: Vec::new(),
-        unlinked: 0,
-        invalid_context: 0,
-        not_sampled: 0,
-    }
+    Assembled::default()
 }
 
 /// CLOCK_REALTIME - CLOCK_MONOTONIC in ns: converts the kernel's `bpf_ktime_get_ns` timestamps
