@@ -26,7 +26,7 @@
 //! the first later syscall that starts with a known method (or `HTTP/1.`): writers start
 //! messages at syscall boundaries in practice.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, mem::MaybeUninit};
 
 use super::{
     Direction, Exchange, HEADER_ALLOWLIST, MAX_HEADER_BLOCK_BYTES, MAX_HEADER_VALUE_BYTES,
@@ -285,19 +285,13 @@ impl Stream {
     /// Finds the end of the header block (the empty line, RFC 9112 §2.1; a bare LF is
     /// accepted as a line terminator, §2.2) in bytes not scanned yet.
     fn find_head_end(&mut self) -> bool {
+        // A terminator may straddle the bytes scanned before: start two bytes back.
         let from = self.scan_from.saturating_sub(2);
-        let found = self
-            .head
-            .get(from..)
-            .unwrap_or(&[])
-            .windows(2)
-            .any(|w| w == b"\n\n")
-            || self
-                .head
-                .get(from.saturating_sub(1)..)
-                .unwrap_or(&[])
-                .windows(3)
-                .any(|w| w == b"\n\r\n");
+        let head = &self.head;
+        let found = memchr::memchr_iter(b'\n', head.get(from..).unwrap_or(&[])).any(|i| {
+            let next = head.get(from + i + 1..).unwrap_or(&[]);
+            next.starts_with(b"\n") || next.starts_with(b"\r\n")
+        });
         self.scan_from = self.head.len();
         found
     }
@@ -481,9 +475,9 @@ enum Parsed<T> {
 }
 
 fn parse_request_head(buf: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match httparse_config().parse_request(&mut req, buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match httparse_config().parse_request_with_uninit_headers(&mut req, buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => {
             let (Some(method), Some(target)) = (req.method, req.path) else {
                 return Err(ParseError::BadRequestLine);
@@ -510,9 +504,9 @@ fn parse_request_head(buf: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
 }
 
 fn parse_response_head(buf: &[u8]) -> Result<Parsed<ResponseHead>, ParseError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    match httparse_config().parse_response(&mut resp, buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    match httparse_config().parse_response_with_uninit_headers(&mut resp, buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => {
             let Some(status) = resp.code else {
                 return Err(ParseError::BadStatusLine);
