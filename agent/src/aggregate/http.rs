@@ -8,15 +8,17 @@
 
 use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
 
+use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
+
 use crate::{
-    aggregate::series::SeriesGuard,
+    aggregate::series::{Admitted, SeriesGuard},
     fast::{Map, Set},
     metadata::kube::{Peer, PodMeta},
     metrics::{
         GraphLabels, GraphNamespaces, Histograms, HttpClientLabels, HttpServerLabels, K8sLabels,
         MetricLabels, Metrics, OVERFLOW, ParseErrorLabels, ProtocolLabels, name,
     },
-    protocol::{Exchange, Side, route::route},
+    protocol::{Exchange, Protocol, Side, route::route},
 };
 
 /// How long one side's observation waits for the other side's.
@@ -53,6 +55,16 @@ struct Half {
     at_ns: u64,
 }
 
+/// The service-graph metrics of one edge, each created when first needed (an edge that never
+/// failed has no `_failed` series).
+#[derive(Default)]
+struct GraphHandles {
+    requests: Option<Counter>,
+    failed: Option<Counter>,
+    server_seconds: Option<Histogram>,
+    client_seconds: Option<Histogram>,
+}
+
 #[derive(Default)]
 struct Pending {
     from_client: VecDeque<Half>,
@@ -61,9 +73,11 @@ struct Pending {
 
 pub struct HttpAggregator {
     metrics: Arc<Metrics>,
-    server_series: SeriesGuard<HttpServerLabels>,
-    client_series: SeriesGuard<HttpClientLabels>,
-    graph_series: SeriesGuard<GraphLabels>,
+    server_series: SeriesGuard<HttpServerLabels, Option<[Histogram; 3]>>,
+    client_series: SeriesGuard<HttpClientLabels, Option<[Histogram; 3]>>,
+    graph_series: SeriesGuard<GraphLabels, GraphHandles>,
+    /// `meshtap_exchanges_total{protocol}` handles (a few protocols, never expired).
+    exchanges: Map<Protocol, Counter>,
     pending: Map<(SocketAddr, SocketAddr), Pending>,
     pending_count: usize,
     http_destinations: Set<SocketAddr>,
@@ -95,6 +109,7 @@ impl HttpAggregator {
                 overflow_counter(&metrics, "traces_service_graph_request_total"),
             ),
             metrics,
+            exchanges: Map::default(),
             pending: Map::default(),
             pending_count: 0,
             http_destinations: Set::default(),
@@ -126,9 +141,14 @@ impl HttpAggregator {
     pub fn observe(&mut self, record: ExchangeRecord, now_ns: u64) {
         let ex = &record.exchange;
         let h = &self.metrics.http;
-        h.exchanges
-            .get_or_create(&ProtocolLabels {
-                protocol: ex.protocol.name().to_string(),
+        self.exchanges
+            .entry(ex.protocol)
+            .or_insert_with(|| {
+                h.exchanges
+                    .get_or_create(&ProtocolLabels {
+                        protocol: ex.protocol.name().to_string(),
+                    })
+                    .clone()
             })
             .inc();
         let seconds = ex.end_ns.saturating_sub(ex.start_ns) as f64 / 1e9;
@@ -146,7 +166,7 @@ impl HttpAggregator {
                     http_route: route(&ex.path),
                     k8s: K8sLabels(record.pod.clone()),
                 };
-                let labels = self
+                let admitted = self
                     .server_series
                     .admit(labels, now_ns, |l| HttpServerLabels {
                         http_route: OVERFLOW.to_string(),
@@ -158,7 +178,7 @@ impl HttpAggregator {
                         &h.server_request_body,
                         &h.server_response_body,
                     ],
-                    &labels,
+                    admitted,
                     [
                         seconds,
                         ex.request_body_bytes as f64,
@@ -178,7 +198,7 @@ impl HttpAggregator {
                     server_port: record.server.port().to_string(),
                     k8s: K8sLabels(record.pod.clone()),
                 };
-                let labels = self
+                let admitted = self
                     .client_series
                     .admit(labels, now_ns, |l| HttpClientLabels {
                         server_address: OVERFLOW.to_string(),
@@ -190,7 +210,7 @@ impl HttpAggregator {
                         &h.client_request_body,
                         &h.client_response_body,
                     ],
-                    &labels,
+                    admitted,
                     [
                         seconds,
                         ex.request_body_bytes as f64,
@@ -368,22 +388,39 @@ impl HttpAggregator {
             connection_type: connection_type.to_string(),
             namespaces: namespaces.clone(),
         };
-        let labels = self.graph_series.admit(labels, now_ns, |l| GraphLabels {
+        let admitted = self.graph_series.admit(labels, now_ns, |l| GraphLabels {
             client: OVERFLOW.to_string(),
             server: OVERFLOW.to_string(),
             namespaces: GraphNamespaces::default(),
             ..l
         });
         let h = &self.metrics.http;
-        h.graph_requests.get_or_create(&labels).inc();
+        let mut overflow = GraphHandles::default();
+        let (labels, handles) = match admitted {
+            Admitted::Series(labels, handles) => (labels, handles),
+            Admitted::Overflow(labels) => (labels, &mut overflow),
+        };
+        handles
+            .requests
+            .get_or_insert_with(|| h.graph_requests.get_or_create(&labels).clone())
+            .inc();
         if failed {
-            h.graph_failed.get_or_create(&labels).inc();
+            handles
+                .failed
+                .get_or_insert_with(|| h.graph_failed.get_or_create(&labels).clone())
+                .inc();
         }
         if let Some(s) = server_seconds {
-            h.graph_server_seconds.get_or_create(&labels).observe(s);
+            handles
+                .server_seconds
+                .get_or_insert_with(|| h.graph_server_seconds.get_or_create(&labels).clone())
+                .observe(s);
         }
         if let Some(s) = client_seconds {
-            h.graph_client_seconds.get_or_create(&labels).observe(s);
+            handles
+                .client_seconds
+                .get_or_insert_with(|| h.graph_client_seconds.get_or_create(&labels).clone())
+                .observe(s);
         }
     }
 
@@ -475,14 +512,26 @@ impl HttpAggregator {
     }
 }
 
-/// Duration, request body and response body of one exchange under one label set.
+/// Duration, request body and response body of one exchange under one label set: through the
+/// series' cached handles, created on its first observation.
 fn observe<L: Clone + std::hash::Hash + Eq>(
     families: [&Histograms<L>; 3],
-    labels: &L,
+    admitted: Admitted<'_, L, Option<[Histogram; 3]>>,
     values: [f64; 3],
 ) {
-    for (family, value) in families.into_iter().zip(values) {
-        family.get_or_create(labels).observe(value);
+    match admitted {
+        Admitted::Series(labels, handles) => {
+            let handles =
+                handles.get_or_insert_with(|| families.map(|f| f.get_or_create(&labels).clone()));
+            for (histogram, value) in handles.iter().zip(values) {
+                histogram.observe(value);
+            }
+        }
+        Admitted::Overflow(labels) => {
+            for (family, value) in families.into_iter().zip(values) {
+                family.get_or_create(&labels).observe(value);
+            }
+        }
     }
 }
 

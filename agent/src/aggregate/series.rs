@@ -8,15 +8,25 @@ use crate::fast::Map;
 
 use prometheus_client::metrics::counter::Counter;
 
-/// Admits label sets into a family up to `cap`, remembering when each was last used.
-pub struct SeriesGuard<L> {
-    last_used: Map<L, u64>,
+/// Admits label sets into a family up to `cap`, remembering when each was last used, with the
+/// caller's state of each series (`H`: typically its metric handles, so that an observation
+/// need not look its label set up in every family again).
+pub struct SeriesGuard<L, H = ()> {
+    last_used: Map<L, (u64, H)>,
     cap: usize,
     /// `meshtap_metric_series_overflow_total{metric}` for this family.
     overflow: Counter,
 }
 
-impl<L: Clone + Hash + Eq> SeriesGuard<L> {
+/// What `SeriesGuard::admit` decided.
+pub enum Admitted<'a, L, H> {
+    /// A known or newly admitted label set, with its state (`H::default()` when new).
+    Series(L, &'a mut H),
+    /// Over the cap: the overflow label set to record under.
+    Overflow(L),
+}
+
+impl<L: Clone + Hash + Eq, H: Default> SeriesGuard<L, H> {
     pub fn new(cap: usize, overflow: Counter) -> Self {
         SeriesGuard {
             last_used: Map::default(),
@@ -28,17 +38,28 @@ impl<L: Clone + Hash + Eq> SeriesGuard<L> {
     /// The label set to record `labels` under at `now_ns`: `labels` itself if it is known or
     /// there is room, otherwise `fold(labels)` (which must always map to the same few overflow
     /// sets), counted as an overflow. Overflow sets do not count against the cap.
-    pub fn admit(&mut self, labels: L, now_ns: u64, fold: impl FnOnce(L) -> L) -> L {
-        if let Some(t) = self.last_used.get_mut(&labels) {
-            *t = now_ns;
-            return labels;
+    pub fn admit(
+        &mut self,
+        labels: L,
+        now_ns: u64,
+        fold: impl FnOnce(L) -> L,
+    ) -> Admitted<'_, L, H> {
+        if !self.last_used.contains_key(&labels) {
+            if self.last_used.len() >= self.cap {
+                self.overflow.inc();
+                return Admitted::Overflow(fold(labels));
+            }
+            self.last_used
+                .insert(labels.clone(), (now_ns, H::default()));
         }
-        if self.last_used.len() < self.cap {
-            self.last_used.insert(labels.clone(), now_ns);
-            return labels;
+        match self.last_used.get_mut(&labels) {
+            Some((used, state)) => {
+                *used = now_ns;
+                Admitted::Series(labels, state)
+            }
+            // Not reached: the label set is in the map at this point.
+            None => Admitted::Overflow(labels),
         }
-        self.overflow.inc();
-        fold(labels)
     }
 
     /// Forgets the label sets not used since `now_ns - ttl_ns` and returns them, so that the
@@ -48,7 +69,7 @@ impl<L: Clone + Hash + Eq> SeriesGuard<L> {
         let stale: Vec<L> = self
             .last_used
             .iter()
-            .filter(|(_, t)| **t < cutoff)
+            .filter(|(_, (t, _))| *t < cutoff)
             .map(|(l, _)| l.clone())
             .collect();
         for l in &stale {
@@ -70,16 +91,27 @@ mod tests {
     #[test]
     fn cap_folds_and_counts_and_expiry_frees_room() {
         let overflow = Counter::default();
-        let mut guard = SeriesGuard::new(2, overflow.clone());
+        let mut guard: SeriesGuard<String, u32> = SeriesGuard::new(2, overflow.clone());
         let fold = |_: String| "__overflow__".to_string();
-        assert_eq!(guard.admit("a".into(), 1, fold), "a");
-        assert_eq!(guard.admit("b".into(), 2, fold), "b");
-        assert_eq!(guard.admit("c".into(), 3, fold), "__overflow__");
-        assert_eq!(guard.admit("a".into(), 10, fold), "a");
+        // Admits, and counts uses in the series' state.
+        let admit = |guard: &mut SeriesGuard<String, u32>, l: &str, t: u64| -> String {
+            match guard.admit(l.into(), t, fold) {
+                Admitted::Series(l, uses) => {
+                    *uses += 1;
+                    format!("{l}:{uses}")
+                }
+                Admitted::Overflow(l) => l,
+            }
+        };
+        assert_eq!(admit(&mut guard, "a", 1), "a:1");
+        assert_eq!(admit(&mut guard, "b", 2), "b:1");
+        assert_eq!(admit(&mut guard, "c", 3), "__overflow__");
+        assert_eq!(admit(&mut guard, "a", 10), "a:2");
         assert_eq!(overflow.get(), 1);
         let expired = guard.expire(12, 5);
         assert_eq!(expired, vec!["b".to_string()]);
         assert_eq!(guard.len(), 1);
-        assert_eq!(guard.admit("c".into(), 13, fold), "c");
+        assert_eq!(admit(&mut guard, "c", 13), "c:1");
+        assert_eq!(admit(&mut guard, "b", 14), "__overflow__");
     }
 }
