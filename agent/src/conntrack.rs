@@ -974,14 +974,25 @@ impl ConnTable {
         let in_server_process = side == Side::Server || self.server_conns_by_pid.contains_key(&pid);
         let (local, remote) = (conn.local, conn.remote);
         for exchange in out {
+            let record = ExchangeRecord {
+                exchange,
+                side,
+                service: service.clone(),
+                peer_service: peer_service.clone(),
+                pod: pod.clone(),
+                peer_k8s: peer_k8s.clone(),
+                client,
+                server,
+            };
+            self.http.observe(&record, now_ns);
             if let Some(tracer) = &mut self.tracer {
                 tracer.add(SpanInput {
-                    exchange: exchange.clone(),
+                    exchange: record.exchange,
                     side,
-                    service: service.clone(),
-                    peer_service: peer_service.clone(),
-                    pod: pod.clone(),
-                    peer_k8s: peer_k8s.clone(),
+                    service: record.service,
+                    peer_service: record.peer_service,
+                    pod: record.pod,
+                    peer_k8s: record.peer_k8s,
                     pid,
                     tid,
                     executable: executable.clone(),
@@ -992,19 +1003,6 @@ impl ConnTable {
                     now_ns,
                 });
             }
-            self.http.observe(
-                ExchangeRecord {
-                    exchange,
-                    side,
-                    service: service.clone(),
-                    peer_service: peer_service.clone(),
-                    pod: pod.clone(),
-                    peer_k8s: peer_k8s.clone(),
-                    client,
-                    server,
-                },
-                now_ns,
-            );
         }
     }
 

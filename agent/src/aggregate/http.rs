@@ -138,7 +138,7 @@ impl HttpAggregator {
             .inc();
     }
 
-    pub fn observe(&mut self, record: ExchangeRecord, now_ns: u64) {
+    pub fn observe(&mut self, record: &ExchangeRecord, now_ns: u64) {
         let ex = &record.exchange;
         let h = &self.metrics.http;
         self.exchanges
@@ -585,8 +585,8 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let mut agg = HttpAggregator::new(metrics.clone(), 100, u64::MAX);
         for _ in 0..3 {
-            agg.observe(record(Side::Server, Some(500), Some("frontend")), 1);
-            agg.observe(record(Side::Client, Some(500), Some("backend")), 2);
+            agg.observe(&record(Side::Server, Some(500), Some("frontend")), 1);
+            agg.observe(&record(Side::Client, Some(500), Some("backend")), 2);
         }
         let edge = r#"client="frontend",server="backend",connection_type="""#;
         assert_eq!(
@@ -627,8 +627,8 @@ mod tests {
     fn unpaired_and_remote_observations_count_alone() {
         let metrics = Arc::new(Metrics::default());
         let mut agg = HttpAggregator::new(metrics.clone(), 100, u64::MAX);
-        agg.observe(record(Side::Client, None, None), 1);
-        agg.observe(record(Side::Server, Some(200), Some("frontend")), 1);
+        agg.observe(&record(Side::Client, None, None), 1);
+        agg.observe(&record(Side::Server, Some(200), Some("frontend")), 1);
         agg.tick(10 * PAIR_WAIT_NS);
         assert_eq!(
             sample(
@@ -664,7 +664,7 @@ mod tests {
         for p in ["/a", "/b", "/c", "/d"] {
             let mut r = record(Side::Server, Some(200), None);
             r.exchange.path = p.into();
-            agg.observe(r, 1);
+            agg.observe(&r, 1);
         }
         assert_eq!(
             sample(
