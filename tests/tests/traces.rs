@@ -1438,6 +1438,60 @@ fn ratio_zero_keeps_only_debug_traces() {
     assert_eq!(m.value(EXPORTED, &[]), (2 * EACH) as f64);
 }
 
+// ---------------------------------------------------------------------------------------------
+// 8. The store's admission rate
+
+/// At `--trace-store-rate 1` (a burst of 10 traces, then 1 per second) the collector still
+/// gets every span, the store keeps at most the burst plus one trace per second of the test,
+/// every stored trace is whole (the client's and the server's span), and the spans the store
+/// turned away are counted.
+#[test]
+fn store_keeps_whole_traces_at_its_admission_rate() {
+    const COUNT: usize = 40;
+    let _serial = serial();
+    let collector = Collector::start("tr8-coll", &[]);
+    let started = Instant::now();
+    let agent = start_agent(&agent_args(
+        &collector.endpoint(),
+        &[("--trace-store-rate", "1")],
+    ));
+    let server = Service::start("tr8-svc", "tr8-service", None, "none");
+    run_client("tr8-cli", "tr8-client", server.port, COUNT, &[]);
+    server.finish();
+    let spans = collector.wait_spans(&["tr8-client", "tr8-service"], 2 * COUNT);
+    let exported = by_trace(&spans);
+    assert_eq!(exported.len(), COUNT, "{}", describe(&spans));
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    let mut stored = BTreeMap::new();
+    for svc in ["tr8-service", "tr8-client"] {
+        let path = format!("/api/v2/traces?serviceName={svc}&limit=1000");
+        for trace in api(&agent, &path).as_array().expect("traces") {
+            let trace = trace.as_array().expect("trace").clone();
+            let id = trace_id(&trace[0]).to_owned();
+            assert_eq!(
+                Some(keys(&trace)),
+                exported.get(&id).map(|t| keys(t)),
+                "{path}: stored trace {id} is not whole:\n{}",
+                describe(&trace)
+            );
+            stored.insert(id, trace);
+        }
+    }
+    assert!(
+        !stored.is_empty() && stored.len() <= 10 + seconds,
+        "{} traces stored in {seconds} s at 1 per second after a burst of 10",
+        stored.len()
+    );
+    let declined = agent
+        .metrics()
+        .value("meshtap_trace_store_declined_spans_total", &[]);
+    assert!(
+        declined >= (2 * (COUNT - stored.len())) as f64,
+        "declined {declined}, stored {} of {COUNT} traces",
+        stored.len()
+    );
+}
+
 /// A context that says not sampled produces no span even at ratio 1.
 #[test]
 fn unsampled_contexts_produce_no_spans() {
