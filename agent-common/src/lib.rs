@@ -86,10 +86,9 @@ pub mod stat {
 /// Maps that count failed inserts.
 pub mod map_id {
     pub const CONNS: u32 = 0;
-    pub const IO_ARGS: u32 = 1;
-    pub const CONNECT_ARGS: u32 = 2;
-    pub const COUNT: u32 = 3;
-    pub const NAMES: [&str; COUNT as usize] = ["conns", "io_args", "connect_args"];
+    pub const CONNECT_ARGS: u32 = 1;
+    pub const COUNT: u32 = 2;
+    pub const NAMES: [&str; COUNT as usize] = ["conns", "connect_args"];
 }
 
 /// A TCP 4-tuple as seen from the observed socket: `local` is this socket's end.
@@ -248,8 +247,13 @@ pub struct KernelOffsets {
     /// `inet_sock.inet_sport` (big endian): unlike `skc_num` it survives `inet_put_port`, which
     /// runs before the LISTEN -> CLOSE transition is traced.
     pub inet_sport: u32,
+    /// `pt_regs` members holding a syscall's first three arguments (x86_64: `di`, `si`, `dx`),
+    /// read at `sys_exit_*` from the registers the task saved on entry.
+    pub regs_arg0: u32,
+    pub regs_arg1: u32,
+    pub regs_arg2: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 24 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 27 * 4);
 
 /// Run-time settings written into the programs as a global.
 #[repr(C)]
@@ -307,7 +311,7 @@ pub struct ConnectArgs {
 }
 const _: () = assert!(size_of::<ConnectArgs>() == 32);
 
-/// In-flight data syscall arguments, keyed by pid_tgid between sys_enter and sys_exit.
+/// A data syscall's arguments, as the exit program reads them from the saved registers.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct IoArgs {

@@ -1,8 +1,9 @@
 //! meshtap's kernel side: syscall and TCP tracepoints only (no kprobes, no fentry: see
 //! PLATFORM.md), feeding one ring buffer.
 //!
-//! Data flow: `sys_enter_*` filters (agent itself, non-TCP fds) and parks the arguments per thread;
-//! `sys_exit_*` copies the payload prefix once the byte count is known. Connection lifecycle comes
+//! Data flow: `sys_exit_*` of each data syscall reads the arguments from the task's saved
+//! registers, filters (failed calls, the agent itself, non-TCP fds) and copies the payload prefix
+//! with the byte count. Connection lifecycle comes
 //! from `sock:inet_sock_set_state` (connect, established, listen, close) and accept's return.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use meshtap_common::{
-    ConnState, ConnectArgs, DataEvent, IoArgs, KernelOffsets, MAX_CAPTURE, ProbeConfig, stat,
+    ConnState, ConnectArgs, DataEvent, KernelOffsets, MAX_CAPTURE, ProbeConfig, stat,
 };
 
 /// All events, in production order.
@@ -17,10 +17,6 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 /// never saw (dropped tracepoint, agent restart) cannot pin an entry forever; removed on close.
 #[map]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
-
-/// Data syscall arguments between enter and exit, keyed by pid_tgid (one in flight per thread).
-#[map]
-pub static IO_ARGS: LruHashMap<u64, IoArgs> = LruHashMap::with_max_entries(16384, 0);
 
 /// `connect` arguments between enter and exit, keyed by pid_tgid.
 #[map]
@@ -76,6 +72,9 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     sk_net: 0,
     net_inum: 0,
     inet_sport: 0,
+    regs_arg0: 0,
+    regs_arg1: 0,
+    regs_arg2: 0,
 };
 
 #[unsafe(no_mangle)]

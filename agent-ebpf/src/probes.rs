@@ -17,12 +17,12 @@ use meshtap_common::{
 
 use crate::{
     maps::{
-        CONNECT_ARGS, CONNS, DATA_SCRATCH, EVENTS, IO_ARGS, SET_STATE_DONE, count, global,
-        next_conn_id, pending_bytes, wakeup_flags, wakeup_flags_at,
+        CONNECT_ARGS, CONNS, DATA_SCRATCH, EVENTS, SET_STATE_DONE, count, global, next_conn_id,
+        pending_bytes, wakeup_flags, wakeup_flags_at,
     },
     sock::{
         current_identity, sock_err, sock_netns, sock_protocol, sock_sport, sock_state, sock_tuple,
-        tcp_sock_of_fd,
+        syscall_args, tcp_sock_of_fd,
     },
 };
 
@@ -468,17 +468,15 @@ fn try_retransmit(ctx: &RawTracePointContext) -> Result<u32, u32> {
 
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
-    // A thread killed inside a syscall never reaches sys_exit: drop what it parked.
-    let key = bpf_get_current_pid_tgid();
-    let _ = IO_ARGS.remove(&key);
-    let _ = CONNECT_ARGS.remove(&key);
+    // A thread killed inside connect() never reaches sys_exit: drop what it parked.
+    let _ = CONNECT_ARGS.remove(&bpf_get_current_pid_tgid());
     0
 }
 
 // ---------------------------------------------------------------------------------------------
 // data
 
-/// How an entry program finds the user buffer in its arguments.
+/// Where a data syscall's arguments say the user buffer is.
 #[derive(Clone, Copy)]
 enum Buffer {
     /// `(fd, buf, len)`: read, write, recvfrom, sendto.
@@ -491,14 +489,11 @@ enum Buffer {
     None,
 }
 
+/// The arguments of the data syscall that just returned, if its fd is a TCP socket.
 #[inline(always)]
-fn enter_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Result<u32, u32> {
-    if is_agent() {
-        return Ok(0);
-    }
-    let Some(sk) = tcp_sock_of_fd(arg(ctx, 0)?) else {
-        return Ok(0);
-    };
+fn io_args(call: u8, dir: u8, buffer: Buffer) -> Option<IoArgs> {
+    let [fd, a1, a2] = syscall_args()?;
+    let sk = tcp_sock_of_fd(fd)?;
     let mut args = IoArgs {
         sk,
         buf: 0,
@@ -508,117 +503,102 @@ fn enter_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Resul
         _pad: [0; 6],
     };
     match buffer {
-        Buffer::Flat => args.buf = arg(ctx, 1)?,
+        Buffer::Flat => args.buf = a1,
         Buffer::Vector => {
-            args.buf = arg(ctx, 1)?;
-            args.iovcnt = arg(ctx, 2)?;
+            args.buf = a1;
+            args.iovcnt = a2;
         }
         Buffer::Message => {
             // struct user_msghdr: msg_iov at 16, msg_iovlen at 24 (include/linux/socket.h).
-            let msg = arg(ctx, 1)?;
             // SAFETY: probe reads of user memory fail cleanly on bad pointers.
-            args.buf = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
+            args.buf = unsafe { bpf_probe_read_user((a1 + 16) as *const u64) }.unwrap_or(0);
             // SAFETY: as above.
-            args.iovcnt = unsafe { bpf_probe_read_user((msg + 24) as *const u64) }.unwrap_or(0);
+            args.iovcnt = unsafe { bpf_probe_read_user((a1 + 24) as *const u64) }.unwrap_or(0);
         }
         Buffer::None => {}
     }
-    if IO_ARGS
-        .insert(&bpf_get_current_pid_tgid(), &args, 0)
-        .is_err()
-    {
-        count(stat::MAP_FAIL_BASE + map_id::IO_ARGS);
-    }
-    Ok(0)
+    Some(args)
 }
 
-macro_rules! enter_program {
+/// One exit program per data syscall: it knows which syscall it is attached to, and reads the
+/// arguments from the saved registers (no entry program, no map between the two).
+macro_rules! exit_program {
     ($name:ident, $call:expr, $dir:expr, $buffer:expr) => {
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
-            match enter_io(&ctx, $call, $dir, $buffer) {
+            match try_exit_io(&ctx, $call, $dir, $buffer) {
                 Ok(r) | Err(r) => r,
             }
         }
     };
 }
 
-enter_program!(
-    sys_enter_read,
+exit_program!(
+    sys_exit_read,
     syscall::READ,
     direction::INGRESS,
     Buffer::Flat
 );
-enter_program!(
-    sys_enter_write,
+exit_program!(
+    sys_exit_write,
     syscall::WRITE,
     direction::EGRESS,
     Buffer::Flat
 );
-enter_program!(
-    sys_enter_readv,
+exit_program!(
+    sys_exit_readv,
     syscall::READV,
     direction::INGRESS,
     Buffer::Vector
 );
-enter_program!(
-    sys_enter_writev,
+exit_program!(
+    sys_exit_writev,
     syscall::WRITEV,
     direction::EGRESS,
     Buffer::Vector
 );
-enter_program!(
-    sys_enter_recvfrom,
+exit_program!(
+    sys_exit_recvfrom,
     syscall::RECVFROM,
     direction::INGRESS,
     Buffer::Flat
 );
-enter_program!(
-    sys_enter_sendto,
+exit_program!(
+    sys_exit_sendto,
     syscall::SENDTO,
     direction::EGRESS,
     Buffer::Flat
 );
-enter_program!(
-    sys_enter_recvmsg,
+exit_program!(
+    sys_exit_recvmsg,
     syscall::RECVMSG,
     direction::INGRESS,
     Buffer::Message
 );
-enter_program!(
-    sys_enter_sendmsg,
+exit_program!(
+    sys_exit_sendmsg,
     syscall::SENDMSG,
     direction::EGRESS,
     Buffer::Message
 );
-enter_program!(
-    sys_enter_sendfile64,
+exit_program!(
+    sys_exit_sendfile64,
     syscall::SENDFILE,
     direction::EGRESS,
     Buffer::None
 );
 
-/// One exit program for every data syscall: the entry program recorded which one it was.
-#[tracepoint]
-pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
-    match try_exit_io(&ctx) {
-        Ok(r) | Err(r) => r,
-    }
-}
-
 const HEADER: usize = size_of::<DataEventHeader>();
 
-fn try_exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
-    let key = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(args) = (unsafe { IO_ARGS.get(&key) }).copied() else {
-        return Ok(0);
-    };
-    let _ = IO_ARGS.remove(&key);
+#[inline(always)]
+fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Result<u32, u32> {
     let rc = ret(ctx)?;
-    if rc <= 0 {
+    if rc <= 0 || is_agent() {
         return Ok(0);
     }
+    let Some(args) = io_args(call, dir, buffer) else {
+        return Ok(0);
+    };
     let bytes = rc as u64;
     let sk = args.sk;
 

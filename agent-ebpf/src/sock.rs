@@ -2,7 +2,9 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-    generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
+    generated::{
+        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf, bpf_task_pt_regs,
+    },
 };
 use meshtap_common::{AF_INET6, Identity, Tuple};
 
@@ -76,6 +78,32 @@ pub fn tcp_sock_of_fd(fd: u64) -> Option<u64> {
         return None;
     }
     Some(sk)
+}
+
+/// The first three arguments of the current syscall, from the user registers the task saved on
+/// entry (`task_pt_regs`): a `sys_exit_*` program gets them without a `sys_enter_*` program
+/// parking them in a map. The kernel does not change these saved registers during a syscall;
+/// only the return value register is written on exit.
+#[inline(always)]
+pub fn syscall_args() -> Option<[u64; 3]> {
+    // SAFETY: helpers without preconditions; `bpf_task_pt_regs` takes the BTF task pointer the
+    // first one returns, and its result is only read with probe reads.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return None;
+    }
+    let (a0, a1, a2) = (
+        global!(OFFSETS.regs_arg0),
+        global!(OFFSETS.regs_arg1),
+        global!(OFFSETS.regs_arg2),
+    );
+    if a1 == a2 + 8 && a0 == a1 + 8 {
+        // x86_64 saves dx, si, di in that order: one read.
+        let [dx, si, di]: [u64; 3] = read(regs, a2)?;
+        Some([di, si, dx])
+    } else {
+        Some([read(regs, a0)?, read(regs, a1)?, read(regs, a2)?])
+    }
 }
 
 /// `sk->sk_state` (TCP_* values from include/net/tcp_states.h).

@@ -341,7 +341,6 @@ fn refresh_kernel_metrics(maps: &KernelMaps, metrics: &Metrics) {
 
     let entries = [
         ("conns", maps.conns.keys().count()),
-        ("io_args", maps.io_args.keys().count()),
         ("connect_args", maps.connect_args.keys().count()),
     ];
     for (name, count) in entries {

@@ -123,13 +123,12 @@ fn empty_probe_script() -> String {
         "sendmsg",
         "sendfile64",
     ] {
-        probes.push(format!("tracepoint:syscalls:sys_enter_{sys}"));
         probes.push(format!("tracepoint:syscalls:sys_exit_{sys}"));
     }
     format!("{} {{ }}\n", probes.join(",\n"))
 }
 
-const EMPTY_PROBES: usize = 25;
+const EMPTY_PROBES: usize = 16;
 
 pub fn bench(ctx: &Ctx, opts: Opts) -> Result<()> {
     if cfg!(debug_assertions) {
@@ -334,7 +333,7 @@ fn meminfo_kb(key: &str) -> Option<u64> {
 // Scenarios
 // ---------------------------------------------------------------------------------------------
 
-/// B0: 25 empty bpftrace programs on the agent's hooks vs nothing.
+/// B0: 16 empty bpftrace programs on the agent's hooks vs nothing.
 fn b0(env: &Env, plan: &Plan) -> Result<Value> {
     let (mut base, mut hooked, mut ratios) = (vec![], vec![], vec![]);
     let mut attached = 0;
@@ -358,7 +357,7 @@ fn b0(env: &Env, plan: &Plan) -> Result<Value> {
     v.insert(
         "what".into(),
         json!(
-            "wrk -t1 -c32 req/s with 25 empty bpftrace programs on the agent's tracepoints vs none"
+            "wrk -t1 -c32 req/s with 16 empty bpftrace programs on the agent's tracepoints vs none"
         ),
     );
     v.insert("programs_attached".into(), json!(attached));
@@ -1150,7 +1149,7 @@ http {{
     }
 }
 
-/// bpftrace with 25 empty programs on the agent's tracepoints.
+/// bpftrace with 16 empty programs on the agent's tracepoints.
 struct Bpftrace {
     _guard: Guard,
     programs: usize,

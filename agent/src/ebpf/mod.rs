@@ -13,7 +13,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{RawTracePoint, TracePoint},
 };
-use meshtap_common::{ConnState, ConnectArgs, IoArgs, KernelOffsets, ProbeConfig, stat};
+use meshtap_common::{ConnState, ConnectArgs, KernelOffsets, ProbeConfig, stat};
 
 use crate::config::Config;
 
@@ -27,34 +27,15 @@ const ATTACH: &[(&str, &str, &[&str])] = &[
         &["sys_exit_accept", "sys_exit_accept4"],
     ),
     ("sched_process_exit", "sched", &["sched_process_exit"]),
-    ("sys_enter_read", "syscalls", &["sys_enter_read"]),
-    ("sys_enter_write", "syscalls", &["sys_enter_write"]),
-    ("sys_enter_readv", "syscalls", &["sys_enter_readv"]),
-    ("sys_enter_writev", "syscalls", &["sys_enter_writev"]),
-    ("sys_enter_recvfrom", "syscalls", &["sys_enter_recvfrom"]),
-    ("sys_enter_sendto", "syscalls", &["sys_enter_sendto"]),
-    ("sys_enter_recvmsg", "syscalls", &["sys_enter_recvmsg"]),
-    ("sys_enter_sendmsg", "syscalls", &["sys_enter_sendmsg"]),
-    (
-        "sys_enter_sendfile64",
-        "syscalls",
-        &["sys_enter_sendfile64"],
-    ),
-    (
-        "sys_exit_io",
-        "syscalls",
-        &[
-            "sys_exit_read",
-            "sys_exit_write",
-            "sys_exit_readv",
-            "sys_exit_writev",
-            "sys_exit_recvfrom",
-            "sys_exit_sendto",
-            "sys_exit_recvmsg",
-            "sys_exit_sendmsg",
-            "sys_exit_sendfile64",
-        ],
-    ),
+    ("sys_exit_read", "syscalls", &["sys_exit_read"]),
+    ("sys_exit_write", "syscalls", &["sys_exit_write"]),
+    ("sys_exit_readv", "syscalls", &["sys_exit_readv"]),
+    ("sys_exit_writev", "syscalls", &["sys_exit_writev"]),
+    ("sys_exit_recvfrom", "syscalls", &["sys_exit_recvfrom"]),
+    ("sys_exit_sendto", "syscalls", &["sys_exit_sendto"]),
+    ("sys_exit_recvmsg", "syscalls", &["sys_exit_recvmsg"]),
+    ("sys_exit_sendmsg", "syscalls", &["sys_exit_sendmsg"]),
+    ("sys_exit_sendfile64", "syscalls", &["sys_exit_sendfile64"]),
 ];
 
 /// Raw tracepoints: (program, tracepoint). The two `inet_sock_set_state` programs must be
@@ -152,9 +133,8 @@ fn check_syscall_layout(root: &std::path::Path) -> Result<(), LoadError> {
             .ok_or(LoadError::SyscallLayout { event, field })
     };
     let checks = [
-        ("sys_enter_read", "fd", 16),
-        ("sys_enter_read", "buf", 24),
-        ("sys_enter_writev", "vlen", 32),
+        ("sys_enter_connect", "fd", 16),
+        ("sys_enter_connect", "uservaddr", 24),
         ("sys_exit_read", "ret", 16),
     ];
     for (event, field, expected) in checks {
@@ -201,7 +181,6 @@ pub struct Probes {
 pub struct KernelMaps {
     pub stats: PerCpuArray<MapData, u64>,
     pub conns: HashMap<MapData, u64, ConnState>,
-    pub io_args: HashMap<MapData, u64, IoArgs>,
     pub connect_args: HashMap<MapData, u64, ConnectArgs>,
 }
 
@@ -326,7 +305,6 @@ pub fn load(
     let maps = KernelMaps {
         stats: take!("STATS"),
         conns: take!("CONNS"),
-        io_args: take!("IO_ARGS"),
         connect_args: take!("CONNECT_ARGS"),
     };
     Ok((
