@@ -511,9 +511,10 @@ fn io_args(call: u8, dir: u8, buffer: Buffer) -> Option<IoArgs> {
         Buffer::Message => {
             // struct user_msghdr: msg_iov at 16, msg_iovlen at 24 (include/linux/socket.h).
             // SAFETY: probe reads of user memory fail cleanly on bad pointers.
-            args.buf = unsafe { bpf_probe_read_user((a1 + 16) as *const u64) }.unwrap_or(0);
-            // SAFETY: as above.
-            args.iovcnt = unsafe { bpf_probe_read_user((a1 + 24) as *const u64) }.unwrap_or(0);
+            let [iov, iovlen] =
+                unsafe { bpf_probe_read_user((a1 + 16) as *const [u64; 2]) }.unwrap_or([0, 0]);
+            args.buf = iov;
+            args.iovcnt = iovlen;
         }
         Buffer::None => {}
     }
@@ -737,14 +738,12 @@ fn copy_payload(scratch: &mut crate::maps::DataScratch, args: &IoArgs, bytes: u6
                 if i as u64 >= args.iovcnt || done >= cap {
                     break;
                 }
-                // struct iovec { void *iov_base; size_t iov_len; }
+                // struct iovec { void *iov_base; size_t iov_len; }: one read for both.
                 let iov = args.buf + 16 * i as u64;
                 // SAFETY: probe reads of user memory fail cleanly on bad pointers.
-                let Ok(iov_base) = (unsafe { bpf_probe_read_user(iov as *const u64) }) else {
-                    break;
-                };
-                // SAFETY: as above.
-                let Ok(iov_len) = (unsafe { bpf_probe_read_user((iov + 8) as *const u64) }) else {
+                let Ok([iov_base, iov_len]) =
+                    (unsafe { bpf_probe_read_user(iov as *const [u64; 2]) })
+                else {
                     break;
                 };
                 let mut n = cap - done;
