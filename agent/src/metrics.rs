@@ -1,6 +1,9 @@
 //! Every metric the agent exports: names in one place, registered once, encoded by the endpoint.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    borrow::Cow,
+    sync::{Arc, Mutex},
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, LabelSetEncoder},
@@ -105,8 +108,8 @@ impl EncodeLabelSet for K8sLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpServerLabels {
     pub service_name: String,
-    pub http_request_method: String,
-    pub http_response_status_code: String,
+    pub http_request_method: Cow<'static, str>,
+    pub http_response_status_code: Cow<'static, str>,
     pub http_route: String,
     #[prometheus(flatten)]
     pub k8s: K8sLabels,
@@ -116,8 +119,8 @@ pub struct HttpServerLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpClientLabels {
     pub service_name: String,
-    pub http_request_method: String,
-    pub http_response_status_code: String,
+    pub http_request_method: Cow<'static, str>,
+    pub http_response_status_code: Cow<'static, str>,
     pub server_address: String,
     pub server_port: String,
     #[prometheus(flatten)]
@@ -149,7 +152,7 @@ impl EncodeLabelSet for GraphNamespaces {
 pub struct GraphLabels {
     pub client: String,
     pub server: String,
-    pub connection_type: String,
+    pub connection_type: Cow<'static, str>,
     #[prometheus(flatten)]
     pub namespaces: GraphNamespaces,
 }

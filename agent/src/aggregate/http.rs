@@ -6,7 +6,7 @@
 //! the server's and the client's durations. An observation whose partner does not arrive within
 //! `PAIR_WAIT_NS` (lost events, a side the parser could not follow) is counted alone.
 
-use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
+use std::{borrow::Cow, collections::VecDeque, net::SocketAddr, sync::Arc};
 
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 
@@ -152,7 +152,7 @@ impl HttpAggregator {
             })
             .inc();
         let seconds = ex.end_ns.saturating_sub(ex.start_ns) as f64 / 1e9;
-        let status = ex.status.map(|s| s.to_string()).unwrap_or_default();
+        let status = status_label(ex.status);
         let failed = match record.side {
             Side::Server => ex.status.is_some_and(|s| s >= 500),
             Side::Client => ex.status.is_none_or(|s| s >= 500),
@@ -376,7 +376,7 @@ impl HttpAggregator {
         client: &str,
         server: &str,
         namespaces: &GraphNamespaces,
-        connection_type: &str,
+        connection_type: &'static str,
         server_seconds: Option<f64>,
         client_seconds: Option<f64>,
         failed: bool,
@@ -385,7 +385,7 @@ impl HttpAggregator {
         let labels = GraphLabels {
             client: client.to_string(),
             server: server.to_string(),
-            connection_type: connection_type.to_string(),
+            connection_type: Cow::Borrowed(connection_type),
             namespaces: namespaces.clone(),
         };
         let admitted = self.graph_series.admit(labels, now_ns, |l| GraphLabels {
@@ -509,6 +509,35 @@ impl HttpAggregator {
             h.graph_client_seconds.remove(l);
         }
         expired("traces_service_graph_request_total", stale.len());
+    }
+}
+
+/// `http_response_status_code`: "" without a response; the common codes are static strings.
+fn status_label(status: Option<u16>) -> Cow<'static, str> {
+    const COMMON: [(u16, &str); 16] = [
+        (200, "200"),
+        (201, "201"),
+        (202, "202"),
+        (204, "204"),
+        (301, "301"),
+        (302, "302"),
+        (304, "304"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (429, "429"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    match status {
+        None => Cow::Borrowed(""),
+        Some(code) => match COMMON.iter().find(|(c, _)| *c == code) {
+            Some((_, s)) => Cow::Borrowed(s),
+            None => Cow::Owned(code.to_string()),
+        },
     }
 }
 

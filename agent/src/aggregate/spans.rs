@@ -474,7 +474,7 @@ impl SpanAssembler {
             name = name.to_lowercase();
         }
         let mut tags = BTreeMap::new();
-        tags.insert("http.method".into(), ex.method.clone());
+        tags.insert("http.method".into(), ex.method.to_string());
         tags.insert("http.path".into(), route);
         if let Some(status) = ex.status {
             tags.insert("http.status_code".into(), status.to_string());

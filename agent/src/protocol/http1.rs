@@ -26,11 +26,11 @@
 //! the first later syscall that starts with a known method (or `HTTP/1.`): writers start
 //! messages at syscall boundaries in practice.
 
-use std::{collections::VecDeque, mem::MaybeUninit};
+use std::{borrow::Cow, collections::VecDeque, mem::MaybeUninit};
 
 use super::{
     Direction, Exchange, HEADER_ALLOWLIST, MAX_HEADER_BLOCK_BYTES, MAX_HEADER_VALUE_BYTES,
-    MAX_PATH_BYTES, MAX_PENDING_REQUESTS, Outcome, ParseError, Parser, Protocol, Side,
+    MAX_PATH_BYTES, MAX_PENDING_REQUESTS, Outcome, ParseError, Parser, Protocol, Side, method_name,
 };
 
 /// Methods that mark a plausible request start for detection and resynchronisation (RFC 9110
@@ -154,7 +154,7 @@ struct Pending {
 
 #[derive(Debug)]
 struct RequestLine {
-    method: String,
+    method: Cow<'static, str>,
     path: String,
 }
 
@@ -489,7 +489,7 @@ fn parse_request_head(buf: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
             Ok(Parsed::Complete {
                 head: RequestHead {
                     line: RequestLine {
-                        method: method.to_owned(),
+                        method: method_name(method),
                         path: request_path(target),
                     },
                     headers: kept,
@@ -542,7 +542,7 @@ fn partial_request_line(head: &[u8]) -> Option<RequestLine> {
         return None;
     }
     Some(RequestLine {
-        method: String::from_utf8_lossy(method).into_owned(),
+        method: method_name(&String::from_utf8_lossy(method)),
         path: request_path(&String::from_utf8_lossy(target)),
     })
 }

@@ -871,7 +871,7 @@ fn partial_start_lines() {
     assert_eq!(partial_status(b"HTTP/1.1 2000"), None);
     assert_eq!(partial_status(b"HTTP/1.1 99x"), None);
     let line = partial_request_line(b"DELETE /users/7 HT").map(|l| (l.method, l.path));
-    assert_eq!(line, Some(("DELETE".to_owned(), "/users/7".to_owned())));
+    assert_eq!(line, Some(("DELETE".into(), "/users/7".to_owned())));
     assert!(partial_request_line(b"GET /users/12").is_none());
     assert!(partial_request_line(b"GE").is_none());
 }

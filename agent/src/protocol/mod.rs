@@ -9,6 +9,8 @@
 //!
 //! Every parser is fed attacker-controlled bytes: none may panic, and every buffer is bounded.
 
+use std::borrow::Cow;
+
 mod http1;
 pub mod route;
 
@@ -67,6 +69,18 @@ pub enum Outcome {
     Truncated,
 }
 
+/// A request method as a label and tag value: the methods of RFC 9110 and PATCH (RFC 5789) are
+/// static strings, anything else is copied.
+pub fn method_name(method: &str) -> Cow<'static, str> {
+    const KNOWN: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match KNOWN.iter().find(|k| **k == method) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(method.to_owned()),
+    }
+}
+
 /// One request and its response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
@@ -76,7 +90,8 @@ pub struct Exchange {
     /// Timestamp of the syscall that carried the last response byte, or the close time when
     /// there was no response.
     pub end_ns: u64,
-    pub method: String,
+    /// The standard methods are static strings (see [`method_name`]): no allocation.
+    pub method: Cow<'static, str>,
     /// Raw path, without query string or fragment; `/` when absent, the path of an
     /// absolute-form target, `*` for the asterisk form. At most [`MAX_PATH_BYTES`] bytes.
     /// Never use it as a metric label: see [`route::route`].
