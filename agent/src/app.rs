@@ -182,6 +182,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let maps = Arc::new(Mutex::new(maps));
     let housekeeping = tokio::spawn(housekeeping(maps.clone(), metrics.clone(), table.clone()));
 
+    crate::release_freed_memory();
     ready.store(true, Ordering::Release);
     log::info!(
         "meshtap ready: {} programs attached, serving http://{}/metrics",
