@@ -338,6 +338,4 @@ mod pod {
     unsafe impl aya::Pod for super::ConnState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnectArgs {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::IoArgs {}
 }
