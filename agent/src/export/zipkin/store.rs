@@ -7,9 +7,16 @@
 //! 16-character id finds a 128-bit trace, as Zipkin does unless `STRICT_TRACE_ID`), service name
 //! (its traces, span names and remote services, reference-counted), and trace timestamp.
 //!
+//! A span is kept as its JSON (what every read returns) plus the names its indexes count,
+//! shared with the index keys: about half the memory of a decoded `Span`, whose every field is
+//! an allocation. Reads decode the spans they look at; they are rare, inserts are not.
+//!
 //! Queries take time as an argument (`end_ts`), so tests need no clock.
 
-use std::{collections::BTreeMap, sync::Mutex};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
 
 use prometheus_client::{
     metrics::{counter::Counter, gauge::Gauge},
@@ -207,8 +214,34 @@ impl TraceQuery {
     }
 }
 
+/// A stored span: its JSON and the names the indexes count it under.
+struct Stored {
+    json: Box<str>,
+    /// Local service name, shared with the key of `Inner::services`.
+    local: Option<Arc<str>>,
+    /// Span name (when the span has a local service and a name) and remote service name,
+    /// shared with the keys of `Inner::span_names` and `Inner::remote_services`.
+    name: Option<Arc<str>>,
+    remote: Option<Arc<str>>,
+}
+
+impl Stored {
+    /// The span back. It was encoded by `Inner::insert` from a valid span, so decoding fails
+    /// only on a bug; such a span is left out of answers (and trips debug builds).
+    fn decode(&self) -> Option<Span> {
+        let span = serde_json::from_str(&self.json);
+        debug_assert!(span.is_ok(), "stored span does not decode: {}", self.json);
+        span.ok()
+    }
+}
+
+/// The spans of one trace, decoded, in store order.
+fn decode_all(spans: &[Stored]) -> Vec<Span> {
+    spans.iter().filter_map(Stored::decode).collect()
+}
+
 struct Trace {
-    spans: Vec<Span>,
+    spans: Vec<Stored>,
     /// Key in `Inner::by_time`: (timestamp µs, creation sequence).
     key: (u64, u64),
     root_ts: Option<u64>,
@@ -241,35 +274,54 @@ struct Inner {
     by_time: BTreeMap<(u64, u64), TraceKey>,
     /// Local service name -> spans of it in the store. A query by service scans `by_time`
     /// instead of keeping a set of trace ids per service: queries are rare, spans are not.
-    services: BTreeMap<String, usize>,
-    span_names: BTreeMap<String, BTreeMap<String, usize>>,
-    remote_services: BTreeMap<String, BTreeMap<String, usize>>,
+    services: BTreeMap<Arc<str>, usize>,
+    span_names: BTreeMap<Arc<str>, BTreeMap<Arc<str>, usize>>,
+    remote_services: BTreeMap<Arc<str>, BTreeMap<Arc<str>, usize>>,
     spans: usize,
     next_seq: u64,
 }
 
-fn count_up(map: &mut BTreeMap<String, BTreeMap<String, usize>>, outer: &str, inner: &str) {
-    // Names repeat: allocate keys only for a name not seen yet.
-    let names = match map.get_mut(outer) {
+/// Counts `key` up; returns the map's own key, to share rather than copy the name.
+fn count_up(map: &mut BTreeMap<Arc<str>, usize>, key: &str) -> Arc<str> {
+    if let Some((shared, n)) = map.get_key_value(key) {
+        let (shared, n) = (shared.clone(), n + 1);
+        map.insert(shared.clone(), n);
+        return shared;
+    }
+    let shared: Arc<str> = key.into();
+    map.insert(shared.clone(), 1);
+    shared
+}
+
+/// `count_up` in the map of `outer` (whose key is `outer` itself, already shared).
+fn count_up_in(
+    map: &mut BTreeMap<Arc<str>, BTreeMap<Arc<str>, usize>>,
+    outer: &Arc<str>,
+    inner: &str,
+) -> Arc<str> {
+    let names = match map.get_mut(&**outer) {
         Some(names) => names,
-        None => map.entry(outer.to_string()).or_default(),
+        None => map.entry(outer.clone()).or_default(),
     };
-    match names.get_mut(inner) {
-        Some(n) => *n += 1,
-        None => {
-            names.insert(inner.to_string(), 1);
+    count_up(names, inner)
+}
+
+fn count_down(map: &mut BTreeMap<Arc<str>, usize>, key: &str) {
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(key);
         }
     }
 }
 
-fn count_down(map: &mut BTreeMap<String, BTreeMap<String, usize>>, outer: &str, inner: &str) {
+fn count_down_in(
+    map: &mut BTreeMap<Arc<str>, BTreeMap<Arc<str>, usize>>,
+    outer: &str,
+    inner: &str,
+) {
     if let Some(names) = map.get_mut(outer) {
-        if let Some(n) = names.get_mut(inner) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                names.remove(inner);
-            }
-        }
+        count_down(names, inner);
         if names.is_empty() {
             map.remove(outer);
         }
@@ -308,21 +360,27 @@ impl Inner {
             trace.key = key;
             self.by_time.insert(key, id);
         }
+        let mut stored = Stored {
+            json: Box::default(),
+            local: None,
+            name: None,
+            remote: None,
+        };
         if let Some(service) = span.local_service() {
-            match self.services.get_mut(service) {
-                Some(n) => *n += 1,
-                None => {
-                    self.services.insert(service.to_string(), 1);
-                }
-            }
+            let service = count_up(&mut self.services, service);
             if !span.name.is_empty() {
-                count_up(&mut self.span_names, service, &span.name);
+                stored.name = Some(count_up_in(&mut self.span_names, &service, &span.name));
             }
             if let Some(remote) = span.remote_service() {
-                count_up(&mut self.remote_services, service, remote);
+                stored.remote = Some(count_up_in(&mut self.remote_services, &service, remote));
             }
+            stored.local = Some(service);
         }
-        trace.spans.push(span);
+        // Serializing a `Span` cannot fail: string keys, no floats, no custom serializers.
+        stored.json = serde_json::to_string(&span)
+            .unwrap_or_default()
+            .into_boxed_str();
+        trace.spans.push(stored);
         self.spans += 1;
     }
 
@@ -335,18 +393,13 @@ impl Inner {
             return 0;
         };
         for span in &trace.spans {
-            if let Some(service) = span.local_service() {
-                if let Some(n) = self.services.get_mut(service) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        self.services.remove(service);
-                    }
+            if let Some(service) = span.local.as_deref() {
+                count_down(&mut self.services, service);
+                if let Some(name) = span.name.as_deref() {
+                    count_down_in(&mut self.span_names, service, name);
                 }
-                if !span.name.is_empty() {
-                    count_down(&mut self.span_names, service, &span.name);
-                }
-                if let Some(remote) = span.remote_service() {
-                    count_down(&mut self.remote_services, service, remote);
+                if let Some(remote) = span.remote.as_deref() {
+                    count_down_in(&mut self.remote_services, service, remote);
                 }
             }
         }
@@ -389,7 +442,7 @@ impl Inner {
             .matching_ids(id)
             .into_iter()
             .filter_map(|i| self.traces.get(&i))
-            .flat_map(|t| t.spans.iter().cloned())
+            .flat_map(|t| t.spans.iter().filter_map(Stored::decode))
             .collect();
         if spans.is_empty() {
             return None;
@@ -407,9 +460,9 @@ impl Inner {
             Some(service) if !self.services.contains_key(service) => Vec::new(),
             Some(service) => in_range
                 .filter(|id| {
-                    self.traces
-                        .get(id)
-                        .is_some_and(|t| t.spans.iter().any(|s| s.local_service() == Some(service)))
+                    self.traces.get(id).is_some_and(|t| {
+                        t.spans.iter().any(|s| s.local.as_deref() == Some(service))
+                    })
                 })
                 .collect(),
         }
@@ -468,7 +521,7 @@ impl TraceStore {
     /// `GET /services`: local service names, sorted.
     pub fn services(&self) -> Vec<String> {
         let inner = self.lock();
-        inner.services.keys().cloned().collect()
+        inner.services.keys().map(|k| k.to_string()).collect()
     }
 
     /// `GET /spans?serviceName=`: span names recorded by `service`, sorted.
@@ -477,7 +530,7 @@ impl TraceStore {
         inner
             .span_names
             .get(service)
-            .map(|n| n.keys().cloned().collect())
+            .map(|n| n.keys().map(|k| k.to_string()).collect())
             .unwrap_or_default()
     }
 
@@ -487,7 +540,7 @@ impl TraceStore {
         inner
             .remote_services
             .get(service)
-            .map(|n| n.keys().cloned().collect())
+            .map(|n| n.keys().map(|k| k.to_string()).collect())
             .unwrap_or_default()
     }
 
@@ -521,8 +574,8 @@ impl TraceStore {
             let Some(trace) = inner.traces.get(&id) else {
                 continue;
             };
-            if query.matches(&trace.spans) {
-                let mut spans = trace.spans.clone();
+            let mut spans = decode_all(&trace.spans);
+            if query.matches(&spans) {
                 spans.sort_by_key(|s| s.timestamp);
                 out.push(spans);
             }
@@ -543,7 +596,7 @@ impl TraceStore {
         let mut links = Links::default();
         for id in inner.in_window(query.window(), None) {
             if let Some(trace) = inner.traces.get(&id) {
-                links.put_trace(&trace.spans);
+                links.put_trace(&decode_all(&trace.spans));
             }
         }
         Ok(links.into_links())
