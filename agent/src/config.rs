@@ -28,7 +28,7 @@ pub struct Flags {
     #[arg(long, value_name = "N")]
     pub capture_bytes: Option<u32>,
 
-    /// Size of the kernel ring buffer in bytes: a power of two, at least 4096 [default: 8388608].
+    /// Size of the kernel ring buffer in bytes: a power of two, at least 4096 [default: 4194304].
     /// Events that do not fit are counted in meshtap_events_lost_total{stage="kernel"}.
     #[arg(long, value_name = "BYTES")]
     pub ring_buffer_bytes: Option<u32>,
@@ -412,7 +412,7 @@ impl Config {
             ring_buffer_bytes: flags
                 .ring_buffer_bytes
                 .or(file.ring_buffer_bytes)
-                .unwrap_or(8 * 1024 * 1024),
+                .unwrap_or(4 * 1024 * 1024),
             max_connections: flags
                 .max_connections
                 .or(file.max_connections)

@@ -235,7 +235,7 @@ pub fn load(
         capture_bytes: config.capture_bytes,
         // Wake the reader once a quarter of the ring is pending; the timer covers the rest.
         wakeup_bytes: u64::from(config.ring_buffer_bytes / 4),
-        // A sixteenth of the ring (512 KiB of the default 8 MiB, some 3,000 connection events)
+        // A sixteenth of the ring (256 KiB of the default 4 MiB, some 1,500 connection events)
         // is kept for connection events.
         data_limit_bytes: u64::from(config.ring_buffer_bytes - config.ring_buffer_bytes / 16),
     };
