@@ -40,7 +40,7 @@ pub struct Listener {
     pub netns: u32,
     pub comm: String,
     /// Service name of the listening process (see `metadata::service`).
-    pub service: String,
+    pub service: Arc<str>,
     /// Its pod, in Kubernetes.
     pub pod: Option<Arc<PodMeta>>,
     /// The listening process, to name it again once its pod is known.
@@ -138,7 +138,8 @@ pub struct Connection {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub process: Process,
-    pub labels: EdgeLabels,
+    /// Shared with `ConnTable::edges` (and a closed connection's tombstone).
+    pub labels: Arc<EdgeLabels>,
     pub pre_existing: bool,
     pub opened_ns: u64,
     pub last_seen_ns: u64,
@@ -146,8 +147,8 @@ pub struct Connection {
     pub bytes_received: u64,
     pub retransmits: u64,
     /// Service name of the observing process, and of the other end when it is on this node.
-    pub service: String,
-    pub peer_service: Option<String>,
+    pub service: Arc<str>,
+    pub peer_service: Option<Arc<str>>,
     /// In Kubernetes: the observing process's pod, and the pod or Service at the other end.
     pub pod: Option<Arc<PodMeta>>,
     pub peer_k8s: Option<Peer>,
@@ -159,7 +160,7 @@ pub struct Connection {
     /// The thread that last moved request bytes: the one serving (server) or sending (client)
     /// the request in a thread-per-request process.
     request_tid: u32,
-    executable: String,
+    executable: Arc<str>,
     sent: Counter,
     received: Counter,
 }
@@ -281,7 +282,7 @@ impl<K: std::hash::Hash + Eq + Copy, V> Tombstones<K, V> {
 /// A local client endpoint, live or recently closed, as a server-side connection sees it.
 struct LocalClient<'a> {
     comm: &'a str,
-    service: &'a str,
+    service: &'a Arc<str>,
     pod: Option<&'a Arc<PodMeta>>,
     /// The server address the client connected to (before any NAT).
     server: SocketAddr,
@@ -290,7 +291,7 @@ struct LocalClient<'a> {
 impl LocalClient<'_> {
     fn identity(&self) -> Identity {
         Identity {
-            service: self.service.to_string(),
+            service: self.service.clone(),
             pod: self.pod.cloned(),
         }
     }
@@ -300,7 +301,7 @@ impl LocalClient<'_> {
 struct ClosedClient {
     netns: u32,
     comm: String,
-    service: String,
+    service: Arc<str>,
     pod: Option<Arc<PodMeta>>,
     /// The server address the client connected to (before any NAT).
     server: SocketAddr,
@@ -314,7 +315,7 @@ struct ClosedClient {
 /// (`inet_put_port` clears `skc_num`), so the tuple read from the socket no longer has it.
 struct ClosedConnection {
     remote: SocketAddr,
-    labels: EdgeLabels,
+    labels: Arc<EdgeLabels>,
 }
 
 pub struct ConnTable {
@@ -336,7 +337,7 @@ pub struct ConnTable {
     /// Connections closed recently, by socket, for reads that drain them after TCP_CLOSE.
     recent_closed: Tombstones<u64, ClosedConnection>,
     /// Edge label sets in use (bounded by `max_series`).
-    edges: Set<EdgeLabels>,
+    edges: Set<Arc<EdgeLabels>>,
     failed_series: Set<FailedLabels>,
     metrics: Arc<Metrics>,
     pub services: ServiceNames,
@@ -426,7 +427,10 @@ impl ConnTable {
                         c.retransmits += 1;
                         c.labels.clone()
                     }
-                    None => self.edge_labels(&meta, self.resolve_role(&meta)),
+                    None => {
+                        let labels = self.edge_labels(&meta, self.resolve_role(&meta));
+                        self.capped(labels)
+                    }
                 };
                 self.metrics.retransmits.get_or_create(&labels).inc();
             }
@@ -568,7 +572,7 @@ impl ConnTable {
         local: SocketAddr,
         remote: SocketAddr,
         ts_ns: u64,
-    ) -> (Option<String>, Option<Peer>) {
+    ) -> (Option<Arc<str>>, Option<Peer>) {
         match self.peer_identity(role, netns, local, remote, ts_ns) {
             Some(Identity {
                 service,
@@ -578,7 +582,7 @@ impl ConnTable {
                 // A local process not tied to a pod, at an address Kubernetes names (a pod IP,
                 // a ClusterIP in front of it): the Kubernetes name is the one users know.
                 let k8s = self.services.remote(remote.ip());
-                let service = k8s.as_ref().map_or(service, |p| p.name().to_string());
+                let service = k8s.as_ref().map_or(service, |p| p.name().into());
                 (Some(service), k8s)
             }
             None => (None, self.services.remote(remote.ip())),
@@ -615,13 +619,15 @@ impl ConnTable {
     }
 
     /// Applies the series cap: a label set beyond it is folded into the overflow series.
-    fn capped(&mut self, labels: EdgeLabels) -> EdgeLabels {
-        if self.edges.contains(&labels) {
-            return labels;
+    /// Connections of one edge share its label set.
+    fn capped(&mut self, labels: EdgeLabels) -> Arc<EdgeLabels> {
+        if let Some(shared) = self.edges.get(&labels) {
+            return shared.clone();
         }
         if self.edges.len() < self.max_series {
-            self.edges.insert(labels.clone());
-            return labels;
+            let shared = Arc::new(labels);
+            self.edges.insert(shared.clone());
+            return shared;
         }
         self.metrics
             .series_overflow
@@ -629,11 +635,17 @@ impl ConnTable {
                 metric: "meshtap_tcp".to_string(),
             })
             .inc();
-        EdgeLabels::overflow(&labels.role)
+        Arc::new(EdgeLabels::overflow(&labels.role))
     }
 
-    fn track(&mut self, meta: &Meta, observer_role: u8, pre_existing: bool) -> Option<EdgeLabels> {
-        let labels = self.capped(self.edge_labels(meta, observer_role));
+    fn track(
+        &mut self,
+        meta: &Meta,
+        observer_role: u8,
+        pre_existing: bool,
+    ) -> Option<Arc<EdgeLabels>> {
+        let labels = self.edge_labels(meta, observer_role);
+        let labels = self.capped(labels);
         self.metrics.active.get_or_create(&labels).inc();
         if self.conns.len() >= self.max_connections || meta.conn_id == 0 {
             if meta.conn_id != 0 {
@@ -739,7 +751,7 @@ impl ConnTable {
             .server_for(meta.netns, meta.remote)
             .map(|l| l.service.clone());
         self.http
-            .connect_failed(&client_service, meta.remote, peer.as_deref(), meta.ts_ns);
+            .connect_failed(&client_service, meta.remote, peer.as_ref(), meta.ts_ns);
         let edge = self.edge_labels(meta, role::CLIENT);
         let labels = FailedLabels {
             client: edge.client,
@@ -1030,6 +1042,7 @@ impl ConnTable {
         let Some(conn) = self.conns.remove(&meta.conn_id) else {
             // Never tracked here (open lost, or table full): count the close and the bytes.
             let labels = self.edge_labels(meta, self.resolve_role(meta));
+            let labels = self.capped(labels);
             self.metrics.closed.get_or_create(&labels).inc();
             self.metrics
                 .sent

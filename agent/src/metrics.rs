@@ -6,7 +6,7 @@ use std::{
 };
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, LabelSetEncoder},
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
@@ -107,7 +107,7 @@ impl EncodeLabelSet for K8sLabels {
 /// `http_server_*` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpServerLabels {
-    pub service_name: String,
+    pub service_name: Arc<str>,
     pub http_request_method: Cow<'static, str>,
     pub http_response_status_code: Cow<'static, str>,
     pub http_route: String,
@@ -115,14 +115,32 @@ pub struct HttpServerLabels {
     pub k8s: K8sLabels,
 }
 
+/// An address label value, kept as an address and written as text only when scraped.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum AddressLabel {
+    Ip(std::net::IpAddr),
+    /// The overflow series' value, [`OVERFLOW`].
+    Overflow,
+}
+
+impl EncodeLabelValue for AddressLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        use std::fmt::Write;
+        match self {
+            AddressLabel::Ip(ip) => write!(encoder, "{ip}"),
+            AddressLabel::Overflow => encoder.write_str(OVERFLOW),
+        }
+    }
+}
+
 /// `http_client_*` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpClientLabels {
-    pub service_name: String,
+    pub service_name: Arc<str>,
     pub http_request_method: Cow<'static, str>,
     pub http_response_status_code: Cow<'static, str>,
-    pub server_address: String,
-    pub server_port: String,
+    pub server_address: AddressLabel,
+    pub server_port: u16,
     #[prometheus(flatten)]
     pub k8s: K8sLabels,
 }
@@ -150,8 +168,8 @@ impl EncodeLabelSet for GraphNamespaces {
 /// Service-graph edge labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GraphLabels {
-    pub client: String,
-    pub server: String,
+    pub client: Arc<str>,
+    pub server: Arc<str>,
     pub connection_type: Cow<'static, str>,
     #[prometheus(flatten)]
     pub namespaces: GraphNamespaces,

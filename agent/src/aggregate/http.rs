@@ -15,8 +15,8 @@ use crate::{
     fast::{Map, Set},
     metadata::kube::{Peer, PodMeta},
     metrics::{
-        GraphLabels, GraphNamespaces, Histograms, HttpClientLabels, HttpServerLabels, K8sLabels,
-        MetricLabels, Metrics, OVERFLOW, ParseErrorLabels, ProtocolLabels, name,
+        AddressLabel, GraphLabels, GraphNamespaces, Histograms, HttpClientLabels, HttpServerLabels,
+        K8sLabels, MetricLabels, Metrics, OVERFLOW, ParseErrorLabels, ProtocolLabels, name,
     },
     protocol::{Exchange, Protocol, Side, route::route},
 };
@@ -34,9 +34,9 @@ pub struct ExchangeRecord {
     /// The side that observed it.
     pub side: Side,
     /// The observing process's service name.
-    pub service: String,
+    pub service: Arc<str>,
     /// The other end's service name when it is a process on this node.
-    pub peer_service: Option<String>,
+    pub peer_service: Option<Arc<str>>,
     /// In Kubernetes: the observing process's pod, and the pod or Service at the other end.
     pub pod: Option<Arc<PodMeta>>,
     pub peer_k8s: Option<Peer>,
@@ -47,8 +47,8 @@ pub struct ExchangeRecord {
 
 /// One side's contribution to a service-graph request.
 struct Half {
-    client: String,
-    server: String,
+    client: Arc<str>,
+    server: Arc<str>,
     namespaces: GraphNamespaces,
     seconds: f64,
     failed: bool,
@@ -194,14 +194,14 @@ impl HttpAggregator {
                     service_name: record.service.clone(),
                     http_request_method: ex.method.clone(),
                     http_response_status_code: status,
-                    server_address: record.server.ip().to_string(),
-                    server_port: record.server.port().to_string(),
+                    server_address: AddressLabel::Ip(record.server.ip()),
+                    server_port: record.server.port(),
                     k8s: K8sLabels(record.pod.clone()),
                 };
                 let admitted = self
                     .client_series
                     .admit(labels, now_ns, |l| HttpClientLabels {
-                        server_address: OVERFLOW.to_string(),
+                        server_address: AddressLabel::Overflow,
                         ..l
                     });
                 observe(
@@ -226,8 +226,8 @@ impl HttpAggregator {
             record
                 .peer_service
                 .clone()
-                .or_else(|| record.peer_k8s.as_ref().map(|p| p.name().to_string()))
-                .unwrap_or_else(|| ip.to_string())
+                .or_else(|| record.peer_k8s.as_ref().map(|p| p.name().into()))
+                .unwrap_or_else(|| ip.to_string().into())
         };
         let own_ns = record.pod.as_ref().map(|p| p.namespace.clone());
         let peer_ns = record.peer_k8s.as_ref().map(|p| p.namespace().to_string());
@@ -343,17 +343,17 @@ impl HttpAggregator {
     /// request on the service graph.
     pub fn connect_failed(
         &mut self,
-        client: &str,
+        client: &Arc<str>,
         server: SocketAddr,
-        peer: Option<&str>,
+        peer: Option<&Arc<str>>,
         now_ns: u64,
     ) {
         if !self.http_destinations.contains(&server) {
             return;
         }
         let server_name = peer
-            .map(str::to_string)
-            .unwrap_or_else(|| server.ip().to_string());
+            .cloned()
+            .unwrap_or_else(|| server.ip().to_string().into());
         let connection_type = if peer.is_some() { "" } else { "virtual_node" };
         self.graph(
             client,
@@ -373,8 +373,8 @@ impl HttpAggregator {
     )]
     fn graph(
         &mut self,
-        client: &str,
-        server: &str,
+        client: &Arc<str>,
+        server: &Arc<str>,
         namespaces: &GraphNamespaces,
         connection_type: &'static str,
         server_seconds: Option<f64>,
@@ -383,14 +383,14 @@ impl HttpAggregator {
         now_ns: u64,
     ) {
         let labels = GraphLabels {
-            client: client.to_string(),
-            server: server.to_string(),
+            client: client.clone(),
+            server: server.clone(),
             connection_type: Cow::Borrowed(connection_type),
             namespaces: namespaces.clone(),
         };
         let admitted = self.graph_series.admit(labels, now_ns, |l| GraphLabels {
-            client: OVERFLOW.to_string(),
-            server: OVERFLOW.to_string(),
+            client: OVERFLOW.into(),
+            server: OVERFLOW.into(),
             namespaces: GraphNamespaces::default(),
             ..l
         });
@@ -592,7 +592,7 @@ mod tests {
                 Side::Server => "backend".into(),
                 Side::Client => "frontend".into(),
             },
-            peer_service: peer.map(str::to_string),
+            peer_service: peer.map(Into::into),
             pod: None,
             peer_k8s: None,
             client: "10.0.0.1:5000".parse().unwrap(),

@@ -20,6 +20,7 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     net::SocketAddr,
+    sync::Arc,
 };
 
 use crate::{
@@ -43,15 +44,15 @@ const WINDOW_SLACK_NS: u64 = 1_000_000;
 pub struct SpanInput {
     pub exchange: Exchange,
     pub side: Side,
-    pub service: String,
-    pub peer_service: Option<String>,
+    pub service: Arc<str>,
+    pub peer_service: Option<Arc<str>>,
     /// In Kubernetes: the observing process's pod, and the pod or Service at the other end.
     pub pod: Option<std::sync::Arc<crate::metadata::kube::PodMeta>>,
     pub peer_k8s: Option<crate::metadata::kube::Peer>,
     pub pid: u32,
     /// The thread that read the request (server) or wrote it (client).
     pub tid: u32,
-    pub executable: String,
+    pub executable: Arc<str>,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     /// (client address, server address): identical from both ends of a connection.
@@ -487,7 +488,10 @@ impl SpanAssembler {
             tags.insert("error".into(), error);
         }
         tags.insert("process.pid".into(), input.pid.to_string());
-        tags.insert("process.executable.name".into(), input.executable.clone());
+        tags.insert(
+            "process.executable.name".into(),
+            input.executable.to_string(),
+        );
         if let Some(pod) = &input.pod {
             tags.insert("k8s.namespace.name".into(), pod.namespace.clone());
             tags.insert("k8s.pod.name".into(), pod.name.clone());
@@ -682,8 +686,8 @@ mod tests {
                 outcome: Outcome::Complete,
             },
             side,
-            service: format!("svc{pid}"),
-            peer_service: peer.map(str::to_string),
+            service: format!("svc{pid}").into(),
+            peer_service: peer.map(Into::into),
             pod: None,
             peer_k8s: None,
             pid,

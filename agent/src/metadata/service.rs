@@ -47,13 +47,13 @@ struct Kube {
 /// A process's service name and, in Kubernetes, its pod.
 #[derive(Clone, Debug, Default)]
 pub struct Identity {
-    pub service: String,
+    pub service: Arc<str>,
     pub pod: Option<Arc<PodMeta>>,
 }
 
 pub struct ServiceNames {
-    by_executable: HashMap<String, String>,
-    by_port: HashMap<u16, String>,
+    by_executable: HashMap<String, Arc<str>>,
+    by_port: HashMap<u16, Arc<str>>,
     /// (tgid, start time) -> what /proc says: a reused pid is a new key.
     cache: HashMap<(u32, u64), Facts>,
     hz: u64,
@@ -64,8 +64,14 @@ pub struct ServiceNames {
 impl ServiceNames {
     pub fn new(by_executable: HashMap<String, String>, by_port: HashMap<u16, String>) -> Self {
         ServiceNames {
-            by_executable,
-            by_port,
+            by_executable: by_executable
+                .into_iter()
+                .map(|(exe, name)| (exe, name.into()))
+                .collect(),
+            by_port: by_port
+                .into_iter()
+                .map(|(port, name)| (port, name.into()))
+                .collect(),
             cache: HashMap::new(),
             hz: clock_ticks_per_second(),
             proc_root: PathBuf::from("/proc"),
@@ -109,7 +115,7 @@ impl ServiceNames {
 
     /// The service name of `process`; `serving_port` is the local port when the process is
     /// the server of the connection in question.
-    pub fn name(&mut self, process: &Process, serving_port: Option<u16>) -> String {
+    pub fn name(&mut self, process: &Process, serving_port: Option<u16>) -> Arc<str> {
         self.identify(process, serving_port).service
     }
 
@@ -127,11 +133,11 @@ impl ServiceNames {
         let service = if let Some(name) = self.by_executable.get(&exe) {
             name.clone()
         } else if let Some(name) = facts.env_service_name {
-            name
+            name.into()
         } else if let Some(pod) = &pod {
-            pod.service_name().to_string()
+            pod.service_name().into()
         } else {
-            exe
+            exe.into()
         };
         Identity { service, pod }
     }
@@ -172,10 +178,11 @@ impl ServiceNames {
     }
 
     /// The executable name of `process` (its command name once it is gone).
-    pub fn executable(&mut self, process: &Process) -> String {
-        self.facts(process)
-            .exe
-            .unwrap_or_else(|| process.comm.clone())
+    pub fn executable(&mut self, process: &Process) -> Arc<str> {
+        match self.facts(process).exe {
+            Some(exe) => exe.into(),
+            None => process.comm.as_str().into(),
+        }
     }
 
     /// What /proc says about the process, if it is still the same process (pid and start
@@ -244,19 +251,19 @@ mod tests {
             HashMap::from([(8080, "frontend".to_string())]),
         );
         let p = me();
-        assert_eq!(names.name(&p, Some(8080)), "frontend");
-        assert_eq!(names.name(&p, Some(9)), exe);
+        assert_eq!(&*names.name(&p, Some(8080)), "frontend");
+        assert_eq!(&*names.name(&p, Some(9)), exe);
         let mut names = ServiceNames::new(
             HashMap::from([(exe.clone(), "by-exe".to_string())]),
             HashMap::new(),
         );
-        assert_eq!(names.name(&p, None), "by-exe");
+        assert_eq!(&*names.name(&p, None), "by-exe");
         // A process that is gone (or a reused pid with another start time) falls back to comm.
         let gone = Process {
             start_ns: p.start_ns + 7_000_000_000,
             ..p
         };
         let mut names = ServiceNames::new(HashMap::new(), HashMap::new());
-        assert_eq!(names.name(&gone, None), "truncated-comm");
+        assert_eq!(&*names.name(&gone, None), "truncated-comm");
     }
 }
