@@ -49,7 +49,7 @@ impl StoreAdmission {
     }
 
     /// Whether the store takes the trace `trace_id`, at monotonic time `now_ns`.
-    pub fn admit(&mut self, trace_id: &str, now_ns: u64) -> bool {
+    pub fn admit(&mut self, trace_id: u128, now_ns: u64) -> bool {
         if self.rate == 0 {
             return true;
         }
@@ -77,14 +77,14 @@ mod tests {
 
     const SEC: u64 = 1_000_000_000;
 
-    fn id(n: u64) -> String {
-        format!("{n:032x}")
+    fn id(n: u64) -> u128 {
+        u128::from(n) | (7 << 64)
     }
 
     #[test]
     fn no_limit_admits_everything() {
         let mut a = StoreAdmission::new(0);
-        assert!((0..100_000).all(|n| a.admit(&id(n), 0)));
+        assert!((0..100_000).all(|n| a.admit(id(n), 0)));
     }
 
     #[test]
@@ -92,19 +92,17 @@ mod tests {
         let mut a = StoreAdmission::new(100);
         // The first call starts with a full bucket: 10 s of 100 per second.
         let t0 = 5 * SEC;
-        let burst = (0..5000).filter(|n| a.admit(&id(*n), t0)).count();
+        let burst = (0..5000).filter(|n| a.admit(id(*n), t0)).count();
         assert_eq!(burst, 1000);
         // One second later: 100 more, whatever is offered.
-        let next = (5000..10_000)
-            .filter(|n| a.admit(&id(*n), t0 + SEC))
-            .count();
+        let next = (5000..10_000).filter(|n| a.admit(id(*n), t0 + SEC)).count();
         assert_eq!(next, 100);
         // Steady offer of 1,000 per second for 10 s: 100 per second go in.
         let mut admitted = 0;
         for s in 0..10 {
             for n in 0..1000 {
                 let t = t0 + (1 + s) * SEC + (n + 1) * (SEC / 1000);
-                admitted += usize::from(a.admit(&id(1_000_000 + s * 1000 + n), t));
+                admitted += usize::from(a.admit(id(1_000_000 + s * 1000 + n), t));
             }
         }
         assert_eq!(admitted, 1000);
@@ -114,16 +112,16 @@ mod tests {
     fn parts_of_a_trace_get_the_same_answer() {
         let mut a = StoreAdmission::new(1);
         let t = SEC;
-        let admitted: Vec<String> = (0..10).map(id).collect();
-        assert!(admitted.iter().all(|i| a.admit(i, t)));
-        assert!(!a.admit(&id(99), t), "bucket empty");
+        let admitted: Vec<u128> = (0..10).map(id).collect();
+        assert!(admitted.iter().all(|i| a.admit(*i, t)));
+        assert!(!a.admit(id(99), t), "bucket empty");
         // Later parts, after credit came back: the declined trace stays declined, the admitted
         // ones stay admitted without taking credit.
         let later = t + 3 * SEC;
-        assert!(!a.admit(&id(99), later));
-        assert!(admitted.iter().all(|i| a.admit(i, later)));
+        assert!(!a.admit(id(99), later));
+        assert!(admitted.iter().all(|i| a.admit(*i, later)));
         assert!(
-            a.admit(&id(100), later),
+            a.admit(id(100), later),
             "credit was not spent on known traces"
         );
     }
@@ -132,8 +130,8 @@ mod tests {
     fn time_going_backwards_takes_no_credit() {
         let mut a = StoreAdmission::new(1);
         let t = 100 * SEC;
-        assert_eq!((0..20).filter(|n| a.admit(&id(*n), t)).count(), 10);
-        assert!(!a.admit(&id(50), t - 50 * SEC));
-        assert!(!a.admit(&id(51), t));
+        assert_eq!((0..20).filter(|n| a.admit(id(*n), t)).count(), 10);
+        assert!(!a.admit(id(50), t - 50 * SEC));
+        assert!(!a.admit(id(51), t));
     }
 }

@@ -68,11 +68,13 @@ pub struct SpanInput {
 
 struct Node {
     input: SpanInput,
-    span_id: String,
+    /// Ids stay numbers until a span is built: most spans are never built (sampled out or
+    /// declined by the store).
+    span_id: u64,
     /// Known trace id (from a context) before linking.
-    trace_id: Option<String>,
+    trace_id: Option<u128>,
     /// Parent span id when it comes from the context (not from another node).
-    external_parent: Option<String>,
+    external_parent: Option<u64>,
     /// Parent node, when inferred.
     parent: Option<u64>,
     children: Vec<u64>,
@@ -183,12 +185,12 @@ impl SpanAssembler {
         }
     }
 
-    fn new_span_id(&mut self) -> String {
-        format_span_id(self.random_u64())
+    fn new_span_id(&mut self) -> u64 {
+        self.random_u64()
     }
 
-    fn new_trace_id(&mut self) -> String {
-        format_trace_id((u128::from(self.random_u64()) << 64) | u128::from(self.random_u64()))
+    fn new_trace_id(&mut self) -> u128 {
+        (u128::from(self.random_u64()) << 64) | u128::from(self.random_u64())
     }
 
     /// Adds one exchange; returns what became final.
@@ -197,7 +199,7 @@ impl SpanAssembler {
         self.next_key += 1;
         let found = context::extract(&input.exchange.headers);
         let mut node = Node {
-            span_id: String::new(),
+            span_id: 0,
             trace_id: None,
             external_parent: None,
             parent: None,
@@ -218,27 +220,27 @@ impl SpanAssembler {
         };
         match (&ctx, node.input.side) {
             (Some(ctx), Side::Server) => {
-                node.trace_id = Some(ctx.trace_id.clone());
+                node.trace_id = Some(hex_u128(&ctx.trace_id));
                 node.debug = ctx.debug;
                 node.sampled = ctx.sampled;
                 match ctx.format {
                     Format::B3 => {
-                        node.span_id = ctx.span_id.clone();
-                        node.external_parent = ctx.parent_id.clone();
+                        node.span_id = hex_u64(&ctx.span_id);
+                        node.external_parent = ctx.parent_id.as_deref().map(hex_u64);
                         node.shared = true;
                     }
                     Format::W3c => {
                         node.span_id = self.new_span_id();
-                        node.external_parent = Some(ctx.span_id.clone());
+                        node.external_parent = Some(hex_u64(&ctx.span_id));
                     }
                 }
             }
             (Some(ctx), Side::Client) => {
-                node.trace_id = Some(ctx.trace_id.clone());
+                node.trace_id = Some(hex_u128(&ctx.trace_id));
                 node.debug = ctx.debug;
                 node.sampled = ctx.sampled;
-                node.span_id = ctx.span_id.clone();
-                node.external_parent = ctx.parent_id.clone();
+                node.span_id = hex_u64(&ctx.span_id);
+                node.external_parent = ctx.parent_id.as_deref().map(hex_u64);
                 node.awaits_parent = node.external_parent.is_none() && node.input.in_server_process;
             }
             (None, Side::Server) => {
@@ -368,13 +370,13 @@ impl SpanAssembler {
         let parent_ids = self
             .nodes
             .get(&parent)
-            .map(|p| (p.span_id.clone(), p.external_parent.clone()));
+            .map(|p| (p.span_id, p.external_parent));
         let Some((parent_span, parent_of_parent)) = parent_ids else {
             return;
         };
         let mut fresh_id = None;
         if let Some(c) = self.nodes.get(&child)
-            && (c.span_id == parent_span || Some(&c.span_id) == parent_of_parent.as_ref())
+            && (c.span_id == parent_span || Some(c.span_id) == parent_of_parent)
         {
             // A proxy passed the incoming context through unchanged: the id belongs to
             // another span, so this one needs its own.
@@ -403,7 +405,7 @@ impl SpanAssembler {
         if self.nodes.get(&root).is_none_or(|n| n.awaits_parent) {
             return;
         }
-        let trace_id = match self.nodes.get(&root).and_then(|n| n.trace_id.clone()) {
+        let trace_id = match self.nodes.get(&root).and_then(|n| n.trace_id) {
             Some(t) => t,
             None => self.new_trace_id(),
         };
@@ -416,7 +418,7 @@ impl SpanAssembler {
             },
             None => return,
         };
-        self.emit_tree(root, &trace_id, None, &mut outputs, out);
+        self.emit_tree(root, trace_id, None, &mut outputs, out);
     }
 
     /// Emits `key`'s subtree: samples each span, asks the store once, and builds only the
@@ -424,17 +426,17 @@ impl SpanAssembler {
     fn emit_tree(
         &mut self,
         key: u64,
-        trace_id: &str,
-        parent_span: Option<String>,
+        trace_id: u128,
+        parent_span: Option<u64>,
         outputs: &mut Outputs,
         out: &mut Assembled,
     ) {
         let Some(node) = self.nodes.remove(&key) else {
             return;
         };
-        let parent_id = parent_span.or_else(|| node.external_parent.clone());
+        let parent_id = parent_span.or(node.external_parent);
         for child in &node.children {
-            self.emit_tree(*child, trace_id, Some(node.span_id.clone()), outputs, out);
+            self.emit_tree(*child, trace_id, Some(node.span_id), outputs, out);
         }
         let keep = outputs.debug
             || (self.keep_errors && failed(&node.input))
@@ -463,7 +465,7 @@ impl SpanAssembler {
         }
     }
 
-    fn to_span(&self, node: Node, trace_id: &str, parent_id: Option<String>, debug: bool) -> Span {
+    fn to_span(&self, node: Node, trace_id: u128, parent_id: Option<u64>, debug: bool) -> Span {
         let input = node.input;
         let ex = &input.exchange;
         let route = route(&ex.path);
@@ -507,9 +509,9 @@ impl SpanAssembler {
         let timestamp = wall(ex.start_ns) / 1000;
         let duration = (ex.end_ns.saturating_sub(ex.start_ns) / 1000).max(1);
         Span {
-            trace_id: trace_id.to_string(),
-            id: node.span_id,
-            parent_id: parent_id.filter(|p| p.len() == 16),
+            trace_id: format_trace_id(trace_id),
+            id: format_span_id(node.span_id),
+            parent_id: parent_id.map(format_span_id),
             kind: Some(match input.side {
                 Side::Server => Kind::Server,
                 Side::Client => Kind::Client,
@@ -626,20 +628,25 @@ fn failed(input: &SpanInput) -> bool {
     }
 }
 
-/// Whether a trace is kept by a ratio sampler: decided from the trace id alone, so that every
-/// node keeps the same traces.
-pub fn sampled_by_ratio(trace_id: &str, ratio: f64) -> bool {
+/// Whether a trace is kept by a ratio sampler: decided from the trace id alone (its low 64
+/// bits), so that every node keeps the same traces.
+pub fn sampled_by_ratio(trace_id: u128, ratio: f64) -> bool {
     if ratio >= 1.0 {
         return true;
     }
     if ratio <= 0.0 {
         return false;
     }
-    let low = trace_id
-        .get(trace_id.len().saturating_sub(16)..)
-        .and_then(|s| u64::from_str_radix(s, 16).ok())
-        .unwrap_or(0);
-    (low as f64) < ratio * (u64::MAX as f64)
+    (trace_id as u64 as f64) < ratio * (u64::MAX as f64)
+}
+
+/// A context id's value. Contexts hold validated lower-hex ids (`context::extract`).
+fn hex_u64(id: &str) -> u64 {
+    u64::from_str_radix(id, 16).unwrap_or(0)
+}
+
+fn hex_u128(id: &str) -> u128 {
+    u128::from_str_radix(id, 16).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -1140,9 +1147,9 @@ mod tests {
 
     #[test]
     fn ratio_sampling_is_by_trace_id() {
-        assert!(sampled_by_ratio("00000000000000000000000000000001", 0.5));
-        assert!(!sampled_by_ratio("0000000000000000ffffffffffffffff", 0.5));
-        assert!(sampled_by_ratio("0000000000000000ffffffffffffffff", 1.0));
-        assert!(!sampled_by_ratio("00000000000000000000000000000001", 0.0));
+        assert!(sampled_by_ratio(1, 0.5));
+        assert!(!sampled_by_ratio(u128::from(u64::MAX), 0.5));
+        assert!(sampled_by_ratio(u128::from(u64::MAX), 1.0));
+        assert!(!sampled_by_ratio(1, 0.0));
     }
 }
