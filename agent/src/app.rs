@@ -243,13 +243,13 @@ fn seed_listeners(table: &Mutex<ConnTable>) {
                     tid: l.tgid,
                     start_ns: 0,
                     cgroup_id: 0,
-                    comm: l.comm.clone(),
+                    comm: l.comm.clone().into(),
                 };
                 let id = table.services.identify(&process, Some(l.addr.port()));
                 table.listeners.add(Listener {
                     addr: l.addr,
                     netns,
-                    comm: l.comm,
+                    comm: l.comm.into(),
                     service: id.service,
                     pod: id.pod,
                     process: Some(process),

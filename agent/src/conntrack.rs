@@ -23,7 +23,7 @@ use crate::{
         spans::SpanInput,
         traces::Tracer,
     },
-    event::{ConnTotals, Event, Meta, Process},
+    event::{Comm, ConnTotals, Event, Meta, Process},
     fast::{Map, Set},
     metadata::{
         kube::{Peer, PodMeta},
@@ -38,7 +38,7 @@ use crate::{
 pub struct Listener {
     pub addr: SocketAddr,
     pub netns: u32,
-    pub comm: String,
+    pub comm: Comm,
     /// Service name of the listening process (see `metadata::service`).
     pub service: Arc<str>,
     /// Its pod, in Kubernetes.
@@ -300,7 +300,7 @@ impl LocalClient<'_> {
 /// A closed client endpoint (see `ConnTable::recent_clients`).
 struct ClosedClient {
     netns: u32,
-    comm: String,
+    comm: Comm,
     service: Arc<str>,
     pod: Option<Arc<PodMeta>>,
     /// The server address the client connected to (before any NAT).
@@ -389,7 +389,7 @@ impl ConnTable {
                 local: c.local.to_string(),
                 remote: c.remote.to_string(),
                 pid: c.process.tgid,
-                comm: c.process.comm.clone(),
+                comm: c.process.comm.to_string(),
                 start_time_ns: c.process.start_ns,
                 cgroup_id: c.process.cgroup_id,
                 netns: c.netns,
@@ -591,7 +591,7 @@ impl ConnTable {
 
     /// Labels of the edge `meta` belongs to, seen from `observer_role`.
     fn edge_labels(&self, meta: &Meta, observer_role: u8) -> EdgeLabels {
-        let me = meta.process.comm.clone();
+        let me = &meta.process.comm;
         if observer_role == role::SERVER {
             let client = self
                 .local_client(meta)
@@ -599,7 +599,7 @@ impl ConnTable {
                 .unwrap_or_else(|| meta.remote.ip().to_string());
             EdgeLabels {
                 client,
-                server: me,
+                server: me.to_string(),
                 server_port: meta.local.port().to_string(),
                 role: "server".to_string(),
             }
@@ -607,10 +607,10 @@ impl ConnTable {
             let server = self
                 .listeners
                 .server_for(meta.netns, meta.remote)
-                .map(|l| l.comm.clone())
+                .map(|l| l.comm.to_string())
                 .unwrap_or_else(|| meta.remote.ip().to_string());
             EdgeLabels {
-                client: me,
+                client: me.to_string(),
                 server,
                 server_port: meta.remote.port().to_string(),
                 role: "client".to_string(),
@@ -1164,7 +1164,7 @@ mod tests {
                 tid: 100 + conn_id as u32,
                 start_ns: 5,
                 cgroup_id: 1,
-                comm: comm.to_string(),
+                comm: comm.into(),
             },
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),

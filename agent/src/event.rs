@@ -1,7 +1,10 @@
 //! Decoding ring-buffer records into owned events. Records are bytes from the kernel: every
 //! length is checked and an unknown or short record is an error, never a panic.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
 
 use meshtap_common::{
     AF_INET, AF_INET6, ConnEvent, DataEventHeader, EventHeader, Identity, Tuple, kind,
@@ -15,7 +18,75 @@ pub struct Process {
     /// Start time of the process, ns since boot: with `tgid` a unique process identity.
     pub start_ns: u64,
     pub cgroup_id: u64,
-    pub comm: String,
+    pub comm: Comm,
+}
+
+/// A task's command name. The kernel's is at most 15 bytes: kept inline when it is UTF-8 (no
+/// allocation per event), else as its lossy conversion.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum Comm {
+    Inline { len: u8, bytes: [u8; 15] },
+    Lossy(Arc<str>),
+}
+
+impl Comm {
+    pub fn as_str(&self) -> &str {
+        match self {
+            // `bytes[..len]` was checked to be UTF-8 when the value was made.
+            Comm::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Comm::Lossy(s) => s,
+        }
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(s: &str) -> Self {
+        let mut bytes = [0u8; 15];
+        match bytes.get_mut(..s.len()) {
+            Some(prefix) => {
+                prefix.copy_from_slice(s.as_bytes());
+                Comm::Inline {
+                    len: s.len() as u8,
+                    bytes,
+                }
+            }
+            None => Comm::Lossy(s.into()),
+        }
+    }
+}
+
+impl From<String> for Comm {
+    fn from(s: String) -> Self {
+        Comm::from(s.as_str())
+    }
+}
+
+impl std::ops::Deref for Comm {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// Fields every event has.
@@ -218,9 +289,12 @@ fn meta(h: &EventHeader) -> Meta {
     }
 }
 
-pub fn comm_str(comm: &[u8; 16]) -> String {
+pub fn comm_str(comm: &[u8; 16]) -> Comm {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
+    match std::str::from_utf8(&comm[..end]) {
+        Ok(s) => Comm::from(s),
+        Err(_) => Comm::Lossy(String::from_utf8_lossy(&comm[..end]).into()),
+    }
 }
 
 fn process(who: &Identity) -> Process {
@@ -299,6 +373,23 @@ mod tests {
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: T is a plain #[repr(C)] integer record; reading its bytes is always valid.
         unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn comm_is_inline_when_utf8_and_lossy_otherwise() {
+        let mut raw = [0u8; 16];
+        raw[..15].copy_from_slice(b"fifteen-bytes-x");
+        let c = comm_str(&raw);
+        assert!(matches!(c, Comm::Inline { len: 15, .. }));
+        assert_eq!(c, "fifteen-bytes-x");
+        // A multi-byte character cut by the kernel's 15-byte limit.
+        let mut raw = [0u8; 16];
+        raw[..15].copy_from_slice(b"abcdefghijklmn\xc3");
+        let c = comm_str(&raw);
+        assert!(matches!(c, Comm::Lossy(_)));
+        assert_eq!(c, "abcdefghijklmn\u{fffd}");
+        assert_eq!(comm_str(&[0u8; 16]), "");
+        assert_eq!(Comm::from("é").to_string(), "é");
     }
 
     #[test]

@@ -129,7 +129,7 @@ impl ServiceNames {
             };
         }
         let facts = self.facts(process);
-        let exe = facts.exe.unwrap_or_else(|| process.comm.clone());
+        let exe = facts.exe.unwrap_or_else(|| process.comm.to_string());
         let service = if let Some(name) = self.by_executable.get(&exe) {
             name.clone()
         } else if let Some(name) = facts.env_service_name {
