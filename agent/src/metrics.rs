@@ -420,6 +420,9 @@ pub struct Metrics {
     pub kube: KubeMetrics,
     /// Last kernel counter values seen, so kernel totals become counter increments.
     kernel_seen: Mutex<Vec<u64>>,
+    /// Length of the last encoding: the next one starts at about that capacity instead of
+    /// doubling its way up (a scrape of a high-cardinality node is megabytes).
+    last_encoded_len: std::sync::atomic::AtomicUsize,
 }
 
 impl Metrics {
@@ -477,6 +480,7 @@ impl Metrics {
             series_overflow: Family::default(),
             programs_attached: Gauge::default(),
             kernel_seen: Mutex::new(Vec::new()),
+            last_encoded_len: std::sync::atomic::AtomicUsize::new(0),
             registry: Registry::default(),
         };
         registry.register(
@@ -581,9 +585,12 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
-        let mut out = String::new();
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = self.last_encoded_len.load(Relaxed);
+        let mut out = String::with_capacity(last + last / 8);
         // Encoding into a String cannot fail: fmt::Write for String is infallible.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        self.last_encoded_len.store(out.len(), Relaxed);
         out
     }
 }

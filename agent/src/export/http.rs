@@ -40,11 +40,15 @@ async fn metrics(State(state): State<Endpoint>, headers: HeaderMap) -> impl Into
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/openmetrics-text"));
-    if wants_openmetrics {
-        ([(header::CONTENT_TYPE, OPENMETRICS)], body)
+    let (content_type, body) = if wants_openmetrics {
+        (OPENMETRICS, body)
     } else {
-        ([(header::CONTENT_TYPE, TEXT)], openmetrics_to_text(&body))
-    }
+        (TEXT, openmetrics_to_text(&body))
+    };
+    // A scrape of a high-cardinality node allocates megabytes on whichever runtime thread
+    // serves it, which then keeps them for reuse: give back what the last scrapes freed.
+    crate::release_freed_memory();
+    ([(header::CONTENT_TYPE, content_type)], body)
 }
 
 async fn readyz(State(state): State<Endpoint>) -> impl IntoResponse {
