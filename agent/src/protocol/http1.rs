@@ -286,14 +286,34 @@ impl Stream {
     /// accepted as a line terminator, §2.2) in bytes not scanned yet.
     fn find_head_end(&mut self) -> bool {
         // A terminator may straddle the bytes scanned before: start two bytes back.
-        let from = self.scan_from.saturating_sub(2);
-        let head = &self.head;
-        let found = memchr::memchr_iter(b'\n', head.get(from..).unwrap_or(&[])).any(|i| {
-            let next = head.get(from + i + 1..).unwrap_or(&[]);
-            next.starts_with(b"\n") || next.starts_with(b"\r\n")
-        });
+        let found = head_ends(&self.head, self.scan_from.saturating_sub(2));
         self.scan_from = self.head.len();
         found
+    }
+}
+
+/// Whether `head` holds the end of a header block (an empty line) at or after `from`.
+fn head_ends(head: &[u8], from: usize) -> bool {
+    memchr::memchr_iter(b'\n', head.get(from..).unwrap_or(&[])).any(|i| {
+        let next = head.get(from + i + 1..).unwrap_or(&[]);
+        next.starts_with(b"\n") || next.starts_with(b"\r\n")
+    })
+}
+
+/// A parsed head, request or response, and its length.
+type ParsedHead = (Result<RequestHead, ResponseHead>, usize);
+
+/// Parses a complete header block of `role`; `None` if httparse wants more bytes.
+fn parse_head(role: Role, head: &[u8]) -> Result<Option<ParsedHead>, ParseError> {
+    match role {
+        Role::Request => parse_request_head(head).map(|p| match p {
+            Parsed::Complete { head, len } => Some((Ok(head), len)),
+            Parsed::Partial => None,
+        }),
+        Role::Response => parse_response_head(head).map(|p| match p {
+            Parsed::Complete { head, len } => Some((Err(head), len)),
+            Parsed::Partial => None,
+        }),
     }
 }
 
@@ -1110,33 +1130,43 @@ impl Http1Parser {
         let old = stream.head.len();
         let room = MAX_HEADER_BLOCK_BYTES.saturating_sub(old);
         let take = room.min(rest.len());
-        stream.push_head(rest.get(..take).unwrap_or(&[]));
-        if old < EARLY_CHECK_BYTES {
-            early_check(role, &stream.head)?;
-        }
-        if !stream.find_head_end() {
-            return if stream.head.len() >= MAX_HEADER_BLOCK_BYTES {
-                Err(ParseError::HeaderTooLarge {
-                    limit: MAX_HEADER_BLOCK_BYTES,
-                })
-            } else {
-                Ok(take)
-            };
-        }
-        let head = std::mem::take(&mut stream.head);
-        let result = match role {
-            Role::Request => parse_request_head(&head).map(|p| match p {
-                Parsed::Complete { head, len } => Some((Ok(head), len)),
-                Parsed::Partial => None,
-            }),
-            Role::Response => parse_response_head(&head).map(|p| match p {
-                Parsed::Complete { head, len } => Some((Err(head), len)),
-                Parsed::Partial => None,
-            }),
+        let new = rest.get(..take).unwrap_or(&[]);
+        // A head that arrives whole in one syscall (the usual case) is parsed where it lies,
+        // without a copy into the stream's buffer.
+        let whole = old == 0 && {
+            early_check(role, new)?;
+            head_ends(new, 0)
+        };
+        let result = if whole {
+            let result = parse_head(role, new)?;
+            if result.is_none() {
+                // Not complete after all: buffer it as any partial head.
+                let stream = self.stream(role);
+                stream.push_head(new);
+                stream.scan_from = stream.head.len();
+            }
+            result
+        } else {
+            stream.push_head(new);
+            if old < EARLY_CHECK_BYTES {
+                early_check(role, &stream.head)?;
+            }
+            if !stream.find_head_end() {
+                return if stream.head.len() >= MAX_HEADER_BLOCK_BYTES {
+                    Err(ParseError::HeaderTooLarge {
+                        limit: MAX_HEADER_BLOCK_BYTES,
+                    })
+                } else {
+                    Ok(take)
+                };
+            }
+            let head = std::mem::take(&mut stream.head);
+            let result = parse_head(role, &head);
+            self.stream(role).head = head;
+            result?
         };
         let stream = self.stream(role);
-        stream.head = head;
-        let Some((parsed, len)) = result? else {
+        let Some((parsed, len)) = result else {
             return Ok(take);
         };
         // The block ends within the bytes just added, since it did not end before them.
