@@ -92,7 +92,9 @@ pub mod map_id {
 }
 
 /// A TCP 4-tuple as seen from the observed socket: `local` is this socket's end.
-#[repr(C)]
+/// 8-aligned (every struct holding one has it at a multiple of 8 already) so that the eBPF side
+/// can copy it as five words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuple {
     /// Local address; an IPv4 address occupies the first 4 bytes.
