@@ -3,6 +3,7 @@
 use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::{bpf_probe_read_user as probe_read_user_raw, bpf_ringbuf_output},
@@ -40,16 +41,23 @@ const EINPROGRESS: i64 = 115;
 const SYSCALL_ARGS: usize = 16;
 const SYSCALL_RET: usize = 16;
 
+/// Reads 8 bytes at `off` of the tracepoint record. A plain load: the verifier checks it against
+/// the context's bounds, where `read_at` would make a `bpf_probe_read_kernel` call.
+#[inline(always)]
+fn record_u64(ctx: &TracePointContext, off: usize) -> u64 {
+    // SAFETY: `off` is one of the 8-aligned offsets above, inside the record of every syscall
+    // tracepoint (the stable syscall ABI, and checked against tracefs at start-up).
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(off).cast::<u64>()) }
+}
+
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> Result<u64, u32> {
-    // SAFETY: reads inside the tracepoint record, whose layout is the stable syscall ABI.
-    unsafe { ctx.read_at::<u64>(SYSCALL_ARGS + 8 * n) }.map_err(|_| 0u32)
+    Ok(record_u64(ctx, SYSCALL_ARGS + 8 * n))
 }
 
 #[inline(always)]
 fn ret(ctx: &TracePointContext) -> Result<i64, u32> {
-    // SAFETY: as in `arg`.
-    unsafe { ctx.read_at::<i64>(SYSCALL_RET) }.map_err(|_| 0u32)
+    Ok(record_u64(ctx, SYSCALL_RET) as i64)
 }
 
 #[inline(always)]
