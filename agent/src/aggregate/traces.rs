@@ -67,10 +67,17 @@ impl Tracer {
     }
 
     fn deliver(&mut self, out: Assembled) {
-        self.counters.unlinked.inc_by(out.unlinked);
-        self.counters.context_invalid.inc_by(out.invalid_context);
-        self.counters.not_sampled.inc_by(out.not_sampled);
-        self.counters.store_declined.inc_by(out.store_declined);
+        // Skip the zeros: each is an atomic read-modify-write, and most exchanges add none.
+        for (counter, n) in [
+            (&self.counters.unlinked, out.unlinked),
+            (&self.counters.context_invalid, out.invalid_context),
+            (&self.counters.not_sampled, out.not_sampled),
+            (&self.counters.store_declined, out.store_declined),
+        ] {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
         if let Some(sink) = &self.sink {
             for span in out.export_only {
                 let _ = sink.offer(span);
