@@ -22,8 +22,8 @@ use crate::{
         pending_bytes, wakeup_flags, wakeup_flags_at,
     },
     sock::{
-        current_identity, sock_err, sock_netns, sock_protocol, sock_sport, sock_state, sock_tuple,
-        syscall_args, tcp_sock_of_fd,
+        current_identity, is_tcp, sock_err, sock_netns, sock_of_fd, sock_protocol, sock_sport,
+        sock_state, sock_tuple, syscall_args, tcp_sock_of_fd,
     },
 };
 
@@ -519,11 +519,12 @@ enum Buffer {
     None,
 }
 
-/// The arguments of the data syscall that just returned, if its fd is a TCP socket.
+/// The arguments of the data syscall that just returned, if its fd is a socket (of any type:
+/// `try_exit_io` checks for TCP only when the socket is not a tracked connection).
 #[inline(always)]
 fn io_args(call: u8, dir: u8, buffer: Buffer) -> Option<IoArgs> {
     let [fd, a1, a2] = syscall_args()?;
-    let sk = tcp_sock_of_fd(fd)?;
+    let sk = sock_of_fd(fd)?;
     let mut args = IoArgs {
         sk,
         buf: 0,
@@ -652,7 +653,11 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
     let state_ptr = match CONNS.get_ptr_mut(&sk) {
         Some(p) => Some(p),
         None => {
-            // First sight of a connection opened before the agent (or whose open we missed).
+            // Not a connection we track: a socket of another kind, or the first sight of a
+            // TCP connection opened before the agent (or whose open we missed).
+            if !is_tcp(sk) {
+                return Ok(0);
+            }
             let mut tuple = Tuple::ZERO;
             sock_tuple(sk, &mut tuple);
             if sock_state(sk) as i32 != TCP_CLOSE

@@ -34,6 +34,14 @@ fn read<T>(base: u64, off: u32) -> Option<T> {
 /// protocol 6 at socket()).
 #[inline(always)]
 pub fn tcp_sock_of_fd(fd: u64) -> Option<u64> {
+    sock_of_fd(fd).filter(|&sk| is_tcp(sk))
+}
+
+/// The `struct sock *` behind file descriptor `fd`, of any socket type (see [`tcp_sock_of_fd`]).
+/// The data programs look the socket up among the tracked connections first, which are all
+/// TCP, and check the type only of one they do not know.
+#[inline(always)]
+pub fn sock_of_fd(fd: u64) -> Option<u64> {
     // SAFETY: helper without preconditions; the result is only dereferenced via probe reads.
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = read(task, global!(OFFSETS.task_files))?;
@@ -62,22 +70,18 @@ pub fn tcp_sock_of_fd(fd: u64) -> Option<u64> {
     }
     let socket: u64 = read(file, global!(OFFSETS.file_private_data))?;
     let sk: u64 = read(socket, global!(OFFSETS.socket_sk))?;
-    if sk == 0 {
-        return None;
-    }
-    let (sk_type, protocol) = if global!(OFFSETS.sk_protocol) == global!(OFFSETS.sk_type) + 2 {
-        let both: u32 = read(sk, global!(OFFSETS.sk_type))?;
-        (both as u16, (both >> 16) as u16)
+    (sk != 0).then_some(sk)
+}
+
+/// Whether `sk` is a TCP socket (SOCK_STREAM, IPPROTO_TCP).
+#[inline(always)]
+pub fn is_tcp(sk: u64) -> bool {
+    let kind = if global!(OFFSETS.sk_protocol) == global!(OFFSETS.sk_type) + 2 {
+        read::<u32>(sk, global!(OFFSETS.sk_type)).map(|both| (both as u16, (both >> 16) as u16))
     } else {
-        (
-            read::<u16>(sk, global!(OFFSETS.sk_type))?,
-            read::<u16>(sk, global!(OFFSETS.sk_protocol))?,
-        )
+        read::<u16>(sk, global!(OFFSETS.sk_type)).zip(read::<u16>(sk, global!(OFFSETS.sk_protocol)))
     };
-    if sk_type != SOCK_STREAM || protocol != IPPROTO_TCP {
-        return None;
-    }
-    Some(sk)
+    kind == Some((SOCK_STREAM, IPPROTO_TCP))
 }
 
 /// The first three arguments of the current syscall, from the user registers the task saved on

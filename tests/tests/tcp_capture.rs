@@ -939,6 +939,38 @@ fn shutdown_detaches_every_program() {
     }
 }
 
+/// UDP datagrams and Unix stream traffic go through the same syscalls as TCP data; the agent
+/// counts none of it. The same process then makes one TCP connection (to itself), counted
+/// exactly: one connection per end and its bytes, nothing more under its name.
+#[test]
+fn udp_and_unix_socket_traffic_is_not_counted() {
+    let _serial = serial();
+    let comm = "mt-othersocks";
+    let agent = Agent::start(&[]);
+    let done = Script::new("other_sockets.py", comm)
+        .opt("--rounds", 200)
+        .opt("--size", 700)
+        .opt("--tcp-bytes", 12_345)
+        .run(RUN);
+    // 200 rounds of three datagrams and of four Unix writes, 700 bytes each.
+    assert_eq!(num(&done, "udp_sent"), 3 * 200 * 700);
+    assert_eq!(num(&done, "unix_received"), 4 * 200 * 700);
+    let port = u16::try_from(num(&done, "port")).expect("port fits u16");
+    let client = serde_json::json!({
+        "sent": num(&done, "client_sent"),
+        "received": num(&done, "client_received"),
+    });
+    let server = serde_json::json!({
+        "sent": num(&done, "server_sent"),
+        "received": num(&done, "server_received"),
+    });
+    assert_eq!(num(&client, "sent"), 12_345);
+    // One connection, both ends, and nothing else opened under this name (assert_connections
+    // checks the totals by client name); its bytes are the TCP bytes only.
+    assert_connections(&agent, comm, comm, port, 1);
+    assert_bytes(&agent, (comm, comm, port), &client, &server);
+}
+
 #[test]
 fn promtool_accepts_the_exposition() {
     let _serial = serial();
