@@ -161,6 +161,8 @@ pub struct Connection {
     /// the request in a thread-per-request process.
     request_tid: u32,
     executable: Arc<str>,
+    /// The server's address as label text, made on the first exchange of a client connection.
+    server_ip: Option<Arc<str>>,
     sent: Counter,
     received: Counter,
 }
@@ -682,6 +684,7 @@ impl ConnTable {
             k8s_checked_ns: meta.ts_ns,
             request_tid: meta.process.tid,
             executable: self.services.executable(&meta.process),
+            server_ip: None,
             l7: L7::Detecting {
                 chunks: 0,
                 held: Vec::new(),
@@ -965,9 +968,16 @@ impl ConnTable {
                 c.pod = me.pod;
             }
         }
+        if let Some(c) = self.conns.get_mut(&conn_id)
+            && c.role == role::CLIENT
+            && c.server_ip.is_none()
+        {
+            c.server_ip = Some(c.remote.ip().to_string().into());
+        }
         let Some(conn) = self.conns.get(&conn_id) else {
             return;
         };
+        let server_ip = conn.server_ip.clone();
         let (side, client, server) = if conn.role == role::SERVER {
             // The server address as a local client saw it (before any NAT, e.g. a ClusterIP):
             // both sides then key the exchange alike.
@@ -995,6 +1005,7 @@ impl ConnTable {
                 peer_k8s: peer_k8s.clone(),
                 client,
                 server,
+                server_ip: server_ip.clone(),
             };
             self.http.observe(&record, now_ns);
             if let Some(tracer) = &mut self.tracer {

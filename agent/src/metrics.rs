@@ -6,7 +6,7 @@ use std::{
 };
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder},
+    encoding::{EncodeLabelSet, LabelSetEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
@@ -115,31 +115,14 @@ pub struct HttpServerLabels {
     pub k8s: K8sLabels,
 }
 
-/// An address label value, kept as an address and written as text only when scraped.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum AddressLabel {
-    Ip(std::net::IpAddr),
-    /// The overflow series' value, [`OVERFLOW`].
-    Overflow,
-}
-
-impl EncodeLabelValue for AddressLabel {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
-        use std::fmt::Write;
-        match self {
-            AddressLabel::Ip(ip) => write!(encoder, "{ip}"),
-            AddressLabel::Overflow => encoder.write_str(OVERFLOW),
-        }
-    }
-}
-
 /// `http_client_*` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpClientLabels {
     pub service_name: Arc<str>,
     pub http_request_method: Cow<'static, str>,
     pub http_response_status_code: Cow<'static, str>,
-    pub server_address: AddressLabel,
+    /// Shared with the connection, which formats its peer's address once.
+    pub server_address: Arc<str>,
     pub server_port: u16,
     #[prometheus(flatten)]
     pub k8s: K8sLabels,

@@ -15,8 +15,8 @@ use crate::{
     fast::{Map, Set},
     metadata::kube::{Peer, PodMeta},
     metrics::{
-        AddressLabel, GraphLabels, GraphNamespaces, Histograms, HttpClientLabels, HttpServerLabels,
-        K8sLabels, MetricLabels, Metrics, OVERFLOW, ParseErrorLabels, ProtocolLabels, name,
+        GraphLabels, GraphNamespaces, Histograms, HttpClientLabels, HttpServerLabels, K8sLabels,
+        MetricLabels, Metrics, OVERFLOW, ParseErrorLabels, ProtocolLabels, name,
     },
     protocol::{Exchange, Protocol, Side, route::route},
 };
@@ -43,6 +43,8 @@ pub struct ExchangeRecord {
     /// The client's and the server's addresses: the same key from both sides.
     pub client: SocketAddr,
     pub server: SocketAddr,
+    /// The server's address as text, formatted once per connection (client side only).
+    pub server_ip: Option<Arc<str>>,
 }
 
 /// One side's contribution to a service-graph request.
@@ -194,14 +196,17 @@ impl HttpAggregator {
                     service_name: record.service.clone(),
                     http_request_method: ex.method.clone(),
                     http_response_status_code: status,
-                    server_address: AddressLabel::Ip(record.server.ip()),
+                    server_address: record
+                        .server_ip
+                        .clone()
+                        .unwrap_or_else(|| record.server.ip().to_string().into()),
                     server_port: record.server.port(),
                     k8s: K8sLabels(record.pod.clone()),
                 };
                 let admitted = self
                     .client_series
                     .admit(labels, now_ns, |l| HttpClientLabels {
-                        server_address: AddressLabel::Overflow,
+                        server_address: OVERFLOW.into(),
                         ..l
                     });
                 observe(
@@ -597,6 +602,8 @@ mod tests {
             peer_k8s: None,
             client: "10.0.0.1:5000".parse().unwrap(),
             server: "10.0.0.2:8080".parse().unwrap(),
+            // As the connection table sets it: on the client side only.
+            server_ip: (side == Side::Client).then(|| "10.0.0.2".into()),
         }
     }
 
