@@ -231,6 +231,9 @@ pub struct KernelOffsets {
     pub file_private_data: u32,
     pub inode_mode: u32,
     pub socket_sk: u32,
+    /// `socket.file`: the socket's back-pointer to its file, which tells a socket's
+    /// `private_data` from another file's without reading the inode.
+    pub socket_file: u32,
     pub sk_family: u32,
     pub sk_state: u32,
     pub sk_daddr: u32,
@@ -255,7 +258,7 @@ pub struct KernelOffsets {
     pub regs_arg1: u32,
     pub regs_arg2: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 27 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 28 * 4);
 
 /// Run-time settings written into the programs as a global.
 #[repr(C)]

@@ -58,6 +58,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     file_private_data: 0,
     inode_mode: 0,
     socket_sk: 0,
+    socket_file: 0,
     sk_family: 0,
     sk_state: 0,
     sk_daddr: 0,

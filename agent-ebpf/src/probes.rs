@@ -22,8 +22,8 @@ use crate::{
         pending_bytes, wakeup_flags, wakeup_flags_at,
     },
     sock::{
-        current_identity, is_tcp, sock_err, sock_netns, sock_of_fd, sock_protocol, sock_sport,
-        sock_state, sock_tuple, syscall_args, tcp_sock_of_fd,
+        FdSocket, current_identity, is_tcp, sock_err, sock_netns, sock_of_fd, sock_protocol,
+        sock_sport, sock_state, sock_tuple, syscall_args, tcp_sock_of_fd,
     },
 };
 
@@ -520,13 +520,13 @@ enum Buffer {
 }
 
 /// The arguments of the data syscall that just returned, if its fd is a socket (of any type:
-/// `try_exit_io` checks for TCP only when the socket is not a tracked connection).
+/// `try_exit_io` checks that it is a socket, and TCP, only when it is not a tracked connection).
 #[inline(always)]
-fn io_args(call: u8, dir: u8, buffer: Buffer) -> Option<IoArgs> {
+fn io_args(call: u8, dir: u8, buffer: Buffer) -> Option<(IoArgs, FdSocket)> {
     let [fd, a1, a2] = syscall_args()?;
-    let sk = sock_of_fd(fd)?;
+    let socket = sock_of_fd(fd)?;
     let mut args = IoArgs {
-        sk,
+        sk: socket.sk,
         buf: 0,
         iovcnt: 0,
         syscall: call,
@@ -549,7 +549,7 @@ fn io_args(call: u8, dir: u8, buffer: Buffer) -> Option<IoArgs> {
         }
         Buffer::None => {}
     }
-    Some(args)
+    Some((args, socket))
 }
 
 /// One exit program per data syscall: it knows which syscall it is attached to, and reads the
@@ -628,7 +628,7 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
     if rc <= 0 || is_agent() {
         return Ok(0);
     }
-    let Some(args) = io_args(call, dir, buffer) else {
+    let Some((args, socket)) = io_args(call, dir, buffer) else {
         return Ok(0);
     };
     let bytes = rc as u64;
@@ -655,7 +655,7 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
         None => {
             // Not a connection we track: a socket of another kind, or the first sight of a
             // TCP connection opened before the agent (or whose open we missed).
-            if !is_tcp(sk) {
+            if !socket.is_socket_inode() || !is_tcp(sk) {
                 return Ok(0);
             }
             let mut tuple = Tuple::ZERO;

@@ -2,9 +2,7 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-    generated::{
-        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_task_btf, bpf_task_pt_regs,
-    },
+    generated::{bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_task_pt_regs},
 };
 use meshtap_common::{AF_INET6, Identity, Tuple};
 
@@ -22,64 +20,118 @@ fn read<T>(base: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).ok() }
 }
 
+/// Loads a `T` at `base + off`, where `base` is a BTF-typed kernel pointer: the current task
+/// from `bpf_get_current_task_btf`, its saved registers from `bpf_task_pt_regs`, or a pointer
+/// member loaded from one of those with this function. `off` is a load-time constant (a frozen
+/// `.rodata` global), so the verifier checks the access against the kernel's BTF and the JIT
+/// emits one guarded load (a fault reads as zero) instead of a `bpf_probe_read_kernel` call.
+/// Members that are not pointers to structs (`fdtable.fd`, `file.private_data`) load as plain
+/// numbers; what they point to is read with [`read`].
+#[inline(always)]
+fn load<T: Copy>(base: u64, off: u32) -> T {
+    // SAFETY: see above; the verifier rejects the program if `base` is not a BTF pointer or the
+    // access does not match a member of its type, and the JIT guards the load against faults.
+    unsafe { core::ptr::read_volatile((base as *const u8).add(off as usize).cast::<T>()) }
+}
+
+/// The current task as a BTF-typed pointer (see [`load`]).
+#[inline(always)]
+fn current_task() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_get_current_task_btf() as u64 }
+}
+
 /// The `struct sock *` behind file descriptor `fd` of the current task, if it is an IPv4/IPv6
 /// TCP socket: `task->files->fdt->fd[fd]`, checked to be a socket inode, then
 /// `file->private_data` (`struct socket`) `->sk`. Works for sockets opened before the agent.
-///
-/// This runs on every read and write of every process, so it makes as few probe reads as it
-/// can (each is a helper call): `fdtable.max_fds` and `fdtable.fd` are read together, and so are
-/// `sock.sk_type` and `sock.sk_protocol`, when the kernel lays them out next to each other (the
-/// checks are on load-time constants). The address family is not read: a SOCK_STREAM socket
-/// whose protocol is IPPROTO_TCP exists only in AF_INET and AF_INET6 (the other families refuse
-/// protocol 6 at socket()).
+/// The address family is not read: a SOCK_STREAM socket whose protocol is IPPROTO_TCP exists
+/// only in AF_INET and AF_INET6 (the other families refuse protocol 6 at socket()).
 #[inline(always)]
 pub fn tcp_sock_of_fd(fd: u64) -> Option<u64> {
-    sock_of_fd(fd).filter(|&sk| is_tcp(sk))
+    sock_of_fd(fd)
+        .filter(|s| s.is_socket_inode() && is_tcp(s.sk))
+        .map(|s| s.sk)
 }
 
-/// The `struct sock *` behind file descriptor `fd`, of any socket type (see [`tcp_sock_of_fd`]).
-/// The data programs look the socket up among the tracked connections first, which are all
-/// TCP, and check the type only of one they do not know.
+/// What [`sock_of_fd`] found behind a file descriptor.
+#[derive(Clone, Copy)]
+pub struct FdSocket {
+    /// `socket->sk`.
+    pub sk: u64,
+    /// `file->f_inode`, for [`FdSocket::is_socket_inode`].
+    inode: u64,
+}
+
+impl FdSocket {
+    /// Whether the file's inode is a socket inode: the definite test, one probe read.
+    /// [`sock_of_fd`] only checks the socket's back-pointer to the file, which is enough to look
+    /// the socket up among the tracked connections (all TCP sockets) but not to start tracking.
+    #[inline(always)]
+    pub fn is_socket_inode(&self) -> bool {
+        read::<u16>(self.inode, global!(OFFSETS.inode_mode))
+            .is_some_and(|mode| mode & S_IFMT == S_IFSOCK)
+    }
+}
+
+/// The `struct sock *` behind file descriptor `fd`, if the file's `private_data` is a
+/// `struct socket` pointing back at the file (see [`FdSocket::is_socket_inode`] for the
+/// definite test, and [`tcp_sock_of_fd`]).
+///
+/// This runs on every read and write of every process. The first links of the walk (task,
+/// files, fdtable) are BTF loads; the rest are three probe reads: the file pointer, then
+/// `private_data` and `f_inode` together, then the socket's `file` and `sk` together, when the
+/// kernel lays them out next to each other (checked on load-time constants).
 #[inline(always)]
-pub fn sock_of_fd(fd: u64) -> Option<u64> {
-    // SAFETY: helper without preconditions; the result is only dereferenced via probe reads.
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read(task, global!(OFFSETS.task_files))?;
-    let fdt: u64 = read(files, global!(OFFSETS.files_fdt))?;
-    let (max_fds, fd_array) = if global!(OFFSETS.fdt_fd) == global!(OFFSETS.fdt_max_fds) + 8 {
-        // `unsigned int max_fds` (then 4 bytes of padding), `struct file **fd`.
-        let pair: [u64; 2] = read(fdt, global!(OFFSETS.fdt_max_fds))?;
-        (pair[0] as u32, pair[1])
-    } else {
-        (
-            read::<u32>(fdt, global!(OFFSETS.fdt_max_fds))?,
-            read::<u64>(fdt, global!(OFFSETS.fdt_fd))?,
-        )
-    };
+pub fn sock_of_fd(fd: u64) -> Option<FdSocket> {
+    let files: u64 = load(current_task(), global!(OFFSETS.task_files));
+    let fdt: u64 = load(files, global!(OFFSETS.files_fdt));
+    let max_fds: u32 = load(fdt, global!(OFFSETS.fdt_max_fds));
     if fd >= max_fds as u64 {
         return None;
     }
+    let fd_array: u64 = load(fdt, global!(OFFSETS.fdt_fd));
     let file: u64 = read(fd_array, (fd * 8) as u32)?;
     if file == 0 {
         return None;
     }
-    let inode: u64 = read(file, global!(OFFSETS.file_inode))?;
-    let mode: u16 = read(inode, global!(OFFSETS.inode_mode))?;
-    if mode & S_IFMT != S_IFSOCK {
-        return None;
+    let (private_data, inode) = pair(
+        file,
+        global!(OFFSETS.file_private_data),
+        global!(OFFSETS.file_inode),
+    )?;
+    let (back, sk) = pair(
+        private_data,
+        global!(OFFSETS.socket_file),
+        global!(OFFSETS.socket_sk),
+    )?;
+    (back == file && sk != 0).then_some(FdSocket { sk, inode })
+}
+
+/// Two pointer members of the struct at `base`: one probe read when they are adjacent.
+#[inline(always)]
+fn pair(base: u64, first: u32, second: u32) -> Option<(u64, u64)> {
+    if second == first + 8 {
+        let [a, b]: [u64; 2] = read(base, first)?;
+        Some((a, b))
+    } else if first == second + 8 {
+        let [b, a]: [u64; 2] = read(base, second)?;
+        Some((a, b))
+    } else {
+        Some((read(base, first)?, read(base, second)?))
     }
-    let socket: u64 = read(file, global!(OFFSETS.file_private_data))?;
-    let sk: u64 = read(socket, global!(OFFSETS.socket_sk))?;
-    (sk != 0).then_some(sk)
 }
 
 /// Whether `sk` is a TCP socket (SOCK_STREAM, IPPROTO_TCP).
 #[inline(always)]
 pub fn is_tcp(sk: u64) -> bool {
-    let kind = if global!(OFFSETS.sk_protocol) == global!(OFFSETS.sk_type) + 2 {
-        read::<u32>(sk, global!(OFFSETS.sk_type)).map(|both| (both as u16, (both >> 16) as u16))
+    let (type_off, protocol_off) = (global!(OFFSETS.sk_type), global!(OFFSETS.sk_protocol));
+    // Both are u16: read them together when they share a 4-byte word (either order).
+    let kind = if protocol_off == type_off + 2 {
+        read::<u32>(sk, type_off).map(|both| (both as u16, (both >> 16) as u16))
+    } else if type_off == protocol_off + 2 {
+        read::<u32>(sk, protocol_off).map(|both| ((both >> 16) as u16, both as u16))
     } else {
-        read::<u16>(sk, global!(OFFSETS.sk_type)).zip(read::<u16>(sk, global!(OFFSETS.sk_protocol)))
+        read::<u16>(sk, type_off).zip(read::<u16>(sk, protocol_off))
     };
     kind == Some((SOCK_STREAM, IPPROTO_TCP))
 }
@@ -90,24 +142,17 @@ pub fn is_tcp(sk: u64) -> bool {
 /// only the return value register is written on exit.
 #[inline(always)]
 pub fn syscall_args() -> Option<[u64; 3]> {
-    // SAFETY: helpers without preconditions; `bpf_task_pt_regs` takes the BTF task pointer the
-    // first one returns, and its result is only read with probe reads.
+    // SAFETY: `bpf_task_pt_regs` takes the BTF task pointer and returns a BTF `pt_regs`
+    // pointer, read with `load`.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     if regs == 0 {
         return None;
     }
-    let (a0, a1, a2) = (
-        global!(OFFSETS.regs_arg0),
-        global!(OFFSETS.regs_arg1),
-        global!(OFFSETS.regs_arg2),
-    );
-    if a1 == a2 + 8 && a0 == a1 + 8 {
-        // x86_64 saves dx, si, di in that order: one read.
-        let [dx, si, di]: [u64; 3] = read(regs, a2)?;
-        Some([di, si, dx])
-    } else {
-        Some([read(regs, a0)?, read(regs, a1)?, read(regs, a2)?])
-    }
+    Some([
+        load(regs, global!(OFFSETS.regs_arg0)),
+        load(regs, global!(OFFSETS.regs_arg1)),
+        load(regs, global!(OFFSETS.regs_arg2)),
+    ])
 }
 
 /// `sk->sk_state` (TCP_* values from include/net/tcp_states.h).
@@ -161,12 +206,9 @@ pub fn current_identity(who: &mut Identity) {
     let pid_tgid = bpf_get_current_pid_tgid();
     who.tgid = (pid_tgid >> 32) as u32;
     who.tid = pid_tgid as u32;
-    // SAFETY: helpers without preconditions.
-    let task = unsafe { bpf_get_current_task() };
-    who.start_ns = read::<u64>(task, global!(OFFSETS.task_group_leader))
-        .and_then(|leader| read::<u64>(leader, global!(OFFSETS.task_start_boottime)))
-        .unwrap_or(0);
-    // SAFETY: as above.
+    let leader: u64 = load(current_task(), global!(OFFSETS.task_group_leader));
+    who.start_ns = load(leader, global!(OFFSETS.task_start_boottime));
+    // SAFETY: helper without preconditions.
     who.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     who.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 }
