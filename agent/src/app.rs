@@ -19,7 +19,7 @@ use crate::{
     config::{Config, Kubernetes},
     conntrack::{ConnTable, Listener},
     ebpf::{self, KernelMaps, reader::Reader},
-    event::Event,
+    event::Batch,
     export::http::{Endpoint, router},
     export::zipkin::{
         api as zipkin_api,
@@ -165,7 +165,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     seed_listeners(&table);
 
     let queue_batches = (config.queue_events as usize / ebpf::reader::BATCH).max(1);
-    let (tx, rx) = mpsc::channel::<Vec<Event>>(queue_batches);
+    let (tx, rx) = mpsc::channel::<Batch>(queue_batches);
     let stop = Arc::new(AtomicBool::new(false));
     let reader = Reader {
         ring,
@@ -266,15 +266,15 @@ fn seed_listeners(table: &Mutex<ConnTable>) {
     }
 }
 
-async fn process(mut rx: mpsc::Receiver<Vec<Event>>, table: Arc<Mutex<ConnTable>>) {
+async fn process(mut rx: mpsc::Receiver<Batch>, table: Arc<Mutex<ConnTable>>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
                 let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
-                for event in batch {
-                    table.handle(event);
+                for event in batch.events {
+                    table.handle_in(event, &batch.payloads);
                 }
             }
             _ = tick.tick() => {

@@ -406,7 +406,14 @@ impl ConnTable {
         out
     }
 
+    /// Handles an event without payload bytes (a data event's payload reads as empty).
+    #[cfg(test)]
     pub fn handle(&mut self, event: Event) {
+        self.handle_in(event, &[]);
+    }
+
+    /// Handles an event of a batch whose payload buffer is `payloads`.
+    pub fn handle_in(&mut self, event: Event, payloads: &[u8]) {
         self.event_clock = self.event_clock.max(event.meta().ts_ns);
         match event {
             Event::ConnOpen { meta, connect_ns } => self.open(&meta, connect_ns),
@@ -421,7 +428,7 @@ impl ConnTable {
                 ..
             } => {
                 self.data(&meta, bytes, direction);
-                self.parse(&meta, seq, bytes, direction, &payload);
+                self.parse(&meta, seq, bytes, direction, payload.of(payloads));
             }
             Event::Retransmit { meta } => {
                 let labels = match self.conns.get_mut(&meta.conn_id) {
@@ -1161,6 +1168,7 @@ impl ConnTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::PayloadRange;
 
     fn meta(conn_id: u64, r: u8, local: &str, remote: &str, comm: &str, netns: u32) -> Meta {
         Meta {
@@ -1233,7 +1241,7 @@ mod tests {
             seq: 0,
             direction: direction::EGRESS,
             syscall: 1,
-            payload: vec![],
+            payload: PayloadRange::default(),
         });
         table.handle(Event::ConnClose {
             meta: meta(1, role::CLIENT, "10.0.0.1:5000", "10.0.0.2:8080", "cli", 1),
@@ -1291,12 +1299,12 @@ mod tests {
             seq,
             direction,
             syscall: 1,
-            payload: payload.clone(),
+            payload: PayloadRange::whole(payload),
         };
-        table.handle(data(client(), 0, direction::EGRESS, &request));
-        table.handle(data(server(), 0, direction::INGRESS, &request));
-        table.handle(data(server(), 1, direction::EGRESS, &response));
-        table.handle(data(client(), 1, direction::INGRESS, &response));
+        table.handle_in(data(client(), 0, direction::EGRESS, &request), &request);
+        table.handle_in(data(server(), 0, direction::INGRESS, &request), &request);
+        table.handle_in(data(server(), 1, direction::EGRESS, &response), &response);
+        table.handle_in(data(client(), 1, direction::INGRESS, &response), &response);
         table.tick(10_000_000_000);
         let graph = |connection_type: &str| {
             value(
@@ -1364,7 +1372,7 @@ mod tests {
             seq: 0,
             direction: direction::INGRESS,
             syscall: 0,
-            payload: vec![],
+            payload: PayloadRange::default(),
         });
         let server_edge = r#"client="cli",server="srv",server_port="80",role="server""#;
         let client_edge = r#"client="cli",server="srv",server_port="80",role="client""#;

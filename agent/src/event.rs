@@ -127,7 +127,8 @@ pub enum Event {
         seq: u64,
         direction: u8,
         syscall: u8,
-        payload: Vec<u8>,
+        /// The captured prefix, in the payload buffer of the event's [`Batch`].
+        payload: PayloadRange,
     },
     Retransmit {
         meta: Meta,
@@ -176,6 +177,57 @@ impl Event {
     }
 }
 
+/// Where a data event's captured bytes are in its batch's payload buffer: one buffer per batch
+/// rather than an allocation per event (which the reader thread made and the processing thread
+/// freed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PayloadRange {
+    start: u32,
+    len: u32,
+}
+
+impl PayloadRange {
+    /// The whole of `buffer` (for events built by hand, with their payload alone).
+    #[cfg(test)]
+    pub fn whole(buffer: &[u8]) -> Self {
+        PayloadRange {
+            start: 0,
+            len: u32::try_from(buffer.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The bytes of this range in `buffer`; empty if `buffer` is not the one it was made for.
+    pub fn of<'a>(&self, buffer: &'a [u8]) -> &'a [u8] {
+        let start = self.start as usize;
+        buffer
+            .get(start..start + self.len as usize)
+            .unwrap_or_default()
+    }
+}
+
+/// Decoded events and the captured payloads their data events point into.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub events: Vec<Event>,
+    pub payloads: Vec<u8>,
+}
+
+impl Batch {
+    pub fn with_capacity(events: usize, payload_bytes: usize) -> Self {
+        Batch {
+            events: Vec::with_capacity(events),
+            payloads: Vec::with_capacity(payload_bytes),
+        }
+    }
+
+    /// Decodes one ring-buffer record into the batch.
+    pub fn push_record(&mut self, record: &[u8]) -> Result<(), DecodeError> {
+        let event = decode(record, &mut self.payloads)?;
+        self.events.push(event);
+        Ok(())
+    }
+}
+
 /// Label value of each event kind in `meshtap_events_total{kind}`.
 pub fn kind_name(k: u8) -> &'static str {
     match k {
@@ -198,6 +250,8 @@ pub enum DecodeError {
     UnknownKind { kind: u8 },
     #[error("data event claims {captured} payload bytes but carries {available}")]
     PayloadLength { captured: usize, available: usize },
+    #[error("the batch's payload buffer is full (4 GiB)")]
+    BatchFull,
 }
 
 /// Reads a `T` from the start of `bytes` (unaligned: ring-buffer records are 8-byte aligned, but
@@ -215,7 +269,8 @@ fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+/// Decodes one ring-buffer record; a data event's captured bytes are appended to `payloads`.
+pub fn decode(bytes: &[u8], payloads: &mut Vec<u8>) -> Result<Event, DecodeError> {
     let header: EventHeader = read(bytes)?;
     let meta = meta(&header);
     match header.kind {
@@ -261,13 +316,18 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     available,
                 });
             }
+            let payload = PayloadRange {
+                start: u32::try_from(payloads.len()).map_err(|_| DecodeError::BatchFull)?,
+                len: captured as u32,
+            };
+            payloads.extend_from_slice(&bytes[start..start + captured]);
             Ok(Event::Data {
                 meta,
                 bytes: head.bytes,
                 seq: head.seq,
                 direction: head.direction,
                 syscall: head.syscall,
-                payload: bytes[start..start + captured].to_vec(),
+                payload,
             })
         }
         other => Err(DecodeError::UnknownKind { kind: other }),
@@ -409,7 +469,8 @@ mod tests {
         ev.payload[..4].copy_from_slice(b"GET ");
         let all = bytes_of(&ev);
         let record = &all[..size_of::<DataEventHeader>() + 4];
-        match decode(record).unwrap() {
+        let mut payloads = b"earlier".to_vec();
+        match decode(record, &mut payloads).unwrap() {
             Event::Data {
                 meta,
                 bytes,
@@ -417,7 +478,8 @@ mod tests {
                 ..
             } => {
                 assert_eq!(bytes, 5000);
-                assert_eq!(payload, b"GET ");
+                assert_eq!(payload.of(&payloads), b"GET ");
+                assert_eq!(payloads, b"earlierGET ");
                 assert_eq!(meta.local.to_string(), "10.0.0.1:8080");
                 assert_eq!(meta.remote.to_string(), "[::1]:40000");
                 assert_eq!(meta.process.comm, "curl");
@@ -429,8 +491,15 @@ mod tests {
     #[test]
     fn rejects_short_and_lying_records() {
         let h = bytes_of(&header(kind::CONN_OPEN));
-        assert!(matches!(decode(&h[..10]), Err(DecodeError::Short { .. })));
-        assert!(matches!(decode(&h), Err(DecodeError::Short { .. })));
+        let mut payloads = Vec::new();
+        assert!(matches!(
+            decode(&h[..10], &mut payloads),
+            Err(DecodeError::Short { .. })
+        ));
+        assert!(matches!(
+            decode(&h, &mut payloads),
+            Err(DecodeError::Short { .. })
+        ));
         let mut d = bytes_of(&DataEventHeader {
             header: header(kind::DATA),
             bytes: 1,
@@ -440,11 +509,18 @@ mod tests {
             syscall: 0,
             _pad: 0,
         });
-        assert!(matches!(decode(&d), Err(DecodeError::PayloadLength { .. })));
+        assert!(matches!(
+            decode(&d, &mut payloads),
+            Err(DecodeError::PayloadLength { .. })
+        ));
         d[0] = 200;
         assert!(matches!(
-            decode(&d),
+            decode(&d, &mut payloads),
             Err(DecodeError::UnknownKind { kind: 200 })
         ));
+        assert!(
+            payloads.is_empty(),
+            "nothing appended for a rejected record"
+        );
     }
 }

@@ -20,7 +20,7 @@ use meshtap_common::kind;
 use tokio::sync::mpsc;
 
 use crate::{
-    event::{Event, decode, kind_name},
+    event::{Batch, Event, kind_name},
     metrics::{KindLabels, LostLabels, Metrics},
 };
 
@@ -31,7 +31,7 @@ pub const MAX_HELD: usize = 16_384;
 
 pub struct Reader {
     pub ring: RingBuf<MapData>,
-    pub queue: mpsc::Sender<Vec<Event>>,
+    pub queue: mpsc::Sender<Batch>,
     pub metrics: Arc<Metrics>,
     pub poll_interval: Duration,
     pub stop: Arc<AtomicBool>,
@@ -45,6 +45,8 @@ impl Reader {
         let mut dropped = [0u64; kind::COUNT as usize];
         let mut decode_errors = 0u64;
         let mut held: Vec<Event> = Vec::new();
+        // Payload bytes of the last batch: the next one starts at that capacity.
+        let mut last_payload_bytes = 0;
         while !self.stop.load(Ordering::Relaxed) {
             let mut pfd = libc::pollfd {
                 fd,
@@ -56,21 +58,19 @@ impl Reader {
             unsafe { libc::poll(&mut pfd, 1, timeout) };
 
             loop {
-                let mut batch = Vec::with_capacity(BATCH);
-                while batch.len() < BATCH {
+                let mut batch = Batch::with_capacity(BATCH, last_payload_bytes);
+                while batch.events.len() < BATCH {
                     let Some(record) = self.ring.next() else {
                         break;
                     };
-                    match decode(&record) {
-                        Ok(event) => batch.push(event),
-                        Err(err) => {
-                            decode_errors += 1;
-                            log::debug!("undecodable ring-buffer record: {err}");
-                        }
+                    if let Err(err) = batch.push_record(&record) {
+                        decode_errors += 1;
+                        log::debug!("undecodable ring-buffer record: {err}");
                     }
                 }
-                let drained = batch.len() < BATCH;
-                if !batch.is_empty() || !held.is_empty() {
+                let drained = batch.events.len() < BATCH;
+                last_payload_bytes = batch.payloads.len();
+                if !batch.events.is_empty() || !held.is_empty() {
                     send(&self.queue, batch, &mut held, &mut delivered, &mut dropped);
                 }
                 if drained {
@@ -120,8 +120,8 @@ impl Reader {
 /// data events are counted per kind as lost in stage `userspace_queue` and its connection
 /// events are held, as many as `MAX_HELD` allows (the rest are counted lost).
 fn send(
-    queue: &mpsc::Sender<Vec<Event>>,
-    mut batch: Vec<Event>,
+    queue: &mpsc::Sender<Batch>,
+    mut batch: Batch,
     held: &mut Vec<Event>,
     delivered: &mut [u64],
     dropped: &mut [u64],
@@ -129,7 +129,7 @@ fn send(
     // Reserve first: while the queue stays full, a batch costs O(batch), not a pass over
     // everything held.
     let Ok(permit) = queue.try_reserve() else {
-        for event in batch {
+        for event in batch.events {
             if event.kind() != kind::DATA && held.len() < MAX_HELD {
                 held.push(event);
             } else {
@@ -139,10 +139,11 @@ fn send(
         return;
     };
     if !held.is_empty() {
-        held.append(&mut batch);
-        batch = std::mem::take(held);
+        // Held events are connection events: no payload, so the batch's ranges stay valid.
+        held.append(&mut batch.events);
+        batch.events = std::mem::take(held);
     }
-    for event in &batch {
+    for event in &batch.events {
         delivered[event.kind() as usize] += 1;
     }
     permit.send(batch);
@@ -153,7 +154,7 @@ mod tests {
     use meshtap_common::role;
 
     use super::*;
-    use crate::event::{ConnTotals, Meta, Process};
+    use crate::event::{ConnTotals, Meta, PayloadRange, Process};
 
     fn meta() -> Meta {
         Meta {
@@ -182,7 +183,15 @@ mod tests {
             seq: 0,
             direction: meshtap_common::direction::EGRESS,
             syscall: 1,
-            payload: b"abc".to_vec(),
+            payload: PayloadRange::whole(b"abc"),
+        }
+    }
+
+    /// A batch whose data events all point at one "abc" payload.
+    fn batch(events: Vec<Event>) -> Batch {
+        Batch {
+            events,
+            payloads: b"abc".to_vec(),
         }
     }
 
@@ -195,18 +204,24 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_data_and_holds_connection_events_for_the_next_batch() {
-        let (tx, mut rx) = mpsc::channel::<Vec<Event>>(1);
+        let (tx, mut rx) = mpsc::channel::<Batch>(1);
         let (mut held, mut delivered, mut dropped) = (
             Vec::new(),
             [0u64; kind::COUNT as usize],
             [0u64; kind::COUNT as usize],
         );
-        send(&tx, vec![data()], &mut held, &mut delivered, &mut dropped);
+        send(
+            &tx,
+            batch(vec![data()]),
+            &mut held,
+            &mut delivered,
+            &mut dropped,
+        );
         assert_eq!(delivered[kind::DATA as usize], 1);
         // Full: the data events go, the close waits.
         send(
             &tx,
-            vec![data(), close(), data()],
+            batch(vec![data(), close(), data()]),
             &mut held,
             &mut delivered,
             &mut dropped,
@@ -214,12 +229,23 @@ mod tests {
         assert_eq!(dropped[kind::DATA as usize], 2);
         assert_eq!(dropped[kind::CONN_CLOSE as usize], 0);
         assert_eq!(held.len(), 1);
-        assert_eq!(rx.try_recv().unwrap().len(), 1);
-        // Room again: the held close goes first, before the newer events.
-        send(&tx, vec![data()], &mut held, &mut delivered, &mut dropped);
-        let batch = rx.try_recv().unwrap();
-        let kinds: Vec<u8> = batch.iter().map(Event::kind).collect();
+        assert_eq!(rx.try_recv().unwrap().events.len(), 1);
+        // Room again: the held close goes first, before the newer events, whose payload is
+        // still where its range says.
+        send(
+            &tx,
+            batch(vec![data()]),
+            &mut held,
+            &mut delivered,
+            &mut dropped,
+        );
+        let got = rx.try_recv().unwrap();
+        let kinds: Vec<u8> = got.events.iter().map(Event::kind).collect();
         assert_eq!(kinds, [kind::CONN_CLOSE, kind::DATA]);
+        let Event::Data { payload, .. } = &got.events[1] else {
+            panic!("not data: {:?}", got.events[1]);
+        };
+        assert_eq!(payload.of(&got.payloads), b"abc");
         assert!(held.is_empty());
         assert_eq!(delivered[kind::CONN_CLOSE as usize], 1);
         assert_eq!(delivered[kind::DATA as usize], 2);
@@ -227,15 +253,15 @@ mod tests {
 
     #[test]
     fn held_connection_events_are_bounded_and_the_rest_counted() {
-        let (tx, _rx) = mpsc::channel::<Vec<Event>>(1);
-        tx.try_send(Vec::new()).unwrap();
+        let (tx, _rx) = mpsc::channel::<Batch>(1);
+        tx.try_send(Batch::default()).unwrap();
         let (mut held, mut delivered, mut dropped) = (
             Vec::new(),
             [0u64; kind::COUNT as usize],
             [0u64; kind::COUNT as usize],
         );
-        let batch: Vec<Event> = (0..MAX_HELD + 5).map(|_| close()).collect();
-        send(&tx, batch, &mut held, &mut delivered, &mut dropped);
+        let closes = batch((0..MAX_HELD + 5).map(|_| close()).collect());
+        send(&tx, closes, &mut held, &mut delivered, &mut dropped);
         assert_eq!(held.len(), MAX_HELD);
         assert_eq!(dropped[kind::CONN_CLOSE as usize], 5);
         assert_eq!(delivered.iter().sum::<u64>(), 0);
