@@ -137,11 +137,11 @@ pub fn parse_b3_single(value: &str) -> Found {
 
 /// The context of a request with these (lower-case name) headers: `traceparent` first, then
 /// `b3`, then `X-B3-*`. An invalid header is skipped in favour of a valid one in another format.
-pub fn extract(headers: &[(String, String)]) -> Found {
+pub fn extract(headers: &[(&str, String)]) -> Found {
     let get = |name: &str| {
         headers
             .iter()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| *k == name)
             .map(|(_, v)| v.as_str())
     };
     let mut invalid = false;
@@ -194,11 +194,8 @@ pub fn extract(headers: &[(String, String)]) -> Found {
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    fn h<'a>(pairs: &[(&'a str, &str)]) -> Vec<(&'a str, String)> {
+        pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
     }
 
     #[test]

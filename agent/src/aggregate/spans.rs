@@ -667,7 +667,7 @@ mod tests {
         window: (u64, u64),
         connection: (&str, &str),
         peer: Option<&str>,
-        headers: &[(&str, &str)],
+        headers: &[(&'static str, &str)],
         now_ns: u64,
     ) -> SpanInput {
         let connection: (SocketAddr, SocketAddr) =
@@ -686,10 +686,7 @@ mod tests {
                 status: Some(200),
                 request_body_bytes: 0,
                 response_body_bytes: 2,
-                headers: headers
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
+                headers: headers.iter().map(|(k, v)| (*k, v.to_string())).collect(),
                 outcome: Outcome::Complete,
             },
             side,

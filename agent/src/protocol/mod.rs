@@ -101,15 +101,15 @@ pub struct Exchange {
     /// Message body length: Content-Length, or the sum of chunk sizes (see [`Outcome`]).
     pub request_body_bytes: u64,
     pub response_body_bytes: u64,
-    /// Request header fields in [`HEADER_ALLOWLIST`], names lowercased, values at most
-    /// [`MAX_HEADER_VALUE_BYTES`] bytes, in the order they were sent.
-    pub headers: Vec<(String, String)>,
+    /// Request header fields in [`HEADER_ALLOWLIST`] (the list's lowercase names), values at
+    /// most [`MAX_HEADER_VALUE_BYTES`] bytes, in the order they were sent.
+    pub headers: Vec<(&'static str, String)>,
     pub outcome: Outcome,
 }
 
-/// Request header fields copied into [`Exchange::headers`]: trace context and the few fields
-/// that name the peer. Lowercase.
-pub const HEADER_ALLOWLIST: [&str; 10] = [
+/// Request header fields copied into [`Exchange::headers`]: the trace context formats the spans
+/// honour (W3C Trace Context and B3). Lowercase. Every other field is skipped without a copy.
+pub const HEADER_ALLOWLIST: [&str; 8] = [
     "traceparent",
     "tracestate",
     "b3",
@@ -118,8 +118,6 @@ pub const HEADER_ALLOWLIST: [&str; 10] = [
     "x-b3-parentspanid",
     "x-b3-sampled",
     "x-b3-flags",
-    "host",
-    "user-agent",
 ];
 
 /// Longest header value kept in [`Exchange::headers`].
