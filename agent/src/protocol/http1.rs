@@ -1139,20 +1139,21 @@ impl Http1Parser {
         let take = room.min(rest.len());
         let new = rest.get(..take).unwrap_or(&[]);
         // A head that arrives whole in one syscall (the usual case) is parsed where it lies,
-        // without a copy into the stream's buffer.
-        let whole = old == 0 && {
+        // without a copy into the stream's buffer, and without looking for its end first:
+        // httparse finds it. A head that is not complete is buffered as before, and an error in
+        // one counts only once the head is complete, as for a head that arrives in pieces.
+        let in_place = if old == 0 {
             early_check(role, new)?;
-            head_ends(new, 0)
-        };
-        let result = if whole {
-            let result = parse_head(role, new)?;
-            if result.is_none() {
-                // Not complete after all: buffer it as any partial head.
-                let stream = self.stream(role);
-                stream.push_head(new);
-                stream.scan_from = stream.head.len();
+            match parse_head(role, new) {
+                Ok(Some(parsed)) => Some(parsed),
+                Err(err) if head_ends(new, 0) => return Err(err),
+                Ok(None) | Err(_) => None,
             }
-            result
+        } else {
+            None
+        };
+        let result = if in_place.is_some() {
+            in_place
         } else {
             stream.push_head(new);
             if old < EARLY_CHECK_BYTES {
