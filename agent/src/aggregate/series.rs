@@ -2,9 +2,9 @@
 //! observations fold into one overflow label set and are counted) and expiry of label sets
 //! not updated for a while.
 
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 
-use crate::fast::Map;
+use hashbrown::hash_table::{Entry, HashTable};
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -12,7 +12,10 @@ use prometheus_client::metrics::counter::Counter;
 /// caller's state of each series (`H`: typically its metric handles, so that an observation
 /// need not look its label set up in every family again).
 pub struct SeriesGuard<L, H = ()> {
-    last_used: Map<L, (u64, H)>,
+    /// (label set, last used, state). A table rather than a map so that an observation hashes
+    /// its label set once, whether it is known or new.
+    last_used: HashTable<(L, u64, H)>,
+    hasher: foldhash::fast::RandomState,
     cap: usize,
     /// `meshtap_metric_series_overflow_total{metric}` for this family.
     overflow: Counter,
@@ -29,7 +32,8 @@ pub enum Admitted<'a, L, H> {
 impl<L: Clone + Hash + Eq, H: Default> SeriesGuard<L, H> {
     pub fn new(cap: usize, overflow: Counter) -> Self {
         SeriesGuard {
-            last_used: Map::default(),
+            last_used: HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
             cap,
             overflow,
         }
@@ -44,21 +48,29 @@ impl<L: Clone + Hash + Eq, H: Default> SeriesGuard<L, H> {
         now_ns: u64,
         fold: impl FnOnce(L) -> L,
     ) -> Admitted<'_, L, H> {
-        if !self.last_used.contains_key(&labels) {
-            if self.last_used.len() >= self.cap {
-                self.overflow.inc();
-                return Admitted::Overflow(fold(labels));
-            }
-            self.last_used
-                .insert(labels.clone(), (now_ns, H::default()));
-        }
-        match self.last_used.get_mut(&labels) {
-            Some((used, state)) => {
+        let hasher = &self.hasher;
+        let hash = hasher.hash_one(&labels);
+        let len = self.last_used.len();
+        match self.last_used.entry(
+            hash,
+            |(l, _, _)| *l == labels,
+            |(l, _, _)| hasher.hash_one(l),
+        ) {
+            Entry::Occupied(entry) => {
+                let (_, used, state) = entry.into_mut();
                 *used = now_ns;
                 Admitted::Series(labels, state)
             }
-            // Not reached: the label set is in the map at this point.
-            None => Admitted::Overflow(labels),
+            Entry::Vacant(_) if len >= self.cap => {
+                self.overflow.inc();
+                Admitted::Overflow(fold(labels))
+            }
+            Entry::Vacant(entry) => {
+                let (_, _, state) = entry
+                    .insert((labels.clone(), now_ns, H::default()))
+                    .into_mut();
+                Admitted::Series(labels, state)
+            }
         }
     }
 
@@ -66,16 +78,10 @@ impl<L: Clone + Hash + Eq, H: Default> SeriesGuard<L, H> {
     /// caller removes them from its families.
     pub fn expire(&mut self, now_ns: u64, ttl_ns: u64) -> Vec<L> {
         let cutoff = now_ns.saturating_sub(ttl_ns);
-        let stale: Vec<L> = self
-            .last_used
-            .iter()
-            .filter(|(_, (t, _))| *t < cutoff)
-            .map(|(l, _)| l.clone())
-            .collect();
-        for l in &stale {
-            self.last_used.remove(l);
-        }
-        stale
+        self.last_used
+            .extract_if(|(_, used, _)| *used < cutoff)
+            .map(|(l, _, _)| l)
+            .collect()
     }
 
     #[cfg(test)]
