@@ -85,6 +85,11 @@ impl FdSocket {
 pub fn sock_of_fd(fd: u64) -> Option<FdSocket> {
     let files: u64 = load(current_task(), global!(OFFSETS.task_files));
     let fdt: u64 = load(files, global!(OFFSETS.files_fdt));
+    // `files_struct.fdt` is `__rcu`: where the kernel's BTF carries that tag, the verifier
+    // wants the loaded pointer checked for NULL before it is offset.
+    if fdt == 0 {
+        return None;
+    }
     let max_fds: u32 = load(fdt, global!(OFFSETS.fdt_max_fds));
     if fd >= max_fds as u64 {
         return None;
