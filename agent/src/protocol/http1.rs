@@ -436,12 +436,27 @@ fn request_path(target: &str) -> String {
     truncate_str(path.to_owned(), MAX_PATH_BYTES)
 }
 
+/// Whether a field name starting with `first` can be in [`HEADER_ALLOWLIST`].
+const fn may_be_allowlisted(first: u8) -> bool {
+    matches!(first.to_ascii_lowercase(), b't' | b'b' | b'x')
+}
+
+// A name added to the allowlist with another first letter must be added above too.
+const _: () = {
+    let mut i = 0;
+    while i < HEADER_ALLOWLIST.len() {
+        assert!(may_be_allowlisted(HEADER_ALLOWLIST[i].as_bytes()[0]));
+        i += 1;
+    }
+};
+
 fn allowlisted(name: &str, value: &[u8], kept: &mut Vec<(&'static str, String)>) {
-    // Every allowlisted name starts with t, b or x: most fields are turned away on one byte.
-    if !matches!(
-        name.as_bytes().first(),
-        Some(b't' | b'T' | b'b' | b'B' | b'x' | b'X')
-    ) {
+    // Most fields are turned away on their first byte.
+    if !name
+        .as_bytes()
+        .first()
+        .is_some_and(|&b| may_be_allowlisted(b))
+    {
         return;
     }
     if kept.len() < MAX_KEPT_HEADERS
@@ -1156,7 +1171,8 @@ impl Http1Parser {
             in_place
         } else {
             stream.push_head(new);
-            if old < EARLY_CHECK_BYTES {
+            // (A head's first bytes were checked above, before the attempt to parse in place.)
+            if old > 0 && old < EARLY_CHECK_BYTES {
                 early_check(role, &stream.head)?;
             }
             if !stream.find_head_end() {
