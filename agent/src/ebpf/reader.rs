@@ -202,43 +202,35 @@ mod tests {
         }
     }
 
+    /// What `send` keeps between calls: held events, delivered and dropped counts per kind.
+    type State = (
+        Vec<Event>,
+        [u64; kind::COUNT as usize],
+        [u64; kind::COUNT as usize],
+    );
+
+    fn send_events(tx: &mpsc::Sender<Batch>, events: Vec<Event>, state: &mut State) {
+        let (held, delivered, dropped) = state;
+        send(tx, batch(events), held, delivered, dropped);
+    }
+
     #[test]
     fn a_full_queue_drops_data_and_holds_connection_events_for_the_next_batch() {
         let (tx, mut rx) = mpsc::channel::<Batch>(1);
-        let (mut held, mut delivered, mut dropped) = (
-            Vec::new(),
-            [0u64; kind::COUNT as usize],
-            [0u64; kind::COUNT as usize],
-        );
-        send(
-            &tx,
-            batch(vec![data()]),
-            &mut held,
-            &mut delivered,
-            &mut dropped,
-        );
-        assert_eq!(delivered[kind::DATA as usize], 1);
+        let mut state: State = (Vec::new(), Default::default(), Default::default());
+        send_events(&tx, vec![data()], &mut state);
+        assert_eq!(state.1[kind::DATA as usize], 1);
         // Full: the data events go, the close waits.
-        send(
-            &tx,
-            batch(vec![data(), close(), data()]),
-            &mut held,
-            &mut delivered,
-            &mut dropped,
-        );
+        send_events(&tx, vec![data(), close(), data()], &mut state);
+        let (held, delivered, dropped) = &state;
         assert_eq!(dropped[kind::DATA as usize], 2);
         assert_eq!(dropped[kind::CONN_CLOSE as usize], 0);
         assert_eq!(held.len(), 1);
+        assert_eq!(delivered[kind::DATA as usize], 1);
         assert_eq!(rx.try_recv().unwrap().events.len(), 1);
         // Room again: the held close goes first, before the newer events, whose payload is
         // still where its range says.
-        send(
-            &tx,
-            batch(vec![data()]),
-            &mut held,
-            &mut delivered,
-            &mut dropped,
-        );
+        send_events(&tx, vec![data()], &mut state);
         let got = rx.try_recv().unwrap();
         let kinds: Vec<u8> = got.events.iter().map(Event::kind).collect();
         assert_eq!(kinds, [kind::CONN_CLOSE, kind::DATA]);
@@ -246,6 +238,7 @@ mod tests {
             panic!("not data: {:?}", got.events[1]);
         };
         assert_eq!(payload.of(&got.payloads), b"abc");
+        let (held, delivered, _) = &state;
         assert!(held.is_empty());
         assert_eq!(delivered[kind::CONN_CLOSE as usize], 1);
         assert_eq!(delivered[kind::DATA as usize], 2);
@@ -255,13 +248,13 @@ mod tests {
     fn held_connection_events_are_bounded_and_the_rest_counted() {
         let (tx, _rx) = mpsc::channel::<Batch>(1);
         tx.try_send(Batch::default()).unwrap();
-        let (mut held, mut delivered, mut dropped) = (
-            Vec::new(),
-            [0u64; kind::COUNT as usize],
-            [0u64; kind::COUNT as usize],
+        let mut state: State = (Vec::new(), Default::default(), Default::default());
+        send_events(
+            &tx,
+            (0..MAX_HELD + 5).map(|_| close()).collect(),
+            &mut state,
         );
-        let closes = batch((0..MAX_HELD + 5).map(|_| close()).collect());
-        send(&tx, closes, &mut held, &mut delivered, &mut dropped);
+        let (held, delivered, dropped) = &state;
         assert_eq!(held.len(), MAX_HELD);
         assert_eq!(dropped[kind::CONN_CLOSE as usize], 5);
         assert_eq!(delivered.iter().sum::<u64>(), 0);
