@@ -8,6 +8,7 @@
 //! each other consistently without waiting.
 
 use std::{
+    collections::VecDeque,
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -196,6 +197,13 @@ const K8S_RETRY_NS: u64 = 1_000_000_000;
 /// Bytes held back while too few arrived to tell the protocol.
 const DETECT_HOLD_BYTES: usize = 64;
 
+/// How long (event time) a connection that closed with an exchange in flight keeps its parser
+/// for the bytes its process moves after TCP_CLOSE (see `ConnTable::closing`).
+const CLOSE_WAIT_NS: u64 = 500_000_000;
+/// Connections waiting so at once; past it the oldest ends its wait early, counted in
+/// `meshtap_close_waits_cut_short_total`.
+const CLOSE_WAIT_MAX: usize = 4096;
+
 /// What `/api/v1/connections` shows of a connection.
 #[derive(Serialize)]
 pub struct ConnectionView {
@@ -240,14 +248,14 @@ pub fn failure_reason(errno: u32) -> &'static str {
 /// A bounded memory of recently closed things, by key, forgotten after `TTL_NS`.
 struct Tombstones<K, V> {
     by_key: Map<K, (V, u64)>,
-    order: std::collections::VecDeque<(K, u64)>,
+    order: VecDeque<(K, u64)>,
 }
 
 impl<K, V> Default for Tombstones<K, V> {
     fn default() -> Self {
         Tombstones {
             by_key: Map::default(),
-            order: std::collections::VecDeque::new(),
+            order: VecDeque::new(),
         }
     }
 }
@@ -320,6 +328,22 @@ struct ClosedConnection {
     labels: Arc<EdgeLabels>,
 }
 
+impl ClosedConnection {
+    /// Whether an untracked data event on the same socket is this connection's (the event's
+    /// tuple, read after TCP_CLOSE, may have lost the remote port).
+    fn matches(&self, meta: &Meta) -> bool {
+        meta.conn_id == 0
+            && self.remote.ip() == meta.remote.ip()
+            && (meta.remote.port() == 0 || self.remote.port() == meta.remote.port())
+    }
+}
+
+/// A connection closed with an exchange in flight (see `ConnTable::closing`).
+struct Closing {
+    conn: Box<Connection>,
+    closed_ns: u64,
+}
+
 pub struct ConnTable {
     /// Boxed: a connection is ~350 bytes, and a map with steady churn (connections opened and
     /// closed all the time) settles at up to four times as many buckets as entries (deleted
@@ -342,6 +366,16 @@ pub struct ConnTable {
     recent_clients: Tombstones<SocketAddr, ClosedClient>,
     /// Connections closed recently, by socket, for reads that drain them after TCP_CLOSE.
     recent_closed: Tombstones<u64, ClosedConnection>,
+    /// Connections that reached TCP_CLOSE with an exchange in flight, by socket, keeping their
+    /// parser for `CLOSE_WAIT_NS` before the close completes it: bytes can move after the
+    /// close. A server that writes its response to a client that already closed gets the
+    /// client's RST while still in `write` (on loopback the peer's answer is processed on the
+    /// way out), so the write's data event, sent when the syscall returns, follows the close
+    /// event; and a process may still read what was queued before the close.
+    closing: Map<u64, Closing>,
+    /// `closing` in close order: (socket, connection id, close time). A socket's address can
+    /// be reused by a later connection, whose close replaces the entry.
+    closing_order: VecDeque<(u64, u64, u64)>,
     /// Edge label sets in use (bounded by `max_series`).
     edges: Set<Arc<EdgeLabels>>,
     failed_series: Set<FailedLabels>,
@@ -377,6 +411,8 @@ impl ConnTable {
             listeners: Listeners::default(),
             recent_clients: Tombstones::default(),
             recent_closed: Tombstones::default(),
+            closing: Map::default(),
+            closing_order: VecDeque::new(),
             edges: Set::default(),
             failed_series: Set::default(),
             metrics,
@@ -432,7 +468,12 @@ impl ConnTable {
                 ..
             } => {
                 self.data(&meta, bytes, direction);
-                self.parse(&meta, seq, bytes, direction, payload.of(payloads));
+                let payload = payload.of(payloads);
+                if meta.conn_id == 0 && !self.closing.is_empty() {
+                    self.parse_after_close(&meta, bytes, direction, payload);
+                } else {
+                    self.parse(&meta, meta.conn_id, Some(seq), bytes, direction, payload);
+                }
             }
             Event::Retransmit { meta } => {
                 let labels = match self.conns.get_mut(&meta.conn_id) {
@@ -811,13 +852,7 @@ impl ConnTable {
         }
         let labels = match self.recent_closed.get(&meta.sk, meta.ts_ns) {
             // Draining a connection that already reached TCP_CLOSE: same edge as before.
-            Some(closed)
-                if meta.conn_id == 0
-                    && closed.remote.ip() == meta.remote.ip()
-                    && (meta.remote.port() == 0 || closed.remote.port() == meta.remote.port()) =>
-            {
-                closed.labels.clone()
-            }
+            Some(closed) if closed.matches(meta) => closed.labels.clone(),
             // The open event was lost or the connection is untracked: account the bytes on the
             // edge anyway, and track the connection from here on when it has an id.
             _ => {
@@ -843,9 +878,47 @@ impl ConnTable {
         }
     }
 
-    /// Protocol detection and parsing of one data chunk of a tracked connection.
-    fn parse(&mut self, meta: &Meta, seq: u64, bytes: u64, dir: u8, payload: &[u8]) {
-        let Some(conn) = self.conns.get_mut(&meta.conn_id) else {
+    /// Parses a data chunk moved after its connection's close (see `closing`).
+    fn parse_after_close(&mut self, meta: &Meta, bytes: u64, dir: u8, payload: &[u8]) {
+        let Some(closing) = self.closing.remove(&meta.sk) else {
+            return;
+        };
+        let matches = self
+            .recent_closed
+            .get(&meta.sk, meta.ts_ns)
+            .is_some_and(|closed| closed.matches(meta));
+        let id = closing.conn.id;
+        let closed_ns = closing.closed_ns;
+        // `parse` works on the table's connections: back in for the call.
+        self.conns.insert(id, closing.conn);
+        if matches {
+            // No sequence number: the kernel numbers only the events of tracked sockets.
+            self.parse(meta, id, None, bytes, dir, payload);
+        }
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        let closing = Closing { conn, closed_ns };
+        if matches!(&closing.conn.l7, L7::Parsing(p) if p.in_flight()) {
+            self.closing.insert(meta.sk, closing);
+        } else {
+            // Answered: nothing left to wait for (its `closing_order` entry is skipped).
+            self.finish_close(closing, meta.ts_ns);
+        }
+    }
+
+    /// Protocol detection and parsing of one data chunk of connection `conn_id`; `seq` is the
+    /// kernel's number of the event when it has one.
+    fn parse(
+        &mut self,
+        meta: &Meta,
+        conn_id: u64,
+        seq: Option<u64>,
+        bytes: u64,
+        dir: u8,
+        payload: &[u8],
+    ) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
         let side = if conn.role == role::SERVER {
@@ -858,8 +931,10 @@ impl ConnTable {
         } else {
             Direction::Ingress
         };
-        let gap = seq != conn.next_seq;
-        conn.next_seq = seq + 1;
+        let gap = seq.is_some_and(|seq| seq != conn.next_seq);
+        if let Some(seq) = seq {
+            conn.next_seq = seq + 1;
+        }
         if dir == side.request_direction() {
             conn.request_tid = meta.process.tid;
         }
@@ -931,7 +1006,7 @@ impl ConnTable {
         if parser.is_dead() {
             conn.l7 = L7::Ignored;
         }
-        self.exchanges(meta.conn_id, out, meta.ts_ns);
+        self.exchanges(conn_id, out, meta.ts_ns);
     }
 
     /// Hands a connection's completed exchanges to the aggregator.
@@ -1048,6 +1123,15 @@ impl ConnTable {
         let now_ns = self
             .event_clock
             .max(now_ns.saturating_sub(TICK_IDLE_MARGIN_NS));
+        // Before the aggregator's tick: a closing connection's last exchange is still in time to
+        // pair with the other side's (`CLOSE_WAIT_NS` is shorter than the pairing wait).
+        while let Some(&(sk, id, closed_ns)) = self.closing_order.front() {
+            if now_ns.saturating_sub(closed_ns) < CLOSE_WAIT_NS {
+                break;
+            }
+            self.closing_order.pop_front();
+            self.finish_close_of(sk, id, now_ns);
+        }
         self.http.tick(now_ns);
         if let Some(tracer) = &mut self.tracer {
             tracer.tick(now_ns);
@@ -1055,7 +1139,13 @@ impl ConnTable {
     }
 
     fn close(&mut self, meta: &Meta, totals: ConnTotals) {
-        if let Some(conn) = self.conns.get_mut(&meta.conn_id)
+        // A connection with an exchange in flight waits for late bytes (see `closing`).
+        let wait = self
+            .conns
+            .get(&meta.conn_id)
+            .is_some_and(|c| matches!(&c.l7, L7::Parsing(p) if p.in_flight()));
+        if !wait
+            && let Some(conn) = self.conns.get_mut(&meta.conn_id)
             && let L7::Parsing(parser) = &mut conn.l7
         {
             let mut out = Vec::new();
@@ -1122,6 +1212,59 @@ impl ConnTable {
         }
         self.metrics.closed.get_or_create(&conn.labels).inc();
         self.metrics.active.get_or_create(&conn.labels).dec();
+        if wait {
+            self.wait_after_close(conn, meta.ts_ns);
+        }
+    }
+
+    /// Keeps a closed connection's parser for bytes moved after the close (see `closing`).
+    fn wait_after_close(&mut self, conn: Box<Connection>, closed_ns: u64) {
+        let sk = conn.sk;
+        if let Some(earlier) = self.closing.remove(&sk) {
+            // The socket's address was reused by a connection that closed in turn.
+            self.finish_close(earlier, closed_ns);
+        }
+        while self.closing.len() >= CLOSE_WAIT_MAX {
+            let Some((sk, id, _)) = self.closing_order.pop_front() else {
+                break;
+            };
+            if self.finish_close_of(sk, id, closed_ns) {
+                self.metrics.close_waits_cut_short.inc();
+            }
+        }
+        self.closing_order.push_back((sk, conn.id, closed_ns));
+        self.closing.insert(sk, Closing { conn, closed_ns });
+    }
+
+    /// Ends the wait of connection `id` on socket `sk`, if it is still the one waiting there.
+    fn finish_close_of(&mut self, sk: u64, id: u64, now_ns: u64) -> bool {
+        if self.closing.get(&sk).is_none_or(|c| c.conn.id != id) {
+            return false;
+        }
+        if let Some(closing) = self.closing.remove(&sk) {
+            self.finish_close(closing, now_ns);
+        }
+        true
+    }
+
+    /// What the close completes, at the time of the close.
+    fn finish_close(&mut self, closing: Closing, now_ns: u64) {
+        let Closing {
+            mut conn,
+            closed_ns,
+        } = closing;
+        let mut out = Vec::new();
+        if let L7::Parsing(parser) = &mut conn.l7 {
+            parser.close(closed_ns, &mut out);
+        }
+        if out.is_empty() {
+            return;
+        }
+        // `exchanges` works on the table's connections: back in for the call.
+        let id = conn.id;
+        self.conns.insert(id, conn);
+        self.exchanges(id, out, now_ns.max(closed_ns));
+        self.conns.remove(&id);
     }
 
     /// Removes a connection taken out of `conns` from the indexes `track` put it in. Returns
@@ -1346,6 +1489,153 @@ mod tests {
             ),
             1.0
         );
+    }
+
+    /// The server's socket reaches TCP_CLOSE inside the write of its response (the client hung
+    /// up and its RST came back during the write): the response's data event, untracked by then,
+    /// still answers the request. The client's request, never answered, fails once the wait
+    /// after its close is over.
+    #[test]
+    fn a_response_written_as_the_socket_closes_still_answers() {
+        let metrics = Arc::new(Metrics::default());
+        let mut table = table_for(&metrics, 100, 100);
+        listen_srv(&mut table, "127.0.0.1:80", 1);
+        let at = |mut meta: Meta, ts_ns: u64| {
+            meta.ts_ns = ts_ns;
+            meta
+        };
+        let client = meta(1, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
+        let server = meta(2, role::SERVER, "127.0.0.1:80", "127.0.0.1:5000", "srv", 1);
+        let request = b"GET /x HTTP/1.1\r\nHost: api\r\n\r\n".to_vec();
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
+        let data = |meta: Meta, seq: u64, direction: u8, payload: &Vec<u8>| Event::Data {
+            meta,
+            bytes: payload.len() as u64,
+            seq,
+            direction,
+            syscall: 1,
+            payload: PayloadRange::whole(payload),
+        };
+        let close = |meta: Meta| Event::ConnClose {
+            meta,
+            totals: ConnTotals::default(),
+        };
+        for (meta, connect_ns) in [(at(client.clone(), 10), 1), (at(server.clone(), 11), 0)] {
+            table.handle(Event::ConnOpen { meta, connect_ns });
+        }
+        table.handle_in(
+            data(at(client.clone(), 20), 0, direction::EGRESS, &request),
+            &request,
+        );
+        table.handle(close(at(client.clone(), 21)));
+        table.handle_in(
+            data(at(server.clone(), 30), 0, direction::INGRESS, &request),
+            &request,
+        );
+        table.handle(close(at(server.clone(), 40)));
+        // The write returns after the close: no connection id any more, the port released.
+        let mut late = at(server.clone(), 41);
+        late.conn_id = 0;
+        late.local.set_port(0);
+        table.handle_in(data(late, 0, direction::EGRESS, &response), &response);
+        assert_eq!(
+            table.closing.len(),
+            1,
+            "the answered server is done waiting"
+        );
+        let server_count = |status: &str| {
+            value(
+                &metrics,
+                "http_server_request_duration_seconds_count",
+                &format!(r#"http_response_status_code="{status}""#),
+            )
+        };
+        let client_count = |status: &str| {
+            value(
+                &metrics,
+                "http_client_request_duration_seconds_count",
+                &format!(r#"http_response_status_code="{status}""#),
+            )
+        };
+        assert_eq!(
+            (server_count("200"), server_count("")),
+            (1.0, 0.0),
+            "{}",
+            metrics.encode()
+        );
+        assert_eq!(client_count(""), 0.0, "still waiting for late bytes");
+        // Half a second on (the node quiet: ticks run on the monotonic clock, less the margin),
+        // the client's close completes its request as unanswered.
+        table.tick(21 + CLOSE_WAIT_NS - 1 + TICK_IDLE_MARGIN_NS);
+        assert_eq!(client_count(""), 0.0, "{}", metrics.encode());
+        table.tick(21 + CLOSE_WAIT_NS + TICK_IDLE_MARGIN_NS);
+        assert_eq!(client_count(""), 1.0, "{}", metrics.encode());
+        assert!(table.closing.is_empty());
+        table.tick(10_000_000_000);
+        assert!(table.closing_order.is_empty());
+        let graph = |name: &str| {
+            value(
+                &metrics,
+                name,
+                r#"client="cli",server="srv",connection_type="""#,
+            )
+        };
+        assert_eq!(
+            (
+                graph("traces_service_graph_request_total"),
+                graph("traces_service_graph_request_failed_total")
+            ),
+            (1.0, 1.0),
+            "{}",
+            metrics.encode()
+        );
+    }
+
+    /// Past `CLOSE_WAIT_MAX` connections waiting, the oldest ends its wait at once, counted.
+    #[test]
+    fn close_waits_are_bounded() {
+        let metrics = Arc::new(Metrics::default());
+        let mut table = table_for(&metrics, CLOSE_WAIT_MAX + 10, 100);
+        let request = b"GET /x HTTP/1.1\r\nHost: api\r\n\r\n".to_vec();
+        let n = CLOSE_WAIT_MAX as u64 + 3;
+        for id in 1..=n {
+            let client = meta(id, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
+            table.handle(Event::ConnOpen {
+                meta: client.clone(),
+                connect_ns: 1,
+            });
+            table.handle_in(
+                Event::Data {
+                    meta: client.clone(),
+                    bytes: request.len() as u64,
+                    seq: 0,
+                    direction: direction::EGRESS,
+                    syscall: 1,
+                    payload: PayloadRange::whole(&request),
+                },
+                &request,
+            );
+            table.handle(Event::ConnClose {
+                meta: client,
+                totals: ConnTotals::default(),
+            });
+        }
+        assert_eq!(table.closing.len(), CLOSE_WAIT_MAX);
+        assert_eq!(
+            value(&metrics, "meshtap_close_waits_cut_short_total", ""),
+            3.0
+        );
+        let failed = || {
+            value(
+                &metrics,
+                "http_client_request_duration_seconds_count",
+                r#"http_response_status_code="""#,
+            )
+        };
+        assert_eq!(failed(), 3.0);
+        table.tick(1 + CLOSE_WAIT_NS + TICK_IDLE_MARGIN_NS);
+        assert_eq!(failed(), n as f64);
+        assert!(table.closing.is_empty() && table.closing_order.is_empty());
     }
 
     #[test]

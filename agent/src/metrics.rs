@@ -28,6 +28,7 @@ pub mod name {
     pub const MAP_INSERT_FAILURES: &str = "meshtap_map_insert_failures";
     pub const MAP_ENTRIES: &str = "meshtap_map_entries";
     pub const RETRANSMITS_UNTRACKED: &str = "meshtap_retransmits_untracked";
+    pub const CLOSE_WAITS_CUT_SHORT: &str = "meshtap_close_waits_cut_short";
     pub const SERIES_OVERFLOW: &str = "meshtap_metric_series_overflow";
     pub const PROGRAMS_ATTACHED: &str = "meshtap_programs_attached";
     pub const PROTOCOL_DETECTED: &str = "meshtap_protocol_detected";
@@ -394,6 +395,7 @@ pub struct Metrics {
     pub map_insert_failures: Family<MapLabels, Counter>,
     pub map_entries: Family<MapLabels, Gauge>,
     pub retransmits_untracked: Counter,
+    pub close_waits_cut_short: Counter,
     pub series_overflow: Family<MetricLabels, Counter>,
     pub programs_attached: Gauge,
     pub http: HttpFamilies,
@@ -460,6 +462,7 @@ impl Metrics {
             map_insert_failures: Family::default(),
             map_entries: Family::default(),
             retransmits_untracked: Counter::default(),
+            close_waits_cut_short: Counter::default(),
             series_overflow: Family::default(),
             programs_attached: Gauge::default(),
             kernel_seen: Mutex::new(Vec::new()),
@@ -540,6 +543,11 @@ impl Metrics {
             name::RETRANSMITS_UNTRACKED,
             "Retransmits on sockets the agent does not track (opened before it, idle since)",
             m.retransmits_untracked.clone(),
+        );
+        registry.register(
+            name::CLOSE_WAITS_CUT_SHORT,
+            "Connections closed with an exchange in flight whose wait for bytes moved after the close was cut short: more than 4096 waiting at once",
+            m.close_waits_cut_short.clone(),
         );
         registry.register(
             name::SERIES_OVERFLOW,

@@ -38,6 +38,7 @@ modes:
   midstream  --warm GETs of --path, then GET /wait and print `{"event":"waiting"}` (the
              server answers /wait when told to), then --then more GETs of --path
   noresp     --count connections, each: GET /close, expect EOF without a response
+  hangup     --count connections, each: GET --path and close at once, reading nothing
 """
 
 import mt_common
@@ -365,6 +366,12 @@ def run_client(a):
                 raise SystemExit("/close was answered")
             except Eof:
                 pass
+    elif a.mode == "hangup":
+        for _ in range(a.count):
+            c.connect()
+            c.sock.sendall(c.request(a.path))
+            c.sock.close()
+            c.sock = None
     if c.sock is not None:
         c.sock.close()
     mt_common.emit("done", **c.stats)
@@ -383,7 +390,7 @@ def main():
     c.add_argument(
         "--mode",
         required=True,
-        choices=["seq", "pipeline", "batches", "dribble", "chunked", "junk", "midstream", "noresp"],
+        choices=["seq", "pipeline", "batches", "dribble", "chunked", "junk", "midstream", "noresp", "hangup"],
     )
     c.add_argument("--paths", default="/")
     c.add_argument("--path", default="/")

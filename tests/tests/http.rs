@@ -1137,6 +1137,57 @@ fn requests_without_response_fail_on_the_client_side() {
     assert_settled(&agent, &checks, SETTLE);
 }
 
+/// A client that writes its request and closes at once: nginx reads the request and writes
+/// its response to a socket whose peer is gone. On loopback the peer's RST is processed while
+/// nginx is still in `writev`, so the socket reaches TCP_CLOSE before the write returns: the
+/// response's bytes come after the close and must still complete the server's exchange.
+#[test]
+fn responses_written_after_the_client_hung_up_are_served() {
+    const N: u64 = 300;
+    let _serial = serial();
+    let agent = Agent::start(&[]);
+    let listen = Net::Loopback.listen();
+    let nginx = Nginx::start(NginxConfig::new(listen).access_log(), None);
+    let cli = "mt-hup-cli";
+    let done = raw_client(cli, listen, "hangup")
+        .opt("--path", "/ok")
+        .opt("--count", N)
+        .run(RUN);
+    assert_eq!(num(&done, "requests"), N, "{done}");
+    // nginx wrote every response whole (the write succeeds; the RST comes after).
+    let log = settled_access_log(&nginx);
+    assert_eq!(
+        log,
+        BTreeMap::from([("200".to_owned(), N)]),
+        "nginx access log"
+    );
+    let server = |status: &str| server_series("nginx", Some("GET"), Some("/ok"), Some(status));
+    let mut checks = vec![
+        expect(count(HTTP_SERVER_DURATION), &server("200"), N as f64),
+        expect(
+            sum(HTTP_SERVER_RESPONSE_BODY),
+            &server("200"),
+            (3 * N) as f64,
+        ),
+        expect(count(HTTP_SERVER_DURATION), &server(""), 0.0),
+        // The client read nothing: every request failed on its side.
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(cli, Some("GET"), Some(""), listen),
+            N as f64,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(cli, None, None, listen),
+            N as f64,
+        ),
+        expect("meshtap_close_waits_cut_short_total", &labels(&[]), 0.0),
+    ];
+    checks.extend(local_edge(cli, "nginx", N, N));
+    assert_settled(&agent, &checks, SETTLE);
+    nginx.stop();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Bounded cardinality
 

@@ -1450,6 +1450,14 @@ impl Parser for Http1Parser {
         self.give_up();
     }
 
+    fn in_flight(&self) -> bool {
+        !self.dead
+            && (!self.pending.is_empty()
+                || self.response.is_some()
+                || !matches!(self.resp.state, State::Idle | State::Skip)
+                || self.req.state == State::Head)
+    }
+
     fn is_dead(&self) -> bool {
         self.dead
     }

@@ -92,7 +92,16 @@ fn replay(side: Side, ios: &[Io], close: Option<u64>, mode: Mode) -> Run {
         assert!(head <= MAX_HEADER_BLOCK_BYTES && pending <= MAX_PENDING_REQUESTS);
     }
     if let Some(ts) = close {
+        // What the agent relies on to keep a closed connection's parser for late bytes: a close
+        // that completes an exchange is one `in_flight` announced, and nothing stays in flight.
+        let in_flight = parser.in_flight();
+        let before = exchanges.len();
         parser.close(ts, &mut exchanges);
+        assert!(
+            in_flight || exchanges.len() == before,
+            "in_flight said no: {exchanges:?}"
+        );
+        assert!(!parser.in_flight(), "in flight after close");
     }
     Run {
         exchanges,

@@ -195,6 +195,10 @@ pub trait Parser: Send {
     /// [`Outcome::NoResponse`] exchanges.
     fn close(&mut self, ts_ns: u64, out: &mut Vec<Exchange>);
 
+    /// True while [`close`](Self::close) would still produce an exchange: a request awaiting
+    /// its response, or a message half read.
+    fn in_flight(&self) -> bool;
+
     /// True once the parser will produce nothing more (it gave up, the connection was
     /// upgraded to another protocol, or it was closed): the caller may drop it.
     fn is_dead(&self) -> bool;
