@@ -273,7 +273,7 @@ async fn process(mut rx: mpsc::Receiver<Batch>, table: Arc<Mutex<ConnTable>>) {
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
                 let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
-                for event in batch.events {
+                for event in &batch.events {
                     table.handle_in(event, &batch.payloads);
                 }
             }

@@ -200,6 +200,9 @@ const DETECT_HOLD_BYTES: usize = 64;
 /// How long (event time) a connection that closed with an exchange in flight keeps its parser
 /// for the bytes its process moves after TCP_CLOSE (see `ConnTable::closing`).
 const CLOSE_WAIT_NS: u64 = 500_000_000;
+/// The same for a connection that closed between exchanges: long enough for the write in which
+/// the close happened to return (see `ConnTable::closing`).
+const CLOSE_WAIT_IDLE_NS: u64 = 20_000_000;
 /// Connections waiting so at once; past it the oldest ends its wait early, counted in
 /// `meshtap_close_waits_cut_short_total`.
 const CLOSE_WAIT_MAX: usize = 4096;
@@ -338,7 +341,7 @@ impl ClosedConnection {
     }
 }
 
-/// A connection closed with an exchange in flight (see `ConnTable::closing`).
+/// A closed connection waiting for late bytes (see `ConnTable::closing`).
 struct Closing {
     conn: Box<Connection>,
     closed_ns: u64,
@@ -366,16 +369,20 @@ pub struct ConnTable {
     recent_clients: Tombstones<SocketAddr, ClosedClient>,
     /// Connections closed recently, by socket, for reads that drain them after TCP_CLOSE.
     recent_closed: Tombstones<u64, ClosedConnection>,
-    /// Connections that reached TCP_CLOSE with an exchange in flight, by socket, keeping their
-    /// parser for `CLOSE_WAIT_NS` before the close completes it: bytes can move after the
-    /// close. A server that writes its response to a client that already closed gets the
-    /// client's RST while still in `write` (on loopback the peer's answer is processed on the
-    /// way out), so the write's data event, sent when the syscall returns, follows the close
-    /// event; and a process may still read what was queued before the close.
+    /// Connections with a parser that reached TCP_CLOSE, by socket, keeping the parser a while
+    /// before the close completes what it has: bytes can move after the close. A process
+    /// writing to a peer that already closed gets the peer's RST while still in `write` (on
+    /// loopback and veth the peer's answer is processed on the way out), so the write's data
+    /// event, sent when the syscall returns, follows the close event: a server's response to a
+    /// client that hung up, or a client's request on a keep-alive connection the server had
+    /// just closed (a failed request). And a process may read what was queued before the
+    /// close. With an exchange in flight the wait is `CLOSE_WAIT_NS`, else
+    /// `CLOSE_WAIT_IDLE_NS`.
     closing: Map<u64, Closing>,
-    /// `closing` in close order: (socket, connection id, close time). A socket's address can
-    /// be reused by a later connection, whose close replaces the entry.
-    closing_order: VecDeque<(u64, u64, u64)>,
+    /// `closing` in close order, per wait (in flight, idle): (socket, connection id, end of
+    /// the wait). A socket's address can be reused by a later connection, whose close replaces
+    /// the entry: entries no longer in `closing` are skipped.
+    closing_order: [VecDeque<(u64, u64, u64)>; 2],
     /// Edge label sets in use (bounded by `max_series`).
     edges: Set<Arc<EdgeLabels>>,
     failed_series: Set<FailedLabels>,
@@ -412,7 +419,7 @@ impl ConnTable {
             recent_clients: Tombstones::default(),
             recent_closed: Tombstones::default(),
             closing: Map::default(),
-            closing_order: VecDeque::new(),
+            closing_order: [VecDeque::new(), VecDeque::new()],
             edges: Set::default(),
             failed_series: Set::default(),
             metrics,
@@ -449,16 +456,18 @@ impl ConnTable {
     /// Handles an event without payload bytes (a data event's payload reads as empty).
     #[cfg(test)]
     pub fn handle(&mut self, event: Event) {
-        self.handle_in(event, &[]);
+        self.handle_in(&event, &[]);
     }
 
     /// Handles an event of a batch whose payload buffer is `payloads`.
-    pub fn handle_in(&mut self, event: Event, payloads: &[u8]) {
+    /// By reference: an event is ~200 bytes, moving each one out of its batch cost more than
+    /// the rest of the dispatch.
+    pub fn handle_in(&mut self, event: &Event, payloads: &[u8]) {
         self.event_clock = self.event_clock.max(event.meta().ts_ns);
         match event {
-            Event::ConnOpen { meta, connect_ns } => self.open(&meta, connect_ns),
-            Event::ConnFail { meta, errno } => self.fail(&meta, errno),
-            Event::ConnClose { meta, totals } => self.close(&meta, totals),
+            Event::ConnOpen { meta, connect_ns } => self.open(meta, *connect_ns),
+            Event::ConnFail { meta, errno } => self.fail(meta, *errno),
+            Event::ConnClose { meta, totals } => self.close(meta, *totals),
             Event::Data {
                 meta,
                 bytes,
@@ -467,12 +476,13 @@ impl ConnTable {
                 payload,
                 ..
             } => {
-                self.data(&meta, bytes, direction);
+                let (bytes, direction) = (*bytes, *direction);
+                self.data(meta, bytes, direction);
                 let payload = payload.of(payloads);
                 if meta.conn_id == 0 && !self.closing.is_empty() {
-                    self.parse_after_close(&meta, bytes, direction, payload);
+                    self.parse_after_close(meta, bytes, direction, payload);
                 } else {
-                    self.parse(&meta, meta.conn_id, Some(seq), bytes, direction, payload);
+                    self.parse(meta, meta.conn_id, Some(*seq), bytes, direction, payload);
                 }
             }
             Event::Retransmit { meta } => {
@@ -482,7 +492,7 @@ impl ConnTable {
                         c.labels.clone()
                     }
                     None => {
-                        let labels = self.edge_labels(&meta, self.resolve_role(&meta));
+                        let labels = self.edge_labels(meta, self.resolve_role(meta));
                         self.capped(labels)
                     }
                 };
@@ -1125,13 +1135,7 @@ impl ConnTable {
             .max(now_ns.saturating_sub(TICK_IDLE_MARGIN_NS));
         // Before the aggregator's tick: a closing connection's last exchange is still in time to
         // pair with the other side's (`CLOSE_WAIT_NS` is shorter than the pairing wait).
-        while let Some(&(sk, id, closed_ns)) = self.closing_order.front() {
-            if now_ns.saturating_sub(closed_ns) < CLOSE_WAIT_NS {
-                break;
-            }
-            self.closing_order.pop_front();
-            self.finish_close_of(sk, id, now_ns);
-        }
+        self.end_close_waits(now_ns);
         self.http.tick(now_ns);
         if let Some(tracer) = &mut self.tracer {
             tracer.tick(now_ns);
@@ -1139,19 +1143,13 @@ impl ConnTable {
     }
 
     fn close(&mut self, meta: &Meta, totals: ConnTotals) {
-        // A connection with an exchange in flight waits for late bytes (see `closing`).
-        let wait = self
-            .conns
-            .get(&meta.conn_id)
-            .is_some_and(|c| matches!(&c.l7, L7::Parsing(p) if p.in_flight()));
-        if !wait
-            && let Some(conn) = self.conns.get_mut(&meta.conn_id)
-            && let L7::Parsing(parser) = &mut conn.l7
-        {
-            let mut out = Vec::new();
-            parser.close(meta.ts_ns, &mut out);
-            self.exchanges(meta.conn_id, out, meta.ts_ns);
-        }
+        self.end_close_waits(meta.ts_ns);
+        // A connection with a parser waits for late bytes (see `closing`): long with an exchange
+        // in flight, briefly without.
+        let wait = match self.conns.get(&meta.conn_id).map(|c| &c.l7) {
+            Some(L7::Parsing(p)) => Some(p.in_flight()),
+            _ => None,
+        };
         let Some(conn) = self.conns.remove(&meta.conn_id) else {
             // Never tracked here (open lost, or table full): count the close and the bytes.
             let labels = self.edge_labels(meta, self.resolve_role(meta));
@@ -1212,28 +1210,50 @@ impl ConnTable {
         }
         self.metrics.closed.get_or_create(&conn.labels).inc();
         self.metrics.active.get_or_create(&conn.labels).dec();
-        if wait {
-            self.wait_after_close(conn, meta.ts_ns);
+        if let Some(in_flight) = wait {
+            self.wait_after_close(conn, meta.ts_ns, in_flight);
         }
     }
 
     /// Keeps a closed connection's parser for bytes moved after the close (see `closing`).
-    fn wait_after_close(&mut self, conn: Box<Connection>, closed_ns: u64) {
+    fn wait_after_close(&mut self, conn: Box<Connection>, closed_ns: u64, in_flight: bool) {
         let sk = conn.sk;
         if let Some(earlier) = self.closing.remove(&sk) {
             // The socket's address was reused by a connection that closed in turn.
             self.finish_close(earlier, closed_ns);
         }
+        // Past the limit, the idle waits end first: they hold nothing yet.
         while self.closing.len() >= CLOSE_WAIT_MAX {
-            let Some((sk, id, _)) = self.closing_order.pop_front() else {
+            let Some((sk, id, _)) = self.closing_order[1]
+                .pop_front()
+                .or_else(|| self.closing_order[0].pop_front())
+            else {
                 break;
             };
             if self.finish_close_of(sk, id, closed_ns) {
                 self.metrics.close_waits_cut_short.inc();
             }
         }
-        self.closing_order.push_back((sk, conn.id, closed_ns));
+        let (order, wait_ns) = if in_flight {
+            (0, CLOSE_WAIT_NS)
+        } else {
+            (1, CLOSE_WAIT_IDLE_NS)
+        };
+        self.closing_order[order].push_back((sk, conn.id, closed_ns + wait_ns));
         self.closing.insert(sk, Closing { conn, closed_ns });
+    }
+
+    /// Completes the closes whose wait is over at `now_ns`.
+    fn end_close_waits(&mut self, now_ns: u64) {
+        for order in 0..2 {
+            while let Some(&(sk, id, until_ns)) = self.closing_order[order].front() {
+                if until_ns > now_ns {
+                    break;
+                }
+                self.closing_order[order].pop_front();
+                self.finish_close_of(sk, id, now_ns);
+            }
+        }
     }
 
     /// Ends the wait of connection `id` on socket `sk`, if it is still the one waiting there.
@@ -1449,10 +1469,10 @@ mod tests {
             syscall: 1,
             payload: PayloadRange::whole(payload),
         };
-        table.handle_in(data(client(), 0, direction::EGRESS, &request), &request);
-        table.handle_in(data(server(), 0, direction::INGRESS, &request), &request);
-        table.handle_in(data(server(), 1, direction::EGRESS, &response), &response);
-        table.handle_in(data(client(), 1, direction::INGRESS, &response), &response);
+        table.handle_in(&data(client(), 0, direction::EGRESS, &request), &request);
+        table.handle_in(&data(server(), 0, direction::INGRESS, &request), &request);
+        table.handle_in(&data(server(), 1, direction::EGRESS, &response), &response);
+        table.handle_in(&data(client(), 1, direction::INGRESS, &response), &response);
         table.tick(10_000_000_000);
         let graph = |connection_type: &str| {
             value(
@@ -1524,12 +1544,12 @@ mod tests {
             table.handle(Event::ConnOpen { meta, connect_ns });
         }
         table.handle_in(
-            data(at(client.clone(), 20), 0, direction::EGRESS, &request),
+            &data(at(client.clone(), 20), 0, direction::EGRESS, &request),
             &request,
         );
         table.handle(close(at(client.clone(), 21)));
         table.handle_in(
-            data(at(server.clone(), 30), 0, direction::INGRESS, &request),
+            &data(at(server.clone(), 30), 0, direction::INGRESS, &request),
             &request,
         );
         table.handle(close(at(server.clone(), 40)));
@@ -1537,7 +1557,7 @@ mod tests {
         let mut late = at(server.clone(), 41);
         late.conn_id = 0;
         late.local.set_port(0);
-        table.handle_in(data(late, 0, direction::EGRESS, &response), &response);
+        table.handle_in(&data(late, 0, direction::EGRESS, &response), &response);
         assert_eq!(
             table.closing.len(),
             1,
@@ -1572,7 +1592,7 @@ mod tests {
         assert_eq!(client_count(""), 1.0, "{}", metrics.encode());
         assert!(table.closing.is_empty());
         table.tick(10_000_000_000);
-        assert!(table.closing_order.is_empty());
+        assert!(table.closing_order.iter().all(VecDeque::is_empty));
         let graph = |name: &str| {
             value(
                 &metrics,
@@ -1591,6 +1611,71 @@ mod tests {
         );
     }
 
+    /// The server closed an idle keep-alive connection; the client, not knowing yet, writes its
+    /// next request, which draws the RST inside the write: the request comes after the close
+    /// and fails.
+    #[test]
+    fn a_request_written_as_the_socket_closes_fails() {
+        let metrics = Arc::new(Metrics::default());
+        let mut table = table_for(&metrics, 100, 100);
+        let client = meta(1, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
+        let request = b"GET /x HTTP/1.1\r\nHost: api\r\n\r\n".to_vec();
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
+        let data = |meta: &Meta, seq: u64, direction: u8, payload: &Vec<u8>| Event::Data {
+            meta: meta.clone(),
+            bytes: payload.len() as u64,
+            seq,
+            direction,
+            syscall: 1,
+            payload: PayloadRange::whole(payload),
+        };
+        table.handle(Event::ConnOpen {
+            meta: client.clone(),
+            connect_ns: 1,
+        });
+        table.handle_in(&data(&client, 0, direction::EGRESS, &request), &request);
+        table.handle_in(&data(&client, 1, direction::INGRESS, &response), &response);
+        let mut closed = client.clone();
+        closed.ts_ns = 1_000;
+        table.handle(Event::ConnClose {
+            meta: closed,
+            totals: ConnTotals::default(),
+        });
+        assert_eq!(table.closing.len(), 1, "an idle close waits briefly");
+        let mut late = client.clone();
+        late.ts_ns = 2_000;
+        late.conn_id = 0;
+        late.local.set_port(0);
+        table.handle_in(&data(&late, 0, direction::EGRESS, &request), &request);
+        let count = |status: &str| {
+            value(
+                &metrics,
+                "http_client_request_duration_seconds_count",
+                &format!(r#"http_response_status_code="{status}""#),
+            )
+        };
+        assert_eq!((count("200"), count("")), (1.0, 0.0));
+        // The next close ends the waits that are over.
+        let other = meta(2, role::CLIENT, "127.0.0.1:5001", "127.0.0.1:80", "cli", 1);
+        table.handle(Event::ConnOpen {
+            meta: other.clone(),
+            connect_ns: 1,
+        });
+        let mut closed = other;
+        closed.ts_ns = 1_000 + CLOSE_WAIT_IDLE_NS;
+        table.handle(Event::ConnClose {
+            meta: closed,
+            totals: ConnTotals::default(),
+        });
+        assert_eq!(
+            (count("200"), count("")),
+            (1.0, 1.0),
+            "{}",
+            metrics.encode()
+        );
+        assert!(table.closing.is_empty());
+    }
+
     /// Past `CLOSE_WAIT_MAX` connections waiting, the oldest ends its wait at once, counted.
     #[test]
     fn close_waits_are_bounded() {
@@ -1605,7 +1690,7 @@ mod tests {
                 connect_ns: 1,
             });
             table.handle_in(
-                Event::Data {
+                &Event::Data {
                     meta: client.clone(),
                     bytes: request.len() as u64,
                     seq: 0,
@@ -1635,7 +1720,7 @@ mod tests {
         assert_eq!(failed(), 3.0);
         table.tick(1 + CLOSE_WAIT_NS + TICK_IDLE_MARGIN_NS);
         assert_eq!(failed(), n as f64);
-        assert!(table.closing.is_empty() && table.closing_order.is_empty());
+        assert!(table.closing.is_empty() && table.closing_order.iter().all(VecDeque::is_empty));
     }
 
     #[test]

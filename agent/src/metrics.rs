@@ -546,7 +546,7 @@ impl Metrics {
         );
         registry.register(
             name::CLOSE_WAITS_CUT_SHORT,
-            "Connections closed with an exchange in flight whose wait for bytes moved after the close was cut short: more than 4096 waiting at once",
+            "Closed connections whose wait for bytes moved after the close was cut short: more than 4096 waiting at once",
             m.close_waits_cut_short.clone(),
         );
         registry.register(

@@ -39,6 +39,10 @@ modes:
              server answers /wait when told to), then --then more GETs of --path
   noresp     --count connections, each: GET /close, expect EOF without a response
   hangup     --count connections, each: GET --path and close at once, reading nothing
+  reuse      --count connections, each: GET --path and read the response, wait --pause ms, GET
+             --path again whatever the response said (a server that closed the connection
+             meanwhile resets it), and read until EOF or reset; `unanswered` counts the second
+             requests that got no response
 """
 
 import mt_common
@@ -366,6 +370,22 @@ def run_client(a):
                 raise SystemExit("/close was answered")
             except Eof:
                 pass
+    elif a.mode == "reuse":
+        c.stats["unanswered"] = 0
+        c.stats["unsent"] = 0
+        for _ in range(a.count):
+            c.connect()
+            c.get(a.path)
+            time.sleep(a.pause / 1000)
+            try:
+                c.sock.sendall(c.request(a.path))
+            except OSError:
+                c.stats["unsent"] += 1
+                continue
+            try:
+                c.response()
+            except (Eof, ConnectionResetError):
+                c.stats["unanswered"] += 1
     elif a.mode == "hangup":
         for _ in range(a.count):
             c.connect()
@@ -390,7 +410,7 @@ def main():
     c.add_argument(
         "--mode",
         required=True,
-        choices=["seq", "pipeline", "batches", "dribble", "chunked", "junk", "midstream", "noresp", "hangup"],
+        choices=["seq", "pipeline", "batches", "dribble", "chunked", "junk", "midstream", "noresp", "hangup", "reuse"],
     )
     c.add_argument("--paths", default="/")
     c.add_argument("--path", default="/")
@@ -405,6 +425,7 @@ def main():
     c.add_argument("--seed", type=int, default=1)
     c.add_argument("--warm", type=int, default=0)
     c.add_argument("--then", type=int, default=0)
+    c.add_argument("--pause", type=int, default=50)
     a = p.parse_args()
     if a.role == "server":
         run_server(a)

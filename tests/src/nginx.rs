@@ -26,6 +26,8 @@ pub struct NginxConfig {
     pub backend: Option<SocketAddr>,
     /// Log one line per request with its status (read back with [`Nginx::access_log`]).
     pub access_log: bool,
+    /// `keepalive_requests`: requests served on a connection before nginx closes it.
+    pub keepalive_requests: Option<u32>,
 }
 
 impl NginxConfig {
@@ -34,6 +36,7 @@ impl NginxConfig {
             listen,
             backend: None,
             access_log: false,
+            keepalive_requests: None,
         }
     }
 
@@ -44,6 +47,11 @@ impl NginxConfig {
 
     pub fn access_log(mut self) -> Self {
         self.access_log = true;
+        self
+    }
+
+    pub fn keepalive_requests(mut self, n: u32) -> Self {
+        self.keepalive_requests = Some(n);
         self
     }
 
@@ -64,6 +72,9 @@ impl NginxConfig {
             );
         } else {
             conf.push_str("    access_log off;\n");
+        }
+        if let Some(n) = self.keepalive_requests {
+            let _ = writeln!(conf, "    keepalive_requests {n};");
         }
         for (key, sub) in [
             ("client_body_temp_path", "client_body"),

@@ -1188,6 +1188,74 @@ fn responses_written_after_the_client_hung_up_are_served() {
     nginx.stop();
 }
 
+/// nginx closes each connection after one request (`keepalive_requests 1`); the client writes a
+/// second request on it anyway, after nginx's FIN arrived. The write draws nginx's RST, which on
+/// loopback closes the client's socket before the write returns: the request comes after the
+/// close and must still count, as a request that got no response.
+#[test]
+fn a_request_on_a_connection_the_server_closed_fails() {
+    const N: u64 = 100;
+    let _serial = serial();
+    let agent = Agent::start(&[]);
+    let listen = Net::Loopback.listen();
+    let nginx = Nginx::start(
+        NginxConfig::new(listen).access_log().keepalive_requests(1),
+        None,
+    );
+    let cli = "mt-reuse-cli";
+    let done = raw_client(cli, listen, "reuse")
+        .opt("--path", "/ok")
+        .opt("--count", N)
+        .run(RUN);
+    assert_eq!(
+        (
+            num(&done, "requests"),
+            num(&done, "responses"),
+            num(&done, "unsent"),
+            num(&done, "unanswered")
+        ),
+        (2 * N, N, 0, N),
+        "{done}"
+    );
+    let log = settled_access_log(&nginx);
+    assert_eq!(
+        log,
+        BTreeMap::from([("200".to_owned(), N)]),
+        "nginx access log"
+    );
+    let client = |status: &str| client_series(cli, Some("GET"), Some(status), listen);
+    let mut checks = vec![
+        expect(count(HTTP_CLIENT_DURATION), &client("200"), N as f64),
+        expect(count(HTTP_CLIENT_DURATION), &client(""), N as f64),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(cli, None, None, listen),
+            (2 * N) as f64,
+        ),
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &server_series("nginx", None, None, None),
+            N as f64,
+        ),
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &server_series("nginx", Some("GET"), Some("/ok"), Some("200")),
+            N as f64,
+        ),
+        expect("meshtap_close_waits_cut_short_total", &labels(&[]), 0.0),
+    ];
+    // The second requests have no server side: counted alone on the edge, as failed.
+    let e = edge(cli, "nginx", "");
+    checks.extend([
+        expect(GRAPH_REQUESTS, &e, (2 * N) as f64),
+        expect(GRAPH_FAILED, &e, N as f64),
+        expect(count(GRAPH_SERVER_SECONDS), &e, N as f64),
+        expect(count(GRAPH_CLIENT_SECONDS), &e, (2 * N) as f64),
+    ]);
+    assert_settled(&agent, &checks, SETTLE);
+    nginx.stop();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Bounded cardinality
 
