@@ -139,6 +139,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         Some(tracer),
         config.max_connections as usize,
         config.max_series as usize,
+        config.series_ttl_secs.saturating_mul(1_000_000_000),
     )));
     let ready = Arc::new(AtomicBool::new(false));
     let endpoint = Endpoint {

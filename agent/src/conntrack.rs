@@ -197,6 +197,9 @@ const K8S_RETRY_NS: u64 = 1_000_000_000;
 /// Bytes held back while too few arrived to tell the protocol.
 const DETECT_HOLD_BYTES: usize = 64;
 
+/// How often edges unused for the series TTL are looked for.
+const EDGE_EXPIRY_EVERY_NS: u64 = 10_000_000_000;
+
 /// How long (event time) a connection that closed with an exchange in flight keeps its parser
 /// for the bytes its process moves after TCP_CLOSE (see `ConnTable::closing`).
 const CLOSE_WAIT_NS: u64 = 500_000_000;
@@ -269,11 +272,18 @@ impl<K: std::hash::Hash + Eq + Copy, V> Tombstones<K, V> {
     const TTL_NS: u64 = 30_000_000_000;
 
     fn insert(&mut self, key: K, value: V, ts_ns: u64) {
-        while self.order.len() >= Self::CAPACITY
+        self.expire(ts_ns, Self::CAPACITY - 1);
+        self.by_key.insert(key, (value, ts_ns));
+        self.order.push_back((key, ts_ns));
+    }
+
+    /// Forgets the entries older than the TTL at `now_ns`, and the oldest beyond `keep`.
+    fn expire(&mut self, now_ns: u64, keep: usize) {
+        while self.order.len() > keep
             || self
                 .order
                 .front()
-                .is_some_and(|(_, t)| ts_ns.saturating_sub(*t) > Self::TTL_NS)
+                .is_some_and(|(_, t)| now_ns.saturating_sub(*t) > Self::TTL_NS)
         {
             let Some((old, t)) = self.order.pop_front() else {
                 break;
@@ -282,8 +292,6 @@ impl<K: std::hash::Hash + Eq + Copy, V> Tombstones<K, V> {
                 self.by_key.remove(&old);
             }
         }
-        self.by_key.insert(key, (value, ts_ns));
-        self.order.push_back((key, ts_ns));
     }
 
     fn get(&self, key: &K, now_ns: u64) -> Option<&V> {
@@ -383,9 +391,15 @@ pub struct ConnTable {
     /// the wait). A socket's address can be reused by a later connection, whose close replaces
     /// the entry: entries no longer in `closing` are skipped.
     closing_order: [VecDeque<(u64, u64, u64)>; 2],
-    /// Edge label sets in use (bounded by `max_series`).
-    edges: Set<Arc<EdgeLabels>>,
-    failed_series: Set<FailedLabels>,
+    /// Edge label sets in use (bounded by `max_series`), with when each was last used: made
+    /// or looked up for a connection, or a connection of it closed. One without connections
+    /// that stays unused for `series_ttl_ns` is removed with its series.
+    edges: Map<Arc<EdgeLabels>, u64>,
+    /// Failed-connect label sets, likewise, with when each last counted.
+    failed_series: Map<FailedLabels, u64>,
+    series_ttl_ns: u64,
+    /// When unused edges were last looked for.
+    edges_expired_ns: u64,
     metrics: Arc<Metrics>,
     pub services: ServiceNames,
     http: HttpAggregator,
@@ -405,6 +419,7 @@ impl ConnTable {
         tracer: Option<Tracer>,
         max_connections: usize,
         max_series: usize,
+        series_ttl_ns: u64,
     ) -> Self {
         ConnTable {
             services,
@@ -420,8 +435,10 @@ impl ConnTable {
             recent_closed: Tombstones::default(),
             closing: Map::default(),
             closing_order: [VecDeque::new(), VecDeque::new()],
-            edges: Set::default(),
-            failed_series: Set::default(),
+            edges: Map::default(),
+            failed_series: Map::default(),
+            series_ttl_ns,
+            edges_expired_ns: 0,
             metrics,
             max_connections,
             max_series,
@@ -686,12 +703,16 @@ impl ConnTable {
     /// Applies the series cap: a label set beyond it is folded into the overflow series.
     /// Connections of one edge share its label set.
     fn capped(&mut self, labels: EdgeLabels) -> Arc<EdgeLabels> {
-        if let Some(shared) = self.edges.get(&labels) {
-            return shared.clone();
+        let now = self.event_clock;
+        if let Some(used) = self.edges.get_mut(&labels) {
+            *used = now;
+            if let Some((shared, _)) = self.edges.get_key_value(&labels) {
+                return shared.clone();
+            }
         }
         if self.edges.len() < self.max_series {
             let shared = Arc::new(labels);
-            self.edges.insert(shared.clone());
+            self.edges.insert(shared.clone(), now);
             return shared;
         }
         self.metrics
@@ -826,10 +847,11 @@ impl ConnTable {
             role: edge.role,
             reason: failure_reason(errno).to_string(),
         };
-        let labels = if self.failed_series.contains(&labels) {
+        let labels = if let Some(used) = self.failed_series.get_mut(&labels) {
+            *used = meta.ts_ns;
             labels
         } else if self.failed_series.len() < self.max_series {
-            self.failed_series.insert(labels.clone());
+            self.failed_series.insert(labels.clone(), meta.ts_ns);
             labels
         } else {
             self.metrics
@@ -1136,6 +1158,10 @@ impl ConnTable {
         // Before the aggregator's tick: a closing connection's last exchange is still in time to
         // pair with the other side's (`CLOSE_WAIT_NS` is shorter than the pairing wait).
         self.end_close_waits(now_ns);
+        if now_ns.saturating_sub(self.edges_expired_ns) >= EDGE_EXPIRY_EVERY_NS {
+            self.edges_expired_ns = now_ns;
+            self.expire_edges(now_ns);
+        }
         self.http.tick(now_ns);
         if let Some(tracer) = &mut self.tracer {
             tracer.tick(now_ns);
@@ -1210,8 +1236,60 @@ impl ConnTable {
         }
         self.metrics.closed.get_or_create(&conn.labels).inc();
         self.metrics.active.get_or_create(&conn.labels).dec();
+        if let Some(used) = self.edges.get_mut(&*conn.labels) {
+            *used = meta.ts_ns;
+        }
         if let Some(in_flight) = wait {
             self.wait_after_close(conn, meta.ts_ns, in_flight);
+        }
+    }
+
+    /// Removes the edges (and failed-connect label sets) unused for `series_ttl_ns`, with their
+    /// series: without it a node that saw `max_series` edges once would fold every later edge
+    /// into the overflow series for good.
+    fn expire_edges(&mut self, now_ns: u64) {
+        // Tombstones hold their connection's edge: the expired ones go first.
+        self.recent_closed.expire(now_ns, usize::MAX);
+        let ttl = self.series_ttl_ns;
+        let m = &self.metrics;
+        let mut stale = 0u64;
+        self.edges.retain(|labels, used| {
+            // Held elsewhere: by a connection (whose byte counters are the series' own), a
+            // closing one or a tombstone.
+            if Arc::strong_count(labels) > 1 || now_ns.saturating_sub(*used) <= ttl {
+                return true;
+            }
+            m.opened.remove(labels);
+            m.closed.remove(labels);
+            m.active.remove(labels);
+            m.sent.remove(labels);
+            m.received.remove(labels);
+            m.retransmits.remove(labels);
+            m.connect_duration.remove(labels);
+            stale += 1;
+            false
+        });
+        let mut stale_failed = 0u64;
+        self.failed_series.retain(|labels, used| {
+            if now_ns.saturating_sub(*used) <= ttl {
+                return true;
+            }
+            m.failed.remove(labels);
+            stale_failed += 1;
+            false
+        });
+        for (metric, n) in [
+            (crate::metrics::name::TCP_OPENED, stale),
+            (crate::metrics::name::TCP_FAILED, stale_failed),
+        ] {
+            if n > 0 {
+                m.http
+                    .series_expired
+                    .get_or_create(&crate::metrics::MetricLabels {
+                        metric: metric.to_string(),
+                    })
+                    .inc_by(n);
+            }
         }
     }
 
@@ -1366,6 +1444,7 @@ mod tests {
             None,
             max_connections,
             max_series,
+            u64::MAX,
         )
     }
 
@@ -1674,6 +1753,73 @@ mod tests {
             metrics.encode()
         );
         assert!(table.closing.is_empty());
+    }
+
+    /// An edge with no connection left, unused for the series TTL, goes with its series and frees
+    /// its place under the cap; one with a live connection stays however old.
+    #[test]
+    fn unused_edges_expire_and_free_their_place() {
+        const TTL: u64 = 60_000_000_000;
+        let metrics = Arc::new(Metrics::default());
+        let mut table = ConnTable::new(
+            metrics.clone(),
+            ServiceNames::new(Default::default(), Default::default()),
+            HttpAggregator::new(metrics.clone(), 2, u64::MAX),
+            None,
+            100,
+            2,
+            TTL,
+        );
+        let at = |id: u64, server: &str, ts_ns: u64| {
+            let mut m = meta(id, role::CLIENT, "10.0.0.1:5000", server, "cli", 1);
+            m.ts_ns = ts_ns;
+            m
+        };
+        let s = 1_000_000_000;
+        table.handle(Event::ConnOpen {
+            meta: at(1, "192.0.2.1:80", s),
+            connect_ns: 1,
+        });
+        table.handle(Event::ConnClose {
+            meta: at(1, "192.0.2.1:80", 2 * s),
+            totals: ConnTotals::default(),
+        });
+        table.handle(Event::ConnOpen {
+            meta: at(2, "192.0.2.2:80", s),
+            connect_ns: 1,
+        });
+        let opened = |server: &str| {
+            metrics
+                .encode()
+                .lines()
+                .filter(|l| {
+                    l.starts_with("meshtap_tcp_connections_opened_total")
+                        && l.contains(&format!(r#"server="{server}""#))
+                })
+                .count()
+        };
+        assert_eq!((opened("192.0.2.1"), opened("192.0.2.2")), (1, 1));
+        // Not yet: the ticks run on the event clock (2 s) or the monotonic one less a margin.
+        table.tick(2 * s + TTL + TICK_IDLE_MARGIN_NS);
+        assert_eq!(table.edges.len(), 2);
+        table.tick(2 * s + TTL + TICK_IDLE_MARGIN_NS + EDGE_EXPIRY_EVERY_NS + 1);
+        assert_eq!((opened("192.0.2.1"), opened("192.0.2.2")), (0, 1));
+        assert_eq!(table.edges.len(), 1);
+        assert_eq!(
+            value(
+                &metrics,
+                "meshtap_metric_series_expired_total",
+                r#"metric="meshtap_tcp_connections_opened""#
+            ),
+            1.0
+        );
+        // The cap (2) has room again: a new edge is its own series, not the overflow.
+        let later = 2 * s + TTL + EDGE_EXPIRY_EVERY_NS;
+        table.handle(Event::ConnOpen {
+            meta: at(3, "192.0.2.3:80", later),
+            connect_ns: 1,
+        });
+        assert_eq!((opened("192.0.2.3"), opened("__overflow__")), (1, 0));
     }
 
     /// Past `CLOSE_WAIT_MAX` connections waiting, the oldest ends its wait at once, counted.

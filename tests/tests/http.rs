@@ -1424,12 +1424,43 @@ fn idle_series_expire_after_the_ttl() {
             left.join("\n  ")
         )
     });
+    // The connection-level series of the edge go too, once no connection of it is open or
+    // remembered (a closed one for up to 30 s, for late reads) and the TTL passed: the agent
+    // looks every 10 s.
+    let tcp_series = |m: &Metrics| -> Vec<String> {
+        m.samples
+            .iter()
+            .filter(|s| s.name.starts_with("meshtap_tcp_"))
+            .filter(|s| s.labels.get("client").is_some_and(|c| c == cli))
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert!(
+        !tcp_series(&agent.metrics()).is_empty(),
+        "the edge's connection series are there before they expire"
+    );
+    agent.wait_until(
+        Duration::from_secs(60),
+        |m| tcp_series(m).is_empty(),
+        |m| {
+            format!(
+                "connection series still there 60 s after a 2 s TTL:\n  {}",
+                tcp_series(m).join("\n  ")
+            )
+        },
+    );
     // Back, counted from zero.
     run(2);
     agent.wait_until(
         SETTLE,
         |m| mismatches(m, &checks(2.0)).is_empty(),
         |m| report(m, &checks(2.0)),
+    );
+    agent.wait_for(
+        "meshtap_tcp_connections_opened_total",
+        &[("client", cli), ("server", srv), ("role", "client")],
+        1.0,
+        SETTLE,
     );
 }
 
