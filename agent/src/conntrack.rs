@@ -340,13 +340,19 @@ struct ClosedConnection {
 }
 
 impl ClosedConnection {
-    /// Whether an untracked data event on the same socket is this connection's (the event's
-    /// tuple, read after TCP_CLOSE, may have lost the remote port).
+    /// Whether an untracked data event on the same socket is this connection's.
     fn matches(&self, meta: &Meta) -> bool {
-        meta.conn_id == 0
-            && self.remote.ip() == meta.remote.ip()
-            && (meta.remote.port() == 0 || self.remote.port() == meta.remote.port())
+        late_event_of(self.remote, meta)
     }
+}
+
+/// Whether an untracked data event (conn_id 0) on the socket of a closed connection with peer
+/// `remote` is that connection's (the event's tuple, read after TCP_CLOSE, may have lost the
+/// remote port).
+fn late_event_of(remote: SocketAddr, meta: &Meta) -> bool {
+    meta.conn_id == 0
+        && remote.ip() == meta.remote.ip()
+        && (meta.remote.port() == 0 || remote.port() == meta.remote.port())
 }
 
 /// A closed connection waiting for late bytes (see `ConnTable::closing`).
@@ -746,6 +752,9 @@ impl ConnTable {
             self.metrics.active.get_or_create(&labels).dec();
             return Some(labels);
         }
+        // A connection on the socket of one still waiting after its close: the socket was
+        // freed and reused, nothing more can come for the old one.
+        self.end_close_wait_of(meta.sk, meta.ts_ns);
         let (peer_service, peer_k8s) = self.peer(
             observer_role,
             meta.netns,
@@ -890,6 +899,9 @@ impl ConnTable {
             _ => {
                 let observer_role = self.resolve_role(meta);
                 match self.track(meta, observer_role, true) {
+                    // The agent's table is full but the kernel tracks the connection: its close
+                    // brings the exact totals, counted then (counting here too would double).
+                    Some(_) if meta.conn_id != 0 => return,
                     Some(labels) => labels,
                     None => return self.data(meta, bytes, dir),
                 }
@@ -915,10 +927,7 @@ impl ConnTable {
         let Some(closing) = self.closing.remove(&meta.sk) else {
             return;
         };
-        let matches = self
-            .recent_closed
-            .get(&meta.sk, meta.ts_ns)
-            .is_some_and(|closed| closed.matches(meta));
+        let matches = late_event_of(closing.conn.remote, meta);
         let id = closing.conn.id;
         let closed_ns = closing.closed_ns;
         // `parse` works on the table's connections: back in for the call.
@@ -932,6 +941,8 @@ impl ConnTable {
         };
         let closing = Closing { conn, closed_ns };
         if matches!(&closing.conn.l7, L7::Parsing(p) if p.in_flight()) {
+            // Its wait stays the one it started with (a request written after the close, on
+            // an idle connection, cannot be answered: it fails when the short wait ends).
             self.closing.insert(meta.sk, closing);
         } else {
             // Answered: nothing left to wait for (its `closing_order` entry is skipped).
@@ -1239,8 +1250,10 @@ impl ConnTable {
         if let Some(used) = self.edges.get_mut(&*conn.labels) {
             *used = meta.ts_ns;
         }
-        if let Some(in_flight) = wait {
-            self.wait_after_close(conn, meta.ts_ns, in_flight);
+        match wait {
+            Some(in_flight) => self.wait_after_close(conn, meta.ts_ns, in_flight),
+            // The socket was reused (see `track`).
+            None => self.end_close_wait_of(meta.sk, meta.ts_ns),
         }
     }
 
@@ -1334,6 +1347,15 @@ impl ConnTable {
         }
     }
 
+    /// Ends the wait of whichever connection waits on socket `sk`.
+    fn end_close_wait_of(&mut self, sk: u64, now_ns: u64) {
+        if !self.closing.is_empty()
+            && let Some(closing) = self.closing.remove(&sk)
+        {
+            self.finish_close(closing, now_ns);
+        }
+    }
+
     /// Ends the wait of connection `id` on socket `sk`, if it is still the one waiting there.
     fn finish_close_of(&mut self, sk: u64, id: u64, now_ns: u64) -> bool {
         if self.closing.get(&sk).is_none_or(|c| c.conn.id != id) {
@@ -1402,6 +1424,9 @@ impl ConnTable {
                 self.unindex(&conn);
                 self.metrics.closed.get_or_create(&conn.labels).inc();
                 self.metrics.active.get_or_create(&conn.labels).dec();
+                if let Some(used) = self.edges.get_mut(&*conn.labels) {
+                    *used = now_ns;
+                }
             }
         }
         self.metrics
@@ -1820,6 +1845,95 @@ mod tests {
             connect_ns: 1,
         });
         assert_eq!((opened("192.0.2.3"), opened("__overflow__")), (1, 0));
+    }
+
+    /// A connection the agent's full table turned away still has its bytes counted once: from
+    /// the kernel's totals at its close, not also from its data events.
+    #[test]
+    fn a_connection_past_the_table_limit_counts_its_bytes_once() {
+        let metrics = Arc::new(Metrics::default());
+        let mut table = table_for(&metrics, 1, 100);
+        let first = meta(1, role::CLIENT, "10.0.0.1:5000", "192.0.2.1:80", "cli", 1);
+        let second = meta(2, role::CLIENT, "10.0.0.1:5001", "192.0.2.2:80", "cli", 1);
+        for m in [&first, &second] {
+            table.handle(Event::ConnOpen {
+                meta: m.clone(),
+                connect_ns: 1,
+            });
+        }
+        assert_eq!(table.conns.len(), 1);
+        for seq in 0..2 {
+            table.handle(Event::Data {
+                meta: second.clone(),
+                bytes: 10,
+                seq,
+                direction: direction::EGRESS,
+                syscall: 1,
+                payload: PayloadRange::default(),
+            });
+        }
+        table.handle(Event::ConnClose {
+            meta: second,
+            totals: ConnTotals {
+                bytes_sent: 20,
+                ..ConnTotals::default()
+            },
+        });
+        assert_eq!(
+            value(
+                &metrics,
+                "meshtap_tcp_sent_bytes_total",
+                r#"server="192.0.2.2""#
+            ),
+            20.0,
+            "{}",
+            metrics.encode()
+        );
+    }
+
+    /// A socket reused by a new connection while the old one waits after its close: the old
+    /// one's wait ends (as unanswered), and the new one's late bytes are not fed to it.
+    #[test]
+    fn a_reused_socket_ends_the_wait_of_its_old_connection() {
+        let metrics = Arc::new(Metrics::default());
+        let mut table = table_for(&metrics, 100, 100);
+        let request = b"GET /x HTTP/1.1\r\nHost: api\r\n\r\n".to_vec();
+        let old = meta(1, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
+        table.handle(Event::ConnOpen {
+            meta: old.clone(),
+            connect_ns: 1,
+        });
+        table.handle_in(
+            &Event::Data {
+                meta: old.clone(),
+                bytes: request.len() as u64,
+                seq: 0,
+                direction: direction::EGRESS,
+                syscall: 1,
+                payload: PayloadRange::whole(&request),
+            },
+            &request,
+        );
+        table.handle(Event::ConnClose {
+            meta: old.clone(),
+            totals: ConnTotals::default(),
+        });
+        assert_eq!(table.closing.len(), 1);
+        let mut new = meta(2, role::CLIENT, "127.0.0.1:5001", "127.0.0.1:80", "cli", 1);
+        new.sk = old.sk;
+        table.handle(Event::ConnOpen {
+            meta: new,
+            connect_ns: 1,
+        });
+        assert!(table.closing.is_empty());
+        assert_eq!(
+            value(
+                &metrics,
+                "http_client_request_duration_seconds_count",
+                r#"http_response_status_code="""#
+            ),
+            1.0
+        );
     }
 
     /// Past `CLOSE_WAIT_MAX` connections waiting, the oldest ends its wait at once, counted.
