@@ -1461,6 +1461,21 @@ mod tests {
         }
     }
 
+    const REQUEST: &[u8] = b"GET /x HTTP/1.1\r\nHost: api\r\n\r\n";
+    const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    /// A data event carrying all of `payload` (give `handle_in` the same bytes).
+    fn data(meta: Meta, seq: u64, direction: u8, payload: &[u8]) -> Event {
+        Event::Data {
+            meta,
+            bytes: payload.len() as u64,
+            seq,
+            direction,
+            syscall: 1,
+            payload: PayloadRange::whole(payload),
+        }
+    }
+
     fn table_for(metrics: &Arc<Metrics>, max_connections: usize, max_series: usize) -> ConnTable {
         ConnTable::new(
             metrics.clone(),
@@ -1563,20 +1578,10 @@ mod tests {
             meta: server(),
             connect_ns: 0,
         });
-        let request = b"GET /x HTTP/1.1\r\nHost: api\r\n\r\n".to_vec();
-        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
-        let data = |meta: Meta, seq: u64, direction: u8, payload: &Vec<u8>| Event::Data {
-            meta,
-            bytes: payload.len() as u64,
-            seq,
-            direction,
-            syscall: 1,
-            payload: PayloadRange::whole(payload),
-        };
-        table.handle_in(&data(client(), 0, direction::EGRESS, &request), &request);
-        table.handle_in(&data(server(), 0, direction::INGRESS, &request), &request);
-        table.handle_in(&data(server(), 1, direction::EGRESS, &response), &response);
-        table.handle_in(&data(client(), 1, direction::INGRESS, &response), &response);
+        table.handle_in(&data(client(), 0, direction::EGRESS, REQUEST), REQUEST);
+        table.handle_in(&data(server(), 0, direction::INGRESS, REQUEST), REQUEST);
+        table.handle_in(&data(server(), 1, direction::EGRESS, RESPONSE), RESPONSE);
+        table.handle_in(&data(client(), 1, direction::INGRESS, RESPONSE), RESPONSE);
         table.tick(10_000_000_000);
         let graph = |connection_type: &str| {
             value(
@@ -1630,16 +1635,6 @@ mod tests {
         };
         let client = meta(1, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
         let server = meta(2, role::SERVER, "127.0.0.1:80", "127.0.0.1:5000", "srv", 1);
-        let request = b"GET /x HTTP/1.1\r\nHost: api\r\n\r\n".to_vec();
-        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
-        let data = |meta: Meta, seq: u64, direction: u8, payload: &Vec<u8>| Event::Data {
-            meta,
-            bytes: payload.len() as u64,
-            seq,
-            direction,
-            syscall: 1,
-            payload: PayloadRange::whole(payload),
-        };
         let close = |meta: Meta| Event::ConnClose {
             meta,
             totals: ConnTotals::default(),
@@ -1648,20 +1643,20 @@ mod tests {
             table.handle(Event::ConnOpen { meta, connect_ns });
         }
         table.handle_in(
-            &data(at(client.clone(), 20), 0, direction::EGRESS, &request),
-            &request,
+            &data(at(client.clone(), 20), 0, direction::EGRESS, REQUEST),
+            REQUEST,
         );
         table.handle(close(at(client.clone(), 21)));
         table.handle_in(
-            &data(at(server.clone(), 30), 0, direction::INGRESS, &request),
-            &request,
+            &data(at(server.clone(), 30), 0, direction::INGRESS, REQUEST),
+            REQUEST,
         );
         table.handle(close(at(server.clone(), 40)));
         // The write returns after the close: no connection id any more, the port released.
         let mut late = at(server.clone(), 41);
         late.conn_id = 0;
         late.local.set_port(0);
-        table.handle_in(&data(late, 0, direction::EGRESS, &response), &response);
+        table.handle_in(&data(late, 0, direction::EGRESS, RESPONSE), RESPONSE);
         assert_eq!(
             table.closing.len(),
             1,
@@ -1723,22 +1718,18 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let mut table = table_for(&metrics, 100, 100);
         let client = meta(1, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
-        let request = b"GET /x HTTP/1.1\r\nHost: api\r\n\r\n".to_vec();
-        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
-        let data = |meta: &Meta, seq: u64, direction: u8, payload: &Vec<u8>| Event::Data {
-            meta: meta.clone(),
-            bytes: payload.len() as u64,
-            seq,
-            direction,
-            syscall: 1,
-            payload: PayloadRange::whole(payload),
-        };
         table.handle(Event::ConnOpen {
             meta: client.clone(),
             connect_ns: 1,
         });
-        table.handle_in(&data(&client, 0, direction::EGRESS, &request), &request);
-        table.handle_in(&data(&client, 1, direction::INGRESS, &response), &response);
+        table.handle_in(
+            &data(client.clone(), 0, direction::EGRESS, REQUEST),
+            REQUEST,
+        );
+        table.handle_in(
+            &data(client.clone(), 1, direction::INGRESS, RESPONSE),
+            RESPONSE,
+        );
         let mut closed = client.clone();
         closed.ts_ns = 1_000;
         table.handle(Event::ConnClose {
@@ -1750,7 +1741,7 @@ mod tests {
         late.ts_ns = 2_000;
         late.conn_id = 0;
         late.local.set_port(0);
-        table.handle_in(&data(&late, 0, direction::EGRESS, &request), &request);
+        table.handle_in(&data(late.clone(), 0, direction::EGRESS, REQUEST), REQUEST);
         let count = |status: &str| {
             value(
                 &metrics,
@@ -1897,23 +1888,12 @@ mod tests {
     fn a_reused_socket_ends_the_wait_of_its_old_connection() {
         let metrics = Arc::new(Metrics::default());
         let mut table = table_for(&metrics, 100, 100);
-        let request = b"GET /x HTTP/1.1\r\nHost: api\r\n\r\n".to_vec();
         let old = meta(1, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
         table.handle(Event::ConnOpen {
             meta: old.clone(),
             connect_ns: 1,
         });
-        table.handle_in(
-            &Event::Data {
-                meta: old.clone(),
-                bytes: request.len() as u64,
-                seq: 0,
-                direction: direction::EGRESS,
-                syscall: 1,
-                payload: PayloadRange::whole(&request),
-            },
-            &request,
-        );
+        table.handle_in(&data(old.clone(), 0, direction::EGRESS, REQUEST), REQUEST);
         table.handle(Event::ConnClose {
             meta: old.clone(),
             totals: ConnTotals::default(),
@@ -1941,7 +1921,6 @@ mod tests {
     fn close_waits_are_bounded() {
         let metrics = Arc::new(Metrics::default());
         let mut table = table_for(&metrics, CLOSE_WAIT_MAX + 10, 100);
-        let request = b"GET /x HTTP/1.1\r\nHost: api\r\n\r\n".to_vec();
         let n = CLOSE_WAIT_MAX as u64 + 3;
         for id in 1..=n {
             let client = meta(id, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
@@ -1950,15 +1929,8 @@ mod tests {
                 connect_ns: 1,
             });
             table.handle_in(
-                &Event::Data {
-                    meta: client.clone(),
-                    bytes: request.len() as u64,
-                    seq: 0,
-                    direction: direction::EGRESS,
-                    syscall: 1,
-                    payload: PayloadRange::whole(&request),
-                },
-                &request,
+                &data(client.clone(), 0, direction::EGRESS, REQUEST),
+                REQUEST,
             );
             table.handle(Event::ConnClose {
                 meta: client,
