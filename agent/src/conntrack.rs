@@ -1476,6 +1476,18 @@ mod tests {
         }
     }
 
+    /// A client connection opened and its request written.
+    fn open_and_request(table: &mut ConnTable, client: &Meta) {
+        table.handle(Event::ConnOpen {
+            meta: client.clone(),
+            connect_ns: 1,
+        });
+        table.handle_in(
+            &data(client.clone(), 0, direction::EGRESS, REQUEST),
+            REQUEST,
+        );
+    }
+
     fn table_for(metrics: &Arc<Metrics>, max_connections: usize, max_series: usize) -> ConnTable {
         ConnTable::new(
             metrics.clone(),
@@ -1718,14 +1730,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let mut table = table_for(&metrics, 100, 100);
         let client = meta(1, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
-        table.handle(Event::ConnOpen {
-            meta: client.clone(),
-            connect_ns: 1,
-        });
-        table.handle_in(
-            &data(client.clone(), 0, direction::EGRESS, REQUEST),
-            REQUEST,
-        );
+        open_and_request(&mut table, &client);
         table.handle_in(
             &data(client.clone(), 1, direction::INGRESS, RESPONSE),
             RESPONSE,
@@ -1889,11 +1894,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let mut table = table_for(&metrics, 100, 100);
         let old = meta(1, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
-        table.handle(Event::ConnOpen {
-            meta: old.clone(),
-            connect_ns: 1,
-        });
-        table.handle_in(&data(old.clone(), 0, direction::EGRESS, REQUEST), REQUEST);
+        open_and_request(&mut table, &old);
         table.handle(Event::ConnClose {
             meta: old.clone(),
             totals: ConnTotals::default(),
@@ -1924,14 +1925,7 @@ mod tests {
         let n = CLOSE_WAIT_MAX as u64 + 3;
         for id in 1..=n {
             let client = meta(id, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
-            table.handle(Event::ConnOpen {
-                meta: client.clone(),
-                connect_ns: 1,
-            });
-            table.handle_in(
-                &data(client.clone(), 0, direction::EGRESS, REQUEST),
-                REQUEST,
-            );
+            open_and_request(&mut table, &client);
             table.handle(Event::ConnClose {
                 meta: client,
                 totals: ConnTotals::default(),
