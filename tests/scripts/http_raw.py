@@ -23,7 +23,8 @@ without any answer.
 
 The client prints `{"event":"done",...}` with what it did: `requests` written, `responses`
 read whole, `statuses` (status -> count), `request_body` and `response_body` (sums of body
-lengths), `connections`.
+lengths), `connections`. With --hold it then waits for a line (or EOF) on stdin before exiting,
+so that its process can still be looked at.
 modes:
   seq        on one connection, for each of --paths (comma-separated) --repeat times: GET it
              and read the response
@@ -395,6 +396,8 @@ def run_client(a):
     if c.sock is not None:
         c.sock.close()
     mt_common.emit("done", **c.stats)
+    if a.hold:
+        sys.stdin.readline()
 
 
 def main():
@@ -426,6 +429,7 @@ def main():
     c.add_argument("--warm", type=int, default=0)
     c.add_argument("--then", type=int, default=0)
     c.add_argument("--pause", type=int, default=50)
+    c.add_argument("--hold", action="store_true")
     a = p.parse_args()
     if a.role == "server":
         run_server(a)

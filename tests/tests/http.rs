@@ -1038,16 +1038,19 @@ fn agent_started_mid_stream_counts_only_what_it_saw() {
     let (srv, cli) = ("mt-mid-srv", "mt-mid-cli");
     let (mut server, dest) = raw_server(srv, 0);
     // WARM requests, then GET /wait, whose answer the server holds back until told.
+    // Held alive once done: the agent names the client from /proc, which a process that has
+    // exited no longer shows (the agent may only get to it after the last request).
     let mut client = raw_client(cli, dest, "midstream")
         .opt("--path", "/bytes/4")
         .opt("--warm", WARM)
         .opt("--then", THEN)
+        .arg("--hold")
         .spawn();
     client.expect_event("waiting", STARTUP);
     let agent = Agent::start(&[]);
     // The /wait request was read before the agent started; its response goes out now.
     server.send_line("go");
-    let done = client.finish(RUN);
+    let done = client.expect_event("done", RUN);
     assert_eq!(num(&done, "responses"), WARM + 1 + THEN, "{done}");
     let mut checks = both_sides(&Both {
         server: &server_series(srv, Some("GET"), Some("/bytes/*"), Some("200")),
@@ -1071,6 +1074,7 @@ fn agent_started_mid_stream_counts_only_what_it_saw() {
     ]);
     checks.extend(local_edge(cli, srv, THEN, 0));
     assert_settled(&agent, &checks, SETTLE);
+    client.kill();
 }
 
 #[test]

@@ -192,20 +192,24 @@ pub fn process_info(proc_root: &Path, tgid: u32) -> Result<ProcessInfo, ProcErro
         })?;
 
     // Both are optional facts: kernel threads have no exe, and other users' environ needs
-    // ptrace access. Neither makes the required facts above wrong.
-    let exe_path = pid_dir.join("exe");
-    let exe_name = match fs::read_link(&exe_path) {
-        Ok(target) => exe_file_name(&target),
-        Err(e) => {
-            note_skipped(&exe_path, &e);
-            None
-        }
-    };
+    // ptrace access. Neither makes the required facts above wrong. The environment first: a
+    // process that exits meanwhile loses both with its memory map, its environment reading
+    // empty. Read second, the environment could be lost while the executable was not, and the
+    // executable's name would then wrongly beat OTEL_SERVICE_NAME; in this order a late exit
+    // only loses the executable, and the name then falls back past it.
     let environ_path = pid_dir.join("environ");
     let env_service_name = match read_bounded(&environ_path, ENVIRON_READ_LIMIT) {
         Ok((environ, truncated)) => environ_value(&environ, truncated, OTEL_SERVICE_NAME),
         Err(e) => {
             note_skipped(&environ_path, &e);
+            None
+        }
+    };
+    let exe_path = pid_dir.join("exe");
+    let exe_name = match fs::read_link(&exe_path) {
+        Ok(target) => exe_file_name(&target),
+        Err(e) => {
+            note_skipped(&exe_path, &e);
             None
         }
     };
