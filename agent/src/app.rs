@@ -70,11 +70,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         })?;
 
     let metrics = Arc::new(Metrics::new(&config.duration_buckets));
-    let http = HttpAggregator::new(
-        metrics.clone(),
-        config.max_series as usize,
-        config.series_ttl_secs.saturating_mul(1_000_000_000),
-    );
+    let series_ttl_ns = config.series_ttl_secs.saturating_mul(1_000_000_000);
+    let http = HttpAggregator::new(metrics.clone(), config.max_series as usize, series_ttl_ns);
     let mut services =
         ServiceNames::new(config.service_names.clone(), config.service_ports.clone())
             .with_proc_root(config.proc_root.clone());
@@ -139,7 +136,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         Some(tracer),
         config.max_connections as usize,
         config.max_series as usize,
-        config.series_ttl_secs.saturating_mul(1_000_000_000),
+        series_ttl_ns,
     )));
     let ready = Arc::new(AtomicBool::new(false));
     let endpoint = Endpoint {
