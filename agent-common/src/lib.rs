@@ -268,8 +268,8 @@ pub struct ProbeConfig {
     pub agent_tgid: u32,
     /// Payload prefix to capture per data event, at most `MAX_CAPTURE`.
     pub capture_bytes: u32,
-    /// Wake the reader only when this many bytes are pending in the ring buffer; the reader also
-    /// drains on a timer, so nothing waits longer than its poll interval.
+    /// Wake the reader only when the bytes pending in the ring buffer cross a multiple of this;
+    /// the reader also drains on a timer, so nothing waits longer than its poll interval.
     pub wakeup_bytes: u64,
     /// Data events are written only while fewer bytes than this are pending in the ring buffer:
     /// the rest is kept for connection events (open, close with its byte totals), so that a

@@ -19,7 +19,7 @@ use meshtap_common::{
 use crate::{
     maps::{
         CONNECT_ARGS, CONNS, DATA_SCRATCH, EVENTS, SET_STATE_DONE, count, global, next_conn_id,
-        pending_bytes, wakeup_flags, wakeup_flags_at,
+        pending_bytes, wakeup_flags_for,
     },
     sock::{
         FdSocket, current_identity, is_tcp, sock_err, sock_netns, sock_of_fd, sock_protocol,
@@ -131,7 +131,12 @@ fn emit_conn(
         None => current_identity(&mut header.who),
     }
     fill(ev);
-    entry.submit(wakeup_flags());
+    // The reservation is already counted in the pending bytes.
+    let pending = pending_bytes();
+    entry.submit(wakeup_flags_for(
+        pending.saturating_sub(size_of::<ConnEvent>() as u64),
+        pending,
+    ));
 }
 
 /// Starts tracking `sk`; returns the stored state.
@@ -727,7 +732,7 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
                 &EVENTS as *const _ as *mut _,
                 scratch as *mut _ as *mut _,
                 len,
-                wakeup_flags_at(pending),
+                wakeup_flags_for(pending, pending + len),
             )
         }
     };
