@@ -20,6 +20,7 @@ use meshtap_common::{direction, flags, role};
 
 use crate::{
     aggregate::{
+        ExchangeNames,
         http::{ExchangeRecord, HttpAggregator},
         spans::SpanInput,
         traces::Tracer,
@@ -164,6 +165,8 @@ pub struct Connection {
     executable: Arc<str>,
     /// The server's address as label text, made on the first exchange of a client connection.
     server_ip: Option<Arc<str>>,
+    /// The names above as the connection's exchanges carry them, made again when one changes.
+    names: Option<Arc<ExchangeNames>>,
     sent: Counter,
     received: Counter,
 }
@@ -777,6 +780,7 @@ impl ConnTable {
             request_tid: meta.process.tid,
             executable: self.services.executable(&meta.process),
             server_ip: None,
+            names: None,
             l7: L7::Detecting {
                 chunks: 0,
                 held: Vec::new(),
@@ -1103,10 +1107,38 @@ impl ConnTable {
         {
             c.server_ip = Some(c.remote.ip().to_string().into());
         }
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let names = match &conn.names {
+            Some(names)
+                if names.is(
+                    &conn.service,
+                    &conn.executable,
+                    conn.peer_service.as_ref(),
+                    conn.pod.as_ref(),
+                    conn.peer_k8s.as_ref(),
+                    conn.server_ip.as_ref(),
+                ) =>
+            {
+                names.clone()
+            }
+            _ => {
+                let names = Arc::new(ExchangeNames {
+                    service: conn.service.clone(),
+                    executable: conn.executable.clone(),
+                    peer_service: conn.peer_service.clone(),
+                    pod: conn.pod.clone(),
+                    peer_k8s: conn.peer_k8s.clone(),
+                    server_ip: conn.server_ip.clone(),
+                });
+                conn.names = Some(names.clone());
+                names
+            }
+        };
         let Some(conn) = self.conns.get(&conn_id) else {
             return;
         };
-        let server_ip = conn.server_ip.clone();
         let (side, client, server) = if conn.role == role::SERVER {
             // The server address as a local client saw it (before any NAT, e.g. a ClusterIP):
             // both sides then key the exchange alike.
@@ -1117,37 +1149,25 @@ impl ConnTable {
         } else {
             (Side::Client, conn.local, conn.remote)
         };
-        let service = conn.service.clone();
-        let peer_service = conn.peer_service.clone();
-        let pod = conn.pod.clone();
-        let peer_k8s = conn.peer_k8s.clone();
-        let (pid, tid, executable) = (conn.process.tgid, conn.request_tid, conn.executable.clone());
+        let (pid, tid) = (conn.process.tgid, conn.request_tid);
         let in_server_process = side == Side::Server || self.server_conns_by_pid.contains_key(&pid);
         let (local, remote) = (conn.local, conn.remote);
         for exchange in out {
             let record = ExchangeRecord {
                 exchange,
                 side,
-                service: service.clone(),
-                peer_service: peer_service.clone(),
-                pod: pod.clone(),
-                peer_k8s: peer_k8s.clone(),
+                names: names.clone(),
                 client,
                 server,
-                server_ip: server_ip.clone(),
             };
             self.http.observe(&record, now_ns);
             if let Some(tracer) = &mut self.tracer {
                 tracer.add(SpanInput {
                     exchange: record.exchange,
                     side,
-                    service: record.service,
-                    peer_service: record.peer_service,
-                    pod: record.pod,
-                    peer_k8s: record.peer_k8s,
+                    names: record.names,
                     pid,
                     tid,
-                    executable: executable.clone(),
                     local,
                     remote,
                     connection: (client, server),

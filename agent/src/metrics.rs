@@ -11,6 +11,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::{aggregate::series::SeriesKey, metadata::kube::PodMeta};
+
 /// Metric names (without the `_total` suffix prometheus-client appends to counters).
 pub mod name {
     pub const TCP_OPENED: &str = "meshtap_tcp_connections_opened";
@@ -129,6 +131,90 @@ pub struct HttpClientLabels {
     pub k8s: K8sLabels,
 }
 
+/// `a == b`, without reading the bytes when both are the same string (a label set made from
+/// the very names it is looked up with): the bytes of a series' labels are likely out of cache.
+#[inline]
+fn same_str(a: &str, b: &str) -> bool {
+    a.len() == b.len() && (std::ptr::eq(a.as_ptr(), b.as_ptr()) || a == b)
+}
+
+/// The same for a pod: the same allocation, or equal names.
+#[inline]
+fn same_pod(a: Option<&PodMeta>, b: Option<&PodMeta>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => std::ptr::eq(a, b) || a == b,
+        _ => false,
+    }
+}
+
+/// `HttpServerLabels` borrowed, for looking a series up (`SeriesKey`).
+#[derive(Hash)]
+pub struct HttpServerView<'a> {
+    pub service_name: &'a str,
+    pub method: &'a str,
+    pub status: &'a str,
+    pub route: &'a str,
+    pub pod: Option<&'a PodMeta>,
+}
+
+impl SeriesKey for HttpServerLabels {
+    type View<'a> = HttpServerView<'a>;
+
+    fn view(&self) -> HttpServerView<'_> {
+        HttpServerView {
+            service_name: &self.service_name,
+            method: &self.http_request_method,
+            status: &self.http_response_status_code,
+            route: &self.http_route,
+            pod: self.k8s.0.as_deref(),
+        }
+    }
+
+    fn matches(&self, v: &HttpServerView<'_>) -> bool {
+        same_str(&self.service_name, v.service_name)
+            && same_str(&self.http_request_method, v.method)
+            && same_str(&self.http_response_status_code, v.status)
+            && same_str(&self.http_route, v.route)
+            && same_pod(self.k8s.0.as_deref(), v.pod)
+    }
+}
+
+/// `HttpClientLabels` borrowed, for looking a series up (`SeriesKey`).
+#[derive(Hash)]
+pub struct HttpClientView<'a> {
+    pub service_name: &'a str,
+    pub method: &'a str,
+    pub status: &'a str,
+    pub server_address: &'a str,
+    pub server_port: u16,
+    pub pod: Option<&'a PodMeta>,
+}
+
+impl SeriesKey for HttpClientLabels {
+    type View<'a> = HttpClientView<'a>;
+
+    fn view(&self) -> HttpClientView<'_> {
+        HttpClientView {
+            service_name: &self.service_name,
+            method: &self.http_request_method,
+            status: &self.http_response_status_code,
+            server_address: &self.server_address,
+            server_port: self.server_port,
+            pod: self.k8s.0.as_deref(),
+        }
+    }
+
+    fn matches(&self, v: &HttpClientView<'_>) -> bool {
+        self.server_port == v.server_port
+            && same_str(&self.service_name, v.service_name)
+            && same_str(&self.http_request_method, v.method)
+            && same_str(&self.http_response_status_code, v.status)
+            && same_str(&self.server_address, v.server_address)
+            && same_pod(self.k8s.0.as_deref(), v.pod)
+    }
+}
+
 /// The namespaces of a service-graph edge's two ends, when known (`client_namespace`,
 /// `server_namespace`; absent otherwise).
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
@@ -157,6 +243,38 @@ pub struct GraphLabels {
     pub connection_type: Cow<'static, str>,
     #[prometheus(flatten)]
     pub namespaces: GraphNamespaces,
+}
+
+/// `GraphLabels` borrowed, for looking a series up (`SeriesKey`).
+#[derive(Hash)]
+pub struct GraphView<'a> {
+    pub client: &'a str,
+    pub server: &'a str,
+    pub connection_type: &'a str,
+    pub client_namespace: Option<&'a str>,
+    pub server_namespace: Option<&'a str>,
+}
+
+impl SeriesKey for GraphLabels {
+    type View<'a> = GraphView<'a>;
+
+    fn view(&self) -> GraphView<'_> {
+        GraphView {
+            client: &self.client,
+            server: &self.server,
+            connection_type: &self.connection_type,
+            client_namespace: self.namespaces.client.as_deref(),
+            server_namespace: self.namespaces.server.as_deref(),
+        }
+    }
+
+    fn matches(&self, v: &GraphView<'_>) -> bool {
+        same_str(&self.client, v.client)
+            && same_str(&self.server, v.server)
+            && same_str(&self.connection_type, v.connection_type)
+            && self.namespaces.client.as_deref() == v.client_namespace
+            && self.namespaces.server.as_deref() == v.server_namespace
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -11,14 +11,17 @@ use std::{borrow::Cow, collections::VecDeque, net::SocketAddr, sync::Arc};
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 
 use crate::{
-    aggregate::series::{Admitted, SeriesGuard},
-    fast::{Map, Set},
-    metadata::kube::{Peer, PodMeta},
-    metrics::{
-        GraphLabels, GraphNamespaces, Histograms, HttpClientLabels, HttpServerLabels, K8sLabels,
-        MetricLabels, Metrics, OVERFLOW, ParseErrorLabels, ProtocolLabels, name,
+    aggregate::{
+        ExchangeNames,
+        series::{Admitted, SeriesGuard, SeriesKey},
     },
-    protocol::{Exchange, Protocol, Side, route::route},
+    fast::{Map, Set},
+    metrics::{
+        GraphLabels, GraphNamespaces, GraphView, Histograms, HttpClientLabels, HttpClientView,
+        HttpServerLabels, HttpServerView, K8sLabels, MetricLabels, Metrics, OVERFLOW,
+        ParseErrorLabels, ProtocolLabels, name,
+    },
+    protocol::{Exchange, Protocol, Side, route::route_into},
 };
 
 /// How long one side's observation waits for the other side's.
@@ -33,18 +36,11 @@ pub struct ExchangeRecord {
     pub exchange: Exchange,
     /// The side that observed it.
     pub side: Side,
-    /// The observing process's service name.
-    pub service: Arc<str>,
-    /// The other end's service name when it is a process on this node.
-    pub peer_service: Option<Arc<str>>,
-    /// In Kubernetes: the observing process's pod, and the pod or Service at the other end.
-    pub pod: Option<Arc<PodMeta>>,
-    pub peer_k8s: Option<Peer>,
+    /// The names of both ends, shared with the connection's other exchanges.
+    pub names: Arc<ExchangeNames>,
     /// The client's and the server's addresses: the same key from both sides.
     pub client: SocketAddr,
     pub server: SocketAddr,
-    /// The server's address as text, formatted once per connection (client side only).
-    pub server_ip: Option<Arc<str>>,
 }
 
 /// One side's contribution to a service-graph request.
@@ -84,6 +80,8 @@ pub struct HttpAggregator {
     pending_count: usize,
     http_destinations: Set<SocketAddr>,
     series_ttl_ns: u64,
+    /// The route of the exchange being observed: one buffer, reused.
+    route: String,
 }
 
 fn overflow_counter(
@@ -116,6 +114,7 @@ impl HttpAggregator {
             pending_count: 0,
             http_destinations: Set::default(),
             series_ttl_ns,
+            route: String::new(),
         }
     }
 
@@ -161,19 +160,29 @@ impl HttpAggregator {
         };
         match record.side {
             Side::Server => {
-                let labels = HttpServerLabels {
-                    service_name: record.service.clone(),
-                    http_request_method: ex.method.clone(),
-                    http_response_status_code: status,
-                    http_route: route(&ex.path),
-                    k8s: K8sLabels(record.pod.clone()),
+                route_into(&ex.path, &mut self.route);
+                let view = HttpServerView {
+                    service_name: &record.names.service,
+                    method: &ex.method,
+                    status: &status,
+                    route: &self.route,
+                    pod: record.names.pod.as_deref(),
                 };
-                let admitted = self
-                    .server_series
-                    .admit(labels, now_ns, |l| HttpServerLabels {
+                let admitted = self.server_series.admit(
+                    view,
+                    now_ns,
+                    |_| HttpServerLabels {
+                        service_name: record.names.service.clone(),
+                        http_request_method: ex.method.clone(),
+                        http_response_status_code: status.clone(),
+                        http_route: self.route.clone(),
+                        k8s: K8sLabels(record.names.pod.clone()),
+                    },
+                    |l| HttpServerLabels {
                         http_route: OVERFLOW.to_string(),
                         ..l
-                    });
+                    },
+                );
                 observe(
                     [
                         &h.server_duration,
@@ -192,23 +201,36 @@ impl HttpAggregator {
                 if self.http_destinations.len() < MAX_HTTP_DESTINATIONS {
                     self.http_destinations.insert(record.server);
                 }
-                let labels = HttpClientLabels {
-                    service_name: record.service.clone(),
-                    http_request_method: ex.method.clone(),
-                    http_response_status_code: status,
-                    server_address: record
-                        .server_ip
-                        .clone()
-                        .unwrap_or_else(|| record.server.ip().to_string().into()),
-                    server_port: record.server.port(),
-                    k8s: K8sLabels(record.pod.clone()),
+                // Formatted once per connection by the connection table; here only for a
+                // record made without it.
+                let server_address: Arc<str> = match &record.names.server_ip {
+                    Some(ip) => ip.clone(),
+                    None => record.server.ip().to_string().into(),
                 };
-                let admitted = self
-                    .client_series
-                    .admit(labels, now_ns, |l| HttpClientLabels {
+                let view = HttpClientView {
+                    service_name: &record.names.service,
+                    method: &ex.method,
+                    status: &status,
+                    server_address: &server_address,
+                    server_port: record.server.port(),
+                    pod: record.names.pod.as_deref(),
+                };
+                let admitted = self.client_series.admit(
+                    view,
+                    now_ns,
+                    |_| HttpClientLabels {
+                        service_name: record.names.service.clone(),
+                        http_request_method: ex.method.clone(),
+                        http_response_status_code: status.clone(),
+                        server_address: server_address.clone(),
+                        server_port: record.server.port(),
+                        k8s: K8sLabels(record.names.pod.clone()),
+                    },
+                    |l| HttpClientLabels {
                         server_address: OVERFLOW.into(),
                         ..l
-                    });
+                    },
+                );
                 observe(
                     [
                         &h.client_duration,
@@ -229,24 +251,29 @@ impl HttpAggregator {
         // Service) in Kubernetes, else its address.
         let peer_name = |ip: std::net::IpAddr| {
             record
+                .names
                 .peer_service
                 .clone()
-                .or_else(|| record.peer_k8s.as_ref().map(|p| p.name().into()))
+                .or_else(|| record.names.peer_k8s.as_ref().map(|p| p.name().into()))
                 .unwrap_or_else(|| ip.to_string().into())
         };
-        let own_ns = record.pod.as_ref().map(|p| p.namespace.clone());
-        let peer_ns = record.peer_k8s.as_ref().map(|p| p.namespace().to_string());
+        let own_ns = record.names.pod.as_ref().map(|p| p.namespace.clone());
+        let peer_ns = record
+            .names
+            .peer_k8s
+            .as_ref()
+            .map(|p| p.namespace().to_string());
         let (client, server, namespaces) = match record.side {
             Side::Server => (
                 peer_name(record.client.ip()),
-                record.service.clone(),
+                record.names.service.clone(),
                 GraphNamespaces {
                     client: peer_ns,
                     server: own_ns,
                 },
             ),
             Side::Client => (
-                record.service.clone(),
+                record.names.service.clone(),
                 peer_name(record.server.ip()),
                 GraphNamespaces {
                     client: own_ns,
@@ -262,7 +289,7 @@ impl HttpAggregator {
             failed,
             at_ns: now_ns,
         };
-        if record.peer_service.is_none() {
+        if record.names.peer_service.is_none() {
             let (server_s, client_s) = match record.side {
                 Side::Server => (Some(half.seconds), None),
                 Side::Client => (None, Some(half.seconds)),
@@ -387,44 +414,59 @@ impl HttpAggregator {
         failed: bool,
         now_ns: u64,
     ) {
-        let labels = GraphLabels {
-            client: client.clone(),
-            server: server.clone(),
-            connection_type: Cow::Borrowed(connection_type),
-            namespaces: namespaces.clone(),
+        let view = GraphView {
+            client,
+            server,
+            connection_type,
+            client_namespace: namespaces.client.as_deref(),
+            server_namespace: namespaces.server.as_deref(),
         };
-        let admitted = self.graph_series.admit(labels, now_ns, |l| GraphLabels {
-            client: OVERFLOW.into(),
-            server: OVERFLOW.into(),
-            namespaces: GraphNamespaces::default(),
-            ..l
-        });
+        let admitted = self.graph_series.admit(
+            view,
+            now_ns,
+            |_| GraphLabels {
+                client: client.clone(),
+                server: server.clone(),
+                connection_type: Cow::Borrowed(connection_type),
+                namespaces: namespaces.clone(),
+            },
+            |l| GraphLabels {
+                client: OVERFLOW.into(),
+                server: OVERFLOW.into(),
+                namespaces: GraphNamespaces::default(),
+                ..l
+            },
+        );
         let h = &self.metrics.http;
         let mut overflow = GraphHandles::default();
+        let overflow_labels;
         let (labels, handles) = match admitted {
             Admitted::Series(labels, handles) => (labels, handles),
-            Admitted::Overflow(labels) => (labels, &mut overflow),
+            Admitted::Overflow(labels) => {
+                overflow_labels = labels;
+                (&overflow_labels, &mut overflow)
+            }
         };
         handles
             .requests
-            .get_or_insert_with(|| h.graph_requests.get_or_create(&labels).clone())
+            .get_or_insert_with(|| h.graph_requests.get_or_create(labels).clone())
             .inc();
         if failed {
             handles
                 .failed
-                .get_or_insert_with(|| h.graph_failed.get_or_create(&labels).clone())
+                .get_or_insert_with(|| h.graph_failed.get_or_create(labels).clone())
                 .inc();
         }
         if let Some(s) = server_seconds {
             handles
                 .server_seconds
-                .get_or_insert_with(|| h.graph_server_seconds.get_or_create(&labels).clone())
+                .get_or_insert_with(|| h.graph_server_seconds.get_or_create(labels).clone())
                 .observe(s);
         }
         if let Some(s) = client_seconds {
             handles
                 .client_seconds
-                .get_or_insert_with(|| h.graph_client_seconds.get_or_create(&labels).clone())
+                .get_or_insert_with(|| h.graph_client_seconds.get_or_create(labels).clone())
                 .observe(s);
         }
     }
@@ -548,7 +590,7 @@ fn status_label(status: Option<u16>) -> Cow<'static, str> {
 
 /// Duration, request body and response body of one exchange under one label set: through the
 /// series' cached handles, created on its first observation.
-fn observe<L: Clone + std::hash::Hash + Eq>(
+fn observe<L: Clone + std::hash::Hash + Eq + SeriesKey>(
     families: [&Histograms<L>; 3],
     admitted: Admitted<'_, L, Option<[Histogram; 3]>>,
     values: [f64; 3],
@@ -556,7 +598,7 @@ fn observe<L: Clone + std::hash::Hash + Eq>(
     match admitted {
         Admitted::Series(labels, handles) => {
             let handles =
-                handles.get_or_insert_with(|| families.map(|f| f.get_or_create(&labels).clone()));
+                handles.get_or_insert_with(|| families.map(|f| f.get_or_create(labels).clone()));
             for (histogram, value) in handles.iter().zip(values) {
                 histogram.observe(value);
             }
@@ -572,7 +614,10 @@ fn observe<L: Clone + std::hash::Hash + Eq>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Outcome, Protocol};
+    use crate::{
+        metadata::kube::{PodMeta, WorkloadKind},
+        protocol::{Outcome, Protocol},
+    };
 
     fn exchange(status: Option<u16>, path: &str, ms: u64) -> Exchange {
         Exchange {
@@ -593,17 +638,20 @@ mod tests {
         ExchangeRecord {
             exchange: exchange(status, "/users/42?x=1", 10),
             side,
-            service: match side {
-                Side::Server => "backend".into(),
-                Side::Client => "frontend".into(),
-            },
-            peer_service: peer.map(Into::into),
-            pod: None,
-            peer_k8s: None,
+            names: Arc::new(ExchangeNames {
+                service: match side {
+                    Side::Server => "backend".into(),
+                    Side::Client => "frontend".into(),
+                },
+                executable: "python3".into(),
+                peer_service: peer.map(Into::into),
+                pod: None,
+                peer_k8s: None,
+                // As the connection table sets it: on the client side only.
+                server_ip: (side == Side::Client).then(|| "10.0.0.2".into()),
+            }),
             client: "10.0.0.1:5000".parse().unwrap(),
             server: "10.0.0.2:8080".parse().unwrap(),
-            // As the connection table sets it: on the client side only.
-            server_ip: (side == Side::Client).then(|| "10.0.0.2".into()),
         }
     }
 
@@ -657,6 +705,43 @@ mod tests {
             ),
             3.0
         );
+    }
+
+    #[test]
+    fn series_are_found_by_their_values_not_their_allocations() {
+        let metrics = Arc::new(Metrics::default());
+        let mut agg = HttpAggregator::new(metrics.clone(), 100, u64::MAX);
+        let pod = |name: &str| {
+            Arc::new(PodMeta {
+                namespace: "shop".into(),
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                workload: Some((WorkloadKind::Deployment, "backend".into())),
+            })
+        };
+        // Every record is made anew: equal names in distinct allocations are one series.
+        for (name, path) in [
+            ("web-1", "/users/1"),
+            ("web-1", "/users/2"),
+            ("web-2", "/users/3"),
+        ] {
+            let mut r = record(Side::Server, Some(200), None);
+            r.exchange.path = path.into();
+            let mut names = ExchangeNames::clone(&r.names);
+            names.pod = Some(pod(name));
+            r.names = Arc::new(names);
+            agg.observe(&r, 1);
+        }
+        let series = |pod: &str| {
+            sample(
+                &metrics,
+                "http_server_request_duration_seconds_count",
+                &format!(r#"http_route="/users/*",k8s_namespace_name="shop",k8s_pod_name="{pod}""#),
+            )
+        };
+        assert_eq!(series("web-1"), 2.0);
+        assert_eq!(series("web-2"), 1.0);
+        assert_eq!(agg.server_series.len(), 2);
     }
 
     #[test]

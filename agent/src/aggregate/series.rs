@@ -8,6 +8,18 @@ use hashbrown::hash_table::{Entry, HashTable};
 
 use prometheus_client::metrics::counter::Counter;
 
+/// A label set that can be looked up by a borrowed view of it: an observation of a series
+/// already known builds nothing (no owned strings, no reference counts to take and drop).
+pub trait SeriesKey {
+    /// The label set's values, borrowed. It must hash alike for a label set and for its view.
+    type View<'a>: Hash
+    where
+        Self: 'a;
+    fn view(&self) -> Self::View<'_>;
+    /// Whether this label set has exactly the values of `view`.
+    fn matches(&self, view: &Self::View<'_>) -> bool;
+}
+
 /// Admits label sets into a family up to `cap`, remembering when each was last used, with the
 /// caller's state of each series (`H`: typically its metric handles, so that an observation
 /// need not look its label set up in every family again).
@@ -24,12 +36,12 @@ pub struct SeriesGuard<L, H = ()> {
 /// What `SeriesGuard::admit` decided.
 pub enum Admitted<'a, L, H> {
     /// A known or newly admitted label set, with its state (`H::default()` when new).
-    Series(L, &'a mut H),
+    Series(&'a L, &'a mut H),
     /// Over the cap: the overflow label set to record under.
     Overflow(L),
 }
 
-impl<L: Clone + Hash + Eq, H: Default> SeriesGuard<L, H> {
+impl<L: SeriesKey, H: Default> SeriesGuard<L, H> {
     pub fn new(cap: usize, overflow: Counter) -> Self {
         SeriesGuard {
             last_used: HashTable::new(),
@@ -39,36 +51,36 @@ impl<L: Clone + Hash + Eq, H: Default> SeriesGuard<L, H> {
         }
     }
 
-    /// The label set to record `labels` under at `now_ns`: `labels` itself if it is known or
-    /// there is room, otherwise `fold(labels)` (which must always map to the same few overflow
-    /// sets), counted as an overflow. Overflow sets do not count against the cap.
-    pub fn admit(
+    /// The label set to record `view` under at `now_ns`: the known label set, or `make(view)` if
+    /// there is room, otherwise `fold(make(view))` (which must always map to the same few
+    /// overflow sets), counted as an overflow. Overflow sets do not count against the cap.
+    pub fn admit<'k>(
         &mut self,
-        labels: L,
+        view: L::View<'k>,
         now_ns: u64,
+        make: impl FnOnce(&L::View<'k>) -> L,
         fold: impl FnOnce(L) -> L,
     ) -> Admitted<'_, L, H> {
         let hasher = &self.hasher;
-        let hash = hasher.hash_one(&labels);
+        let hash = hasher.hash_one(&view);
         let len = self.last_used.len();
         match self.last_used.entry(
             hash,
-            |(l, _, _)| *l == labels,
-            |(l, _, _)| hasher.hash_one(l),
+            |(l, _, _)| l.matches(&view),
+            |(l, _, _)| hasher.hash_one(l.view()),
         ) {
             Entry::Occupied(entry) => {
-                let (_, used, state) = entry.into_mut();
+                let (labels, used, state) = entry.into_mut();
                 *used = now_ns;
                 Admitted::Series(labels, state)
             }
             Entry::Vacant(_) if len >= self.cap => {
                 self.overflow.inc();
-                Admitted::Overflow(fold(labels))
+                Admitted::Overflow(fold(make(&view)))
             }
             Entry::Vacant(entry) => {
-                let (_, _, state) = entry
-                    .insert((labels.clone(), now_ns, H::default()))
-                    .into_mut();
+                let (labels, _, state) =
+                    entry.insert((make(&view), now_ns, H::default())).into_mut();
                 Admitted::Series(labels, state)
             }
         }
@@ -94,6 +106,16 @@ impl<L: Clone + Hash + Eq, H: Default> SeriesGuard<L, H> {
 mod tests {
     use super::*;
 
+    impl SeriesKey for String {
+        type View<'a> = &'a str;
+        fn view(&self) -> &str {
+            self
+        }
+        fn matches(&self, view: &&str) -> bool {
+            self == view
+        }
+    }
+
     #[test]
     fn cap_folds_and_counts_and_expiry_frees_room() {
         let overflow = Counter::default();
@@ -101,7 +123,7 @@ mod tests {
         let fold = |_: String| "__overflow__".to_string();
         // Admits, and counts uses in the series' state.
         let admit = |guard: &mut SeriesGuard<String, u32>, l: &str, t: u64| -> String {
-            match guard.admit(l.into(), t, fold) {
+            match guard.admit(l, t, |v| v.to_string(), fold) {
                 Admitted::Series(l, uses) => {
                     *uses += 1;
                     format!("{l}:{uses}")

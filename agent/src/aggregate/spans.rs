@@ -25,6 +25,7 @@ use std::{
 
 use crate::{
     aggregate::{
+        ExchangeNames,
         admission::StoreAdmission,
         context::{self, Format, Found, TraceContext},
     },
@@ -44,15 +45,11 @@ const WINDOW_SLACK_NS: u64 = 1_000_000;
 pub struct SpanInput {
     pub exchange: Exchange,
     pub side: Side,
-    pub service: Arc<str>,
-    pub peer_service: Option<Arc<str>>,
-    /// In Kubernetes: the observing process's pod, and the pod or Service at the other end.
-    pub pod: Option<std::sync::Arc<crate::metadata::kube::PodMeta>>,
-    pub peer_k8s: Option<crate::metadata::kube::Peer>,
+    /// The names of both ends, shared with the connection's other exchanges.
+    pub names: Arc<ExchangeNames>,
     pub pid: u32,
     /// The thread that read the request (server) or wrote it (client).
     pub tid: u32,
-    pub executable: Arc<str>,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     /// (client address, server address): identical from both ends of a connection.
@@ -245,7 +242,7 @@ impl SpanAssembler {
             }
             (None, Side::Server) => {
                 node.span_id = self.new_span_id();
-                node.awaits_parent = node.input.peer_service.is_some();
+                node.awaits_parent = node.input.names.peer_service.is_some();
             }
             (None, Side::Client) => {
                 node.span_id = self.new_span_id();
@@ -492,9 +489,9 @@ impl SpanAssembler {
         tags.insert("process.pid".into(), input.pid.to_string());
         tags.insert(
             "process.executable.name".into(),
-            input.executable.to_string(),
+            input.names.executable.to_string(),
         );
-        if let Some(pod) = &input.pod {
+        if let Some(pod) = &input.names.pod {
             tags.insert("k8s.namespace.name".into(), pod.namespace.clone());
             tags.insert("k8s.pod.name".into(), pod.name.clone());
             if let Some((kind, name)) = &pod.workload {
@@ -502,9 +499,10 @@ impl SpanAssembler {
             }
         }
         let peer_name = input
+            .names
             .peer_service
             .as_deref()
-            .or_else(|| input.peer_k8s.as_ref().map(|p| p.name()));
+            .or_else(|| input.names.peer_k8s.as_ref().map(|p| p.name()));
         let wall = |ns: u64| (ns as i128 + self.epoch_offset_ns).max(0) as u64;
         let timestamp = wall(ex.start_ns) / 1000;
         let duration = (ex.end_ns.saturating_sub(ex.start_ns) / 1000).max(1);
@@ -519,7 +517,7 @@ impl SpanAssembler {
             name,
             timestamp,
             duration,
-            local_endpoint: Some(Endpoint::new(Some(&input.service), Some(input.local))),
+            local_endpoint: Some(Endpoint::new(Some(&input.names.service), Some(input.local))),
             remote_endpoint: Some(Endpoint::new(peer_name, Some(input.remote))),
             tags,
             debug,
@@ -690,13 +688,16 @@ mod tests {
                 outcome: Outcome::Complete,
             },
             side,
-            service: format!("svc{pid}").into(),
-            peer_service: peer.map(Into::into),
-            pod: None,
-            peer_k8s: None,
+            names: Arc::new(ExchangeNames {
+                service: format!("svc{pid}").into(),
+                executable: "python3".into(),
+                peer_service: peer.map(Into::into),
+                pod: None,
+                peer_k8s: None,
+                server_ip: None,
+            }),
             pid,
             tid,
-            executable: "python3".into(),
             local,
             remote,
             connection,

@@ -19,12 +19,20 @@ const ELLIPSIS: &str = "…";
 
 /// The route template of `path` (see the module documentation).
 pub fn route(path: &str) -> String {
+    let mut out = String::new();
+    route_into(path, &mut out);
+    out
+}
+
+/// `route` into a buffer the caller reuses (cleared first): no allocation once it is big enough.
+pub fn route_into(path: &str, out: &mut String) {
+    out.clear();
     let end = path.find(['?', '#']).unwrap_or(path.len());
     let path = path.get(..end).unwrap_or("");
     if path == "*" {
-        return "*".to_owned();
+        out.push('*');
+        return;
     }
-    let mut out = String::with_capacity(path.len().min(MAX_ROUTE_BYTES));
     // Room kept for a final "/…" so the bound holds whatever comes.
     let budget = MAX_ROUTE_BYTES - 1 - ELLIPSIS.len();
     for (n, segment) in path.split('/').filter(|s| !s.is_empty()).enumerate() {
@@ -32,7 +40,7 @@ pub fn route(path: &str) -> String {
         if n >= MAX_SEGMENTS || out.len() + 1 + segment.len() > budget {
             out.push('/');
             out.push_str(ELLIPSIS);
-            return out;
+            return;
         }
         out.push('/');
         out.push_str(&segment);
@@ -40,7 +48,6 @@ pub fn route(path: &str) -> String {
     if out.is_empty() {
         out.push('/');
     }
-    out
 }
 
 /// `*` for an identifier, `*.ext` for an identifier with a file extension (`123.json`),
@@ -146,8 +153,12 @@ mod tests {
                 "/.well-known/openid-configuration",
             ),
         ];
+        // One buffer through all of them, as the aggregator uses it: nothing carries over.
+        let mut reused = String::from("/left/over");
         for (path, want) in cases {
             assert_eq!(route(path), want, "route({path:?})");
+            route_into(path, &mut reused);
+            assert_eq!(reused, want, "route_into({path:?})");
         }
     }
 
