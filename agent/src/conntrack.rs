@@ -31,7 +31,7 @@ use crate::{
         kube::{Peer, PodMeta},
         service::{Identity, ServiceNames},
     },
-    metrics::{EdgeLabels, FailedLabels, Metrics, OVERFLOW},
+    metrics::{EdgeLabels, FailedLabels, GraphNamespaces, Metrics, OVERFLOW},
     protocol::{self, Detection, Direction, Exchange, Parser, Protocol, Side},
 };
 
@@ -679,31 +679,62 @@ impl ConnTable {
         }
     }
 
-    /// Labels of the edge `meta` belongs to, seen from `observer_role`.
-    fn edge_labels(&self, meta: &Meta, observer_role: u8) -> EdgeLabels {
-        let me = &meta.process.comm;
-        if observer_role == role::SERVER {
-            let client = self
-                .local_client(meta)
-                .map(|c| c.comm.to_string())
-                .unwrap_or_else(|| meta.remote.ip().to_string());
-            EdgeLabels {
-                client,
-                server: me.to_string(),
-                server_port: meta.local.port().to_string(),
-                role: "server".to_string(),
-            }
+    /// Labels of the edge `meta` belongs to, seen from `observer_role`: command names for
+    /// processes on this node, IP addresses for the rest. In Kubernetes, an end in a pod is
+    /// named by its workload instead, a remote address by the pod that owns it now or the
+    /// Service whose ClusterIP it is, and the namespaces of both ends are labels: the names
+    /// the service graph uses, never a recycled pod IP.
+    fn edge_labels(&mut self, meta: &Meta, observer_role: u8) -> EdgeLabels {
+        let server_side = observer_role == role::SERVER;
+        let mut me = meta.process.comm.to_string();
+        let mut peer = if server_side {
+            self.local_client(meta).map(|c| c.comm.to_string())
         } else {
-            let server = self
-                .listeners
+            self.listeners
                 .server_for(meta.netns, meta.remote)
                 .map(|l| l.comm.to_string())
-                .unwrap_or_else(|| meta.remote.ip().to_string());
+        }
+        .unwrap_or_else(|| meta.remote.ip().to_string());
+        let (mut my_ns, mut peer_ns) = (None, None);
+        if self.services.kubernetes() {
+            let port = server_side.then_some(meta.local.port());
+            if let Some(pod) = self.services.identify(&meta.process, port).pod {
+                me = pod.service_name().to_string();
+                my_ns = Some(pod.namespace.clone());
+            }
+            let (_, k8s) = self.peer(
+                observer_role,
+                meta.netns,
+                meta.local,
+                meta.remote,
+                meta.ts_ns,
+            );
+            if let Some(k8s) = k8s {
+                peer = k8s.name().to_string();
+                peer_ns = Some(k8s.namespace().to_string());
+            }
+        }
+        if server_side {
             EdgeLabels {
-                client: me.to_string(),
-                server,
+                client: peer,
+                server: me,
+                server_port: meta.local.port().to_string(),
+                role: "server".to_string(),
+                namespaces: GraphNamespaces {
+                    client: peer_ns,
+                    server: my_ns,
+                },
+            }
+        } else {
+            EdgeLabels {
+                client: me,
+                server: peer,
                 server_port: meta.remote.port().to_string(),
                 role: "client".to_string(),
+                namespaces: GraphNamespaces {
+                    client: my_ns,
+                    server: peer_ns,
+                },
             }
         }
     }
@@ -858,6 +889,7 @@ impl ConnTable {
             server_port: edge.server_port,
             role: edge.role,
             reason: failure_reason(errno).to_string(),
+            namespaces: edge.namespaces,
         };
         let labels = if let Some(used) = self.failed_series.get_mut(&labels) {
             *used = meta.ts_ns;
@@ -876,6 +908,7 @@ impl ConnTable {
                 client: OVERFLOW.to_string(),
                 server: OVERFLOW.to_string(),
                 server_port: OVERFLOW.to_string(),
+                namespaces: GraphNamespaces::default(),
                 ..labels
             }
         };

@@ -215,9 +215,9 @@ impl SeriesKey for HttpClientLabels {
     }
 }
 
-/// The namespaces of a service-graph edge's two ends, when known (`client_namespace`,
-/// `server_namespace`; absent otherwise).
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+/// The namespaces of an edge's two ends, when known (`client_namespace`, `server_namespace`;
+/// absent otherwise).
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub struct GraphNamespaces {
     pub client: Option<String>,
     pub server: Option<String>,
@@ -437,13 +437,17 @@ impl HttpFamilies {
 pub const OVERFLOW: &str = "__overflow__";
 
 /// An edge between two TCP endpoints as seen by one side. `client`/`server` are process names for
-/// processes on this node and IP addresses otherwise; never a client's ephemeral port.
+/// processes on this node and IP addresses otherwise; never a client's ephemeral port. In
+/// Kubernetes an end in a pod is named by its workload, and a remote address by the pod that
+/// owns it or the Service whose ClusterIP it is, with `client_namespace`/`server_namespace`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct EdgeLabels {
     pub client: String,
     pub server: String,
     pub server_port: String,
     pub role: String,
+    #[prometheus(flatten)]
+    pub namespaces: GraphNamespaces,
 }
 
 impl EdgeLabels {
@@ -453,6 +457,7 @@ impl EdgeLabels {
             server: OVERFLOW.to_string(),
             server_port: OVERFLOW.to_string(),
             role: role.to_string(),
+            namespaces: GraphNamespaces::default(),
         }
     }
 }
@@ -464,6 +469,8 @@ pub struct FailedLabels {
     pub server_port: String,
     pub role: String,
     pub reason: String,
+    #[prometheus(flatten)]
+    pub namespaces: GraphNamespaces,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

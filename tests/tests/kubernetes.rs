@@ -1055,6 +1055,36 @@ fn graph(client: &str, server: &str, client_ns: &str, server_ns: &str) -> L {
     ])
 }
 
+const TCP_OPENED: &str = "meshtap_tcp_connections_opened_total";
+
+/// Connections `requests` opens for `n` requests (`--connection mixed`): one keep-alive
+/// connection for the first half, one each for the rest.
+fn mixed_connections(n: usize) -> usize {
+    usize::from(n / 2 > 0) + n - n / 2
+}
+
+/// An L4 edge (`meshtap_tcp_*`) as `role` sees it, with the namespaces of its ends when given.
+fn tcp_edge(
+    (client, client_ns): (&str, Option<&str>),
+    (server, server_ns): (&str, Option<&str>),
+    port: u16,
+    role: &str,
+) -> L {
+    let mut l = L::new(&[
+        ("client", client),
+        ("server", server),
+        ("server_port", &port.to_string()),
+        ("role", role),
+    ]);
+    if let Some(ns) = client_ns {
+        l = l.with("client_namespace", ns);
+    }
+    if let Some(ns) = server_ns {
+        l = l.with("server_namespace", ns);
+    }
+    l
+}
+
 /// `n` requests from the `web` StatefulSet pod to the `api` Deployment pod (both in `shop`, on
 /// this node) through `dest`: the server series, the client series and the graph edge.
 fn web_to_api(node: &Node, dest: SocketAddrV4, n: usize) -> Vec<Expect> {
@@ -1362,7 +1392,25 @@ fn pods_on_this_node_are_named_by_their_workloads() {
         expect(&duration_server, L::new(&[("service_name", "api-bin")]), 0),
         expect(GRAPH_REQUESTS, L::new(&[("server", "api-bin")]), 0),
         expect(GRAPH_REQUESTS, L::new(&[("client", "web-bin")]), 0),
+        // L4 edges by workload and namespace, from both ends, not by command name or pod IP.
+        expect(TCP_OPENED, L::new(&[("server", "mtk-api")]), 0),
+        expect(TCP_OPENED, L::new(&[("server", &apod.ip.to_string())]), 0),
     ];
+    let mut checks = checks;
+    for (client, ns, n) in [
+        ("web", "shop", counts[0].1),
+        ("fluent-bit", "logging", counts[1].1),
+        ("report", "shop", counts[2].1),
+        ("debug", "shop", counts[3].1),
+    ] {
+        for role in ["client", "server"] {
+            checks.push(expect(
+                TCP_OPENED,
+                tcp_edge((client, Some(ns)), ("api", Some("shop")), dest.port(), role),
+                mixed_connections(n),
+            ));
+        }
+    }
     let m = assert_settled(&agent, &checks);
     // A bare pod has no workload label; the api pod's series has exactly one workload label.
     for s in m.matching(&duration_client, &[("service_name", "debug")]) {
@@ -1647,9 +1695,52 @@ fn remote_pods_and_cluster_ips_are_named() {
             L::new(&[("client", "web"), ("server", "kube-proxy")]),
             0,
         ),
+        // L4 edges name the remote pod and the Service too; the node's address stays an address.
+        expect(
+            TCP_OPENED,
+            tcp_edge(
+                ("web", Some("shop")),
+                ("payments", Some("payments")),
+                payments_addr.port(),
+                "client",
+            ),
+            mixed_connections(n_pay),
+        ),
+        expect(
+            TCP_OPENED,
+            tcp_edge(
+                ("web", Some("shop")),
+                ("catalog", Some("shop")),
+                catalog_addr.port(),
+                "client",
+            ),
+            mixed_connections(n_cat),
+        ),
+        expect(
+            TCP_OPENED,
+            tcp_edge(
+                ("web", Some("shop")),
+                (&proxy.ip.to_string(), None),
+                node_b_addr.port(),
+                "client",
+            ),
+            mixed_connections(n_node),
+        ),
+        expect(
+            TCP_OPENED,
+            L::new(&[("server", &payments.ip.to_string())]),
+            0,
+        ),
+        expect(TCP_OPENED, L::new(&[("server", "10.96.12.34")]), 0),
     ];
     let m = assert_settled(&agent, &checks);
     let node_ip = proxy.ip.to_string();
+    for series in m.matching(TCP_OPENED, &[("server", &node_ip)]) {
+        assert!(
+            !series.labels.contains_key("server_namespace"),
+            "the node's address has a namespace: {series}"
+        );
+    }
     for series in m.matching(GRAPH_REQUESTS, &[("server", &node_ip)]) {
         assert!(
             !series.labels.contains_key("server_namespace"),
@@ -1832,6 +1923,27 @@ fn a_recycled_remote_ip_names_the_new_pod() {
             GRAPH_REQUESTS,
             L::new(&[("client", "web"), ("server", &payments.ip.to_string())]),
             0,
+        ),
+        // The L4 edges too: the connections opened after the IP changed hands name fraud.
+        expect(
+            TCP_OPENED,
+            tcp_edge(
+                ("web", Some("shop")),
+                ("payments", Some("payments")),
+                remote_addr.port(),
+                "client",
+            ),
+            mixed_connections(n1),
+        ),
+        expect(
+            TCP_OPENED,
+            tcp_edge(
+                ("web", Some("shop")),
+                ("fraud", Some("payments")),
+                remote_addr.port(),
+                "client",
+            ),
+            mixed_connections(n2),
         ),
     ];
     assert_settled(&agent, &after);
