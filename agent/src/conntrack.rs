@@ -148,13 +148,10 @@ pub struct Connection {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub retransmits: u64,
-    /// Service name of the observing process, and of the other end when it is on this node.
-    pub service: Arc<str>,
-    pub peer_service: Option<Arc<str>>,
-    /// In Kubernetes: the observing process's pod, and the pod or Service at the other end.
-    pub pod: Option<Arc<PodMeta>>,
-    pub peer_k8s: Option<Peer>,
-    /// When the Kubernetes names above were last looked up (event time).
+    /// Names of both ends (service, executable, pod, peer), shared with the exchanges of the
+    /// connection; changed copy-on-write (`Arc::make_mut`) when a name is learnt later.
+    pub names: Arc<ExchangeNames>,
+    /// When the Kubernetes names were last looked up (event time).
     k8s_checked_ns: u64,
     l7: L7,
     /// Sequence number the next data event should carry (gaps mean lost events).
@@ -162,11 +159,6 @@ pub struct Connection {
     /// The thread that last moved request bytes: the one serving (server) or sending (client)
     /// the request in a thread-per-request process.
     request_tid: u32,
-    executable: Arc<str>,
-    /// The server's address as label text, made on the first exchange of a client connection.
-    server_ip: Option<Arc<str>>,
-    /// The names above as the connection's exchanges carry them, made again when one changes.
-    names: Option<Arc<ExchangeNames>>,
     sent: Counter,
     received: Counter,
 }
@@ -585,8 +577,8 @@ impl ConnTable {
             .filter(|c| same_host(c.netns) || c.netns == 0)
             .map(|c| LocalClient {
                 comm: &c.process.comm,
-                service: &c.service,
-                pod: c.pod.as_ref(),
+                service: &c.names.service,
+                pod: c.names.pod.as_ref(),
                 server: c.remote,
             })
             .or_else(|| {
@@ -620,8 +612,8 @@ impl ConnTable {
             // Not a listener at that address: maybe a local server reached through a NAT (a
             // Service ClusterIP, a port mapping), which sees this client's own address.
             return self.local_server_of(local, netns).map(|c| Identity {
-                service: c.service.clone(),
-                pod: c.pod.clone(),
+                service: c.names.service.clone(),
+                pod: c.names.pod.clone(),
             });
         };
         let known = Identity {
@@ -685,35 +677,50 @@ impl ConnTable {
     /// Service whose ClusterIP it is, and the namespaces of both ends are labels: the names
     /// the service graph uses, never a recycled pod IP.
     fn edge_labels(&mut self, meta: &Meta, observer_role: u8) -> EdgeLabels {
-        let server_side = observer_role == role::SERVER;
-        let mut me = meta.process.comm.to_string();
-        let mut peer = if server_side {
-            self.local_client(meta).map(|c| c.comm.to_string())
-        } else {
-            self.listeners
-                .server_for(meta.netns, meta.remote)
-                .map(|l| l.comm.to_string())
-        }
-        .unwrap_or_else(|| meta.remote.ip().to_string());
-        let (mut my_ns, mut peer_ns) = (None, None);
-        if self.services.kubernetes() {
-            let port = server_side.then_some(meta.local.port());
-            if let Some(pod) = self.services.identify(&meta.process, port).pod {
-                me = pod.service_name().to_string();
-                my_ns = Some(pod.namespace.clone());
-            }
-            let (_, k8s) = self.peer(
+        let (pod, peer) = if self.services.kubernetes() {
+            let port = (observer_role == role::SERVER).then_some(meta.local.port());
+            let pod = self.services.identify(&meta.process, port).pod;
+            let (_, peer) = self.peer(
                 observer_role,
                 meta.netns,
                 meta.local,
                 meta.remote,
                 meta.ts_ns,
             );
-            if let Some(k8s) = k8s {
-                peer = k8s.name().to_string();
-                peer_ns = Some(k8s.namespace().to_string());
-            }
-        }
+            (pod, peer)
+        } else {
+            (None, None)
+        };
+        self.edge_labels_named(meta, observer_role, pod.as_deref(), peer.as_ref())
+    }
+
+    /// `edge_labels` with the observing process's pod and the peer already looked up.
+    fn edge_labels_named(
+        &self,
+        meta: &Meta,
+        observer_role: u8,
+        pod: Option<&PodMeta>,
+        k8s_peer: Option<&Peer>,
+    ) -> EdgeLabels {
+        let server_side = observer_role == role::SERVER;
+        let (me, my_ns) = match pod {
+            Some(pod) => (pod.service_name().to_string(), Some(pod.namespace.clone())),
+            None => (meta.process.comm.to_string(), None),
+        };
+        let (peer, peer_ns) = match k8s_peer {
+            Some(p) => (p.name().to_string(), Some(p.namespace().to_string())),
+            None => (
+                if server_side {
+                    self.local_client(meta).map(|c| c.comm.to_string())
+                } else {
+                    self.listeners
+                        .server_for(meta.netns, meta.remote)
+                        .map(|l| l.comm.to_string())
+                }
+                .unwrap_or_else(|| meta.remote.ip().to_string()),
+                None,
+            ),
+        };
         if server_side {
             EdgeLabels {
                 client: peer,
@@ -769,9 +776,6 @@ impl ConnTable {
         observer_role: u8,
         pre_existing: bool,
     ) -> Option<Arc<EdgeLabels>> {
-        let labels = self.edge_labels(meta, observer_role);
-        let labels = self.capped(labels);
-        self.metrics.active.get_or_create(&labels).inc();
         if self.conns.len() >= self.max_connections || meta.conn_id == 0 {
             if meta.conn_id != 0 {
                 self.metrics
@@ -781,8 +785,10 @@ impl ConnTable {
                     })
                     .inc();
             }
-            // Untracked: the active gauge must not drift, so undo it.
-            self.metrics.active.get_or_create(&labels).dec();
+            // Untracked: its edge exists, but it is not active here.
+            let labels = self.edge_labels(meta, observer_role);
+            let labels = self.capped(labels);
+            drop(self.metrics.active.get_or_create(&labels));
             return Some(labels);
         }
         // A connection on the socket of one still waiting after its close: the socket was
@@ -801,17 +807,22 @@ impl ConnTable {
         } else {
             self.services.identify(&meta.process, None)
         };
+        let labels =
+            self.edge_labels_named(meta, observer_role, me.pod.as_deref(), peer_k8s.as_ref());
+        let labels = self.capped(labels);
+        self.metrics.active.get_or_create(&labels).inc();
         let conn = Connection {
             id: meta.conn_id,
-            service: me.service,
-            pod: me.pod,
-            peer_service,
-            peer_k8s,
+            names: Arc::new(ExchangeNames {
+                service: me.service,
+                executable: self.services.executable(&meta.process),
+                peer_service,
+                pod: me.pod,
+                peer_k8s,
+                server_ip: None,
+            }),
             k8s_checked_ns: meta.ts_ns,
             request_tid: meta.process.tid,
-            executable: self.services.executable(&meta.process),
-            server_ip: None,
-            names: None,
             l7: L7::Detecting {
                 chunks: 0,
                 held: Vec::new(),
@@ -1100,19 +1111,20 @@ impl ConnTable {
         // at most once a second per connection: not on every exchange.
         let k8s_due = self.services.kubernetes()
             && now_ns.saturating_sub(conn.k8s_checked_ns) >= K8S_RETRY_NS
-            && (conn.peer_k8s.is_none() || conn.pod.is_none());
-        if conn.peer_service.is_none() || (k8s_due && conn.peer_k8s.is_none()) {
+            && (conn.names.peer_k8s.is_none() || conn.names.pod.is_none());
+        if conn.names.peer_service.is_none() || (k8s_due && conn.names.peer_k8s.is_none()) {
             // The other end may have been tracked after this one (a connection first seen
             // mid-stream, from the side that happened to move bytes first), or its pod may have
             // become known since: look again.
             let (role, netns, local, remote) = (conn.role, conn.netns, conn.local, conn.remote);
             let (service, k8s) = self.peer(role, netns, local, remote, now_ns);
             if let Some(c) = self.conns.get_mut(&conn_id) {
-                if c.peer_service.is_none() {
-                    c.peer_service = service;
+                // Only what is new is written: a write copies names an exchange still holds.
+                if c.names.peer_service.is_none() && service.is_some() {
+                    Arc::make_mut(&mut c.names).peer_service = service;
                 }
-                if c.peer_k8s.is_none() {
-                    c.peer_k8s = k8s;
+                if c.names.peer_k8s.is_none() && k8s.is_some() {
+                    Arc::make_mut(&mut c.names).peer_k8s = k8s;
                 }
             }
         }
@@ -1121,7 +1133,7 @@ impl ConnTable {
         }
         if k8s_due
             && let Some(conn) = self.conns.get(&conn_id)
-            && conn.pod.is_none()
+            && conn.names.pod.is_none()
         {
             // Seen before the API answered (or before the pod was listed): name it again.
             let process = conn.process.clone();
@@ -1130,48 +1142,21 @@ impl ConnTable {
             if me.pod.is_some()
                 && let Some(c) = self.conns.get_mut(&conn_id)
             {
-                c.service = me.service;
-                c.pod = me.pod;
+                let names = Arc::make_mut(&mut c.names);
+                names.service = me.service;
+                names.pod = me.pod;
             }
         }
         if let Some(c) = self.conns.get_mut(&conn_id)
             && c.role == role::CLIENT
-            && c.server_ip.is_none()
+            && c.names.server_ip.is_none()
         {
-            c.server_ip = Some(c.remote.ip().to_string().into());
+            Arc::make_mut(&mut c.names).server_ip = Some(c.remote.ip().to_string().into());
         }
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
-            return;
-        };
-        let names = match &conn.names {
-            Some(names)
-                if names.is(
-                    &conn.service,
-                    &conn.executable,
-                    conn.peer_service.as_ref(),
-                    conn.pod.as_ref(),
-                    conn.peer_k8s.as_ref(),
-                    conn.server_ip.as_ref(),
-                ) =>
-            {
-                names.clone()
-            }
-            _ => {
-                let names = Arc::new(ExchangeNames {
-                    service: conn.service.clone(),
-                    executable: conn.executable.clone(),
-                    peer_service: conn.peer_service.clone(),
-                    pod: conn.pod.clone(),
-                    peer_k8s: conn.peer_k8s.clone(),
-                    server_ip: conn.server_ip.clone(),
-                });
-                conn.names = Some(names.clone());
-                names
-            }
-        };
         let Some(conn) = self.conns.get(&conn_id) else {
             return;
         };
+        let names = conn.names.clone();
         let (side, client, server) = if conn.role == role::SERVER {
             // The server address as a local client saw it (before any NAT, e.g. a ClusterIP):
             // both sides then key the exchange alike.
@@ -1260,8 +1245,8 @@ impl ConnTable {
                 ClosedClient {
                     netns: conn.netns,
                     comm: conn.process.comm.clone(),
-                    service: conn.service.clone(),
-                    pod: conn.pod.clone(),
+                    service: conn.names.service.clone(),
+                    pod: conn.names.pod.clone(),
                     server: conn.remote,
                 },
                 meta.ts_ns,

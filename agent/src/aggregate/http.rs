@@ -171,7 +171,7 @@ impl HttpAggregator {
                 let admitted = self.server_series.admit(
                     view,
                     now_ns,
-                    |_| HttpServerLabels {
+                    || HttpServerLabels {
                         service_name: record.names.service.clone(),
                         http_request_method: ex.method.clone(),
                         http_response_status_code: status.clone(),
@@ -203,26 +203,34 @@ impl HttpAggregator {
                 }
                 // Formatted once per connection by the connection table; here only for a
                 // record made without it.
-                let server_address: Arc<str> = match &record.names.server_ip {
-                    Some(ip) => ip.clone(),
-                    None => record.server.ip().to_string().into(),
+                let formatted;
+                let server_address: &str = match &record.names.server_ip {
+                    Some(ip) => ip,
+                    None => {
+                        formatted = record.server.ip().to_string();
+                        &formatted
+                    }
                 };
                 let view = HttpClientView {
                     service_name: &record.names.service,
                     method: &ex.method,
                     status: &status,
-                    server_address: &server_address,
+                    server_address,
                     server_port: record.server.port(),
                     pod: record.names.pod.as_deref(),
                 };
                 let admitted = self.client_series.admit(
                     view,
                     now_ns,
-                    |_| HttpClientLabels {
+                    || HttpClientLabels {
                         service_name: record.names.service.clone(),
                         http_request_method: ex.method.clone(),
                         http_response_status_code: status.clone(),
-                        server_address: server_address.clone(),
+                        server_address: record
+                            .names
+                            .server_ip
+                            .clone()
+                            .unwrap_or_else(|| server_address.into()),
                         server_port: record.server.port(),
                         k8s: K8sLabels(record.names.pod.clone()),
                     },
@@ -424,7 +432,7 @@ impl HttpAggregator {
         let admitted = self.graph_series.admit(
             view,
             now_ns,
-            |_| GraphLabels {
+            || GraphLabels {
                 client: client.clone(),
                 server: server.clone(),
                 connection_type: Cow::Borrowed(connection_type),

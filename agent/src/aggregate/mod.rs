@@ -26,36 +26,3 @@ pub struct ExchangeNames {
     /// The server's address as text, formatted once per connection (client side only).
     pub server_ip: Option<Arc<str>>,
 }
-
-impl ExchangeNames {
-    /// Whether `self` holds exactly these names (the same allocations, compared by address).
-    pub fn is(
-        &self,
-        service: &Arc<str>,
-        executable: &Arc<str>,
-        peer_service: Option<&Arc<str>>,
-        pod: Option<&Arc<PodMeta>>,
-        peer_k8s: Option<&Peer>,
-        server_ip: Option<&Arc<str>>,
-    ) -> bool {
-        fn same<T: ?Sized>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
-            match (a, b) {
-                (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            }
-        }
-        let same_peer = match (self.peer_k8s.as_ref(), peer_k8s) {
-            (None, None) => true,
-            (Some(Peer::Pod(a)), Some(Peer::Pod(b))) => Arc::ptr_eq(a, b),
-            (Some(Peer::Service(a)), Some(Peer::Service(b))) => Arc::ptr_eq(a, b),
-            _ => false,
-        };
-        Arc::ptr_eq(&self.service, service)
-            && Arc::ptr_eq(&self.executable, executable)
-            && same(self.peer_service.as_ref(), peer_service)
-            && same(self.pod.as_ref(), pod)
-            && same(self.server_ip.as_ref(), server_ip)
-            && same_peer
-    }
-}

@@ -51,14 +51,15 @@ impl<L: SeriesKey, H: Default> SeriesGuard<L, H> {
         }
     }
 
-    /// The label set to record `view` under at `now_ns`: the known label set, or `make(view)` if
-    /// there is room, otherwise `fold(make(view))` (which must always map to the same few
-    /// overflow sets), counted as an overflow. Overflow sets do not count against the cap.
+    /// The label set to record `view` under at `now_ns`: the known label set, or `make()` (the
+    /// owned form of `view`) if there is room, otherwise `fold(make())` (which must always map
+    /// to the same few overflow sets), counted as an overflow. Overflow sets do not count
+    /// against the cap.
     pub fn admit<'k>(
         &mut self,
         view: L::View<'k>,
         now_ns: u64,
-        make: impl FnOnce(&L::View<'k>) -> L,
+        make: impl FnOnce() -> L,
         fold: impl FnOnce(L) -> L,
     ) -> Admitted<'_, L, H> {
         let hasher = &self.hasher;
@@ -76,11 +77,10 @@ impl<L: SeriesKey, H: Default> SeriesGuard<L, H> {
             }
             Entry::Vacant(_) if len >= self.cap => {
                 self.overflow.inc();
-                Admitted::Overflow(fold(make(&view)))
+                Admitted::Overflow(fold(make()))
             }
             Entry::Vacant(entry) => {
-                let (labels, _, state) =
-                    entry.insert((make(&view), now_ns, H::default())).into_mut();
+                let (labels, _, state) = entry.insert((make(), now_ns, H::default())).into_mut();
                 Admitted::Series(labels, state)
             }
         }
@@ -123,7 +123,7 @@ mod tests {
         let fold = |_: String| "__overflow__".to_string();
         // Admits, and counts uses in the series' state.
         let admit = |guard: &mut SeriesGuard<String, u32>, l: &str, t: u64| -> String {
-            match guard.admit(l, t, |v| v.to_string(), fold) {
+            match guard.admit(l, t, || l.to_string(), fold) {
                 Admitted::Series(l, uses) => {
                     *uses += 1;
                     format!("{l}:{uses}")
