@@ -26,9 +26,61 @@ pub static CONNECT_ARGS: LruHashMap<u64, ConnectArgs> = LruHashMap::with_max_ent
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// The last (sk, newstate) the first `inet_sock_set_state` program handled on this CPU.
+/// The last events the first `inet_sock_set_state` program handled on this CPU, for its backup.
 #[map]
-pub static SET_STATE_DONE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+pub static SET_STATE_DONE: PerCpuArray<Handled> = PerCpuArray::with_max_entries(1, 0);
+
+/// The same for `tcp_retransmit_skb` and its backup.
+#[map]
+pub static RETRANSMIT_DONE: PerCpuArray<Handled> = PerCpuArray::with_max_entries(1, 0);
+
+/// The last few events a first program of a pair handled on this CPU, each a 16-byte key. The
+/// backup runs right after the first for every event and skips the event if its key is here
+/// (taking it out). More than one slot because a softirq can run a whole nested pair between
+/// the first's mark and the backup's check: with one slot the nested event's mark would
+/// overwrite the outer one's and the backup would handle the outer event a second time.
+#[repr(C)]
+pub struct Handled {
+    keys: [[u64; 2]; HANDLED_SLOTS],
+    next: u64,
+}
+
+const HANDLED_SLOTS: usize = 4;
+
+/// Records `key` as handled by the first program of a pair.
+#[inline(always)]
+pub fn mark_handled(map: &PerCpuArray<Handled>, key: [u64; 2]) {
+    if let Some(handled) = map.get_ptr_mut(0) {
+        // SAFETY: per-CPU value; a nested pair on this CPU runs to completion before this
+        // program resumes, so the worst interleaving overwrites a slot the nested backup
+        // already took.
+        unsafe {
+            let i = ((*handled).next as usize) & (HANDLED_SLOTS - 1);
+            (*handled).keys[i] = key;
+            (*handled).next += 1;
+        }
+    }
+}
+
+/// Whether the first program of a pair handled `key`; takes it out if so.
+#[inline(always)]
+pub fn take_handled(map: &PerCpuArray<Handled>, key: [u64; 2]) -> bool {
+    let Some(handled) = map.get_ptr_mut(0) else {
+        return false;
+    };
+    let mut i = 0;
+    while i < HANDLED_SLOTS {
+        // SAFETY: per-CPU value, as above; `i` < HANDLED_SLOTS.
+        unsafe {
+            if (*handled).keys[i] == key {
+                (*handled).keys[i] = [0, 0];
+                return true;
+            }
+        }
+        i += 1;
+    }
+    false
+}
 
 /// Per-CPU connection id counter (index 0).
 #[map]

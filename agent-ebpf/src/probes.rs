@@ -18,8 +18,8 @@ use meshtap_common::{
 
 use crate::{
     maps::{
-        CONNECT_ARGS, CONNS, DATA_SCRATCH, EVENTS, SET_STATE_DONE, count, global, next_conn_id,
-        pending_bytes, wakeup_flags_for,
+        CONNECT_ARGS, CONNS, DATA_SCRATCH, EVENTS, RETRANSMIT_DONE, SET_STATE_DONE, count, global,
+        mark_handled, next_conn_id, pending_bytes, take_handled, wakeup_flags_for,
     },
     sock::{
         FdSocket, current_identity, is_tcp, sock_err, sock_netns, sock_of_fd, sock_protocol,
@@ -327,31 +327,21 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
 /// The per-program guard still skips a state change in softirq that interrupts this very
 /// program on the same CPU (seen as `recursion_misses`: a few closes in thousands). So a second
 /// copy is attached to the same tracepoint: it runs right after the first for every event, and
-/// handles the event only if the first did not (the first marks what it handled in a per-CPU
-/// slot). A nested event skipped by one copy is handled by the other.
+/// handles the event only if the first did not (the first marks what it handled per CPU, see
+/// `maps::Handled`). A nested event skipped by one copy is handled by the other.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     let r = match try_set_state(&ctx) {
         Ok(r) | Err(r) => r as i32,
     };
-    if let Some(done) = SET_STATE_DONE.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot; see the comment above for who else touches it.
-        unsafe { *done = event_key(&ctx) };
-    }
+    mark_handled(&SET_STATE_DONE, event_key(&ctx));
     r
 }
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_backup(ctx: RawTracePointContext) -> i32 {
-    let key = event_key(&ctx);
-    if let Some(done) = SET_STATE_DONE.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, as above.
-        unsafe {
-            if *done == key {
-                *done = [0, 0];
-                return 0;
-            }
-        }
+    if take_handled(&SET_STATE_DONE, event_key(&ctx)) {
+        return 0;
     }
     match try_set_state(&ctx) {
         Ok(r) | Err(r) => r as i32,
@@ -466,12 +456,35 @@ fn try_set_state(ctx: &RawTracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
-/// Raw for the same reason as `inet_sock_set_state`: retransmits fire in softirq.
+/// Raw for the same reason as `inet_sock_set_state`: retransmits fire in softirq (the
+/// retransmit timer, or ACK processing) and in process context (ACKs processed on the socket
+/// backlog at `release_sock`), so one can nest into another on the same CPU. Hence a backup,
+/// as for `inet_sock_set_state`: a retransmit skipped by one copy is handled by the other.
 #[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
+    let r = match try_retransmit(&ctx) {
+        Ok(r) | Err(r) => r as i32,
+    };
+    mark_handled(&RETRANSMIT_DONE, retransmit_key(&ctx));
+    r
+}
+
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb_backup(ctx: RawTracePointContext) -> i32 {
+    if take_handled(&RETRANSMIT_DONE, retransmit_key(&ctx)) {
+        return 0;
+    }
     match try_retransmit(&ctx) {
         Ok(r) | Err(r) => r as i32,
     }
+}
+
+/// (sk, skb): one retransmit attempt. The same skb can be retransmitted again later; the
+/// backup takes out each key it matched, so only a key left behind by a skipped backup (a
+/// nested event while the backup itself ran) could stand for a later attempt.
+#[inline(always)]
+fn retransmit_key(ctx: &RawTracePointContext) -> [u64; 2] {
+    [ctx.arg::<u64>(0), ctx.arg::<u64>(1)]
 }
 
 fn try_retransmit(ctx: &RawTracePointContext) -> Result<u32, u32> {

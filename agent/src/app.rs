@@ -18,7 +18,7 @@ use crate::{
     aggregate::{http::HttpAggregator, traces::Tracer},
     config::{Config, Kubernetes},
     conntrack::{ConnTable, Listener},
-    ebpf::{self, KernelMaps, reader::Reader},
+    ebpf::{self, KernelMaps, ProgramCounters, reader::Reader},
     event::Batch,
     export::http::{Endpoint, router},
     export::zipkin::{
@@ -31,7 +31,7 @@ use crate::{
         proc::scan_listeners,
         service::ServiceNames,
     },
-    metrics::{LostLabels, MapLabels, Metrics},
+    metrics::{LostLabels, MapLabels, Metrics, ProgramLabels},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +156,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let btf = ebpf::btf::KernelBtf::from_file(&config.btf).map_err(ebpf::LoadError::from)?;
     let offsets = ebpf::offsets::resolve(&btf).map_err(ebpf::LoadError::from)?;
     drop(btf);
+    let run_time_stats = if config.ebpf_stats {
+        Some(ebpf::RunTimeStats::enable()?)
+    } else {
+        None
+    };
     let (probes, ring, maps) = ebpf::load(&config, &offsets)?;
     metrics.programs_attached.set(probes.attached as i64);
 
@@ -204,6 +209,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let _ = shutdown_tx.send(true);
     housekeeping.abort();
     drop(probes);
+    drop(run_time_stats);
     stop.store(true, Ordering::Relaxed);
     let _ = reader.join();
     let _ = processor.await;
@@ -301,8 +307,8 @@ async fn housekeeping(
         let sweep = n.is_multiple_of(SWEEP_IDLE.as_secs());
         // Map iteration is a syscall per key: keep it off the async workers.
         let _ = tokio::task::spawn_blocking(move || {
-            let maps = maps.lock().unwrap_or_else(|e| e.into_inner());
-            refresh_kernel_metrics(&maps, &metrics_c);
+            let mut maps = maps.lock().unwrap_or_else(|e| e.into_inner());
+            refresh_kernel_metrics(&mut maps, &metrics_c);
             if sweep {
                 let now = monotonic_ns();
                 let mut table = table_c.lock().unwrap_or_else(|e| e.into_inner());
@@ -318,7 +324,8 @@ async fn housekeeping(
     }
 }
 
-fn refresh_kernel_metrics(maps: &KernelMaps, metrics: &Metrics) {
+fn refresh_kernel_metrics(maps: &mut KernelMaps, metrics: &Metrics) {
+    refresh_program_metrics(maps, metrics);
     let stats = maps.stats();
     for k in 1..meshtap_common::kind::COUNT {
         let slot = (stat::LOST_BASE + k as u32) as usize;
@@ -349,6 +356,35 @@ fn refresh_kernel_metrics(maps: &KernelMaps, metrics: &Metrics) {
                 map: name.to_string(),
             })
             .set(count as i64);
+    }
+}
+
+/// The kernel's per-program counters (fdinfo) into counters: skipped runs always, runs and run
+/// time when BPF run-time statistics are on. A program's series appear at its first read.
+fn refresh_program_metrics(maps: &mut KernelMaps, metrics: &Metrics) {
+    for program in &mut maps.programs {
+        let Some(now) = ProgramCounters::read(&program.fd) else {
+            continue;
+        };
+        let labels = ProgramLabels {
+            program: program.name.clone(),
+        };
+        let was = program.seen;
+        if let Some(misses) = now.misses {
+            metrics
+                .program_misses
+                .get_or_create(&labels)
+                .inc_by(misses.saturating_sub(was.misses.unwrap_or(0)));
+        }
+        metrics
+            .program_runs
+            .get_or_create(&labels)
+            .inc_by(now.runs.saturating_sub(was.runs));
+        metrics
+            .program_run_seconds
+            .get_or_create(&labels)
+            .inc_by(now.run_time_ns.saturating_sub(was.run_time_ns) as f64 / 1e9);
+        program.seen = now;
     }
 }
 

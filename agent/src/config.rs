@@ -48,6 +48,13 @@ pub struct Flags {
     #[arg(long, value_name = "MS")]
     pub poll_interval_ms: Option<u64>,
 
+    /// Turn on BPF run-time statistics while the agent runs, so that
+    /// meshtap_ebpf_program_runs_total and meshtap_ebpf_program_run_seconds_total count what
+    /// each program costs: true or false [default: false]. Costs two clock reads per program run
+    /// (for every BPF program on the node) and needs CAP_SYS_ADMIN.
+    #[arg(long, value_name = "BOOL")]
+    pub ebpf_stats: Option<bool>,
+
     /// Label sets allowed per metric family; further ones are folded into one
     /// "__overflow__" series and counted in meshtap_metric_series_overflow_total [default: 1000; a histogram label set is ~17 lines of /metrics].
     #[arg(long, value_name = "N")]
@@ -174,6 +181,7 @@ pub struct FileConfig {
     pub max_connections: Option<u32>,
     pub queue_events: Option<u32>,
     pub poll_interval_ms: Option<u64>,
+    pub ebpf_stats: Option<bool>,
     pub max_series: Option<u32>,
     pub series_ttl_secs: Option<u64>,
     pub duration_buckets: Option<Vec<f64>>,
@@ -224,6 +232,7 @@ pub struct Config {
     pub max_connections: u32,
     pub queue_events: u32,
     pub poll_interval_ms: u64,
+    pub ebpf_stats: bool,
     pub max_series: u32,
     pub series_ttl_secs: u64,
     pub duration_buckets: Vec<f64>,
@@ -422,6 +431,7 @@ impl Config {
                 .poll_interval_ms
                 .or(file.poll_interval_ms)
                 .unwrap_or(20),
+            ebpf_stats: flags.ebpf_stats.or(file.ebpf_stats).unwrap_or(false),
             max_series: flags.max_series.or(file.max_series).unwrap_or(1000),
             series_ttl_secs: flags
                 .series_ttl_secs

@@ -2,7 +2,7 @@
 
 use std::{
     borrow::Cow,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicU64},
 };
 
 use prometheus_client::{
@@ -33,6 +33,9 @@ pub mod name {
     pub const CLOSE_WAITS_CUT_SHORT: &str = "meshtap_close_waits_cut_short";
     pub const SERIES_OVERFLOW: &str = "meshtap_metric_series_overflow";
     pub const PROGRAMS_ATTACHED: &str = "meshtap_programs_attached";
+    pub const PROGRAM_MISSES: &str = "meshtap_ebpf_program_misses";
+    pub const PROGRAM_RUNS: &str = "meshtap_ebpf_program_runs";
+    pub const PROGRAM_RUN_SECONDS: &str = "meshtap_ebpf_program_run_seconds";
     pub const PROTOCOL_DETECTED: &str = "meshtap_protocol_detected";
     pub const PARSE_ERRORS: &str = "meshtap_parse_errors";
     pub const EXCHANGES: &str = "meshtap_exchanges";
@@ -490,6 +493,11 @@ pub struct MapLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabels {
+    pub program: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MetricLabels {
     pub metric: String,
 }
@@ -523,6 +531,9 @@ pub struct Metrics {
     pub close_waits_cut_short: Counter,
     pub series_overflow: Family<MetricLabels, Counter>,
     pub programs_attached: Gauge,
+    pub program_misses: Family<ProgramLabels, Counter>,
+    pub program_runs: Family<ProgramLabels, Counter>,
+    pub program_run_seconds: Family<ProgramLabels, Counter<f64, AtomicU64>>,
     pub http: HttpFamilies,
     pub zipkin: crate::export::zipkin::sink::ZipkinMetrics,
     pub store: crate::export::zipkin::store::StoreMetrics,
@@ -590,6 +601,9 @@ impl Metrics {
             close_waits_cut_short: Counter::default(),
             series_overflow: Family::default(),
             programs_attached: Gauge::default(),
+            program_misses: Family::default(),
+            program_runs: Family::default(),
+            program_run_seconds: Family::default(),
             kernel_seen: Mutex::new(Vec::new()),
             last_encoded_len: std::sync::atomic::AtomicUsize::new(0),
             registry: Registry::default(),
@@ -683,6 +697,21 @@ impl Metrics {
             name::PROGRAMS_ATTACHED,
             "eBPF programs attached",
             m.programs_attached.clone(),
+        );
+        registry.register(
+            name::PROGRAM_MISSES,
+            "Runs of an eBPF program the kernel skipped because a BPF program was already running on that CPU (its recursion_misses): the events of those runs were not seen. inet_sock_set_state and inet_sock_set_state_backup, tcp_retransmit_skb and tcp_retransmit_skb_backup each handle what the other skipped",
+            m.program_misses.clone(),
+        );
+        registry.register(
+            name::PROGRAM_RUNS,
+            "Runs of an eBPF program, counted only while BPF run-time statistics are on (--ebpf-stats, or sysctl kernel.bpf_stats_enabled=1)",
+            m.program_runs.clone(),
+        );
+        registry.register(
+            name::PROGRAM_RUN_SECONDS,
+            "Time spent in an eBPF program, counted only while BPF run-time statistics are on (--ebpf-stats, or sysctl kernel.bpf_stats_enabled=1)",
+            m.program_run_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

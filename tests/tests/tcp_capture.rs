@@ -939,6 +939,106 @@ fn shutdown_detaches_every_program() {
     }
 }
 
+/// Every program the agent loads (attach list of agent/src/ebpf/mod.rs).
+const PROGRAMS: [&str; 17] = [
+    "inet_sock_set_state",
+    "inet_sock_set_state_backup",
+    "sched_process_exit",
+    "sys_enter_connect",
+    "sys_exit_accept",
+    "sys_exit_connect",
+    "sys_exit_read",
+    "sys_exit_readv",
+    "sys_exit_recvfrom",
+    "sys_exit_recvmsg",
+    "sys_exit_sendfile64",
+    "sys_exit_sendmsg",
+    "sys_exit_sendto",
+    "sys_exit_write",
+    "sys_exit_writev",
+    "tcp_retransmit_skb",
+    "tcp_retransmit_skb_backup",
+];
+
+const PROGRAM_MISSES: &str = "meshtap_ebpf_program_misses_total";
+const PROGRAM_RUNS: &str = "meshtap_ebpf_program_runs_total";
+const PROGRAM_RUN_SECONDS: &str = "meshtap_ebpf_program_run_seconds_total";
+
+/// The programs named in the series of `metric`, sorted.
+fn programs_in(m: &Metrics, metric: &str) -> Vec<String> {
+    let mut names: Vec<String> = m
+        .matching(metric, &[])
+        .filter_map(|s| s.labels.get("program").cloned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The kernel's own counters of each program: skipped runs always, runs and run time with
+/// `--ebpf-stats`. The programs run for every process on the node, so their runs are at least
+/// the test's own syscalls (2,000 round trips; the scripts count their `send` and `recv`
+/// calls), not exactly those. Without `--ebpf-stats` (and the sysctl off) the same traffic
+/// leaves them at 0.
+#[test]
+fn program_costs_are_exported() {
+    let _serial = serial();
+    let sysctl = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .expect("read kernel.bpf_stats_enabled");
+    let expected: Vec<String> = {
+        let mut v: Vec<String> = PROGRAMS.iter().map(|p| p.to_string()).collect();
+        v.sort();
+        v
+    };
+    for stats in [true, false] {
+        let flag = if stats { "true" } else { "false" };
+        let agent = Agent::start(&["--ebpf-stats", flag]);
+        let (cli, srv) = ("mt-cli-progstat", "mt-srv-progstat");
+        let (_, client, server) = round_trips(cli, srv, || ());
+        // Python's send and recv are the sendto and recvfrom syscalls.
+        let calls = |key: &str| (num(&client, key) + num(&server, key)) as f64;
+        let ours = [
+            ("sys_exit_sendto", calls("send_calls")),
+            ("sys_exit_recvfrom", calls("recv_calls")),
+        ];
+        assert!(ours.iter().all(|(_, n)| *n >= 4000.0), "{ours:?}");
+        // The counters are read once a second.
+        let m = agent.wait_until(
+            Duration::from_secs(10),
+            |m| {
+                programs_in(m, PROGRAM_RUN_SECONDS).len() == PROGRAMS.len()
+                    && (!stats
+                        || ours
+                            .iter()
+                            .all(|(p, n)| m.value(PROGRAM_RUNS, &[("program", p)]) >= *n))
+            },
+            |m| {
+                format!(
+                    "program counters after the round trips:\n{}\n{}",
+                    m.describe(PROGRAM_RUNS),
+                    m.describe(PROGRAM_RUN_SECONDS)
+                )
+            },
+        );
+        for metric in [PROGRAM_MISSES, PROGRAM_RUNS, PROGRAM_RUN_SECONDS] {
+            assert_eq!(programs_in(&m, metric), expected, "{metric}");
+        }
+        for (call, calls) in ours {
+            let runs = m.value(PROGRAM_RUNS, &[("program", call)]);
+            let seconds = m.value(PROGRAM_RUN_SECONDS, &[("program", call)]);
+            if stats {
+                assert!(runs >= calls, "{call}: {runs} runs, expected >= {calls}");
+                // Some 100 ns to a few us a run.
+                assert!(
+                    seconds > runs * 1e-8 && seconds < runs * 1e-4,
+                    "{call}: {seconds} s over {runs} runs"
+                );
+            } else if sysctl.trim() == "0" {
+                assert_eq!((runs, seconds), (0.0, 0.0), "{call} without --ebpf-stats");
+            }
+        }
+    }
+}
+
 /// UDP datagrams and Unix stream traffic go through the same syscalls as TCP data; the agent
 /// counts none of it. The same process then makes one TCP connection (to itself), counted
 /// exactly: one connection per end and its bytes, nothing more under its name.

@@ -6,7 +6,10 @@ pub mod offsets;
 pub mod reader;
 pub mod tracefs;
 
-use std::path::PathBuf;
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::PathBuf,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -38,12 +41,13 @@ const ATTACH: &[(&str, &str, &[&str])] = &[
     ("sys_exit_sendfile64", "syscalls", &["sys_exit_sendfile64"]),
 ];
 
-/// Raw tracepoints: (program, tracepoint). The two `inet_sock_set_state` programs must be
-/// attached in this order (the backup runs after the first, see agent-ebpf).
+/// Raw tracepoints: (program, tracepoint). Each backup must be attached after its first
+/// program (it runs after it, see agent-ebpf).
 const RAW_ATTACH: &[(&str, &str)] = &[
     ("inet_sock_set_state", "inet_sock_set_state"),
     ("inet_sock_set_state_backup", "inet_sock_set_state"),
     ("tcp_retransmit_skb", "tcp_retransmit_skb"),
+    ("tcp_retransmit_skb_backup", "tcp_retransmit_skb"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +83,13 @@ pub enum LoadError {
     MissingProgram { program: &'static str },
     #[error("map {map} is missing from the eBPF object or has the wrong type")]
     MissingMap { map: &'static str },
+    #[error(
+        "--ebpf-stats: turning on BPF run-time statistics failed ({source}): it needs CAP_SYS_ADMIN; without it, leave --ebpf-stats off and set sysctl kernel.bpf_stats_enabled=1 on the node instead"
+    )]
+    RunTimeStats {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("verifier rejected program {program}: {source}")]
     Verify {
         program: &'static str,
@@ -177,11 +188,89 @@ pub struct Probes {
     pub attached: usize,
 }
 
-/// Maps read periodically by the agent.
+/// What the agent reads from the kernel periodically: maps, and its programs' counters.
 pub struct KernelMaps {
     pub stats: PerCpuArray<MapData, u64>,
     pub conns: HashMap<MapData, u64, ConnState>,
     pub connect_args: HashMap<MapData, u64, ConnectArgs>,
+    /// Every loaded program, sorted by name.
+    pub programs: Vec<LoadedProgram>,
+}
+
+/// A loaded program: its name and its own duplicate of the program's fd (whose
+/// `/proc/self/fdinfo` entry holds the kernel's counters for it), with the counters last read.
+pub struct LoadedProgram {
+    pub name: String,
+    pub fd: OwnedFd,
+    pub seen: ProgramCounters,
+}
+
+/// The kernel's counters of one program, from `/proc/self/fdinfo/<prog fd>`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ProgramCounters {
+    /// Runs the kernel skipped because a BPF program was already running on that CPU
+    /// (`recursion_misses`, Linux 5.12+; `None` before).
+    pub misses: Option<u64>,
+    /// Runs and their total time: counted only while BPF run-time statistics are on.
+    pub runs: u64,
+    pub run_time_ns: u64,
+}
+
+impl ProgramCounters {
+    /// Parses the fdinfo text of a BPF program fd (`key:\tvalue` lines).
+    pub fn parse(fdinfo: &str) -> Self {
+        let field = |key: &str| {
+            fdinfo.lines().find_map(|line| {
+                let (k, v) = line.split_once(':')?;
+                (k == key).then(|| v.trim().parse::<u64>().ok())?
+            })
+        };
+        ProgramCounters {
+            misses: field("recursion_misses"),
+            runs: field("run_cnt").unwrap_or(0),
+            run_time_ns: field("run_time_ns").unwrap_or(0),
+        }
+    }
+
+    /// Reads the counters of the program behind `fd`, one of this process's fds.
+    pub fn read(fd: &OwnedFd) -> Option<Self> {
+        std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+            .ok()
+            .map(|text| Self::parse(&text))
+    }
+}
+
+/// BPF run-time statistics (`run_cnt`, `run_time_ns` of every program on the node), on while
+/// this value lives: the kernel keeps them on as long as one `BPF_ENABLE_STATS` fd is open.
+/// They cost two clock reads per program run.
+pub struct RunTimeStats {
+    _fd: OwnedFd,
+}
+
+impl RunTimeStats {
+    pub fn enable() -> Result<Self, LoadError> {
+        const BPF_ENABLE_STATS: libc::c_long = 32;
+        // union bpf_attr { struct { __u32 type; } enable_stats; }: BPF_STATS_RUN_TIME is 0.
+        let attr: [u32; 2] = [0, 0];
+        // SAFETY: bpf(2) BPF_ENABLE_STATS reads `size_of_val(&attr)` bytes from `attr`, which
+        // lives across the call; it returns a new fd or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_ENABLE_STATS,
+                attr.as_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        if fd < 0 {
+            return Err(LoadError::RunTimeStats {
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(Self { _fd: fd })
+    }
 }
 
 impl KernelMaps {
@@ -302,10 +391,28 @@ pub fn load(
                 .ok_or(LoadError::MissingMap { map: $name })?
         };
     }
+    let mut programs = Vec::new();
+    for (name, program) in ebpf.programs() {
+        // A duplicate: the loader's own fd closes with `Probes`, and the reader of the counters
+        // lives on its own schedule.
+        if let Ok(fd) = program.fd().and_then(|fd| {
+            fd.as_fd()
+                .try_clone_to_owned()
+                .map_err(aya::programs::ProgramError::from)
+        }) {
+            programs.push(LoadedProgram {
+                name: name.to_string(),
+                fd,
+                seen: ProgramCounters::default(),
+            });
+        }
+    }
+    programs.sort_by(|a, b| a.name.cmp(&b.name));
     let maps = KernelMaps {
         stats: take!("STATS"),
         conns: take!("CONNS"),
         connect_args: take!("CONNECT_ARGS"),
+        programs,
     };
     Ok((
         Probes {
@@ -320,6 +427,38 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn program_counters_from_fdinfo() {
+        // /proc/self/fdinfo of a program fd, Linux 6.18.
+        let text = "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t26\nprog_type:\t5\n\
+                    prog_jited:\t1\nprog_tag:\tf08ef31bae24a923\nmemlock:\t4096\n\
+                    prog_id:\t8955\nrun_time_ns:\t123456789\nrun_cnt:\t4242\n\
+                    recursion_misses:\t7\nverified_insns:\t390\n";
+        assert_eq!(
+            ProgramCounters::parse(text),
+            ProgramCounters {
+                misses: Some(7),
+                runs: 4242,
+                run_time_ns: 123_456_789,
+            }
+        );
+        // Linux 5.8-5.11: no recursion_misses; before 5.1 no run-time statistics at all.
+        let old = "pos:\t0\nprog_type:\t5\nrun_time_ns:\t10\nrun_cnt:\t1\n";
+        assert_eq!(
+            ProgramCounters::parse(old),
+            ProgramCounters {
+                misses: None,
+                runs: 1,
+                run_time_ns: 10,
+            }
+        );
+        assert_eq!(ProgramCounters::parse(""), ProgramCounters::default());
+        assert_eq!(
+            ProgramCounters::parse("run_cnt:\tmany\nrecursion_misses:\n"),
+            ProgramCounters::default()
+        );
+    }
 
     #[test]
     fn kernel_release_parsing() {
