@@ -410,7 +410,15 @@ pub struct ConnTable {
     event_clock: u64,
     max_connections: usize,
     max_series: usize,
+    /// Connections (id to socket) the kernel tracks but the full table turned away, at most
+    /// [`MAX_TURNED_AWAY`]: their later events are neither retried nor counted again while the
+    /// table stays full. Left at their close, or by the sweep once the kernel forgot them.
+    turned_away: Map<u64, u64>,
 }
+
+/// Turned-away connections remembered at once; past it, each event of a further one retries
+/// the insert and counts another failure.
+const MAX_TURNED_AWAY: usize = 4096;
 
 impl ConnTable {
     pub fn new(
@@ -443,6 +451,7 @@ impl ConnTable {
             metrics,
             max_connections,
             max_series,
+            turned_away: Map::default(),
         }
     }
 
@@ -784,6 +793,9 @@ impl ConnTable {
                         map: "agent_connections".to_string(),
                     })
                     .inc();
+                if self.turned_away.len() < MAX_TURNED_AWAY {
+                    self.turned_away.insert(meta.conn_id, meta.sk);
+                }
             }
             // Untracked: its edge exists, but it is not active here.
             let labels = self.edge_labels(meta, observer_role);
@@ -791,6 +803,7 @@ impl ConnTable {
             drop(self.metrics.active.get_or_create(&labels));
             return Some(labels);
         }
+        self.turned_away.remove(&meta.conn_id);
         // A connection on the socket of one still waiting after its close: the socket was
         // freed and reused, nothing more can come for the old one.
         self.end_close_wait_of(meta.sk, meta.ts_ns);
@@ -941,6 +954,13 @@ impl ConnTable {
         let labels = match self.recent_closed.get(&meta.sk, meta.ts_ns) {
             // Draining a connection that already reached TCP_CLOSE: same edge as before.
             Some(closed) if closed.matches(meta) => closed.labels.clone(),
+            // Turned away by the full table, still full: its close brings its totals.
+            _ if meta.conn_id != 0
+                && self.conns.len() >= self.max_connections
+                && self.turned_away.contains_key(&meta.conn_id) =>
+            {
+                return;
+            }
             // The open event was lost or the connection is untracked: account the bytes on the
             // edge anyway, and track the connection from here on when it has an id.
             _ => {
@@ -1225,6 +1245,7 @@ impl ConnTable {
             _ => None,
         };
         let Some(conn) = self.conns.remove(&meta.conn_id) else {
+            self.turned_away.remove(&meta.conn_id);
             // Never tracked here (open lost, or table full): count the close and the bytes.
             let labels = self.edge_labels(meta, self.resolve_role(meta));
             let labels = self.capped(labels);
@@ -1469,6 +1490,7 @@ impl ConnTable {
                 self.touch_edge(&conn.labels, now_ns);
             }
         }
+        self.turned_away.retain(|id, sk| alive(*sk, *id));
         self.metrics
             .connections_tracked
             .set(self.conns.len() as i64);
@@ -1884,7 +1906,8 @@ mod tests {
     }
 
     /// A connection the agent's full table turned away still has its bytes counted once: from
-    /// the kernel's totals at its close, not also from its data events.
+    /// the kernel's totals at its close, not also from its data events. It is one failed insert,
+    /// not one per event; once room is made, a connection turned away is tracked again.
     #[test]
     fn a_connection_past_the_table_limit_counts_its_bytes_once() {
         let metrics = Arc::new(Metrics::default());
@@ -1908,6 +1931,20 @@ mod tests {
                 payload: PayloadRange::default(),
             });
         }
+        let failures = |metrics: &Metrics| {
+            value(
+                metrics,
+                "meshtap_map_insert_failures_total",
+                r#"map="agent_connections""#,
+            )
+        };
+        assert_eq!(failures(&metrics), 1.0, "{}", metrics.encode());
+        let third = meta(3, role::CLIENT, "10.0.0.1:5002", "192.0.2.3:80", "cli", 1);
+        table.handle(Event::ConnOpen {
+            meta: third.clone(),
+            connect_ns: 1,
+        });
+        assert_eq!(table.turned_away.len(), 2);
         table.handle(Event::ConnClose {
             meta: second,
             totals: ConnTotals {
@@ -1924,6 +1961,31 @@ mod tests {
             20.0,
             "{}",
             metrics.encode()
+        );
+        assert_eq!(table.turned_away.len(), 1);
+        // Room again: the third connection's next event tracks it (from there on).
+        table.handle(Event::ConnClose {
+            meta: first,
+            totals: ConnTotals::default(),
+        });
+        table.handle(Event::Data {
+            meta: third.clone(),
+            bytes: 7,
+            seq: 0,
+            direction: direction::EGRESS,
+            syscall: 1,
+            payload: PayloadRange::default(),
+        });
+        assert!(table.conns.contains_key(&third.conn_id));
+        assert!(table.turned_away.is_empty());
+        assert_eq!(failures(&metrics), 2.0);
+        assert_eq!(
+            value(
+                &metrics,
+                "meshtap_tcp_sent_bytes_total",
+                r#"server="192.0.2.3""#
+            ),
+            7.0
         );
     }
 
