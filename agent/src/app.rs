@@ -18,7 +18,10 @@ use crate::{
     aggregate::{http::HttpAggregator, traces::Tracer},
     config::{Config, Kubernetes},
     conntrack::{ConnTable, Listener},
-    ebpf::{self, KernelMaps, ProgramCounters, reader::Reader},
+    ebpf::{
+        self, KernelMaps, ProgramCounters,
+        reader::{Drained, Reader},
+    },
     event::Batch,
     export::http::{Endpoint, router},
     export::zipkin::{
@@ -170,18 +173,20 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let queue_batches = (config.queue_events as usize / ebpf::reader::BATCH).max(1);
     let (tx, rx) = mpsc::channel::<Batch>(queue_batches);
     let stop = Arc::new(AtomicBool::new(false));
+    let drained = Arc::new(Drained::default());
     let reader = Reader {
         ring,
         queue: tx,
         metrics: metrics.clone(),
         poll_interval: Duration::from_millis(config.poll_interval_ms),
         stop: stop.clone(),
+        drained: drained.clone(),
     };
     let reader = std::thread::Builder::new()
         .name("ringbuf-reader".into())
         .spawn(move || reader.run())
         .map_err(RunError::Signals)?;
-    let processor = tokio::spawn(process(rx, table.clone()));
+    let processor = tokio::spawn(process(rx, table.clone(), drained));
     let maps = Arc::new(Mutex::new(maps));
     let housekeeping = tokio::spawn(housekeeping(maps.clone(), metrics.clone(), table.clone()));
 
@@ -270,7 +275,11 @@ fn seed_listeners(table: &Mutex<ConnTable>) {
     }
 }
 
-async fn process(mut rx: mpsc::Receiver<Batch>, table: Arc<Mutex<ConnTable>>) {
+async fn process(
+    mut rx: mpsc::Receiver<Batch>,
+    table: Arc<Mutex<ConnTable>>,
+    drained: Arc<Drained>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -282,8 +291,12 @@ async fn process(mut rx: mpsc::Receiver<Batch>, table: Arc<Mutex<ConnTable>>) {
                 }
             }
             _ = tick.tick() => {
+                // In this order (see `Drained`): what the reader had queued when it last found
+                // the ring empty has been processed if the queue is empty now.
+                let complete_before = drained.complete_before();
+                let complete_before = if rx.is_empty() { complete_before } else { 0 };
                 let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
-                table.tick(monotonic_ns());
+                table.tick(monotonic_ns(), complete_before);
             }
         }
     }

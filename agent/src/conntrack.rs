@@ -183,7 +183,8 @@ enum L7 {
 /// the middle of a body).
 const DETECT_CHUNKS: u32 = 1;
 const DETECT_CHUNKS_MIDSTREAM: u32 = 64;
-/// How far behind the monotonic clock the event clock may fall before ticks use the former.
+/// How far behind the monotonic clock the event clock may fall before ticks use the former,
+/// when the reader cannot vouch for a more recent time (its queue is backed up).
 const TICK_IDLE_MARGIN_NS: u64 = 3_000_000_000;
 
 /// How often a connection's missing Kubernetes names are looked up again.
@@ -1217,12 +1218,16 @@ impl ConnTable {
     }
 
     /// Periodic work of the stages after the table (pairing timeouts, series expiry).
-    pub fn tick(&mut self, now_ns: u64) {
-        // Event time while events flow; when the node is quiet, the clock moves on anyway
-        // (with a margin for events still in the ring buffer).
+    /// Ends the waits that are due. `complete_before`: every event stamped before it has been
+    /// handled (0 if unknown, see `reader::Drained`).
+    pub fn tick(&mut self, now_ns: u64, complete_before: u64) {
+        // Event time while events flow. When the node is quiet the clock moves on anyway: to
+        // the time up to which the pipeline is known to be complete, or failing that, with a
+        // margin for events still on their way.
         let now_ns = self
             .event_clock
-            .max(now_ns.saturating_sub(TICK_IDLE_MARGIN_NS));
+            .max(now_ns.saturating_sub(TICK_IDLE_MARGIN_NS))
+            .max(complete_before.min(now_ns));
         // Before the aggregator's tick: a closing connection's last exchange is still in time to
         // pair with the other side's (`CLOSE_WAIT_NS` is shorter than the pairing wait).
         self.end_close_waits(now_ns);
@@ -1656,7 +1661,7 @@ mod tests {
         table.handle_in(&data(server(), 0, direction::INGRESS, REQUEST), REQUEST);
         table.handle_in(&data(server(), 1, direction::EGRESS, RESPONSE), RESPONSE);
         table.handle_in(&data(client(), 1, direction::INGRESS, RESPONSE), RESPONSE);
-        table.tick(10_000_000_000);
+        table.tick(10_000_000_000, 0);
         let graph = |connection_type: &str| {
             value(
                 &metrics,
@@ -1692,6 +1697,59 @@ mod tests {
             ),
             1.0
         );
+    }
+
+    /// A response whose body ends at the close (no Content-Length, not chunked: node answering
+    /// nginx's HTTP/1.0 upstream requests, say) completes when the wait after the close ends.
+    /// On a quiet node that is as soon as the reader vouches that everything stamped up to the
+    /// end of the wait has been handled, not a margin of seconds later.
+    #[test]
+    fn a_body_ended_by_the_close_completes_once_the_pipeline_is_known_complete() {
+        let metrics = Arc::new(Metrics::default());
+        let mut table = table_for(&metrics, 100, 100);
+        listen_srv(&mut table, "127.0.0.1:80", 1);
+        let mut server = meta(2, role::SERVER, "127.0.0.1:80", "127.0.0.1:5000", "srv", 1);
+        server.ts_ns = 10;
+        table.handle(Event::ConnOpen {
+            meta: server.clone(),
+            connect_ns: 0,
+        });
+        table.handle_in(
+            &data(server.clone(), 0, direction::INGRESS, REQUEST),
+            REQUEST,
+        );
+        const UNTIL_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nthe body";
+        table.handle_in(
+            &data(server.clone(), 1, direction::EGRESS, UNTIL_CLOSE),
+            UNTIL_CLOSE,
+        );
+        server.ts_ns = 20;
+        table.handle(Event::ConnClose {
+            meta: server,
+            totals: ConnTotals::default(),
+        });
+        let count = || {
+            value(
+                &metrics,
+                "http_server_request_duration_seconds_count",
+                r#"http_response_status_code="200""#,
+            )
+        };
+        assert_eq!(
+            count(),
+            0.0,
+            "in flight until the wait after the close ends"
+        );
+        let end = 20 + CLOSE_WAIT_NS;
+        // The reader vouches for less than the wait: still waiting.
+        table.tick(end + 1_000_000, end - 1);
+        assert_eq!(count(), 0.0);
+        // It cannot vouch for the future.
+        table.tick(end - 1, end + 1_000_000);
+        assert_eq!(count(), 0.0);
+        table.tick(end + 1_000_000, end);
+        assert_eq!(count(), 1.0, "{}", metrics.encode());
+        assert!(table.closing.is_empty());
     }
 
     /// The server's socket reaches TCP_CLOSE inside the write of its response (the client hung
@@ -1759,12 +1817,12 @@ mod tests {
         assert_eq!(client_count(""), 0.0, "still waiting for late bytes");
         // Half a second on (the node quiet: ticks run on the monotonic clock, less the margin),
         // the client's close completes its request as unanswered.
-        table.tick(21 + CLOSE_WAIT_NS - 1 + TICK_IDLE_MARGIN_NS);
+        table.tick(21 + CLOSE_WAIT_NS - 1 + TICK_IDLE_MARGIN_NS, 0);
         assert_eq!(client_count(""), 0.0, "{}", metrics.encode());
-        table.tick(21 + CLOSE_WAIT_NS + TICK_IDLE_MARGIN_NS);
+        table.tick(21 + CLOSE_WAIT_NS + TICK_IDLE_MARGIN_NS, 0);
         assert_eq!(client_count(""), 1.0, "{}", metrics.encode());
         assert!(table.closing.is_empty());
-        table.tick(10_000_000_000);
+        table.tick(10_000_000_000, 0);
         assert!(table.closing_order.iter().all(VecDeque::is_empty));
         let graph = |name: &str| {
             value(
@@ -1883,9 +1941,12 @@ mod tests {
         };
         assert_eq!((opened("192.0.2.1"), opened("192.0.2.2")), (1, 1));
         // Not yet: the ticks run on the event clock (2 s) or the monotonic one less a margin.
-        table.tick(2 * s + TTL + TICK_IDLE_MARGIN_NS);
+        table.tick(2 * s + TTL + TICK_IDLE_MARGIN_NS, 0);
         assert_eq!(table.edges.len(), 2);
-        table.tick(2 * s + TTL + TICK_IDLE_MARGIN_NS + EDGE_EXPIRY_EVERY_NS + 1);
+        table.tick(
+            2 * s + TTL + TICK_IDLE_MARGIN_NS + EDGE_EXPIRY_EVERY_NS + 1,
+            0,
+        );
         assert_eq!((opened("192.0.2.1"), opened("192.0.2.2")), (0, 1));
         assert_eq!(table.edges.len(), 1);
         assert_eq!(
@@ -2046,7 +2107,7 @@ mod tests {
             )
         };
         assert_eq!(failed(), 3.0);
-        table.tick(1 + CLOSE_WAIT_NS + TICK_IDLE_MARGIN_NS);
+        table.tick(1 + CLOSE_WAIT_NS + TICK_IDLE_MARGIN_NS, 0);
         assert_eq!(failed(), n as f64);
         assert!(table.closing.is_empty() && table.closing_order.iter().all(VecDeque::is_empty));
     }

@@ -10,7 +10,7 @@ use std::{
     os::fd::AsRawFd,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -35,6 +35,34 @@ pub struct Reader {
     pub metrics: Arc<Metrics>,
     pub poll_interval: Duration,
     pub stop: Arc<AtomicBool>,
+    /// See [`Drained`].
+    pub drained: Arc<Drained>,
+}
+
+/// How far the pipeline is known to be complete: the monotonic time (ns) at which the reader
+/// last found the ring buffer empty, having queued everything before it and holding nothing
+/// back. Every event stamped well before it (see [`Drained::complete_before`]) is then in the
+/// processing queue or already processed. It lets the processing stage move its clock on when
+/// the node is quiet, instead of waiting seconds in case events were still on their way.
+#[derive(Default)]
+pub struct Drained(AtomicU64);
+
+/// How long a BPF program may take between stamping an event and committing it to the ring
+/// (microseconds in practice; a program cannot sleep).
+const COMMIT_MARGIN_NS: u64 = 50_000_000;
+
+impl Drained {
+    fn publish(&self, ns: u64) {
+        self.0.store(ns, Ordering::Release);
+    }
+
+    /// Events stamped before the returned time have all been queued (0 if nothing is known).
+    /// Read it before checking that the queue is empty: then they have all been processed.
+    pub fn complete_before(&self) -> u64 {
+        self.0
+            .load(Ordering::Acquire)
+            .saturating_sub(COMMIT_MARGIN_NS)
+    }
 }
 
 impl Reader {
@@ -58,6 +86,9 @@ impl Reader {
             unsafe { libc::poll(&mut pfd, 1, timeout) };
 
             loop {
+                // Before the reads: if they come to the end of the ring, every event committed
+                // before this instant has been read.
+                let started_ns = crate::app::monotonic_ns();
                 let mut batch = Batch::with_capacity(BATCH, last_payload_bytes);
                 while batch.events.len() < BATCH {
                     let Some(record) = self.ring.next() else {
@@ -74,6 +105,9 @@ impl Reader {
                     send(&self.queue, batch, &mut held, &mut delivered, &mut dropped);
                 }
                 if drained {
+                    if held.is_empty() {
+                        self.drained.publish(started_ns);
+                    }
                     break;
                 }
             }
