@@ -75,7 +75,7 @@ pub struct Flags {
     pub service_name: Vec<String>,
 
     /// Name the service of the process serving on PORT as NAME (repeatable). Beats every other
-    /// source of a server's name.
+    /// source of a server's name; the process's calls to others go by NAME too.
     #[arg(long = "service-port", value_name = "PORT=NAME")]
     pub service_port: Vec<String>,
 

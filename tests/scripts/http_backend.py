@@ -12,6 +12,8 @@ routes:
   /api/users/<id>  200, body `user <id>\\n` (a request body is read and counted)
   /api/slow        sleeps 100 ms, then 200, body `slow\\n`
   /api/fail        500, body `fail\\n`
+  /api/unsized     200, body `unsized\\n` without Content-Length: it ends when the server
+                   closes the connection (Connection: close)
   anything else    404, body `nope\\n`
 """
 
@@ -50,11 +52,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             status, body = 200, b"slow\n"
         elif path == "/api/fail":
             status, body = 500, b"fail\n"
+        elif path == "/api/unsized":
+            status, body = 200, b"unsized\n"
         else:
             status, body = 404, b"nope\n"
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
+        if path == "/api/unsized":
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
         with LOCK:

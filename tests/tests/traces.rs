@@ -1580,3 +1580,116 @@ fn sampled_contexts_are_kept_at_ratio_zero() {
     assert_eq!(got, wanted, "{}", describe(&spans));
     agent.wait_for(EXPORTED, &[], (4 * EACH) as f64, EXPORT);
 }
+
+/// curl -> nginx -> python backend, nginx passing curl's trace context through unchanged (it
+/// is no tracer): W3C `traceparent`, and B3 with a parent span id. nginx's CLIENT span must not
+/// take curl's span id (two spans with one id), and the backend's SERVER span is a child of
+/// nginx's CLIENT span, not of curl's. Both with a Content-Length response and with one whose
+/// body ends at the close (`/api/unsized`): then nginx's upstream exchange completes after the
+/// close, once nginx's SERVER span was emitted.
+#[test]
+fn a_proxy_passing_its_callers_context_through_gets_spans_of_its_own() {
+    let _serial = serial();
+    let (nginx_name, backend_name) = ("tr-px-nginx", "tr-px-backend");
+    let mut backend = Script::new("http_backend.py", "tr-px-backend")
+        .env("OTEL_SERVICE_NAME", backend_name)
+        .opt("--bind", "127.0.0.1")
+        .spawn();
+    let backend_port = port_of(&backend.expect_event("listening", STARTUP));
+    let front: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let service_port = format!("{}={nginx_name}", front.port());
+    let agent = Agent::start(&[
+        "--service-port",
+        &service_port,
+        "--trace-store-rate",
+        "0",
+        "--trace-store-spans",
+        "200000",
+    ]);
+    let nginx = meshtap_tests::Nginx::start(
+        meshtap_tests::NginxConfig::new(front).backend(
+            format!("127.0.0.1:{backend_port}")
+                .parse()
+                .expect("backend addr"),
+        ),
+        None,
+    );
+    // (trace id, curl's span id, curl's parent (B3), headers)
+    let mut sent: Vec<(String, String, Option<String>, Vec<String>)> = Vec::new();
+    for (n, path) in ["/api/users/5", "/api/unsized"].iter().enumerate() {
+        let trace = format!("4bf92f3577b34da6a3ce929d0e0e47{n}0");
+        let span = format!("00f067aa0ba902b{n}");
+        let tp = format!("traceparent: 00-{trace}-{span}-01");
+        sent.push((trace, span, None, vec![tp, path.to_string()]));
+        let trace = format!("5bf92f3577b34da6a3ce929d0e0e47{n}0");
+        let span = format!("10f067aa0ba902b{n}");
+        let parent = format!("20f067aa0ba902b{n}");
+        let headers = vec![
+            format!("X-B3-TraceId: {trace}"),
+            format!("X-B3-SpanId: {span}"),
+            format!("X-B3-ParentSpanId: {parent}"),
+            "X-B3-Sampled: 1".to_string(),
+        ];
+        let mut with_path = headers;
+        with_path.push(path.to_string());
+        sent.push((trace, span, Some(parent), with_path));
+    }
+    for (_, _, _, args) in &sent {
+        let (path, headers) = args.split_last().expect("path");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"]);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        cmd.arg(format!("http://{front}{path}"));
+        let out = run_command(&mut cmd, RUN);
+        assert_eq!(out.stdout.trim(), "200", "curl {args:?}: {}", out.stderr);
+    }
+    let fetch = |trace: &str| -> Vec<Value> {
+        api(&agent, &format!("/api/v2/trace/{trace}"))
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + EXPORT;
+    while sent.iter().any(|(t, ..)| fetch(t).len() < 4) && Instant::now() < deadline {
+        thread::sleep(POLL);
+    }
+    thread::sleep(QUIET);
+    for (trace, span, parent_of_curl, args) in &sent {
+        let spans = fetch(trace);
+        validate(&Value::Array(spans.clone()), "Trace", "/api/v2/trace/{id}");
+        assert_eq!(spans.len(), 4, "{args:?}\n{}", describe(&spans));
+        let find = |svc: &str, k: &str| {
+            spans
+                .iter()
+                .find(|s| service(s) == svc && kind(s) == k)
+                .unwrap_or_else(|| panic!("no {k} span of {svc}\n{}", describe(&spans)))
+        };
+        let curl = find("curl", "CLIENT");
+        let nginx_server = find(nginx_name, "SERVER");
+        let nginx_client = find(nginx_name, "CLIENT");
+        let backend_server = find(backend_name, "SERVER");
+        let all = describe(&spans);
+        assert_eq!(id(curl), span, "{all}");
+        assert_eq!(parent(curl), parent_of_curl.as_deref(), "{all}");
+        let unique: BTreeSet<&str> = spans.iter().map(id).collect();
+        if parent_of_curl.is_some() {
+            // B3: nginx's SERVER span is the other half of curl's.
+            assert_eq!(id(nginx_server), span, "{all}");
+            assert!(flag(nginx_server, "shared"), "{all}");
+            assert_eq!(unique.len(), 3, "{all}");
+        } else {
+            assert_eq!(parent(nginx_server), Some(span.as_str()), "{all}");
+            assert_eq!(unique.len(), 4, "{all}");
+        }
+        assert_ne!(id(nginx_client), span, "not curl's id\n{all}");
+        assert_eq!(parent(nginx_client), Some(id(nginx_server)), "{all}");
+        assert_eq!(parent(backend_server), Some(id(nginx_client)), "{all}");
+        assert!(!flag(backend_server, "shared"), "{all}");
+        assert!(!unique.is_empty() && id(backend_server) != span, "{all}");
+    }
+    drop(nginx);
+    backend.send_line("quit");
+    backend.finish(RUN);
+}

@@ -9,7 +9,15 @@
 //! 2. No context, both ends on this node: the SERVER span's parent is the CLIENT span of the
 //!    same connection (the two observations are paired in request order).
 //! 3. A CLIENT span sent by a thread that is serving an inbound request, inside that request's
-//!    time window, is a child of that SERVER span (thread-per-request servers).
+//!    time window, is a child of that SERVER span (thread-per-request servers, event loops).
+//!    The SERVER span may have been emitted already: a CLIENT exchange that only its close
+//!    completes (a response body ending at the close, as proxies' HTTP/1.0 upstreams get)
+//!    arrives after the request it served was answered. Emitted SERVER spans are remembered
+//!    per thread for `LINK_WAIT_NS` for that.
+//!
+//! A proxy that forwards the incoming context unchanged (nginx, HAProxy) sends a CLIENT request
+//! carrying its caller's span id: once the CLIENT span is linked to the proxy's SERVER span, it
+//! gets an id of its own instead of duplicating the caller's.
 //!
 //! Exchanges complete bottom-up (the callee's response before the caller's), so a span waits
 //! up to `LINK_WAIT_NS` for the span that will be its parent; trace ids are assigned top-down
@@ -40,6 +48,24 @@ const LINK_WAIT_NS: u64 = 2_000_000_000;
 const MAX_WAITING: usize = 20_000;
 /// Slack when checking that a child lies inside its parent's time window.
 const WINDOW_SLACK_NS: u64 = 1_000_000;
+/// Emitted SERVER spans remembered per thread, and in all (beyond, new ones are not).
+const RECENT_PER_THREAD: usize = 16;
+const MAX_RECENT: usize = 20_000;
+
+/// A SERVER span already emitted, for CLIENT spans of its thread that complete after it.
+#[derive(Clone, Copy)]
+struct EmittedServer {
+    span_id: u64,
+    /// Its own parent's id, if any.
+    parent_id: Option<u64>,
+    trace_id: u128,
+    start_ns: u64,
+    end_ns: u64,
+    debug: bool,
+    sampled: Option<bool>,
+    /// Its arrival time, monotonic ns.
+    now_ns: u64,
+}
 
 /// An exchange with what is known about the process and endpoints that observed it.
 pub struct SpanInput {
@@ -80,6 +106,10 @@ struct Node {
     debug: bool,
     shared: bool,
     sampled: Option<bool>,
+    /// (trace id, span id) of the context in the request, as read: both ends of one request
+    /// read the same bytes, so a SERVER and a CLIENT span with different ones are not the two
+    /// ends of one request.
+    request_context: Option<(u128, u64)>,
 }
 
 /// Assembled spans, sampled, ready for export.
@@ -114,6 +144,9 @@ pub struct SpanAssembler {
     /// Processes seen serving requests recently: a CLIENT span of theirs without a parent is
     /// unlinked, not a genuine root.
     serving: Map<u32, u64>,
+    /// SERVER spans emitted in the last `LINK_WAIT_NS`, by thread, oldest first.
+    emitted_servers: Map<(u32, u32), VecDeque<EmittedServer>>,
+    emitted_count: usize,
     rng: u64,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC, ns.
     epoch_offset_ns: i128,
@@ -149,6 +182,8 @@ impl SpanAssembler {
             clients_by_connection: Map::default(),
             clients_by_thread: Map::default(),
             serving: Map::default(),
+            emitted_servers: Map::default(),
+            emitted_count: 0,
             rng: seed | 1,
             epoch_offset_ns: 0,
             exporting: false,
@@ -205,6 +240,7 @@ impl SpanAssembler {
             debug: false,
             shared: false,
             sampled: None,
+            request_context: None,
             input,
         };
         let ctx: Option<TraceContext> = match found {
@@ -215,11 +251,18 @@ impl SpanAssembler {
             }
             Found::None => None,
         };
+        node.request_context = ctx
+            .as_ref()
+            .map(|c| (hex_u128(&c.trace_id), hex_u64(&c.span_id)));
         match (&ctx, node.input.side) {
             (Some(ctx), Side::Server) => {
                 node.trace_id = Some(hex_u128(&ctx.trace_id));
                 node.debug = ctx.debug;
                 node.sampled = ctx.sampled;
+                // With the client end observed too, its span is the parent, whatever id the
+                // context names (a proxy in between may have passed its caller's through, and
+                // its CLIENT span then has an id of its own, see `link`).
+                node.awaits_parent = node.input.names.peer_service.is_some();
                 match ctx.format {
                     Format::B3 => {
                         node.span_id = hex_u64(&ctx.span_id);
@@ -238,7 +281,10 @@ impl SpanAssembler {
                 node.sampled = ctx.sampled;
                 node.span_id = hex_u64(&ctx.span_id);
                 node.external_parent = ctx.parent_id.as_deref().map(hex_u64);
-                node.awaits_parent = node.external_parent.is_none() && node.input.in_server_process;
+                // Even with a parent in the context (B3): if the process forwarded its caller's
+                // context unchanged, the id is the caller's, and only the link to this
+                // process's SERVER span tells (see `link`).
+                node.awaits_parent = node.input.in_server_process;
             }
             (None, Side::Server) => {
                 node.span_id = self.new_span_id();
@@ -256,6 +302,8 @@ impl SpanAssembler {
         let (start, end) = (node.input.exchange.start_ns, node.input.exchange.end_ns);
         if side == Side::Server {
             self.serving.insert(node.input.pid, now);
+        } else {
+            self.link_to_emitted_server(&mut node, ctx.as_ref());
         }
         self.nodes.insert(key, node);
         self.order.push_back(key);
@@ -265,7 +313,7 @@ impl SpanAssembler {
         match side {
             Side::Server => {
                 let awaits = self.nodes.get(&key).is_some_and(|n| n.awaits_parent);
-                if awaits && let Some(client) = self.pop_client(connection) {
+                if awaits && let Some(client) = self.pop_client(connection, key) {
                     self.link(key, client);
                 }
                 if let Some(waiting) = self.clients_by_thread.get_mut(&thread) {
@@ -300,12 +348,7 @@ impl SpanAssembler {
                 }
             }
             Side::Client => {
-                if let Some(queue) = self.servers_by_connection.get_mut(&connection)
-                    && let Some(server) = queue.pop_front()
-                {
-                    if queue.is_empty() {
-                        self.servers_by_connection.remove(&connection);
-                    }
+                if let Some(server) = self.pop_server(connection, key, out) {
                     self.link(server, key);
                     paired = true;
                 } else {
@@ -331,8 +374,8 @@ impl SpanAssembler {
                     .or_default()
                     .push_back(key),
             }
-        } else if side == Side::Client && !paired && ctx.is_none() {
-            // A root that its server span (if that end is observed) has yet to pair with: held
+        } else if side == Side::Client && !paired {
+            // A span that its server span (if that end is observed) has yet to pair with: held
             // in `clients_by_connection` until it does, then emitted with it; else emitted
             // when it expires.
         } else {
@@ -346,18 +389,117 @@ impl SpanAssembler {
         }
     }
 
-    /// The oldest CLIENT node of `connection` still waiting, if any.
-    fn pop_client(&mut self, connection: (SocketAddr, SocketAddr)) -> Option<u64> {
-        let queue = self.clients_by_connection.get_mut(&connection)?;
+    /// Links a CLIENT span to the SERVER span its thread served it in, if that one was emitted
+    /// already (see the module documentation, 3.). Not to a span of another trace than the
+    /// one the request's context names.
+    fn link_to_emitted_server(&mut self, node: &mut Node, ctx: Option<&TraceContext>) {
+        let thread = (node.input.pid, node.input.tid);
+        let (start, end) = (node.input.exchange.start_ns, node.input.exchange.end_ns);
+        let Some(server) = self.emitted_servers.get(&thread).and_then(|recent| {
+            recent.iter().rev().copied().find(|s| {
+                start + WINDOW_SLACK_NS >= s.start_ns
+                    && end <= s.end_ns + WINDOW_SLACK_NS
+                    && node.trace_id.is_none_or(|t| t == s.trace_id)
+            })
+        }) else {
+            return;
+        };
+        if node.span_id == server.span_id || Some(node.span_id) == server.parent_id {
+            node.span_id = self.new_span_id();
+        }
+        node.trace_id = Some(server.trace_id);
+        node.external_parent = Some(server.span_id);
+        if ctx.is_none() {
+            node.debug = server.debug;
+            node.sampled = server.sampled;
+        }
+        node.awaits_parent = false;
+    }
+
+    /// Remembers an emitted SERVER span for the CLIENT spans of its thread still to come.
+    fn remember_server(
+        &mut self,
+        node: &Node,
+        trace_id: u128,
+        parent_id: Option<u64>,
+        outputs: &Outputs,
+    ) {
+        if self.emitted_count >= MAX_RECENT {
+            return;
+        }
+        let recent = self
+            .emitted_servers
+            .entry((node.input.pid, node.input.tid))
+            .or_default();
+        if recent.len() >= RECENT_PER_THREAD {
+            recent.pop_front();
+        } else {
+            self.emitted_count += 1;
+        }
+        recent.push_back(EmittedServer {
+            span_id: node.span_id,
+            parent_id,
+            trace_id,
+            start_ns: node.input.exchange.start_ns,
+            end_ns: node.input.exchange.end_ns,
+            debug: outputs.debug,
+            sampled: outputs.sampled,
+            now_ns: node.input.now_ns,
+        });
+    }
+
+    /// Whether nodes `a` and `b` can be the two ends of one request: their requests carried the
+    /// same context, or none.
+    fn same_request(&self, a: u64, b: u64) -> bool {
+        match (self.nodes.get(&a), self.nodes.get(&b)) {
+            (Some(a), Some(b)) => a.request_context == b.request_context,
+            _ => false,
+        }
+    }
+
+    /// The oldest CLIENT node of `connection` still waiting that can be `server`'s other end.
+    /// Older ones that cannot (their server end was lost) no longer wait for one.
+    fn pop_client(&mut self, connection: (SocketAddr, SocketAddr), server: u64) -> Option<u64> {
+        let mut queue = self.clients_by_connection.remove(&connection)?;
         let mut found = None;
         while let Some(k) = queue.pop_front() {
-            if self.nodes.contains_key(&k) {
+            if self.nodes.contains_key(&k) && self.same_request(k, server) {
                 found = Some(k);
                 break;
             }
         }
-        if queue.is_empty() {
-            self.clients_by_connection.remove(&connection);
+        if !queue.is_empty() {
+            self.clients_by_connection.insert(connection, queue);
+        }
+        found
+    }
+
+    /// The oldest SERVER node of `connection` waiting that can be `client`'s other end. Older
+    /// ones that cannot (their client end was lost) are emitted as they are.
+    fn pop_server(
+        &mut self,
+        connection: (SocketAddr, SocketAddr),
+        client: u64,
+        out: &mut Assembled,
+    ) -> Option<u64> {
+        let mut queue = self.servers_by_connection.remove(&connection)?;
+        let mut found = None;
+        let mut orphans = Vec::new();
+        while let Some(k) = queue.pop_front() {
+            if !self.nodes.contains_key(&k) {
+                continue;
+            }
+            if self.same_request(k, client) {
+                found = Some(k);
+                break;
+            }
+            orphans.push(k);
+        }
+        if !queue.is_empty() {
+            self.servers_by_connection.insert(connection, queue);
+        }
+        for k in orphans {
+            self.expire(k, out);
         }
         found
     }
@@ -373,6 +515,7 @@ impl SpanAssembler {
         };
         let mut fresh_id = None;
         if let Some(c) = self.nodes.get(&child)
+            && !c.shared
             && (c.span_id == parent_span || Some(c.span_id) == parent_of_parent)
         {
             // A proxy passed the incoming context through unchanged: the id belongs to
@@ -415,25 +558,49 @@ impl SpanAssembler {
             },
             None => return,
         };
-        self.emit_tree(root, trace_id, None, &mut outputs, out);
+        self.emit_tree(root, trace_id, None, None, &mut outputs, out);
     }
 
     /// Emits `key`'s subtree: samples each span, asks the store once, and builds only the
     /// spans someone takes.
+    /// `parent_span`: the id of the span emitted as this one's parent, and `grandparent` that
+    /// one's parent id.
     fn emit_tree(
         &mut self,
         key: u64,
         trace_id: u128,
         parent_span: Option<u64>,
+        grandparent: Option<u64>,
         outputs: &mut Outputs,
         out: &mut Assembled,
     ) {
-        let Some(node) = self.nodes.remove(&key) else {
+        let Some(mut node) = self.nodes.remove(&key) else {
             return;
         };
-        let parent_id = parent_span.or(node.external_parent);
+        let mut parent_id = parent_span.or(node.external_parent);
+        if node.shared && parent_span.is_some() {
+            if parent_span == Some(node.span_id) {
+                // B3: the server half of its CLIENT parent's span, with the same parent.
+                parent_id = grandparent;
+            } else {
+                // Its CLIENT end took an id of its own (a proxy passed its caller's context
+                // through): the shared id is the caller's, so this is a child with its own.
+                node.span_id = self.new_span_id();
+                node.shared = false;
+            }
+        }
         for child in &node.children {
-            self.emit_tree(*child, trace_id, Some(node.span_id), outputs, out);
+            self.emit_tree(
+                *child,
+                trace_id,
+                Some(node.span_id),
+                parent_id,
+                outputs,
+                out,
+            );
+        }
+        if node.input.side == Side::Server {
+            self.remember_server(&node, trace_id, parent_id, outputs);
         }
         let keep = outputs.debug
             || (self.keep_errors && failed(&node.input))
@@ -542,7 +709,8 @@ impl SpanAssembler {
             let connection = node.input.connection;
             let thread = (pid, node.input.tid);
             let expected = match side {
-                Side::Server => true,
+                // One with a context is linked by it.
+                Side::Server => node.trace_id.is_none(),
                 Side::Client => self.serving.contains_key(&pid),
             };
             if expected {
@@ -590,6 +758,18 @@ impl SpanAssembler {
         }
         self.serving
             .retain(|_, seen| now_ns.saturating_sub(*seen) < 60 * LINK_WAIT_NS);
+        let mut forgotten = 0;
+        self.emitted_servers.retain(|_, recent| {
+            while recent
+                .front()
+                .is_some_and(|s| now_ns.saturating_sub(s.now_ns) > LINK_WAIT_NS)
+            {
+                recent.pop_front();
+                forgotten += 1;
+            }
+            !recent.is_empty()
+        });
+        self.emitted_count -= forgotten;
         let nodes = &self.nodes;
         self.clients_by_connection.retain(|_, q| {
             q.retain(|k| nodes.contains_key(k));
@@ -954,15 +1134,10 @@ mod tests {
             ),
             &mut out,
         );
-        assert_eq!(
-            out.spans.len(),
-            1,
-            "a context makes the server span final at once"
+        assert!(
+            out.spans.is_empty(),
+            "its client end is observed: the server span waits for the client's"
         );
-        let s = &out.spans[0];
-        assert_eq!(s.parent_id.as_deref(), Some("00f067aa0ba902b7"));
-        assert_eq!(s.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(s.id, "00f067aa0ba902b7");
         asm.add(
             input(
                 Side::Client,
@@ -980,6 +1155,211 @@ mod tests {
         let c = by_service(&out.spans, "svc2", Kind::Client);
         assert_eq!(c.id, "00f067aa0ba902b7");
         assert_eq!(c.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        let s = by_service(&out.spans, "svc3", Kind::Server);
+        assert_eq!(s.parent_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(s.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(s.id, "00f067aa0ba902b7");
+        assert_eq!(out.unlinked, 0);
+    }
+
+    /// Keep-alive connection, B3 contexts: the first request's client end is lost, so its
+    /// server span waits in vain. The second request's client span must not pair with it
+    /// (their requests carried different contexts); it pairs with its own server span.
+    #[test]
+    fn ends_of_different_requests_never_pair() {
+        let mut asm = SpanAssembler::new(19, 1.0, false);
+        let mut out = empty();
+        let k = ("10.0.0.1:50000", "10.0.0.2:80");
+        let b3 = |span: &'static str| {
+            vec![
+                ("x-b3-traceid", "4bf92f3577b34da6a3ce929d0e0e4736"),
+                ("x-b3-spanid", span),
+                ("x-b3-sampled", "1"),
+            ]
+        };
+        let (first, second) = (b3("00000000000000a1"), b3("00000000000000a2"));
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (10 * MS, 20 * MS),
+                k,
+                Some("svc1"),
+                &first,
+                20 * MS,
+            ),
+            &mut out,
+        );
+        let mut client = input(
+            Side::Client,
+            1,
+            10,
+            (29 * MS, 41 * MS),
+            k,
+            Some("svc2"),
+            &second,
+            42 * MS,
+        );
+        client.in_server_process = false;
+        asm.add(client, &mut out);
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (30 * MS, 40 * MS),
+                k,
+                Some("svc1"),
+                &second,
+                43 * MS,
+            ),
+            &mut out,
+        );
+        asm.tick(43 * MS + LINK_WAIT_NS + 1, &mut out);
+        assert_eq!(out.spans.len(), 3);
+        let ids: Vec<(&str, Option<&str>, Kind, bool)> = out
+            .spans
+            .iter()
+            .map(|s| {
+                (
+                    s.id.as_str(),
+                    s.parent_id.as_deref(),
+                    s.kind.unwrap(),
+                    s.shared,
+                )
+            })
+            .collect();
+        assert!(
+            ids.contains(&("00000000000000a1", None, Kind::Server, true)),
+            "{ids:?}"
+        );
+        assert!(
+            ids.contains(&("00000000000000a2", None, Kind::Client, false)),
+            "{ids:?}"
+        );
+        assert!(
+            ids.contains(&("00000000000000a2", None, Kind::Server, true)),
+            "{ids:?}"
+        );
+    }
+
+    /// curl (pid 1) -> nginx (pid 2, thread 20) -> node (pid 3), nginx passing curl's context
+    /// through unchanged (W3C, then B3 with a parent), its upstream answered by a body that
+    /// ends at the close: nginx's CLIENT exchange arrives after its SERVER span was emitted
+    /// (curl's connection closed meanwhile). It still joins the trace under nginx's SERVER
+    /// span, with an id of its own, and node's SERVER span is its child.
+    #[test]
+    fn a_proxy_passing_its_callers_context_through_gets_spans_of_its_own() {
+        for (headers, shared) in [
+            (
+                vec![(
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                )],
+                false,
+            ),
+            (
+                vec![
+                    ("x-b3-traceid", "4bf92f3577b34da6a3ce929d0e0e4736"),
+                    ("x-b3-spanid", "00f067aa0ba902b7"),
+                    ("x-b3-parentspanid", "1111111111111111"),
+                    ("x-b3-sampled", "1"),
+                ],
+                true,
+            ),
+        ] {
+            let mut asm = SpanAssembler::new(17, 1.0, false);
+            let mut out = empty();
+            let front = ("10.0.0.1:50000", "10.0.0.2:80");
+            let back = ("10.0.0.2:40000", "10.0.0.3:8080");
+            let hdrs: Vec<(&'static str, &str)> = headers.iter().map(|(k, v)| (*k, *v)).collect();
+            asm.add(
+                input(
+                    Side::Server,
+                    2,
+                    20,
+                    (10 * MS, 40 * MS),
+                    front,
+                    Some("svc1"),
+                    &hdrs,
+                    40 * MS,
+                ),
+                &mut out,
+            );
+            let mut curl = input(
+                Side::Client,
+                1,
+                10,
+                (9 * MS, 41 * MS),
+                front,
+                Some("svc2"),
+                &hdrs,
+                41 * MS,
+            );
+            curl.in_server_process = false;
+            asm.add(curl, &mut out);
+            assert_eq!(out.spans.len(), 2, "curl's and nginx's spans go at once");
+            let late = 600 * MS;
+            asm.add(
+                input(
+                    Side::Server,
+                    3,
+                    30,
+                    (20 * MS, 30 * MS),
+                    back,
+                    Some("svc2"),
+                    &hdrs,
+                    late,
+                ),
+                &mut out,
+            );
+            let mut upstream = input(
+                Side::Client,
+                2,
+                20,
+                (15 * MS, 35 * MS),
+                back,
+                Some("svc3"),
+                &hdrs,
+                late,
+            );
+            upstream.in_server_process = false;
+            asm.add(upstream, &mut out);
+            asm.tick(late + LINK_WAIT_NS + 1, &mut out);
+            assert_eq!(out.spans.len(), 4);
+            assert_eq!(out.unlinked, 0);
+            let ids: std::collections::BTreeSet<&str> =
+                out.spans.iter().map(|s| s.id.as_str()).collect();
+            let nginx_server = by_service(&out.spans, "svc2", Kind::Server);
+            let curl = by_service(&out.spans, "svc1", Kind::Client);
+            let nginx_client = by_service(&out.spans, "svc2", Kind::Client);
+            let node = by_service(&out.spans, "svc3", Kind::Server);
+            assert!(
+                out.spans
+                    .iter()
+                    .all(|s| s.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736")
+            );
+            assert_eq!(curl.id, "00f067aa0ba902b7");
+            if shared {
+                assert_eq!(
+                    nginx_server.id, curl.id,
+                    "B3: the two halves of curl's span"
+                );
+                assert_eq!(ids.len(), 3);
+            } else {
+                assert_eq!(nginx_server.parent_id.as_deref(), Some(curl.id.as_str()));
+                assert_eq!(ids.len(), 4);
+            }
+            assert_ne!(nginx_client.id, curl.id, "not the caller's id");
+            assert_eq!(
+                nginx_client.parent_id.as_deref(),
+                Some(nginx_server.id.as_str())
+            );
+            assert_eq!(node.parent_id.as_deref(), Some(nginx_client.id.as_str()));
+            assert_ne!(node.id, curl.id);
+            assert!(!node.shared, "a child, not a half of the caller's span");
+        }
     }
 
     #[test]

@@ -51,11 +51,19 @@ pub struct Identity {
     pub pod: Option<Arc<PodMeta>>,
 }
 
+/// Processes remembered as serving a port named by `--service-port`; beyond, further ones
+/// are named as usual on their client side.
+const MAX_NAMED_PROCESSES: usize = 4096;
+
 pub struct ServiceNames {
     by_executable: HashMap<String, Arc<str>>,
     by_port: HashMap<u16, Arc<str>>,
     /// (tgid, start time) -> what /proc says: a reused pid is a new key.
     cache: HashMap<(u32, u64), Facts>,
+    /// Processes seen serving (or listening on) a port named by `by_port`: tgid -> (start time,
+    /// 0 if unknown; the name). Their other sides (the calls they make) take the same name,
+    /// so that a proxy is one node of the service graph, not one per direction.
+    named_processes: HashMap<u32, (u64, Arc<str>)>,
     hz: u64,
     proc_root: PathBuf,
     kube: Option<Kube>,
@@ -73,6 +81,7 @@ impl ServiceNames {
                 .map(|(port, name)| (port, name.into()))
                 .collect(),
             cache: HashMap::new(),
+            named_processes: HashMap::new(),
             hz: clock_ticks_per_second(),
             proc_root: PathBuf::from("/proc"),
             kube: None,
@@ -123,6 +132,20 @@ impl ServiceNames {
     pub fn identify(&mut self, process: &Process, serving_port: Option<u16>) -> Identity {
         let pod = self.pod(process);
         if let Some(name) = serving_port.and_then(|p| self.by_port.get(&p)) {
+            if self.named_processes.len() < MAX_NAMED_PROCESSES
+                || self.named_processes.contains_key(&process.tgid)
+            {
+                self.named_processes
+                    .insert(process.tgid, (process.start_ns, name.clone()));
+            }
+            return Identity {
+                service: name.clone(),
+                pod,
+            };
+        }
+        if let Some((start_ns, name)) = self.named_processes.get(&process.tgid)
+            && (*start_ns == 0 || process.start_ns == 0 || *start_ns == process.start_ns)
+        {
             return Identity {
                 service: name.clone(),
                 pod,
@@ -251,8 +274,18 @@ mod tests {
             HashMap::from([(8080, "frontend".to_string())]),
         );
         let p = me();
-        assert_eq!(&*names.name(&p, Some(8080)), "frontend");
         assert_eq!(&*names.name(&p, Some(9)), exe);
+        assert_eq!(&*names.name(&p, None), exe);
+        assert_eq!(&*names.name(&p, Some(8080)), "frontend");
+        // Once seen serving the named port, the process is "frontend" on its other sides too
+        // (the calls a proxy makes), but not a reused pid.
+        assert_eq!(&*names.name(&p, None), "frontend");
+        assert_eq!(&*names.name(&p, Some(9)), "frontend");
+        let reused = Process {
+            start_ns: p.start_ns + 7_000_000_000,
+            ..p.clone()
+        };
+        assert_eq!(&*names.name(&reused, None), "truncated-comm");
         let mut names = ServiceNames::new(
             HashMap::from([(exe.clone(), "by-exe".to_string())]),
             HashMap::new(),
