@@ -56,6 +56,9 @@ pub mod direction {
 pub mod flags {
     /// The connection was already open when the agent first saw it (no connect/accept observed).
     pub const PRE_EXISTING: u8 = 1;
+    /// The connection's first bytes were a TLS record: its later data events carry no payload
+    /// (nothing in them can be parsed without the keys), only their byte counts.
+    pub const TLS: u8 = 2;
 }
 
 /// The syscall a data event came from.
@@ -80,7 +83,9 @@ pub mod stat {
     pub const MAP_FAIL_BASE: u32 = kind::COUNT as u32;
     /// Retransmits on sockets that were never tracked (opened before the agent, no data since).
     pub const RETRANSMIT_UNTRACKED: u32 = MAP_FAIL_BASE + super::map_id::COUNT;
-    pub const COUNT: u32 = RETRANSMIT_UNTRACKED + 1;
+    /// Data events of TLS connections sent without their payload (see [`super::flags::TLS`]).
+    pub const TLS_PAYLOAD_SKIPPED: u32 = RETRANSMIT_UNTRACKED + 1;
+    pub const COUNT: u32 = TLS_PAYLOAD_SKIPPED + 1;
 }
 
 /// Maps that count failed inserts.

@@ -729,8 +729,27 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
         }
     }
 
-    let captured = copy_payload(scratch, &args, bytes);
+    // TLS: nothing after the first record can be parsed, so nothing is copied (the first
+    // event still carries its bytes, for the agent to see it is not a protocol it parses).
+    let skip = scratch.event.head.header.flags & flags::TLS != 0;
+    let captured = if skip {
+        count(stat::TLS_PAYLOAD_SKIPPED);
+        0
+    } else {
+        copy_payload(scratch, &args, bytes)
+    };
     scratch.event.head.captured = captured as u32;
+    if !skip
+        && scratch.event.head.seq == 0
+        && scratch.event.head.header.flags & flags::PRE_EXISTING == 0
+        && scratch.event.head.header.conn_id != 0
+        && captured >= 3
+        && is_tls_record(&scratch.event.payload)
+        && let Some(state) = CONNS.get_ptr_mut(&sk)
+    {
+        // SAFETY: valid map value pointer for the duration of the program.
+        unsafe { (*state).flags |= flags::TLS };
+    }
     let len = (HEADER + captured) as u64;
     // The last part of the ring is kept for connection events (see `ProbeConfig`): past the
     // limit a data event is lost exactly as if the ring were full.
@@ -757,6 +776,14 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
         }
     }
     Ok(0)
+}
+
+/// Whether `payload` starts like a TLS handshake record: content type 22, version 3.x
+/// (SSL 3.0 to TLS 1.3, whose records say 3.1 or 3.3). No plaintext protocol the agent parses
+/// starts with byte 22.
+#[inline(always)]
+fn is_tls_record(payload: &[u8; MAX_CAPTURE]) -> bool {
+    payload[0] == 0x16 && payload[1] == 0x03 && payload[2] <= 0x04
 }
 
 /// Copies up to `capture_bytes` of the payload into the scratch event; returns the count.

@@ -357,6 +357,8 @@ fn refresh_kernel_metrics(maps: &mut KernelMaps, metrics: &Metrics) {
     }
     let slot = stat::RETRANSMIT_UNTRACKED as usize;
     metrics.kernel_counter(slot, stats[slot], &metrics.retransmits_untracked);
+    let slot = stat::TLS_PAYLOAD_SKIPPED as usize;
+    metrics.kernel_counter(slot, stats[slot], &metrics.tls_payload_skipped);
 
     let entries = [
         ("conns", maps.conns.keys().count()),

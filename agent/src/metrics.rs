@@ -30,6 +30,7 @@ pub mod name {
     pub const MAP_INSERT_FAILURES: &str = "meshtap_map_insert_failures";
     pub const MAP_ENTRIES: &str = "meshtap_map_entries";
     pub const RETRANSMITS_UNTRACKED: &str = "meshtap_retransmits_untracked";
+    pub const TLS_PAYLOAD_SKIPPED: &str = "meshtap_tls_payload_skipped_events";
     pub const CLOSE_WAITS_CUT_SHORT: &str = "meshtap_close_waits_cut_short";
     pub const SERIES_OVERFLOW: &str = "meshtap_metric_series_overflow";
     pub const PROGRAMS_ATTACHED: &str = "meshtap_programs_attached";
@@ -528,6 +529,7 @@ pub struct Metrics {
     pub map_insert_failures: Family<MapLabels, Counter>,
     pub map_entries: Family<MapLabels, Gauge>,
     pub retransmits_untracked: Counter,
+    pub tls_payload_skipped: Counter,
     pub close_waits_cut_short: Counter,
     pub series_overflow: Family<MetricLabels, Counter>,
     pub programs_attached: Gauge,
@@ -598,6 +600,7 @@ impl Metrics {
             map_insert_failures: Family::default(),
             map_entries: Family::default(),
             retransmits_untracked: Counter::default(),
+            tls_payload_skipped: Counter::default(),
             close_waits_cut_short: Counter::default(),
             series_overflow: Family::default(),
             programs_attached: Gauge::default(),
@@ -682,6 +685,11 @@ impl Metrics {
             name::RETRANSMITS_UNTRACKED,
             "Retransmits on sockets the agent does not track (opened before it, idle since)",
             m.retransmits_untracked.clone(),
+        );
+        registry.register(
+            name::TLS_PAYLOAD_SKIPPED,
+            "Data events of TLS connections the kernel sent without payload: after the first TLS record nothing can be parsed, so nothing is copied (their bytes are still counted)",
+            m.tls_payload_skipped.clone(),
         );
         registry.register(
             name::CLOSE_WAITS_CUT_SHORT,

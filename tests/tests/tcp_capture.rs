@@ -939,6 +939,33 @@ fn shutdown_detaches_every_program() {
     }
 }
 
+const TLS_SKIPPED: &str = "meshtap_tls_payload_skipped_events_total";
+
+/// A real TLS connection (python's ssl over plain sockets, both ends in one process, every raw
+/// send and recv counted): its bytes are exact, and after each end's first data event (the
+/// ClientHello, written by one, read by the other) the kernel copies no payload: exactly one
+/// skipped event per further syscall of either end. The counter is node-wide; nothing else
+/// on a test machine speaks TLS.
+#[test]
+fn tls_connections_are_counted_without_copying_their_payload() {
+    let _serial = serial();
+    let agent = Agent::start(&[]);
+    let before = agent.value(TLS_SKIPPED, &[]);
+    let comm = "mt-tls-pair";
+    let done = Script::new("tls_pair.py", comm)
+        .opt("--rounds", 200)
+        .opt("--request", 300)
+        .opt("--response", 5000)
+        .run(RUN);
+    let (client, server) = (&done["client"], &done["server"]);
+    let calls = |end: &Value| num(end, "send_calls") + num(end, "recv_calls");
+    assert!(calls(client) >= 400 && calls(server) >= 400, "{done}");
+    let port = num(server, "port") as u16;
+    assert_bytes(&agent, (comm, comm, port), client, server);
+    let skipped = (calls(client) - 1 + calls(server) - 1) as f64;
+    agent.wait_for(TLS_SKIPPED, &[], before + skipped, SETTLE);
+}
+
 /// Every program the agent loads (attach list of agent/src/ebpf/mod.rs).
 const PROGRAMS: [&str; 17] = [
     "inet_sock_set_state",
