@@ -458,48 +458,45 @@ impl SpanAssembler {
     }
 
     /// The oldest CLIENT node of `connection` still waiting that can be `server`'s other end.
-    /// Older ones that cannot (their server end was lost) no longer wait for one.
+    /// Older ones that cannot (their server end was lost: requests are answered in order) no
+    /// longer wait for one. With no match, the queue stays as it is.
     fn pop_client(&mut self, connection: (SocketAddr, SocketAddr), server: u64) -> Option<u64> {
-        let mut queue = self.clients_by_connection.remove(&connection)?;
-        let mut found = None;
-        while let Some(k) = queue.pop_front() {
-            if self.nodes.contains_key(&k) && self.same_request(k, server) {
-                found = Some(k);
-                break;
-            }
-        }
-        if !queue.is_empty() {
-            self.clients_by_connection.insert(connection, queue);
+        let queue = self.clients_by_connection.get(&connection)?;
+        let at = queue
+            .iter()
+            .position(|k| self.nodes.contains_key(k) && self.same_request(*k, server))?;
+        let queue = self.clients_by_connection.get_mut(&connection)?;
+        queue.drain(..at);
+        let found = queue.pop_front();
+        if queue.is_empty() {
+            self.clients_by_connection.remove(&connection);
         }
         found
     }
 
     /// The oldest SERVER node of `connection` waiting that can be `client`'s other end. Older
-    /// ones that cannot (their client end was lost) are emitted as they are.
+    /// ones that cannot (their client end was lost) are emitted as they are. With no match, the
+    /// queue stays as it is.
     fn pop_server(
         &mut self,
         connection: (SocketAddr, SocketAddr),
         client: u64,
         out: &mut Assembled,
     ) -> Option<u64> {
-        let mut queue = self.servers_by_connection.remove(&connection)?;
-        let mut found = None;
-        let mut orphans = Vec::new();
-        while let Some(k) = queue.pop_front() {
-            if !self.nodes.contains_key(&k) {
-                continue;
-            }
-            if self.same_request(k, client) {
-                found = Some(k);
-                break;
-            }
-            orphans.push(k);
-        }
-        if !queue.is_empty() {
-            self.servers_by_connection.insert(connection, queue);
+        let queue = self.servers_by_connection.get(&connection)?;
+        let at = queue
+            .iter()
+            .position(|k| self.nodes.contains_key(k) && self.same_request(*k, client))?;
+        let queue = self.servers_by_connection.get_mut(&connection)?;
+        let orphans: Vec<u64> = queue.drain(..at).collect();
+        let found = queue.pop_front();
+        if queue.is_empty() {
+            self.servers_by_connection.remove(&connection);
         }
         for k in orphans {
-            self.expire(k, out);
+            if self.nodes.contains_key(&k) {
+                self.expire(k, out);
+            }
         }
         found
     }
@@ -1242,6 +1239,65 @@ mod tests {
             ids.contains(&("00000000000000a2", None, Kind::Server, true)),
             "{ids:?}"
         );
+
+        // The client end first: a server of another request (its client lost) leaves it
+        // waiting for its own.
+        let mut asm = SpanAssembler::new(23, 1.0, false);
+        let mut out = empty();
+        let mut client = input(
+            Side::Client,
+            1,
+            10,
+            (29 * MS, 41 * MS),
+            k,
+            Some("svc2"),
+            &second,
+            41 * MS,
+        );
+        client.in_server_process = false;
+        asm.add(client, &mut out);
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (10 * MS, 20 * MS),
+                k,
+                Some("svc1"),
+                &first,
+                42 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (30 * MS, 40 * MS),
+                k,
+                Some("svc1"),
+                &second,
+                43 * MS,
+            ),
+            &mut out,
+        );
+        let paired: Vec<(&str, Kind)> = out
+            .spans
+            .iter()
+            .map(|s| (s.id.as_str(), s.kind.unwrap()))
+            .collect();
+        assert!(
+            paired.contains(&("00000000000000a2", Kind::Client)),
+            "{paired:?}"
+        );
+        assert!(
+            paired.contains(&("00000000000000a2", Kind::Server)),
+            "{paired:?}"
+        );
+        asm.tick(43 * MS + LINK_WAIT_NS + 1, &mut out);
+        assert_eq!(out.spans.len(), 3);
+        assert_eq!(out.unlinked, 0);
     }
 
     /// curl (pid 1) -> nginx (pid 2, thread 20) -> node (pid 3), nginx passing curl's context
