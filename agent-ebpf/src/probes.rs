@@ -329,24 +329,37 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
 /// copy is attached to the same tracepoint: it runs right after the first for every event, and
 /// handles the event only if the first did not (the first marks what it handled per CPU, see
 /// `maps::Handled`). A nested event skipped by one copy is handled by the other.
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
-    let r = match try_set_state(&ctx) {
-        Ok(r) | Err(r) => r as i32,
+macro_rules! program_pair {
+    ($tracepoint:literal, $first:ident, $backup:ident, $done:ident, $key:ident, $handle:ident) => {
+        #[raw_tracepoint(tracepoint = $tracepoint)]
+        pub fn $first(ctx: RawTracePointContext) -> i32 {
+            let r = match $handle(&ctx) {
+                Ok(r) | Err(r) => r as i32,
+            };
+            mark_handled(&$done, $key(&ctx));
+            r
+        }
+
+        #[raw_tracepoint(tracepoint = $tracepoint)]
+        pub fn $backup(ctx: RawTracePointContext) -> i32 {
+            if take_handled(&$done, $key(&ctx)) {
+                return 0;
+            }
+            match $handle(&ctx) {
+                Ok(r) | Err(r) => r as i32,
+            }
+        }
     };
-    mark_handled(&SET_STATE_DONE, event_key(&ctx));
-    r
 }
 
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn inet_sock_set_state_backup(ctx: RawTracePointContext) -> i32 {
-    if take_handled(&SET_STATE_DONE, event_key(&ctx)) {
-        return 0;
-    }
-    match try_set_state(&ctx) {
-        Ok(r) | Err(r) => r as i32,
-    }
-}
+program_pair!(
+    "inet_sock_set_state",
+    inet_sock_set_state,
+    inet_sock_set_state_backup,
+    SET_STATE_DONE,
+    event_key,
+    try_set_state
+);
 
 /// (sk, newstate): one state change (a socket never changes to the state it is in).
 #[inline(always)]
@@ -456,28 +469,18 @@ fn try_set_state(ctx: &RawTracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
-/// Raw for the same reason as `inet_sock_set_state`: retransmits fire in softirq (the
-/// retransmit timer, or ACK processing) and in process context (ACKs processed on the socket
-/// backlog at `release_sock`), so one can nest into another on the same CPU. Hence a backup,
-/// as for `inet_sock_set_state`: a retransmit skipped by one copy is handled by the other.
-#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
-pub fn tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
-    let r = match try_retransmit(&ctx) {
-        Ok(r) | Err(r) => r as i32,
-    };
-    mark_handled(&RETRANSMIT_DONE, retransmit_key(&ctx));
-    r
-}
-
-#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
-pub fn tcp_retransmit_skb_backup(ctx: RawTracePointContext) -> i32 {
-    if take_handled(&RETRANSMIT_DONE, retransmit_key(&ctx)) {
-        return 0;
-    }
-    match try_retransmit(&ctx) {
-        Ok(r) | Err(r) => r as i32,
-    }
-}
+// Raw for the same reason as `inet_sock_set_state`: retransmits fire in softirq (the
+// retransmit timer, or ACK processing) and in process context (ACKs processed on the socket
+// backlog at `release_sock`), so one can nest into another on the same CPU. Hence a backup,
+// as for `inet_sock_set_state`: a retransmit skipped by one copy is handled by the other.
+program_pair!(
+    "tcp_retransmit_skb",
+    tcp_retransmit_skb,
+    tcp_retransmit_skb_backup,
+    RETRANSMIT_DONE,
+    retransmit_key,
+    try_retransmit
+);
 
 /// (sk, skb): one retransmit attempt. The same skb can be retransmitted again later; the
 /// backup takes out each key it matched, so only a key left behind by a skipped backup (a
