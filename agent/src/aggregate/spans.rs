@@ -1175,7 +1175,9 @@ mod tests {
             ]
         };
         let (first, second) = (b3("00000000000000a1"), b3("00000000000000a2"));
-        asm.add(
+        // The server of the first request (its client end lost), the client and the server of
+        // the second, each arriving at `now`.
+        let lost = |now| {
             input(
                 Side::Server,
                 2,
@@ -1184,23 +1186,24 @@ mod tests {
                 k,
                 Some("svc1"),
                 &first,
-                20 * MS,
-            ),
-            &mut out,
-        );
-        let mut client = input(
-            Side::Client,
-            1,
-            10,
-            (29 * MS, 41 * MS),
-            k,
-            Some("svc2"),
-            &second,
-            42 * MS,
-        );
-        client.in_server_process = false;
-        asm.add(client, &mut out);
-        asm.add(
+                now,
+            )
+        };
+        let client = |now| {
+            let mut c = input(
+                Side::Client,
+                1,
+                10,
+                (29 * MS, 41 * MS),
+                k,
+                Some("svc2"),
+                &second,
+                now,
+            );
+            c.in_server_process = false;
+            c
+        };
+        let server = |now| {
             input(
                 Side::Server,
                 2,
@@ -1209,10 +1212,12 @@ mod tests {
                 k,
                 Some("svc1"),
                 &second,
-                43 * MS,
-            ),
-            &mut out,
-        );
+                now,
+            )
+        };
+        asm.add(lost(20 * MS), &mut out);
+        asm.add(client(42 * MS), &mut out);
+        asm.add(server(43 * MS), &mut out);
         asm.tick(43 * MS + LINK_WAIT_NS + 1, &mut out);
         assert_eq!(out.spans.len(), 3);
         let ids: Vec<(&str, Option<&str>, Kind, bool)> = out
@@ -1244,44 +1249,9 @@ mod tests {
         // waiting for its own.
         let mut asm = SpanAssembler::new(23, 1.0, false);
         let mut out = empty();
-        let mut client = input(
-            Side::Client,
-            1,
-            10,
-            (29 * MS, 41 * MS),
-            k,
-            Some("svc2"),
-            &second,
-            41 * MS,
-        );
-        client.in_server_process = false;
-        asm.add(client, &mut out);
-        asm.add(
-            input(
-                Side::Server,
-                2,
-                20,
-                (10 * MS, 20 * MS),
-                k,
-                Some("svc1"),
-                &first,
-                42 * MS,
-            ),
-            &mut out,
-        );
-        asm.add(
-            input(
-                Side::Server,
-                2,
-                20,
-                (30 * MS, 40 * MS),
-                k,
-                Some("svc1"),
-                &second,
-                43 * MS,
-            ),
-            &mut out,
-        );
+        asm.add(client(41 * MS), &mut out);
+        asm.add(lost(42 * MS), &mut out);
+        asm.add(server(43 * MS), &mut out);
         let paired: Vec<(&str, Kind)> = out
             .spans
             .iter()
