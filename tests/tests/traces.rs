@@ -36,6 +36,8 @@ const EXPORT: Duration = Duration::from_secs(40);
 const QUIET: Duration = Duration::from_secs(3);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(100);
+/// How long a metric may take to show what the requests did (close waits, pairing).
+const SETTLE_METRICS: Duration = Duration::from_secs(10);
 
 const EXPORTED: &str = "meshtap_spans_exported_total";
 const DROPPED: &str = "meshtap_spans_dropped_total";
@@ -1691,6 +1693,44 @@ fn a_proxy_passing_its_callers_context_through_gets_spans_of_its_own() {
         assert!(!flag(backend_server, "shared"), "{all}");
         assert!(!unique.is_empty() && id(backend_server) != span, "{all}");
     }
+    // The proxy is one service on both of its sides: its calls are `tr-px-nginx`'s, and the
+    // service graph has one edge into the backend, each request counted once per side.
+    let total = sent.len() as f64;
+    agent.wait_for(
+        &count(HTTP_CLIENT_DURATION),
+        &[
+            ("service_name", nginx_name),
+            ("http_response_status_code", "200"),
+        ],
+        total,
+        SETTLE_METRICS,
+    );
+    let m = agent.metrics();
+    m.assert_values(&[
+        (
+            &count(HTTP_CLIENT_DURATION),
+            &[("service_name", "nginx")],
+            0.0,
+        ),
+        (
+            &count(HTTP_SERVER_DURATION),
+            &[
+                ("service_name", backend_name),
+                ("http_route", "/api/unsized"),
+            ],
+            total / 2.0,
+        ),
+        (
+            "traces_service_graph_request_total",
+            &[("client", nginx_name), ("server", backend_name)],
+            total,
+        ),
+        (
+            "traces_service_graph_request_total",
+            &[("client", "nginx")],
+            0.0,
+        ),
+    ]);
     drop(nginx);
     backend.send_line("quit");
     backend.finish(RUN);
