@@ -26,7 +26,10 @@ pub mod prom;
 pub mod prometheus;
 pub mod scrape;
 pub mod serial;
+pub mod spans;
 pub mod tempdir;
+pub mod traces;
+pub mod zipkin;
 
 pub use agent::{Agent, Connection, Exited};
 pub use netns::{Host, NetNs, VethPair};

@@ -13,6 +13,11 @@ use serde_json::Value;
 use crate::agent::send_signal;
 use crate::netns::NetNs;
 
+/// How long one test program may run.
+pub const RUN: Duration = Duration::from_secs(60);
+/// How long a program may take to report that it listens.
+pub const STARTUP: Duration = Duration::from_secs(10);
+
 /// The Python interpreter: `$MESHTAP_PYTHON`, else Debian's `/usr/bin/python3`, else `python3`.
 pub fn python() -> String {
     if let Ok(p) = std::env::var("MESHTAP_PYTHON") {
@@ -206,6 +211,11 @@ impl Script {
         }
         None
     }
+}
+
+/// The `port` of a script's event (`listening`).
+pub fn port_of(v: &Value) -> u16 {
+    u16::try_from(v["port"].as_u64().expect("event has a port")).expect("port fits u16")
 }
 
 /// A running script. Killed (SIGKILL) and reaped on drop.
