@@ -12,12 +12,17 @@
 //! `/usr/bin/python3` (or `$MESHTAP_PYTHON`), `bpftool`, `promtool` (package prometheus), and
 //! the agent binary (`$MESHTAP_BIN`, else `target/release/meshtap`).
 //!
+//! What several test files of one suite share lives here too: [`kube`] (the Kubernetes tests'
+//! cluster, node and fake API server), [`traces`], [`zipkin`] and [`spans`] (the trace tests'
+//! programs, collector and span accessors).
+//!
 //! Tests take [`serial()`] first: one agent at a time in the whole process, so `cargo test`'s
 //! thread pool cannot make two agents see (and count) each other's traffic.
 
 pub mod agent;
 pub mod bpf;
 pub mod http;
+pub mod kube;
 pub mod metrics;
 pub mod netns;
 pub mod nginx;
