@@ -1,6 +1,7 @@
 //! The agent under test: spawned from its real binary, driven over its HTTP endpoints.
 
 use std::fs::{self, File};
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -12,7 +13,7 @@ use serde::Deserialize;
 
 use crate::prom::Metrics;
 use crate::serial::{Serial, serial};
-use crate::{free_port, http, workspace_root};
+use crate::{free_port, http, try_free_port, workspace_root};
 
 /// How long the agent may take to attach every program and answer `/readyz` with 200.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,13 +46,18 @@ pub fn binary() -> PathBuf {
     )
 }
 
-fn check_binary(path: &Path) {
-    assert!(
-        path.is_file(),
-        "agent binary {} does not exist: build it with `cargo build --release -p meshtap` or \
-         point MESHTAP_BIN at it",
-        path.display()
-    );
+fn check_binary(path: &Path) -> io::Result<()> {
+    if path.is_file() {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "agent binary {} does not exist: build it with `cargo build --release -p meshtap` or \
+             point MESHTAP_BIN at it",
+            path.display()
+        ),
+    ))
 }
 
 /// A file in the temp directory that receives a child's output; removed on drop.
@@ -146,6 +152,8 @@ pub struct Agent {
     log: LogFile,
     /// Set once the process has been reaped.
     exited: Option<Option<ExitStatus>>,
+    /// Its output was handed on already (in an error): not printed again on drop.
+    reported: bool,
     _serial: Serial,
 }
 
@@ -155,9 +163,8 @@ fn listen_arg(args: &[&str]) -> Option<SocketAddr> {
     Some(addr.parse().expect("--listen value is ip:port"))
 }
 
-fn command(args: &[&str], addr: SocketAddr, log: &LogFile) -> Command {
-    let bin = binary();
-    check_binary(&bin);
+fn command(bin: &Path, args: &[&str], addr: SocketAddr, log: &LogFile) -> io::Result<Command> {
+    check_binary(bin)?;
     let mut cmd = Command::new(bin);
     cmd.args(args);
     if listen_arg(args).is_none() {
@@ -166,29 +173,43 @@ fn command(args: &[&str], addr: SocketAddr, log: &LogFile) -> Command {
     cmd.stdin(Stdio::null())
         .stdout(log.stdio())
         .stderr(log.stdio());
-    cmd
+    Ok(cmd)
 }
 
 impl Agent {
     /// Starts the agent with `args` (plus `--listen 127.0.0.1:<free port>` unless `args` has a
     /// `--listen`) and waits until `/readyz` answers 200.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_binary(&binary(), args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::start`] with the agent binary `bin`, and an error instead of a panic when it
+    /// cannot start or does not become ready (its output is in the error): `cargo xtask bench`
+    /// measures a binary of its choosing and goes on with its other scenarios.
+    pub fn start_binary(bin: &Path, args: &[&str]) -> io::Result<Self> {
         let serial = serial();
-        let addr =
-            listen_arg(args).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let addr = match listen_arg(args) {
+            Some(addr) => addr,
+            None => SocketAddr::from(([127, 0, 0, 1], try_free_port()?)),
+        };
         let log = LogFile::new("agent");
-        let child = command(args, addr, &log)
+        let child = command(bin, args, addr, &log)?
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary().display()));
+            .map_err(|e| io::Error::new(e.kind(), format!("spawn {}: {e}", bin.display())))?;
         let mut agent = Self {
             child,
             addr,
             log,
             exited: None,
+            reported: false,
             _serial: serial,
         };
-        agent.wait_ready();
-        agent
+        if let Err(e) = agent.wait_ready() {
+            let status = agent.terminate(libc::SIGTERM);
+            agent.reported = true;
+            return Err(io::Error::other(format!("{e}\n{}", agent.ended(status))));
+        }
+        Ok(agent)
     }
 
     /// Runs the agent with `args` and waits for it to exit by itself (for invalid
@@ -197,9 +218,10 @@ impl Agent {
         let _serial = serial();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = LogFile::new("agent-exit");
-        let mut child = command(args, addr, &log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary().display()));
+        let bin = binary();
+        let mut child = command(&bin, args, addr, &log)
+            .and_then(|mut cmd| cmd.spawn())
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         let status = wait_timeout(&mut child, timeout);
         if status.is_none() {
             send_signal(child.id(), libc::SIGKILL);
@@ -211,22 +233,25 @@ impl Agent {
         }
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> io::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(status) = self.child.try_wait().expect("waitpid") {
+            if let Some(status) = self.child.try_wait()? {
                 self.exited = Some(Some(status));
-                panic!("agent exited ({status}) before /readyz answered 200");
+                return Err(io::Error::other(format!(
+                    "agent exited ({status}) before /readyz answered 200"
+                )));
             }
             let last = match http::get(self.addr, "/readyz", HTTP_TIMEOUT) {
-                Ok(r) if r.status == 200 => return,
+                Ok(r) if r.status == 200 => return Ok(()),
                 Ok(r) => format!("HTTP {}: {}", r.status, r.text().trim()),
                 Err(e) => e.to_string(),
             };
-            assert!(
-                Instant::now() < deadline,
-                "agent not ready after {READY_TIMEOUT:?}; last /readyz: {last}"
-            );
+            if Instant::now() >= deadline {
+                return Err(io::Error::other(format!(
+                    "agent not ready after {READY_TIMEOUT:?}; last /readyz: {last}"
+                )));
+            }
             thread::sleep(POLL);
         }
     }
@@ -365,6 +390,20 @@ impl Agent {
         status
     }
 
+    /// How the agent ended, and all it wrote.
+    fn ended(&self, status: Option<ExitStatus>) -> String {
+        format!(
+            "--- meshtap agent pid {} on {} ended: {} ---\n{}--- end of agent output ---",
+            self.pid(),
+            self.addr,
+            status.map_or_else(
+                || "killed after SIGTERM timeout".to_owned(),
+                |s| s.to_string()
+            ),
+            self.log.read()
+        )
+    }
+
     /// Sends `signal` (SIGTERM or SIGINT) and waits for the agent to exit. The caller checks
     /// the returned status; dropping the agent afterwards does not.
     pub fn stop_with(mut self, signal: libc::c_int) -> Exited {
@@ -382,17 +421,8 @@ impl Drop for Agent {
         let status = self.terminate(libc::SIGTERM);
         let clean = status.is_some_and(|s| s.success());
         let failing = thread::panicking();
-        if failing || !clean {
-            eprintln!(
-                "--- meshtap agent pid {} on {} ended: {} ---\n{}--- end of agent output ---",
-                self.pid(),
-                self.addr,
-                status.map_or_else(
-                    || "killed after SIGTERM timeout".to_owned(),
-                    |s| s.to_string()
-                ),
-                self.log.read()
-            );
+        if (failing || !clean) && !self.reported {
+            eprintln!("{}", self.ended(status));
         }
         if !failing && !clean && !already_checked {
             panic!("the agent did not exit 0 within {SHUTDOWN_TIMEOUT:?} of SIGTERM");

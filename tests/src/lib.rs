@@ -6,7 +6,10 @@
 //! [`Nginx`] and [`Prometheus`] (stopped, their temp directories removed), [`TempDir`].
 //!
 //! The helpers panic with a message instead of returning errors: they run inside `#[test]`
-//! functions, where a panic with context *is* the error report.
+//! functions, where a panic with context *is* the error report. `cargo xtask bench` uses the
+//! temp directories, free ports, nginx and the agent's runner too, through the variants that
+//! return the same message as an error ([`TempDir::try_new`], [`try_free_port`],
+//! [`Nginx::try_start`], [`Agent::start_binary`]): a failed scenario must not end the run.
 //!
 //! Needs: root (BPF, namespaces, `/proc/sys/kernel/ns_last_pid`), `ip` (iproute2), Debian's
 //! `/usr/bin/python3` (or `$MESHTAP_PYTHON`), `bpftool`, `promtool` (package prometheus), and
@@ -46,6 +49,7 @@ pub use scrape::Scraper;
 pub use serial::{Serial, serial};
 pub use tempdir::TempDir;
 
+use std::io;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,6 +69,10 @@ pub fn workspace_root() -> PathBuf {
 /// A TCP port on 127.0.0.1 that nothing listens on right now (bound, then released). Tests run
 /// one at a time ([`serial()`]), so nothing of ours takes it in between.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    try_free_port().unwrap_or_else(|e| panic!("a free port on 127.0.0.1: {e}"))
+}
+
+/// [`free_port()`], with an error instead of a panic (for `cargo xtask bench`).
+pub fn try_free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -1,8 +1,10 @@
 //! A real nginx (Debian's `nginx`): one master, one worker, configured in a temp directory.
+//! `cargo xtask bench` runs it too, as one process tuned for saturation load.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
+use std::io;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -28,6 +30,14 @@ pub struct NginxConfig {
     pub access_log: bool,
     /// `keepalive_requests`: requests served on a connection before nginx closes it.
     pub keepalive_requests: Option<u32>,
+    /// `master_process off`: one process that serves, no master and worker.
+    pub single_process: bool,
+    /// Settings for saturation load (the bench): 8192 connections per worker and 16384 open
+    /// files, idle keep-alive connections kept 600 s, a listen backlog of 4096, and warnings
+    /// in the error log.
+    pub for_load: bool,
+    /// `location /`: every path not listed below answers 200 `ok` (no newline).
+    pub ok_everywhere: bool,
 }
 
 impl NginxConfig {
@@ -37,6 +47,9 @@ impl NginxConfig {
             backend: None,
             access_log: false,
             keepalive_requests: None,
+            single_process: false,
+            for_load: false,
+            ok_everywhere: false,
         }
     }
 
@@ -55,15 +68,41 @@ impl NginxConfig {
         self
     }
 
+    pub fn single_process(mut self) -> Self {
+        self.single_process = true;
+        self
+    }
+
+    pub fn for_load(mut self) -> Self {
+        self.for_load = true;
+        self
+    }
+
+    pub fn ok_everywhere(mut self) -> Self {
+        self.ok_everywhere = true;
+        self
+    }
+
     /// The configuration file text: `/ok` answers 200 `ok\n`, `/missing` 404 and `/boom` 500
     /// (nginx's own error pages), `/api/` is proxied with HTTP/1.1 to the backend.
     fn render(&self, dir: &TempDir) -> String {
         let d = dir.path().display();
+        let master = if self.single_process { "off" } else { "on" };
+        let (level, connections) = if self.for_load {
+            (" warn", 8192)
+        } else {
+            ("", 1024)
+        };
         let mut conf = format!(
-            "daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\n\
-             pid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n"
+            "daemon off;\nmaster_process {master};\nworker_processes 1;\nuser root;\n\
+             pid {d}/nginx.pid;\nerror_log {d}/error.log{level};\n"
+        );
+        if self.for_load {
+            conf.push_str("worker_rlimit_nofile 16384;\n");
+        }
+        let _ = write!(
+            conf,
+            "events {{ worker_connections {connections}; }}\nhttp {{\n"
         );
         if self.access_log {
             let _ = writeln!(
@@ -76,6 +115,9 @@ impl NginxConfig {
         if let Some(n) = self.keepalive_requests {
             let _ = writeln!(conf, "    keepalive_requests {n};");
         }
+        if self.for_load {
+            conf.push_str("    keepalive_timeout 600s;\n");
+        }
         for (key, sub) in [
             ("client_body_temp_path", "client_body"),
             ("proxy_temp_path", "proxy"),
@@ -85,12 +127,20 @@ impl NginxConfig {
         ] {
             let _ = writeln!(conf, "    {key} {d}/{sub};");
         }
-        let _ = writeln!(conf, "    server {{\n        listen {};", self.listen);
+        let backlog = if self.for_load { " backlog=4096" } else { "" };
+        let _ = writeln!(
+            conf,
+            "    server {{\n        listen {}{backlog};",
+            self.listen
+        );
         conf.push_str(
             "        location = /ok { return 200 \"ok\\n\"; }\n\
              \x20       location = /missing { return 404; }\n\
              \x20       location = /boom { return 500; }\n",
         );
+        if self.ok_everywhere {
+            conf.push_str("        location / { return 200 \"ok\"; }\n");
+        }
         if let Some(backend) = self.backend {
             let _ = writeln!(
                 conf,
@@ -132,10 +182,15 @@ impl Nginx {
     /// Writes the configuration and starts nginx (inside `netns` if given), then waits for its
     /// pid file and its worker process.
     pub fn start(config: NginxConfig, netns: Option<&NetNs>) -> Self {
-        let dir = TempDir::new("nginx");
+        Self::try_start(config, netns).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::start`], with an error instead of a panic (for `cargo xtask bench`).
+    pub fn try_start(config: NginxConfig, netns: Option<&NetNs>) -> io::Result<Self> {
+        let dir = TempDir::try_new("nginx")?;
         let conf_path = dir.file("nginx.conf");
-        fs::write(&conf_path, config.render(&dir)).expect("write nginx.conf");
-        let out = fs::File::create(dir.file("nginx.out")).expect("create nginx.out");
+        fs::write(&conf_path, config.render(&dir))?;
+        let out = fs::File::create(dir.file("nginx.out"))?;
         let mut cmd = match netns {
             Some(ns) => ns.command("nginx"),
             None => Command::new("nginx"),
@@ -147,39 +202,47 @@ impl Nginx {
             .arg("-c")
             .arg(&conf_path)
             .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup nginx.out"))
+            .stdout(out.try_clone()?)
             .stderr(out);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn nginx: {e} (apt-get install nginx)"));
+        let child = cmd.spawn().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("spawn nginx: {e} (apt-get install nginx)"),
+            )
+        })?;
         let mut nginx = Self {
             child,
             config,
             dir,
             reaped: false,
         };
-        nginx.wait_started();
-        nginx
+        nginx.wait_started()?;
+        Ok(nginx)
     }
 
-    fn wait_started(&mut self) {
+    fn wait_started(&mut self) -> io::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         let pid_file = self.dir.file("nginx.pid");
         loop {
-            if let Some(status) = self.child.try_wait().expect("waitpid nginx") {
+            if let Some(status) = self.child.try_wait()? {
                 self.reaped = true;
-                panic!("nginx exited ({status}) at start:\n{}", self.logs());
+                let logs = self.logs();
+                return Err(io::Error::other(format!(
+                    "nginx exited ({status}) at start:\n{logs}"
+                )));
             }
             let pid_written = fs::read_to_string(&pid_file)
                 .is_ok_and(|s| s.trim() == self.child.id().to_string());
-            if pid_written && !self.workers().is_empty() {
-                return;
+            // nginx writes its pid file once it listens; a master forks its worker after.
+            if pid_written && (self.config.single_process || !self.workers().is_empty()) {
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "nginx not started after {START_TIMEOUT:?}:\n{}",
-                self.logs()
-            );
+            if Instant::now() >= deadline {
+                let logs = self.logs();
+                return Err(io::Error::other(format!(
+                    "nginx not started after {START_TIMEOUT:?}:\n{logs}"
+                )));
+            }
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -260,5 +323,91 @@ impl Drop for Nginx {
             eprintln!("{}", self.logs());
         }
         self.terminate();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEMP_PATHS: &str = "    client_body_temp_path D/client_body;
+    proxy_temp_path D/proxy;
+    fastcgi_temp_path D/fastcgi;
+    uwsgi_temp_path D/uwsgi;
+    scgi_temp_path D/scgi;
+";
+
+    fn render(config: &NginxConfig) -> String {
+        let dir = TempDir::new("nginx-conf");
+        config
+            .render(&dir)
+            .replace(&dir.path().display().to_string(), "D")
+    }
+
+    #[test]
+    fn the_tests_configuration() {
+        let config = NginxConfig::new("10.1.0.2:80".parse().unwrap())
+            .backend("10.1.0.3:8080".parse().unwrap())
+            .keepalive_requests(3);
+        let want = format!(
+            "daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid D/nginx.pid;
+error_log D/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 3;
+{TEMP_PATHS}    server {{
+        listen 10.1.0.2:80;
+        location = /ok {{ return 200 \"ok\\n\"; }}
+        location = /missing {{ return 404; }}
+        location = /boom {{ return 500; }}
+        location /api/ {{
+            proxy_pass http://10.1.0.3:8080;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+"
+        );
+        assert_eq!(render(&config), want);
+    }
+
+    /// What docs/benchmarks.md describes.
+    #[test]
+    fn the_bench_configuration() {
+        let config = NginxConfig::new("127.0.0.1:8080".parse().unwrap())
+            .single_process()
+            .for_load()
+            .ok_everywhere()
+            .keepalive_requests(100_000_000);
+        let want = format!(
+            "daemon off;
+master_process off;
+worker_processes 1;
+user root;
+pid D/nginx.pid;
+error_log D/error.log warn;
+worker_rlimit_nofile 16384;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+{TEMP_PATHS}    server {{
+        listen 127.0.0.1:8080 backlog=4096;
+        location = /ok {{ return 200 \"ok\\n\"; }}
+        location = /missing {{ return 404; }}
+        location = /boom {{ return 500; }}
+        location / {{ return 200 \"ok\"; }}
+    }}
+}}
+"
+        );
+        assert_eq!(render(&config), want);
     }
 }
