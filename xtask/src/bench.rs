@@ -11,11 +11,14 @@
 //! generator (mio, single thread) for fixed rates (B2, B4) and for the many-paths run (B6): it
 //! sends on a schedule and measures each latency from the request's scheduled time, so a
 //! stall delays the clock of every request queued behind it (no coordinated omission).
+//!
+//! The temporary directory, nginx, the agent's runner and the scrapes of its `/metrics` are the
+//! integration tests' (the `meshtap-tests` library): one set of helpers for both.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
 use std::io::{ErrorKind, Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,6 +28,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use meshtap_tests::agent::send_signal;
+use meshtap_tests::metrics::{
+    CONNECTIONS_TRACKED, EVENTS, EVENTS_LOST, HTTP_SERVER_DURATION, ROLE_SERVER, SENT,
+    SERIES_OVERFLOW, count,
+};
+use meshtap_tests::{Metrics, Nginx, NginxConfig, TempDir, http, try_free_port};
 use serde_json::{Map, Value, json};
 
 use crate::cmd::{Ctx, euid, exists_on_path, run};
@@ -163,13 +172,20 @@ pub fn bench(ctx: &Ctx, opts: Opts) -> Result<()> {
     let wanted = |id: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == id);
     let out_dir = ctx.target_dir().join("bench");
     fs::create_dir_all(&out_dir)?;
-    let tmp = TempDir::new()?;
-    let nginx = Nginx::start(tmp.path())?;
+    let tmp = TempDir::try_new("bench")?;
+    let nginx = Nginx::try_start(
+        NginxConfig::new(SocketAddr::from(([127, 0, 0, 1], try_free_port()?)))
+            .single_process()
+            .for_load()
+            .ok_everywhere()
+            .keepalive_requests(100_000_000),
+        None,
+    )?;
     let env = Env {
         bin,
         tmp: tmp.path().to_path_buf(),
-        url: format!("http://127.0.0.1:{}/", nginx.port),
-        addr: SocketAddr::from(([127, 0, 0, 1], nginx.port)),
+        url: format!("http://{}/", nginx.addr()),
+        addr: nginx.addr(),
     };
     fs::write(env.tmp.join("summary.lua"), WRK_SUMMARY)?;
     fs::write(env.tmp.join("empty.bt"), empty_probe_script())?;
@@ -374,7 +390,7 @@ fn b1(env: &Env, plan: &Plan) -> Result<Value> {
     let mut bytes_ratio = vec![];
     for round in 0..plan.rounds {
         let a = wrk(env, plan.sat_secs)?;
-        let agent = Agent::start(env, "b1", None)?;
+        let agent = Agent::start(env, None)?;
         let before = agent.snapshot()?;
         let b = wrk(env, plan.sat_secs)?;
         let after = agent.drained(&before, Duration::from_secs(5))?;
@@ -429,7 +445,7 @@ fn b2(env: &Env, plan: &Plan, rate: f64) -> Result<Value> {
     let mut f: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for round in 0..plan.rounds {
         let a = generate(&spec)?;
-        let agent = Agent::start(env, "b2", None)?;
+        let agent = Agent::start(env, None)?;
         let b = generate(&spec)?;
         drop(agent);
         let (a50, a99) = (a.percentile(0.50), a.percentile(0.99));
@@ -480,7 +496,7 @@ fn b3(env: &Env, plan: &Plan) -> Result<Value> {
     let _stats = BpfStats::enable()?;
     let mut f: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for round in 0..plan.rounds {
-        let agent = Agent::start(env, "b3", None)?;
+        let agent = Agent::start(env, None)?;
         let progs0 = prog_stats(agent.pid)?;
         let before = agent.snapshot()?;
         let w = wrk(env, plan.sat_secs)?;
@@ -523,7 +539,7 @@ fn b3(env: &Env, plan: &Plan) -> Result<Value> {
 
 /// B4: RSS under 1,000 keep-alive connections at a fixed rate plus new connections per second.
 fn b4(env: &Env, plan: &Plan) -> Result<Value> {
-    let agent = Agent::start(env, "b4", None)?;
+    let agent = Agent::start(env, None)?;
     let start_rss = rss_kb(agent.pid)?;
     let sampler = Sampler::start(agent.pid, Duration::from_millis(500));
     let spec = LoadSpec {
@@ -594,7 +610,7 @@ fn b5(env: &Env, plan: &Plan, sat: &Value, events_per_request: Option<f64>) -> R
     let mut f: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for round in 0..plan.rounds {
         let a = wrk(env, plan.sat_secs)?;
-        let agent = Agent::start(env, "b5", Some(&cg))?;
+        let agent = Agent::start(env, Some(&cg))?;
         let before = agent.snapshot()?;
         let sampler = Sampler::start(agent.pid, Duration::from_millis(250));
         let b = wrk(env, plan.sat_secs)?;
@@ -661,7 +677,7 @@ fn b5(env: &Env, plan: &Plan, sat: &Value, events_per_request: Option<f64>) -> R
 
 /// B6: many distinct paths: series count, scrape time, RSS growth.
 fn b6(env: &Env, plan: &Plan) -> Result<Value> {
-    let agent = Agent::start(env, "b6", None)?;
+    let agent = Agent::start(env, None)?;
     let rss0 = rss_kb(agent.pid)?;
     let before = agent.snapshot()?;
     let spec = LoadSpec {
@@ -683,23 +699,18 @@ fn b6(env: &Env, plan: &Plan) -> Result<Value> {
     let mut body = String::new();
     for _ in 0..5 {
         let t = Instant::now();
-        body = http_get(agent.port, "/metrics")?.1;
+        body = metrics_text(agent.addr)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     drop(agent);
     let d = after.delta(&before);
-    let series: usize = body
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    let metrics = Metrics::parse(&body)?;
+    let series = metrics.samples.len();
+    let route_duration = count(HTTP_SERVER_DURATION);
+    let route_series = metrics
+        .matching(&route_duration, &[("service_name", BENCH_SERVICE)])
         .count();
-    let route_series = body
-        .lines()
-        .filter(|l| {
-            l.starts_with("http_server_request_duration_seconds_count")
-                && l.contains(&format!("service_name=\"{BENCH_SERVICE}\""))
-        })
-        .count();
-    let overflow = metric_sum(&body, "meshtap_metric_series_overflow_total", &[]);
+    let overflow = metrics.value(SERIES_OVERFLOW, &[]);
     eprintln!(
         "bench B6: {} requests over {} paths in {:.1}s; {route_series} route series, {series} series in all; scrape {:.1} ms; RSS {:.1} -> {:.1} MB",
         load.completed,
@@ -984,12 +995,9 @@ impl Guard {
         self.child.id() as i32
     }
 
+    /// Signals the child (not reaped yet, so its pid cannot have been reused).
     fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on the pid of a child we have not reaped yet (so the pid cannot have
-        // been reused); no memory is passed.
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
+        send_signal(self.child.id(), sig);
     }
 
     fn running(&mut self) -> bool {
@@ -1013,31 +1021,6 @@ impl Drop for Guard {
         eprintln!("bench: {} did not stop on SIGTERM, killing it", self.name);
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A private temporary directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path =
-            std::env::temp_dir().join(format!("meshtap-bench-{}-{stamp}", std::process::id()));
-        fs::create_dir_all(&path)?;
-        Ok(Self(path))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -1075,77 +1058,6 @@ fn note_foreign_tracers() {
         {
             set.insert(format!("{comm} (pid {})", e.file_name().to_string_lossy()));
         }
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-struct Nginx {
-    _guard: Guard,
-    port: u16,
-}
-
-impl Nginx {
-    fn start(tmp: &Path) -> Result<Self> {
-        let dir = tmp.join("nginx");
-        fs::create_dir_all(&dir)?;
-        let port = free_port()?;
-        let d = dir.display();
-        let conf = format!(
-            r#"daemon off;
-master_process off;
-worker_processes 1;
-user root;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-worker_rlimit_nofile 16384;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 600s;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location / {{ return 200 "ok"; }}
-    }}
-}}
-"#
-        );
-        let conf_path = dir.join("nginx.conf");
-        fs::write(&conf_path, conf)?;
-        let log = fs::File::create(dir.join("stderr.log"))?;
-        let guard = Guard::spawn(
-            "nginx",
-            Command::new("nginx")
-                .arg("-c")
-                .arg(&conf_path)
-                .arg("-p")
-                .arg(&dir)
-                .arg("-e")
-                .arg(dir.join("error.log"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log),
-        )?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                let log = fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
-                bail!("nginx did not start listening on port {port}: {log}");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Self {
-            _guard: guard,
-            port,
-        })
     }
 }
 
@@ -1346,11 +1258,16 @@ fn prog_stats(pid: i32) -> Result<(u64, u64)> {
 // The agent
 // ---------------------------------------------------------------------------------------------
 
-/// The agent under test, stopped with SIGTERM (by its guard) when dropped.
+/// How long a scrape of `/metrics` may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The agent under test, run by the integration tests' runner; stopped with SIGTERM when
+/// dropped. That it did not exit 0 is reported (with its output), not a panic: the bench goes
+/// on with its other rounds and scenarios.
 struct Agent {
-    _guard: Guard,
+    agent: Option<meshtap_tests::Agent>,
     pid: i32,
-    port: u16,
+    addr: SocketAddr,
     nginx_port: u16,
 }
 
@@ -1383,68 +1300,38 @@ impl Snapshot {
 }
 
 impl Agent {
-    fn start(env: &Env, tag: &str, cgroup: Option<&Cgroup>) -> Result<Self> {
-        let port = free_port()?;
-        let log_path = env.tmp.join(format!("agent-{tag}.log"));
-        let log = fs::File::create(&log_path)?;
-        let mut guard = Guard::spawn(
-            "meshtap",
-            Command::new(&env.bin)
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                // A name of our own: other nginx instances on the node (tests) stay apart.
-                .arg("--service-port")
-                .arg(format!("{}={BENCH_SERVICE}", env.addr.port()))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log),
-        )?;
-        let pid = guard.pid();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok((200, _)) = http_get(port, "/readyz") {
-                break;
-            }
-            if !guard.running() || Instant::now() > deadline {
-                let log = fs::read_to_string(&log_path).unwrap_or_default();
-                bail!("meshtap did not become ready: {log}");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+    fn start(env: &Env, cgroup: Option<&Cgroup>) -> Result<Self> {
+        // A name of our own: other nginx instances on the node (tests) stay apart.
+        let service_port = format!("{}={BENCH_SERVICE}", env.addr.port());
+        let agent =
+            meshtap_tests::Agent::start_binary(&env.bin, &["--service-port", &service_port])
+                .context("meshtap did not become ready")?;
+        let pid = i32::try_from(agent.pid())?;
         // Throttled only once started: the limit is about steady-state processing.
         if let Some(cg) = cgroup {
             cg.add_process(pid)?;
         }
         Ok(Self {
-            _guard: guard,
+            addr: agent.addr(),
+            agent: Some(agent),
             pid,
-            port,
             nginx_port: env.addr.port(),
         })
     }
 
     fn snapshot(&self) -> Result<Snapshot> {
-        let (status, body) = http_get(self.port, "/metrics")?;
-        if status != 200 {
-            bail!("/metrics answered {status}");
-        }
+        let m = Metrics::parse(&metrics_text(self.addr)?)?;
         let (utime_s, stime_s) = cpu_times(self.pid)?;
-        let service = format!(r#"service_name="{BENCH_SERVICE}""#);
-        let server_port = format!(r#"server_port="{}""#, self.nginx_port);
+        let server_port = self.nginx_port.to_string();
         Ok(Snapshot {
-            events: metric_sum(&body, "meshtap_events_total", &[]),
-            lost: metric_sum(&body, "meshtap_events_lost_total", &[]),
-            server_exchanges: metric_sum(
-                &body,
-                "http_server_request_duration_seconds_count",
-                &[&service],
+            events: m.value(EVENTS, &[]),
+            lost: m.value(EVENTS_LOST, &[]),
+            server_exchanges: m.value(
+                &count(HTTP_SERVER_DURATION),
+                &[("service_name", BENCH_SERVICE)],
             ),
-            server_sent_bytes: metric_sum(
-                &body,
-                "meshtap_tcp_sent_bytes_total",
-                &[&server_port, r#"role="server""#],
-            ),
-            connections_tracked: metric_sum(&body, "meshtap_connections_tracked", &[]),
+            server_sent_bytes: m.value(SENT, &[("server_port", &server_port), ROLE_SERVER]),
+            connections_tracked: m.value(CONNECTIONS_TRACKED, &[]),
             utime_s,
             stime_s,
             cpu_s: utime_s + stime_s,
@@ -1474,6 +1361,24 @@ impl Agent {
             }
         }
     }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(agent) = self.agent.take() {
+            // The runner prints the agent's output when it did not exit 0.
+            agent.stop_with(libc::SIGTERM);
+        }
+    }
+}
+
+/// `GET /metrics` from the agent at `addr`: the exposition text.
+fn metrics_text(addr: SocketAddr) -> Result<String> {
+    let r = http::get(addr, "/metrics", SCRAPE_TIMEOUT)?;
+    if r.status != 200 {
+        bail!("/metrics answered {}: {}", r.status, r.text());
+    }
+    Ok(r.text())
 }
 
 fn cpu_times(pid: i32) -> Result<(f64, f64)> {
@@ -1530,40 +1435,6 @@ impl Sampler {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().unwrap_or_default()
     }
-}
-
-/// HTTP/1.0 GET on loopback (no chunking): status and body.
-fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_string()))
-}
-
-/// Sum of the samples of `name` whose labels contain every string of `labels`.
-fn metric_sum(body: &str, name: &str, labels: &[&str]) -> f64 {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            if !(rest.starts_with('{') || rest.starts_with(' ')) {
-                return None;
-            }
-            if !labels.iter().all(|lab| rest.contains(lab)) {
-                return None;
-            }
-            rest.rsplit_once(' ')?.1.parse::<f64>().ok()
-        })
-        .sum()
 }
 
 // ---------------------------------------------------------------------------------------------
