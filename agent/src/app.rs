@@ -14,27 +14,36 @@ use std::{
 use meshtap_common::{map_id, stat};
 use tokio::{signal::unix::SignalKind, sync::mpsc};
 
+use crate::clock::monotonic_ns;
+
 use crate::{
-    aggregate::{http::HttpAggregator, traces::Tracer},
+    aggregate::graph::ServiceGraph,
     config::{Config, Kubernetes},
-    conntrack::{ConnTable, Listener},
+    conntrack::{ConnTable, ConnectionView, Listener, TableSettings, metrics::L4Metrics},
     ebpf::{
-        self, KernelMaps, ProgramCounters,
+        self, KernelMaps, LoadOptions, ProgramCounters,
         reader::{Drained, Reader},
+        telemetry::{KernelMetrics, LostLabels, MapLabels, ProgramLabels},
     },
     event::Batch,
-    export::http::{Endpoint, router},
-    export::zipkin::{
-        api as zipkin_api,
-        sink::{SinkConfig, ZipkinSink},
-        store::{StoreConfig, TraceStore},
+    export::{
+        http::{ConnectionsQuery, Endpoint, router},
+        zipkin::{
+            api as zipkin_api,
+            convert::StoreExporter,
+            sink::{SinkConfig, ZipkinMetrics, ZipkinSink},
+            store::{StoreConfig, StoreMetrics, TraceStore},
+        },
     },
     metadata::{
-        kube::{self, KubeIndex, KubeSettings},
+        kube::{self, KubeIndex, KubeMetrics, KubeSettings},
         proc::scan_listeners,
         service::ServiceNames,
     },
-    metrics::{LostLabels, MapLabels, Metrics, ProgramLabels},
+    metrics::Registry,
+    pipeline::Pipeline,
+    protocol::{Red, RedSettings},
+    trace::{SpanExporter, TraceCounters, Tracer, TracerConfig},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -72,9 +81,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             source,
         })?;
 
-    let metrics = Arc::new(Metrics::new(&config.duration_buckets));
+    let registry = Arc::new(Registry::default());
+    let kernel_metrics = Arc::new(KernelMetrics::new(&registry));
     let series_ttl_ns = config.series_ttl_secs.saturating_mul(1_000_000_000);
-    let http = HttpAggregator::new(metrics.clone(), config.max_series as usize, series_ttl_ns);
     let mut services =
         ServiceNames::new(config.service_names.clone(), config.service_ports.clone())
             .with_proc_root(config.proc_root.clone());
@@ -94,18 +103,24 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 cache_entries: *cache_entries as usize,
             },
             index.clone(),
-            metrics.kube.clone(),
+            KubeMetrics::new(&registry),
         )?;
         services = services.with_kubernetes(index, config.cgroup_root.clone());
     }
+
+    // Span exporters: the built-in store, then the collectors.
+    let store_metrics = StoreMetrics::default();
+    registry.register_with(|r| store_metrics.register(r));
     let store = Arc::new(TraceStore::new(
         StoreConfig {
             max_spans: config.trace_store_spans as usize,
             ..StoreConfig::default()
         },
-        metrics.store.clone(),
+        store_metrics,
     ));
-    let sink = match &config.zipkin_endpoint {
+    let zipkin_metrics = ZipkinMetrics::default();
+    registry.register_with(|r| zipkin_metrics.register(r));
+    let zipkin = match &config.zipkin_endpoint {
         Some(endpoint) => Some(
             ZipkinSink::start(
                 SinkConfig {
@@ -117,34 +132,71 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                     request_timeout: Duration::from_millis(config.zipkin_timeout_ms),
                     ..SinkConfig::default()
                 },
-                &metrics.zipkin,
+                &zipkin_metrics,
             )
             .map_err(RunError::Zipkin)?,
         ),
         None => None,
     };
-    let sink_handle = sink.clone();
+    let mut collectors: Vec<Box<dyn SpanExporter>> = Vec::new();
+    if let Some(sink) = &zipkin {
+        collectors.push(Box::new(sink.clone()));
+    }
+    log::info!(
+        "spans go to: store{}",
+        collectors
+            .iter()
+            .map(|c| format!(", {}", c.name()))
+            .collect::<String>()
+    );
     let tracer = Tracer::new(
-        store.clone(),
-        sink,
-        config.sampling_ratio,
-        config.keep_errors,
-        u64::from(config.trace_store_rate),
-        metrics.traces.clone(),
+        &TracerConfig {
+            sampling_ratio: config.sampling_ratio,
+            keep_errors: config.keep_errors,
+            store_rate: u64::from(config.trace_store_rate),
+        },
+        Some(Box::new(StoreExporter(store.clone()))),
+        collectors,
+        TraceCounters::new(&registry),
+    );
+
+    // Exchanges: request metrics, pairing, service graph, tracer.
+    let pipeline = Pipeline::new(
+        registry.clone(),
+        Red::new(
+            &registry,
+            &RedSettings {
+                duration_buckets: config.duration_buckets.clone(),
+                max_series: config.max_series as usize,
+            },
+        ),
+        ServiceGraph::new(
+            &registry,
+            &config.duration_buckets,
+            config.max_series as usize,
+        ),
+        Some(tracer),
+        series_ttl_ns,
     );
     let table = Arc::new(Mutex::new(ConnTable::new(
-        metrics.clone(),
+        registry.clone(),
+        L4Metrics::new(
+            &registry,
+            kernel_metrics.insert_failures("agent_connections"),
+        ),
         services,
-        http,
-        Some(tracer),
-        config.max_connections as usize,
-        config.max_series as usize,
-        series_ttl_ns,
+        Box::new(pipeline),
+        TableSettings {
+            max_connections: config.max_connections as usize,
+            max_series: config.max_series as usize,
+            series_ttl_ns,
+        },
     )));
     let ready = Arc::new(AtomicBool::new(false));
+    let (queries_tx, queries) = mpsc::channel::<ConnectionsQuery>(16);
     let endpoint = Endpoint {
-        metrics: metrics.clone(),
-        table: table.clone(),
+        registry: registry.clone(),
+        connections: queries_tx,
         ready: ready.clone(),
     };
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
@@ -164,8 +216,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     } else {
         None
     };
-    let (probes, ring, maps) = ebpf::load(&config, &offsets)?;
-    metrics.programs_attached.set(probes.attached as i64);
+    let (probes, ring, maps) = ebpf::load(
+        &LoadOptions {
+            capture_bytes: config.capture_bytes,
+            ring_buffer_bytes: config.ring_buffer_bytes,
+            max_connections: config.max_connections,
+        },
+        &offsets,
+    )?;
+    kernel_metrics.programs_attached.set(probes.attached as i64);
 
     // Listeners that existed before the programs were attached.
     seed_listeners(&table);
@@ -177,7 +236,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let reader = Reader {
         ring,
         queue: tx,
-        metrics: metrics.clone(),
+        metrics: kernel_metrics.clone(),
         poll_interval: Duration::from_millis(config.poll_interval_ms),
         stop: stop.clone(),
         drained: drained.clone(),
@@ -186,9 +245,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         .name("ringbuf-reader".into())
         .spawn(move || reader.run())
         .map_err(RunError::Signals)?;
-    let processor = tokio::spawn(process(rx, table.clone(), drained));
+    let processor = tokio::spawn(process(rx, queries, table.clone(), drained));
     let maps = Arc::new(Mutex::new(maps));
-    let housekeeping = tokio::spawn(housekeeping(maps.clone(), metrics.clone(), table.clone()));
+    let housekeeping = tokio::spawn(housekeeping(
+        maps.clone(),
+        kernel_metrics.clone(),
+        table.clone(),
+    ));
 
     crate::release_freed_memory();
     ready.store(true, Ordering::Release);
@@ -219,7 +282,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let _ = reader.join();
     let _ = processor.await;
     drop(maps);
-    if let Some(sink) = &sink_handle {
+    if let Some(sink) = &zipkin {
         sink.flush_and_stop(Duration::from_secs(5)).await;
     }
     log::info!("all eBPF programs detached");
@@ -258,7 +321,6 @@ fn seed_listeners(table: &Mutex<ConnTable>) {
                 table.listeners.add(Listener {
                     addr: l.addr,
                     netns,
-                    comm: l.comm.into(),
                     service: id.service,
                     pod: id.pod,
                     process: Some(process),
@@ -277,6 +339,7 @@ fn seed_listeners(table: &Mutex<ConnTable>) {
 
 async fn process(
     mut rx: mpsc::Receiver<Batch>,
+    mut queries: mpsc::Receiver<ConnectionsQuery>,
     table: Arc<Mutex<ConnTable>>,
     drained: Arc<Drained>,
 ) {
@@ -289,6 +352,11 @@ async fn process(
                 for event in &batch.events {
                     table.handle_in(event, &batch.payloads);
                 }
+            }
+            Some(reply) = queries.recv() => {
+                let snapshot: Vec<ConnectionView> =
+                    table.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
+                let _ = reply.send(snapshot);
             }
             _ = tick.tick() => {
                 // In this order (see `Drained`): what the reader had queued when it last found
@@ -306,7 +374,7 @@ async fn process(
 /// whose close event was lost.
 async fn housekeeping(
     maps: Arc<Mutex<KernelMaps>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<KernelMetrics>,
     table: Arc<Mutex<ConnTable>>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -337,7 +405,7 @@ async fn housekeeping(
     }
 }
 
-fn refresh_kernel_metrics(maps: &mut KernelMaps, metrics: &Metrics) {
+fn refresh_kernel_metrics(maps: &mut KernelMaps, metrics: &KernelMetrics) {
     refresh_program_metrics(maps, metrics);
     let stats = maps.stats();
     for k in 1..meshtap_common::kind::COUNT {
@@ -376,7 +444,7 @@ fn refresh_kernel_metrics(maps: &mut KernelMaps, metrics: &Metrics) {
 
 /// The kernel's per-program counters (fdinfo) into counters: skipped runs always, runs and run
 /// time when BPF run-time statistics are on. A program's series appear at its first read.
-fn refresh_program_metrics(maps: &mut KernelMaps, metrics: &Metrics) {
+fn refresh_program_metrics(maps: &mut KernelMaps, metrics: &KernelMetrics) {
     for program in &mut maps.programs {
         let Some(now) = ProgramCounters::read(&program.fd) else {
             continue;
@@ -401,15 +469,4 @@ fn refresh_program_metrics(maps: &mut KernelMaps, metrics: &Metrics) {
             .inc_by(now.run_time_ns.saturating_sub(was.run_time_ns) as f64 / 1e9);
         program.seen = now;
     }
-}
-
-/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -89,14 +89,56 @@ impl PartialEq<&str> for Comm {
     }
 }
 
+/// The role of the observing process on a connection, as the kernel saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// It connected.
+    Client,
+    /// It accepted.
+    Server,
+    /// Neither was seen (a connection open before the agent started): inferred later from the
+    /// listeners.
+    Unknown,
+}
+
+impl Role {
+    fn from_kernel(role: u8) -> Self {
+        match role {
+            meshtap_common::role::CLIENT => Role::Client,
+            meshtap_common::role::SERVER => Role::Server,
+            _ => Role::Unknown,
+        }
+    }
+}
+
+/// Which way a data event's bytes moved, seen from the observing process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The process wrote the bytes.
+    Egress,
+    /// The process read the bytes.
+    Ingress,
+}
+
+impl Direction {
+    fn from_kernel(direction: u8) -> Self {
+        if direction == meshtap_common::direction::EGRESS {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        }
+    }
+}
+
 /// Fields every event has.
 #[derive(Debug, Clone)]
 pub struct Meta {
     pub ts_ns: u64,
     pub conn_id: u64,
     pub sk: u64,
-    pub role: u8,
-    pub flags: u8,
+    pub role: Role,
+    /// The connection was already open when the kernel side first saw it.
+    pub pre_existing: bool,
     pub netns: u32,
     pub process: Process,
     pub local: SocketAddr,
@@ -125,7 +167,7 @@ pub enum Event {
         meta: Meta,
         bytes: u64,
         seq: u64,
-        direction: u8,
+        direction: Direction,
         syscall: u8,
         /// The captured prefix, in the payload buffer of the event's [`Batch`].
         payload: PayloadRange,
@@ -325,7 +367,7 @@ pub fn decode(bytes: &[u8], payloads: &mut Vec<u8>) -> Result<Event, DecodeError
                 meta,
                 bytes: head.bytes,
                 seq: head.seq,
-                direction: head.direction,
+                direction: Direction::from_kernel(head.direction),
                 syscall: head.syscall,
                 payload,
             })
@@ -340,8 +382,8 @@ fn meta(h: &EventHeader) -> Meta {
         ts_ns: h.ts_ns,
         conn_id: h.conn_id,
         sk: h.sk,
-        role: h.role,
-        flags: h.flags,
+        role: Role::from_kernel(h.role),
+        pre_existing: h.flags & meshtap_common::flags::PRE_EXISTING != 0,
         netns: h.netns,
         process: process(&h.who),
         local,

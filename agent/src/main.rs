@@ -2,15 +2,20 @@
 
 mod aggregate;
 mod app;
+mod clock;
 mod config;
 mod conntrack;
 mod ebpf;
 mod event;
+mod exchange;
 mod export;
 mod fast;
 mod metadata;
 mod metrics;
+mod pipeline;
 mod protocol;
+mod semconv;
+mod trace;
 
 use clap::Parser as _;
 

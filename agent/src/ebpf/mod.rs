@@ -4,6 +4,7 @@
 pub mod btf;
 pub mod offsets;
 pub mod reader;
+pub mod telemetry;
 pub mod tracefs;
 
 use std::{
@@ -17,8 +18,6 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
 };
 use meshtap_common::{ConnState, ConnectArgs, KernelOffsets, ProbeConfig, stat};
-
-use crate::config::Config;
 
 /// Every program and the tracepoints it is attached to.
 const ATTACH: &[(&str, &str, &[&str])] = &[
@@ -344,8 +343,19 @@ fn raise_memlock_limit() {
     }
 }
 
+/// What loading the programs needs to know (taken from the agent's config by the app).
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Payload prefix copied per read/write.
+    pub capture_bytes: u32,
+    /// Kernel ring buffer size, a power of two.
+    pub ring_buffer_bytes: u32,
+    /// Entries of the kernel's connection map.
+    pub max_connections: u32,
+}
+
 pub fn load(
-    config: &Config,
+    config: &LoadOptions,
     offsets: &KernelOffsets,
 ) -> Result<(Probes, RingBuf<MapData>, KernelMaps), LoadError> {
     let probe_config = ProbeConfig {

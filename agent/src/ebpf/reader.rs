@@ -20,8 +20,8 @@ use meshtap_common::kind;
 use tokio::sync::mpsc;
 
 use crate::{
+    ebpf::telemetry::{KernelMetrics, KindLabels, LostLabels},
     event::{Batch, Event, kind_name},
-    metrics::{KindLabels, LostLabels, Metrics},
 };
 
 /// Events per batch handed to the processing stage.
@@ -32,7 +32,7 @@ pub const MAX_HELD: usize = 16_384;
 pub struct Reader {
     pub ring: RingBuf<MapData>,
     pub queue: mpsc::Sender<Batch>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<KernelMetrics>,
     pub poll_interval: Duration,
     pub stop: Arc<AtomicBool>,
     /// See [`Drained`].
@@ -88,7 +88,7 @@ impl Reader {
             loop {
                 // Before the reads: if they come to the end of the ring, every event committed
                 // before this instant has been read.
-                let started_ns = crate::app::monotonic_ns();
+                let started_ns = crate::clock::monotonic_ns();
                 let mut batch = Batch::with_capacity(BATCH, last_payload_bytes);
                 while batch.events.len() < BATCH {
                     let Some(record) = self.ring.next() else {
@@ -185,10 +185,9 @@ fn send(
 
 #[cfg(test)]
 mod tests {
-    use meshtap_common::role;
 
     use super::*;
-    use crate::event::{ConnTotals, Meta, PayloadRange, Process};
+    use crate::event::{ConnTotals, Direction, Meta, PayloadRange, Process, Role};
 
     fn meta() -> Meta {
         Meta {
@@ -196,8 +195,8 @@ mod tests {
             conn_id: 7,
             sk: 1,
             netns: 1,
-            role: role::CLIENT,
-            flags: 0,
+            role: Role::Client,
+            pre_existing: false,
             local: "127.0.0.1:5000".parse().unwrap(),
             remote: "127.0.0.1:80".parse().unwrap(),
             process: Process {
@@ -215,7 +214,7 @@ mod tests {
             meta: meta(),
             bytes: 3,
             seq: 0,
-            direction: meshtap_common::direction::EGRESS,
+            direction: Direction::Egress,
             syscall: 1,
             payload: PayloadRange::whole(b"abc"),
         }

@@ -1,7 +1,7 @@
 //! The node endpoint: /metrics, /healthz, /readyz and /api/v1/connections.
 
 use std::sync::{
-    Arc, Mutex,
+    Arc,
     atomic::{AtomicBool, Ordering},
 };
 
@@ -13,12 +13,18 @@ use axum::{
     routing::get,
 };
 
-use crate::{conntrack::ConnTable, metrics::Metrics};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{conntrack::ConnectionView, metrics::Registry};
+
+/// A request for the connections tracked now, answered by the processing stage between two
+/// batches: the endpoint never touches the connection table itself.
+pub type ConnectionsQuery = oneshot::Sender<Vec<ConnectionView>>;
 
 #[derive(Clone)]
 pub struct Endpoint {
-    pub metrics: Arc<Metrics>,
-    pub table: Arc<Mutex<ConnTable>>,
+    pub registry: Arc<Registry>,
+    pub connections: mpsc::Sender<ConnectionsQuery>,
     pub ready: Arc<AtomicBool>,
 }
 
@@ -35,7 +41,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 async fn metrics(State(state): State<Endpoint>, headers: HeaderMap) -> impl IntoResponse {
-    let body = state.metrics.encode();
+    let body = state.registry.encode();
     let wants_openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -63,8 +69,14 @@ async fn readyz(State(state): State<Endpoint>) -> impl IntoResponse {
 }
 
 async fn connections(State(state): State<Endpoint>) -> impl IntoResponse {
-    let table = state.table.lock().unwrap_or_else(|e| e.into_inner());
-    Json(table.snapshot())
+    let (reply, answer) = oneshot::channel();
+    if state.connections.send(reply).await.is_err() {
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"));
+    }
+    match answer.await {
+        Ok(connections) => Ok(Json(connections)),
+        Err(_) => Err((StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")),
+    }
 }
 
 /// Converts prometheus-client's OpenMetrics output to the Prometheus text format 0.0.4 that

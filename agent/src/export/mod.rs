@@ -1,2 +1,6 @@
+//! Exporters: the HTTP endpoint (Prometheus scrape, health, the query APIs) and the span
+//! exporters. Every span exporter converts from the agent's own `trace::span::Span`, owns its
+//! config section and its self-metrics, and implements `trace::SpanExporter`.
+
 pub mod http;
 pub mod zipkin;

@@ -27,7 +27,85 @@ use kube::{
     runtime::{utils::Backoff, watcher},
 };
 
-use crate::metrics::{KubeMetrics, ResourceLabels};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, LabelSetEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+};
+
+use crate::metrics::{Registry, encode_label};
+
+/// Metric names (without the `_total` suffix prometheus-client appends to counters).
+pub mod name {
+    pub const KUBE_API_ERRORS: &str = "meshtap_kubernetes_api_errors";
+    pub const KUBE_OBJECTS: &str = "meshtap_kubernetes_objects";
+    pub const KUBE_CACHE_REJECTED: &str = "meshtap_kubernetes_cache_rejected";
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: String,
+}
+
+/// Health of the Kubernetes metadata watches, by resource.
+#[derive(Clone, Default)]
+pub struct KubeMetrics {
+    pub api_errors: Family<ResourceLabels, Counter>,
+    pub objects: Family<ResourceLabels, Gauge>,
+    pub cache_rejected: Family<ResourceLabels, Counter>,
+}
+
+impl KubeMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        let m = KubeMetrics::default();
+        registry.register(
+            name::KUBE_API_ERRORS,
+            "Failed Kubernetes API list/watch calls, by resource (retried with back-off; names fall back to process names meanwhile)",
+            m.api_errors.clone(),
+        );
+        registry.register(
+            name::KUBE_OBJECTS,
+            "Kubernetes objects in the agent's caches, by resource",
+            m.objects.clone(),
+        );
+        registry.register(
+            name::KUBE_CACHE_REJECTED,
+            "Kubernetes objects not cached because the cache was full (--kube-cache-entries), by resource",
+            m.cache_rejected.clone(),
+        );
+        m
+    }
+}
+
+/// The pod of the observing process, as OpenTelemetry's `k8s.*` resource attributes in
+/// Prometheus form: `k8s_namespace_name`, `k8s_pod_name` and the workload's label
+/// (`k8s_deployment_name`, ...). No labels at all outside Kubernetes.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct K8sLabels(pub Option<Arc<PodMeta>>);
+
+impl EncodeLabelSet for K8sLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
+        let Some(pod) = &self.0 else {
+            return Ok(());
+        };
+        encode_label(encoder, "k8s_namespace_name", &pod.namespace)?;
+        encode_label(encoder, "k8s_pod_name", &pod.name)?;
+        if let Some((kind, name)) = &pod.workload {
+            encode_label(encoder, kind.label(), name)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether two pods are the same: the same allocation, or equal names (a series lookup compares
+/// label sets made from the very names it is looked up with).
+#[inline]
+pub fn same_pod(a: Option<&PodMeta>, b: Option<&PodMeta>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => std::ptr::eq(a, b) || a == b,
+        _ => false,
+    }
+}
 
 /// The controller that runs a pod, as OpenTelemetry names it (`k8s.<kind>.name`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

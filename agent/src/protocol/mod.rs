@@ -1,4 +1,4 @@
-//! L7 protocol parsers: payload prefixes of a connection's read/write syscalls in, one
+//! L7 protocols: payload prefixes of a connection's read/write syscalls in, one protocol-neutral
 //! [`Exchange`] per request/response pair out.
 //!
 //! Input model: for each TCP connection one side is observed (the "observer", client or server
@@ -6,22 +6,32 @@
 //! and only the first `min(bytes, capture)` bytes of it (`payload`). The uncaptured tail did
 //! pass on the wire, so parsers skip it by count and resynchronise when framing falls into it.
 //! Events of one connection arrive in order; lost events are signalled with [`Parser::gap`].
+//! A connection's [`session::Session`] detects its protocol and drives its parser.
 //!
 //! Every parser is fed attacker-controlled bytes: none may panic, and every buffer is bounded.
+//!
+//! **Adding a protocol** is a folder `protocol/<name>/` and one line in [`registry!`] below. The
+//! folder's `mod.rs` provides:
+//! - `NAME`: its label value in `meshtap_protocol_detected_total{protocol}` and the like;
+//! - `fn detect(side: Side, dir: Direction, first: &[u8]) -> Verdict`: a cheap look at the
+//!   first bytes of a connection (any port);
+//! - `struct Parser` with `fn new(side: Side) -> Self`, implementing [`Parser`];
+//! - `struct Attributes`, implementing [`ProtocolAttributes`]: what its exchanges carry beyond
+//!   the neutral fields, and their span name, span attributes and error type;
+//! - `struct Red`, implementing [`RedMetrics`]: its request metrics (families, labels, series
+//!   bounds), fed with each exchange.
+//!
+//! Nothing outside the folder changes: the session, the pairing of both ends, the service graph,
+//! span assembly and every exporter work on the neutral [`Exchange`].
 
-use std::borrow::Cow;
+pub mod context;
+pub mod http1;
+pub mod session;
 
-mod http1;
-pub mod route;
+use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
-/// Which way a chunk moved, seen from the observer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// The observer wrote the bytes.
-    Egress,
-    /// The observer read the bytes.
-    Ingress,
-}
+pub use crate::event::Direction;
+use crate::{metadata::kube::PodMeta, metrics::Registry, semconv::Attribute};
 
 /// The observer's role on the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,134 +50,73 @@ impl Side {
     }
 }
 
-/// The L7 protocols with a parser.
+/// How an exchange ended, as its protocol's parser decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    /// HTTP/1.0 and HTTP/1.1 (RFC 9112).
-    Http1,
+pub enum Outcome {
+    /// Answered, successfully.
+    Ok,
+    /// Answered with an error the protocol blames on the request (HTTP 4xx).
+    ClientError,
+    /// Answered with an error the protocol blames on the server (HTTP 5xx).
+    ServerError,
+    /// The connection closed (or was reset) before a response was seen.
+    NoResponse,
 }
 
-impl Protocol {
-    /// Label value of the protocol in metrics.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Protocol::Http1 => "http",
+impl Outcome {
+    /// Whether the exchange failed, seen from `side` (OpenTelemetry's rule for RPCs): a server
+    /// failed when it answered with a server error; a client failed also when no answer came.
+    pub fn failed(self, side: Side) -> bool {
+        match side {
+            Side::Server => self == Outcome::ServerError,
+            Side::Client => matches!(self, Outcome::ServerError | Outcome::NoResponse),
         }
     }
 }
 
-/// How an exchange ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// A request and its final response were both seen whole.
-    Complete,
-    /// The connection closed (or was reset) before a response was seen.
-    NoResponse,
-    /// A message was not seen whole: its header block did not fit the capture, or the
-    /// connection closed in the middle of its body. Status, method and path are known; body
-    /// counts are best effort.
-    Truncated,
-}
-
-/// A request method as a label and tag value: the methods of RFC 9110 and PATCH (RFC 5789) are
-/// static strings, anything else is copied.
-pub fn method_name(method: &str) -> Cow<'static, str> {
-    const KNOWN: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
-    ];
-    match KNOWN.iter().find(|k| **k == method) {
-        Some(k) => Cow::Borrowed(k),
-        None => Cow::Owned(method.to_owned()),
-    }
-}
-
-/// One request and its response.
+/// One request and its response, whatever the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
-    pub protocol: Protocol,
     /// Timestamp (monotonic ns) of the syscall that carried the first request byte.
     pub start_ns: u64,
     /// Timestamp of the syscall that carried the last response byte, or the close time when
     /// there was no response.
     pub end_ns: u64,
-    /// The standard methods are static strings (see [`method_name`]): no allocation.
-    pub method: Cow<'static, str>,
-    /// Raw path, without query string or fragment; `/` when absent, the path of an
-    /// absolute-form target, `*` for the asterisk form. At most [`MAX_PATH_BYTES`] bytes.
-    /// Never use it as a metric label: see [`route::route`].
-    pub path: String,
-    /// Final status code; `None` when no response was seen.
-    pub status: Option<u16>,
-    /// Message body length: Content-Length, or the sum of chunk sizes (see [`Outcome`]).
-    pub request_body_bytes: u64,
-    pub response_body_bytes: u64,
-    /// Request header fields in [`HEADER_ALLOWLIST`] (the list's lowercase names), values at
-    /// most [`MAX_HEADER_VALUE_BYTES`] bytes, in the order they were sent.
-    pub headers: Vec<(&'static str, String)>,
     pub outcome: Outcome,
+    /// A message was not seen whole (its head did not fit the capture, or the connection closed
+    /// in its body): what the protocol names is known, sizes are best effort.
+    pub truncated: bool,
+    /// Payload sizes of the request and the response (HTTP: the bodies).
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// The trace context the request carried (W3C `traceparent`, B3), if any.
+    pub context: context::Found,
+    /// What the protocol adds.
+    pub attributes: Attributes,
 }
 
-/// Request header fields copied into [`Exchange::headers`]: the trace context formats the spans
-/// honour (W3C Trace Context and B3). Lowercase. Every other field is skipped without a copy.
-pub const HEADER_ALLOWLIST: [&str; 8] = [
-    "traceparent",
-    "tracestate",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-];
+impl Exchange {
+    /// Whether it failed, seen from `side` (see [`Outcome::failed`]).
+    pub fn failed(&self, side: Side) -> bool {
+        self.outcome.failed(side)
+    }
 
-/// Longest header value kept in [`Exchange::headers`].
-pub const MAX_HEADER_VALUE_BYTES: usize = 256;
-/// Longest path kept in [`Exchange::path`]; longer paths are cut at a character boundary.
-pub const MAX_PATH_BYTES: usize = 1024;
-/// Largest header block buffered per direction.
-pub const MAX_HEADER_BLOCK_BYTES: usize = 16 * 1024;
-/// Most requests awaiting a response on one connection (pipelining).
-pub const MAX_PENDING_REQUESTS: usize = 1024;
-
-/// Why a parser rejected its input. Each variant has a stable [`reason`](Self::reason), the
-/// label value of `meshtap_parse_errors_total{protocol,reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
-    #[error("malformed request line")]
-    BadRequestLine,
-    #[error("malformed status line")]
-    BadStatusLine,
-    #[error("malformed header field or message framing")]
-    BadHeader,
-    #[error("malformed chunked transfer coding")]
-    BadChunk,
-    #[error("more than {limit} requests await a response")]
-    TooManyPending { limit: usize },
-    #[error("header block longer than {limit} bytes")]
-    HeaderTooLarge { limit: usize },
-    #[error("more than {limit} header fields")]
-    TooManyHeaders { limit: usize },
-    #[error("response seen without its request")]
-    ResponseWithoutRequest,
-    #[error("start line not captured")]
-    StartLineNotCaptured,
-}
-
-impl ParseError {
-    /// Short stable label value.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ParseError::BadRequestLine => "bad_request_line",
-            ParseError::BadStatusLine => "bad_status_line",
-            ParseError::BadHeader => "bad_header",
-            ParseError::BadChunk => "bad_chunk",
-            ParseError::TooManyPending { .. } => "too_many_pending",
-            ParseError::HeaderTooLarge { .. } => "header_too_large",
-            ParseError::TooManyHeaders { .. } => "too_many_headers",
-            ParseError::ResponseWithoutRequest => "response_without_request",
-            ParseError::StartLineNotCaptured => "start_line_not_captured",
+    /// What went wrong, low-cardinality: `no response`, or the protocol's error type (an HTTP
+    /// status code, a SQLSTATE...).
+    pub fn error_type(&self) -> Cow<'static, str> {
+        match self.outcome {
+            Outcome::NoResponse => Cow::Borrowed("no response"),
+            _ => self.attributes.error_type(),
         }
     }
+}
+
+/// Why a parser rejected its input: the protocol's stable reason, the label value of
+/// `meshtap_parse_errors_total{protocol,reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct ParseError {
+    pub reason: &'static str,
 }
 
 /// A per-connection, incremental protocol parser.
@@ -204,34 +153,164 @@ pub trait Parser: Send {
     fn is_dead(&self) -> bool;
 }
 
+/// What one protocol's detector says of a connection's first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Yes,
+    /// A strict prefix of a plausible start: more bytes are needed to tell.
+    Prefix,
+    No,
+}
+
 /// What the first captured bytes of a connection say about its protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detection {
-    Http1,
+    Found(Protocol),
     /// Not a protocol with a parser (TLS, binary, or text of another protocol).
     Unknown,
     /// Too few bytes to tell: try again with the next chunk.
     NeedMore,
 }
 
-/// Cheap protocol detection from the first payload seen on a connection.
-pub fn detect(side: Side, dir: Direction, first_payload: &[u8]) -> Detection {
-    if first_payload.is_empty() {
-        return Detection::NeedMore;
-    }
-    let is_request = dir == side.request_direction();
-    match http1::plausible_start(is_request, first_payload) {
-        http1::Plausible::Yes => Detection::Http1,
-        http1::Plausible::Prefix => Detection::NeedMore,
-        http1::Plausible::No => Detection::Unknown,
-    }
+/// What a protocol's exchanges carry beyond the neutral fields, for spans and logs.
+pub trait ProtocolAttributes {
+    /// Low-cardinality span name, lowercase (`get /users/*`).
+    fn span_name(&self) -> String;
+    /// Span attributes, semantic-convention keys, in a stable order.
+    fn span_attributes(&self, out: &mut Vec<Attribute>);
+    /// The error type of a failed exchange that was answered (see [`Exchange::error_type`]).
+    fn error_type(&self) -> Cow<'static, str>;
 }
 
-/// A parser for `protocol`, observing the `side` role of a connection.
-pub fn new_parser(protocol: Protocol, side: Side) -> Box<dyn Parser> {
-    match protocol {
-        Protocol::Http1 => Box::new(http1::Http1Parser::new(side)),
-    }
+/// What a request metric needs to know of an exchange besides the exchange itself: the
+/// observing process's names and the server's address.
+pub struct Observation<'a> {
+    pub side: Side,
+    pub service: &'a Arc<str>,
+    pub pod: Option<&'a Arc<PodMeta>>,
+    /// The server's address as text, when the caller formatted it already.
+    pub server_address: Option<&'a Arc<str>>,
+    pub server: SocketAddr,
+    pub now_ns: u64,
+}
+
+/// Settings every protocol's request metrics share.
+#[derive(Clone, Debug)]
+pub struct RedSettings {
+    pub duration_buckets: Vec<f64>,
+    /// Label sets per family before overflow.
+    pub max_series: usize,
+}
+
+/// A protocol's request metrics: rate, errors and duration of its exchanges.
+pub trait RedMetrics {
+    type Attributes;
+    /// Declares and registers the protocol's families.
+    fn new(registry: &Registry, settings: &RedSettings) -> Self;
+    fn observe(&mut self, exchange: &Exchange, attributes: &Self::Attributes, at: &Observation);
+    /// Removes the label sets not updated since `now_ns - ttl_ns`, counting them.
+    fn expire(&mut self, now_ns: u64, ttl_ns: u64, registry: &Registry);
+}
+
+/// The protocol registry: one line per protocol, its enum variant and its folder, in
+/// detection order. Everything that names protocols is generated from it.
+macro_rules! registry {
+    ($($variant:ident => $module:ident),+ $(,)?) => {
+        /// The L7 protocols with a parser.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Protocol {
+            $($variant),+
+        }
+
+        impl Protocol {
+            pub const ALL: &'static [Protocol] = &[$(Protocol::$variant),+];
+
+            /// Label value of the protocol in metrics.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Protocol::$variant => $module::NAME),+
+                }
+            }
+        }
+
+        /// The protocol-specific part of an exchange.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Attributes {
+            $($variant($module::Attributes)),+
+        }
+
+        impl Attributes {
+            fn as_dyn(&self) -> &dyn ProtocolAttributes {
+                match self {
+                    $(Attributes::$variant(a) => a),+
+                }
+            }
+
+            pub fn span_name(&self) -> String {
+                self.as_dyn().span_name()
+            }
+
+            pub fn span_attributes(&self, out: &mut Vec<Attribute>) {
+                self.as_dyn().span_attributes(out)
+            }
+
+            pub fn error_type(&self) -> Cow<'static, str> {
+                self.as_dyn().error_type()
+            }
+        }
+
+        /// Cheap protocol detection from the first payload seen on a connection: the first
+        /// protocol (in registry order) that says yes; `NeedMore` while one might.
+        pub fn detect(side: Side, dir: Direction, first_payload: &[u8]) -> Detection {
+            if first_payload.is_empty() {
+                return Detection::NeedMore;
+            }
+            let mut need_more = false;
+            $(
+                match $module::detect(side, dir, first_payload) {
+                    Verdict::Yes => return Detection::Found(Protocol::$variant),
+                    Verdict::Prefix => need_more = true,
+                    Verdict::No => {}
+                }
+            )+
+            if need_more { Detection::NeedMore } else { Detection::Unknown }
+        }
+
+        /// A parser for `protocol`, observing the `side` role of a connection.
+        pub fn new_parser(protocol: Protocol, side: Side) -> Box<dyn Parser> {
+            match protocol {
+                $(Protocol::$variant => Box::new($module::Parser::new(side))),+
+            }
+        }
+
+        /// Every protocol's request metrics.
+        pub struct Red {
+            $($module: $module::Red),+
+        }
+
+        impl Red {
+            pub fn new(registry: &Registry, settings: &RedSettings) -> Self {
+                Red {
+                    $($module: <$module::Red as RedMetrics>::new(registry, settings)),+
+                }
+            }
+
+            pub fn observe(&mut self, exchange: &Exchange, at: &Observation) {
+                match &exchange.attributes {
+                    $(Attributes::$variant(a) => self.$module.observe(exchange, a, at)),+
+                }
+            }
+
+            pub fn expire(&mut self, now_ns: u64, ttl_ns: u64, registry: &Registry) {
+                $(self.$module.expire(now_ns, ttl_ns, registry);)+
+            }
+        }
+    };
+}
+
+registry! {
+    // Add a protocol below: `Variant => folder`.
+    Http1 => http1,
 }
 
 #[cfg(test)]
@@ -242,24 +321,15 @@ mod tests {
     fn detect_requests_responses_and_binary() {
         use Direction::{Egress, Ingress};
         use Side::{Client, Server};
+        const HTTP1: Detection = Detection::Found(Protocol::Http1);
         let cases: &[(Side, Direction, &[u8], Detection)] = &[
-            (Server, Ingress, b"GET / HTTP/1.1\r\n", Detection::Http1),
-            (Server, Ingress, b"GET /x", Detection::Http1),
-            (Client, Egress, b"POST /api HTTP/1.1\r\n", Detection::Http1),
-            (Client, Egress, b"OPTIONS * HTTP/1.1\r\n", Detection::Http1),
-            (
-                Client,
-                Egress,
-                b"CONNECT h:443 HTTP/1.1\r\n",
-                Detection::Http1,
-            ),
-            (Server, Egress, b"HTTP/1.1 200 OK\r\n", Detection::Http1),
-            (
-                Client,
-                Ingress,
-                b"HTTP/1.0 404 Not Found\r\n",
-                Detection::Http1,
-            ),
+            (Server, Ingress, b"GET / HTTP/1.1\r\n", HTTP1),
+            (Server, Ingress, b"GET /x", HTTP1),
+            (Client, Egress, b"POST /api HTTP/1.1\r\n", HTTP1),
+            (Client, Egress, b"OPTIONS * HTTP/1.1\r\n", HTTP1),
+            (Client, Egress, b"CONNECT h:443 HTTP/1.1\r\n", HTTP1),
+            (Server, Egress, b"HTTP/1.1 200 OK\r\n", HTTP1),
+            (Client, Ingress, b"HTTP/1.0 404 Not Found\r\n", HTTP1),
             (Server, Ingress, b"GE", Detection::NeedMore),
             (Server, Ingress, b"GET ", Detection::NeedMore),
             (Client, Ingress, b"HTTP/", Detection::NeedMore),
@@ -303,33 +373,22 @@ mod tests {
     }
 
     #[test]
-    fn reasons_are_distinct_snake_case() {
-        let all = [
-            ParseError::BadRequestLine,
-            ParseError::BadStatusLine,
-            ParseError::BadHeader,
-            ParseError::BadChunk,
-            ParseError::TooManyPending { limit: 1 },
-            ParseError::HeaderTooLarge { limit: 1 },
-            ParseError::TooManyHeaders { limit: 1 },
-            ParseError::ResponseWithoutRequest,
-            ParseError::StartLineNotCaptured,
-        ];
-        let mut seen = std::collections::HashSet::new();
-        for e in all {
-            let r = e.reason();
-            assert!(
-                r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
-                "{r}"
-            );
-            assert!(seen.insert(r), "duplicate {r}");
-            let msg = e.to_string();
-            assert!(msg.starts_with(|c: char| c.is_ascii_lowercase()), "{msg}");
+    fn failed_is_decided_by_outcome_and_side() {
+        use Outcome::*;
+        for (outcome, server, client) in [
+            (Ok, false, false),
+            (ClientError, false, false),
+            (ServerError, true, true),
+            (NoResponse, false, true),
+        ] {
+            assert_eq!(outcome.failed(Side::Server), server, "{outcome:?}");
+            assert_eq!(outcome.failed(Side::Client), client, "{outcome:?}");
         }
     }
 
     #[test]
     fn protocol_names() {
         assert_eq!(Protocol::Http1.name(), "http");
+        assert_eq!(Protocol::ALL, &[Protocol::Http1]);
     }
 }

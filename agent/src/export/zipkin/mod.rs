@@ -5,6 +5,7 @@
 //!                                          -> `store::TraceStore::insert` -> `api::router`
 
 pub mod api;
+pub mod convert;
 pub mod model;
 pub mod sink;
 pub mod store;

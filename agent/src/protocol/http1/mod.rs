@@ -28,10 +28,277 @@
 
 use std::{borrow::Cow, collections::VecDeque, mem::MaybeUninit};
 
-use super::{
-    Direction, Exchange, HEADER_ALLOWLIST, MAX_HEADER_BLOCK_BYTES, MAX_HEADER_VALUE_BYTES,
-    MAX_PATH_BYTES, MAX_PENDING_REQUESTS, Outcome, ParseError, Parser, Protocol, Side, method_name,
-};
+pub mod red;
+pub mod route;
+
+use super::{Direction, Side, Verdict};
+
+pub use red::Red;
+
+/// Label value of the protocol in metrics.
+pub const NAME: &str = "http";
+
+/// A request method as a label and tag value: the methods of RFC 9110 and PATCH (RFC 5789) are
+/// static strings, anything else is copied.
+pub fn method_name(method: &str) -> Cow<'static, str> {
+    const KNOWN: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match KNOWN.iter().find(|k| **k == method) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(method.to_owned()),
+    }
+}
+
+/// How an HTTP exchange was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// A request and its final response were both seen whole.
+    Complete,
+    /// The connection closed (or was reset) before a response was seen.
+    NoResponse,
+    /// A message was not seen whole: its header block did not fit the capture, or the
+    /// connection closed in the middle of its body. Status, method and path are known; body
+    /// counts are best effort.
+    Truncated,
+}
+
+/// One HTTP request and its response, as the parser sees them (turned into the neutral
+/// [`super::Exchange`] by [`Parser`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpExchange {
+    /// Timestamp (monotonic ns) of the syscall that carried the first request byte.
+    pub start_ns: u64,
+    /// Timestamp of the syscall that carried the last response byte, or the close time when
+    /// there was no response.
+    pub end_ns: u64,
+    /// The standard methods are static strings (see [`method_name`]): no allocation.
+    pub method: Cow<'static, str>,
+    /// Raw path, without query string or fragment; `/` when absent, the path of an
+    /// absolute-form target, `*` for the asterisk form. At most [`MAX_PATH_BYTES`] bytes.
+    /// Never use it as a metric label: see [`route::route`].
+    pub path: String,
+    /// Final status code; `None` when no response was seen.
+    pub status: Option<u16>,
+    /// Message body length: Content-Length, or the sum of chunk sizes (see [`Outcome`]).
+    pub request_body_bytes: u64,
+    pub response_body_bytes: u64,
+    /// Request header fields in [`HEADER_ALLOWLIST`] (the list's lowercase names), values at
+    /// most [`MAX_HEADER_VALUE_BYTES`] bytes, in the order they were sent.
+    pub headers: Vec<(&'static str, String)>,
+    pub outcome: Outcome,
+}
+
+/// Request header fields copied into [`HttpExchange::headers`]: the trace context formats the
+/// spans honour (W3C Trace Context and B3). Lowercase. Every other field is skipped without a
+/// copy.
+pub const HEADER_ALLOWLIST: [&str; 8] = [
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
+
+/// Longest header value kept in [`HttpExchange::headers`].
+pub const MAX_HEADER_VALUE_BYTES: usize = 256;
+/// Longest path kept in [`HttpExchange::path`]; longer paths are cut at a character boundary.
+pub const MAX_PATH_BYTES: usize = 1024;
+/// Largest header block buffered per direction.
+pub const MAX_HEADER_BLOCK_BYTES: usize = 16 * 1024;
+/// Most requests awaiting a response on one connection (pipelining).
+pub const MAX_PENDING_REQUESTS: usize = 1024;
+
+/// Why the parser rejected its input. Each variant has a stable [`reason`](Self::reason), the
+/// label value of `meshtap_parse_errors_total{protocol="http",reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("malformed request line")]
+    BadRequestLine,
+    #[error("malformed status line")]
+    BadStatusLine,
+    #[error("malformed header field or message framing")]
+    BadHeader,
+    #[error("malformed chunked transfer coding")]
+    BadChunk,
+    #[error("more than {limit} requests await a response")]
+    TooManyPending { limit: usize },
+    #[error("header block longer than {limit} bytes")]
+    HeaderTooLarge { limit: usize },
+    #[error("more than {limit} header fields")]
+    TooManyHeaders { limit: usize },
+    #[error("response seen without its request")]
+    ResponseWithoutRequest,
+    #[error("start line not captured")]
+    StartLineNotCaptured,
+}
+
+impl ParseError {
+    /// Short stable label value.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ParseError::BadRequestLine => "bad_request_line",
+            ParseError::BadStatusLine => "bad_status_line",
+            ParseError::BadHeader => "bad_header",
+            ParseError::BadChunk => "bad_chunk",
+            ParseError::TooManyPending { .. } => "too_many_pending",
+            ParseError::HeaderTooLarge { .. } => "header_too_large",
+            ParseError::TooManyHeaders { .. } => "too_many_headers",
+            ParseError::ResponseWithoutRequest => "response_without_request",
+            ParseError::StartLineNotCaptured => "start_line_not_captured",
+        }
+    }
+}
+
+impl From<ParseError> for super::ParseError {
+    fn from(e: ParseError) -> Self {
+        super::ParseError { reason: e.reason() }
+    }
+}
+
+/// What an HTTP exchange adds to the neutral fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attributes {
+    pub method: Cow<'static, str>,
+    /// Raw path (see [`HttpExchange::path`]); metrics and span names use its route.
+    pub path: String,
+    pub status: Option<u16>,
+}
+
+impl super::ProtocolAttributes for Attributes {
+    fn span_name(&self) -> String {
+        let mut name = format!("{} {}", self.method, route::route(&self.path));
+        if name.is_ascii() {
+            name.make_ascii_lowercase();
+        } else {
+            name = name.to_lowercase();
+        }
+        name
+    }
+
+    fn span_attributes(&self, out: &mut Vec<crate::semconv::Attribute>) {
+        use crate::semconv::{Value, key};
+        out.push((key::HTTP_REQUEST_METHOD, Value::Str(self.method.clone())));
+        out.push((
+            key::HTTP_ROUTE,
+            Value::Str(Cow::Owned(route::route(&self.path))),
+        ));
+        out.push((key::URL_PATH, Value::Str(Cow::Owned(self.path.clone()))));
+        if let Some(status) = self.status {
+            out.push((
+                key::HTTP_RESPONSE_STATUS_CODE,
+                Value::Int(i64::from(status)),
+            ));
+        }
+    }
+
+    fn error_type(&self) -> Cow<'static, str> {
+        match self.status {
+            Some(status) => Cow::Owned(status.to_string()),
+            None => Cow::Borrowed("no response"),
+        }
+    }
+}
+
+impl HttpExchange {
+    /// The neutral exchange: the outcome from the status class, the trace context from the
+    /// kept headers.
+    pub fn into_exchange(self) -> super::Exchange {
+        let outcome = match self.status {
+            None => super::Outcome::NoResponse,
+            Some(s) if s >= 500 => super::Outcome::ServerError,
+            Some(s) if s >= 400 => super::Outcome::ClientError,
+            Some(_) => super::Outcome::Ok,
+        };
+        let context = if self.headers.is_empty() {
+            super::context::Found::None
+        } else {
+            super::context::extract(&self.headers)
+        };
+        super::Exchange {
+            start_ns: self.start_ns,
+            end_ns: self.end_ns,
+            outcome,
+            truncated: self.outcome == Outcome::Truncated,
+            request_bytes: self.request_body_bytes,
+            response_bytes: self.response_body_bytes,
+            context,
+            attributes: super::Attributes::Http1(Attributes {
+                method: self.method,
+                path: self.path,
+                status: self.status,
+            }),
+        }
+    }
+}
+
+/// Detection: does the chunk start like a request (read by a server, written by a client) or a
+/// response (the other way)?
+pub fn detect(side: Side, dir: Direction, first_payload: &[u8]) -> Verdict {
+    let is_request = dir == side.request_direction();
+    match plausible_start(is_request, first_payload) {
+        Plausible::Yes => Verdict::Yes,
+        Plausible::Prefix => Verdict::Prefix,
+        Plausible::No => Verdict::No,
+    }
+}
+
+/// The registry's parser: [`Http1Parser`] with its exchanges made neutral.
+pub struct Parser {
+    http: Http1Parser,
+    /// The exchanges of one call, before conversion: one buffer, reused.
+    scratch: Vec<HttpExchange>,
+}
+
+impl Parser {
+    pub fn new(side: Side) -> Self {
+        Parser {
+            http: Http1Parser::new(side),
+            scratch: Vec::new(),
+        }
+    }
+
+    fn convert(&mut self, out: &mut Vec<super::Exchange>) {
+        out.extend(self.scratch.drain(..).map(HttpExchange::into_exchange));
+    }
+}
+
+impl super::Parser for Parser {
+    fn feed(
+        &mut self,
+        dir: Direction,
+        ts_ns: u64,
+        payload: &[u8],
+        bytes: u64,
+        out: &mut Vec<super::Exchange>,
+    ) -> Result<(), super::ParseError> {
+        let result = self
+            .http
+            .feed(dir, ts_ns, payload, bytes, &mut self.scratch);
+        self.convert(out);
+        result.map_err(Into::into)
+    }
+
+    fn gap(&mut self, dir: Direction) {
+        self.http.gap(dir);
+    }
+
+    fn close(&mut self, ts_ns: u64, out: &mut Vec<super::Exchange>) {
+        self.http.close(ts_ns, &mut self.scratch);
+        self.convert(out);
+    }
+
+    fn in_flight(&self) -> bool {
+        self.http.in_flight()
+    }
+
+    fn is_dead(&self) -> bool {
+        self.http.is_dead()
+    }
+}
 
 /// Methods that mark a plausible request start for detection and resynchronisation (RFC 9110
 /// §9.1 plus PATCH, RFC 5789). Within a stream already known to be HTTP any token is accepted.
@@ -59,7 +326,7 @@ const EARLY_CHECK_BYTES: usize = MAX_METHOD_BYTES + 2;
 
 /// Whether bytes look like the start of an HTTP/1 message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Plausible {
+enum Plausible {
     Yes,
     /// A strict prefix of a plausible start: more bytes are needed to tell.
     Prefix,
@@ -68,7 +335,7 @@ pub(crate) enum Plausible {
 
 /// Does `bytes` start like a request (a known method, a space and a target) or a response
 /// (`HTTP/1.` and a digit)?
-pub(crate) fn plausible_start(is_request: bool, bytes: &[u8]) -> Plausible {
+fn plausible_start(is_request: bool, bytes: &[u8]) -> Plausible {
     if is_request {
         let mut prefix = false;
         for method in KNOWN_METHODS {
@@ -787,7 +1054,7 @@ impl Http1Parser {
 
     /// A framing error: drop the header block and skip to the next message start.
     /// A response whose body framing broke still has a known status: it ends as truncated.
-    fn framing_error(&mut self, role: Role, err: ParseError, out: &mut Vec<Exchange>) {
+    fn framing_error(&mut self, role: Role, err: ParseError, out: &mut Vec<HttpExchange>) {
         self.report(err);
         let stream = self.stream(role);
         stream.clear_head();
@@ -879,7 +1146,7 @@ impl Http1Parser {
     }
 
     /// Emits the exchange of the current response, if it had a request.
-    fn finish_response(&mut self, end_ns: u64, truncated: bool, out: &mut Vec<Exchange>) {
+    fn finish_response(&mut self, end_ns: u64, truncated: bool, out: &mut Vec<HttpExchange>) {
         let Some(response) = self.response.take() else {
             return;
         };
@@ -892,8 +1159,7 @@ impl Http1Parser {
         } else {
             Outcome::Complete
         };
-        out.push(Exchange {
-            protocol: Protocol::Http1,
+        out.push(HttpExchange {
             start_ns: request.start_ns,
             end_ns,
             method: line.method,
@@ -907,7 +1173,7 @@ impl Http1Parser {
     }
 
     /// The message being read in `role` ended with the syscall at `ts`.
-    fn message_done(&mut self, role: Role, ts: u64, out: &mut Vec<Exchange>) {
+    fn message_done(&mut self, role: Role, ts: u64, out: &mut Vec<HttpExchange>) {
         let stream = self.stream(role);
         stream.state = State::Idle;
         stream.expect_continue = false;
@@ -944,7 +1210,7 @@ impl Http1Parser {
         &mut self,
         ts: u64,
         head: ResponseHead,
-        out: &mut Vec<Exchange>,
+        out: &mut Vec<HttpExchange>,
     ) -> Result<(), ParseError> {
         // RFC 9110 §15.2: a 1xx other than 101 is interim; the final response follows.
         if (100..200).contains(&head.status) && head.status != 101 {
@@ -999,7 +1265,7 @@ impl Http1Parser {
 
     /// The header block of `role` continues into uncaptured bytes (or the connection closed
     /// inside it): use what its captured prefix says and assume it ended at `ts`.
-    fn truncated_head(&mut self, role: Role, ts: u64, out: &mut Vec<Exchange>) {
+    fn truncated_head(&mut self, role: Role, ts: u64, out: &mut Vec<HttpExchange>) {
         let stream = self.stream(role);
         let head = std::mem::take(&mut stream.head);
         let start = stream.head_start_ns;
@@ -1071,7 +1337,7 @@ impl Http1Parser {
         ts: u64,
         payload: &[u8],
         bytes: u64,
-        out: &mut Vec<Exchange>,
+        out: &mut Vec<HttpExchange>,
     ) {
         let is_request = role == Role::Request;
         let plausible = plausible_start(is_request, payload);
@@ -1117,7 +1383,7 @@ impl Http1Parser {
         ts: u64,
         rest: &[u8],
         tail_unknown: bool,
-        out: &mut Vec<Exchange>,
+        out: &mut Vec<HttpExchange>,
     ) -> Result<usize, ParseError> {
         let state = self.stream(role).state;
         match state {
@@ -1146,7 +1412,7 @@ impl Http1Parser {
         role: Role,
         ts: u64,
         rest: &[u8],
-        out: &mut Vec<Exchange>,
+        out: &mut Vec<HttpExchange>,
     ) -> Result<usize, ParseError> {
         let stream = self.stream(role);
         let old = stream.head.len();
@@ -1214,7 +1480,7 @@ impl Http1Parser {
         body: Body,
         rest: &[u8],
         tail_unknown: bool,
-        out: &mut Vec<Exchange>,
+        out: &mut Vec<HttpExchange>,
     ) -> Result<usize, ParseError> {
         let len = rest.len() as u64;
         let (consumed, counted, next) = match body {
@@ -1264,7 +1530,7 @@ impl Http1Parser {
     }
 
     /// Accounts for the `unknown` uncaptured bytes that ended a syscall.
-    fn unknown_tail(&mut self, role: Role, ts: u64, unknown: u64, out: &mut Vec<Exchange>) {
+    fn unknown_tail(&mut self, role: Role, ts: u64, unknown: u64, out: &mut Vec<HttpExchange>) {
         let state = self.stream(role).state;
         match state {
             State::Skip => {}
@@ -1344,14 +1610,14 @@ impl Http1Parser {
     }
 }
 
-impl Parser for Http1Parser {
-    fn feed(
+impl Http1Parser {
+    pub fn feed(
         &mut self,
         dir: Direction,
         ts_ns: u64,
         payload: &[u8],
         bytes: u64,
-        out: &mut Vec<Exchange>,
+        out: &mut Vec<HttpExchange>,
     ) -> Result<(), ParseError> {
         if self.dead {
             return Ok(());
@@ -1392,7 +1658,7 @@ impl Parser for Http1Parser {
         }
     }
 
-    fn gap(&mut self, dir: Direction) {
+    pub fn gap(&mut self, dir: Direction) {
         if self.dead {
             return;
         }
@@ -1413,7 +1679,7 @@ impl Parser for Http1Parser {
         }
     }
 
-    fn close(&mut self, ts_ns: u64, out: &mut Vec<Exchange>) {
+    pub fn close(&mut self, ts_ns: u64, out: &mut Vec<HttpExchange>) {
         if self.dead {
             return;
         }
@@ -1433,8 +1699,7 @@ impl Parser for Http1Parser {
         }
         for pending in self.pending.drain(..) {
             let Some(line) = pending.line else { continue };
-            out.push(Exchange {
-                protocol: Protocol::Http1,
+            out.push(HttpExchange {
                 start_ns: pending.start_ns,
                 end_ns: ts_ns,
                 method: line.method,
@@ -1450,7 +1715,7 @@ impl Parser for Http1Parser {
         self.give_up();
     }
 
-    fn in_flight(&self) -> bool {
+    pub fn in_flight(&self) -> bool {
         !self.dead
             && (!self.pending.is_empty()
                 || self.response.is_some()
@@ -1458,11 +1723,10 @@ impl Parser for Http1Parser {
                 || self.req.state == State::Head)
     }
 
-    fn is_dead(&self) -> bool {
+    pub fn is_dead(&self) -> bool {
         self.dead
     }
 }
 
 #[cfg(test)]
-#[path = "http1_tests.rs"]
 mod tests;

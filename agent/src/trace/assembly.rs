@@ -1,4 +1,4 @@
-//! Trace assembly: every exchange becomes a span (SERVER where the server process was
+//! Trace assembly: every exchange end becomes a span (SERVER where the server process was
 //! observed, CLIENT where the client was), joined into traces.
 //!
 //! Links, in order of precedence:
@@ -6,8 +6,8 @@
 //!    SERVER span shares the caller's span id (Zipkin's shared-span model); a W3C SERVER span
 //!    is a new child of the caller's span. A CLIENT span whose request carries a context takes
 //!    the span id the application put there, so the downstream SERVER span is its child.
-//! 2. No context, both ends on this node: the SERVER span's parent is the CLIENT span of the
-//!    same connection (the two observations are paired in request order).
+//! 2. Both ends on this node (`exchange::Pairing` hands them over together): the SERVER span's
+//!    parent is the CLIENT span of the same request.
 //! 3. A CLIENT span sent by a thread that is serving an inbound request, inside that request's
 //!    time window, is a child of that SERVER span (thread-per-request servers, event loops).
 //!    The SERVER span may have been emitted already: a CLIENT exchange that only its close
@@ -22,28 +22,27 @@
 //! Exchanges complete bottom-up (the callee's response before the caller's), so a span waits
 //! up to `LINK_WAIT_NS` for the span that will be its parent; trace ids are assigned top-down
 //! once a root is known. What cannot be linked this way (async runtimes and worker pools that
-//! hand a request to another thread, a parent that takes longer than the wait) becomes a root
-//! of its own trace and is counted in `meshtap_spans_unlinked_total`.
+//! hand a request to another thread, a parent that takes longer than the wait, a server end
+//! whose client end on this node never paired) becomes a root of its own trace and is counted
+//! in `meshtap_spans_unlinked_total`.
 
-use std::{
-    collections::{BTreeMap, VecDeque},
-    net::SocketAddr,
-    sync::Arc,
-};
+use std::collections::VecDeque;
 
 use crate::{
-    aggregate::{
-        ExchangeNames,
-        admission::StoreAdmission,
-        context::{self, Format, Found, TraceContext},
-    },
-    export::zipkin::model::{Endpoint, Kind, Span, format_span_id, format_trace_id},
+    exchange::{Observed, Paired},
     fast::Map,
-    protocol::{Exchange, Side, route::route},
+    protocol::{
+        Side,
+        context::{Format, Found, TraceContext},
+    },
+    trace::{
+        admission::StoreAdmission,
+        span::{Remote, Resource, Span, SpanKind, Status},
+    },
 };
 
 /// How long a span waits for its parent to complete.
-const LINK_WAIT_NS: u64 = 2_000_000_000;
+pub const LINK_WAIT_NS: u64 = 2_000_000_000;
 /// Spans waiting at once; beyond, the oldest are emitted unlinked.
 const MAX_WAITING: usize = 20_000;
 /// Slack when checking that a child lies inside its parent's time window.
@@ -67,30 +66,8 @@ struct EmittedServer {
     now_ns: u64,
 }
 
-/// An exchange with what is known about the process and endpoints that observed it.
-pub struct SpanInput {
-    pub exchange: Exchange,
-    pub side: Side,
-    /// The names of both ends, shared with the connection's other exchanges.
-    pub names: Arc<ExchangeNames>,
-    pub pid: u32,
-    /// The thread that read the request (server) or wrote it (client).
-    pub tid: u32,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    /// (client address, server address): identical from both ends of a connection.
-    pub connection: (SocketAddr, SocketAddr),
-    /// Whether the process holds a server connection now. A CLIENT exchange of a process
-    /// that holds none cannot be inside a request it serves (that request's connection stays
-    /// open until the response is written, after the call returns): its span is a root at
-    /// once instead of waiting (`LINK_WAIT_NS` or `MAX_WAITING`) for a parent that cannot come.
-    pub in_server_process: bool,
-    /// Arrival time, monotonic ns.
-    pub now_ns: u64,
-}
-
 struct Node {
-    input: SpanInput,
+    input: Observed,
     /// Ids stay numbers until a span is built: most spans are never built (sampled out or
     /// declined by the store).
     span_id: u64,
@@ -106,18 +83,14 @@ struct Node {
     debug: bool,
     shared: bool,
     sampled: Option<bool>,
-    /// (trace id, span id) of the context in the request, as read: both ends of one request
-    /// read the same bytes, so a SERVER and a CLIENT span with different ones are not the two
-    /// ends of one request.
-    request_context: Option<(u128, u64)>,
 }
 
 /// Assembled spans, sampled, ready for export.
 #[derive(Default)]
 pub struct Assembled {
-    /// For the store and, when one is configured, the collector.
+    /// For the store and, when one is configured, the collectors.
     pub spans: Vec<Span>,
-    /// For the collector only: the store declined their trace (see `admission`).
+    /// For the collectors only: the store declined their trace (see `admission`).
     pub export_only: Vec<Span>,
     /// Sampled spans the store declined (whether or not a collector took them).
     pub store_declined: u64,
@@ -133,12 +106,6 @@ pub struct SpanAssembler {
     nodes: Map<u64, Node>,
     order: VecDeque<u64>,
     next_key: u64,
-    /// SERVER nodes waiting for the CLIENT node of the same connection, in request order.
-    servers_by_connection: Map<(SocketAddr, SocketAddr), VecDeque<u64>>,
-    /// CLIENT nodes no SERVER node has paired with yet, by connection: syscall exits of two
-    /// processes are not ordered, so the client's exchange may complete (read the response)
-    /// before the server's does (its write returns).
-    clients_by_connection: Map<(SocketAddr, SocketAddr), VecDeque<u64>>,
     /// CLIENT nodes waiting for a SERVER node of the same thread: (pid, tid) -> keys.
     clients_by_thread: Map<(u32, u32), VecDeque<u64>>,
     /// Processes seen serving requests recently: a CLIENT span of theirs without a parent is
@@ -178,8 +145,6 @@ impl SpanAssembler {
             nodes: Map::default(),
             order: VecDeque::new(),
             next_key: 0,
-            servers_by_connection: Map::default(),
-            clients_by_connection: Map::default(),
             clients_by_thread: Map::default(),
             serving: Map::default(),
             emitted_servers: Map::default(),
@@ -191,7 +156,7 @@ impl SpanAssembler {
         }
     }
 
-    /// Spans go to a collector (`exporting`) and to a store that admits traces as `admission`
+    /// Spans go to collectors (`exporting`) and to a store that admits traces as `admission`
     /// says. Without this, every sampled span is built and goes to the store.
     pub fn with_outputs(mut self, exporting: bool, admission: StoreAdmission) -> Self {
         self.exporting = exporting;
@@ -225,11 +190,56 @@ impl SpanAssembler {
         (u128::from(self.random_u64()) << 64) | u128::from(self.random_u64())
     }
 
-    /// Adds one exchange; returns what became final.
-    pub fn add(&mut self, input: SpanInput, out: &mut Assembled) {
+    /// Adds one exchange, both its ends or one alone; appends what became final to `out`.
+    pub fn add(&mut self, paired: Paired, out: &mut Assembled) {
+        match paired {
+            Paired::Both { client, server } => {
+                let c = self.insert(client, out);
+                let s = self.insert(server, out);
+                // The server's parent is the client end of the same request (rule 2).
+                self.link(s, c);
+                self.adopt_thread_children(s);
+                self.settle(c, out);
+            }
+            Paired::Alone {
+                end,
+                partner_expected,
+            } => {
+                let side = end.side;
+                let k = self.insert(end, out);
+                if side == Side::Server {
+                    // Its client end is a process on this node whose observation never paired:
+                    // a parent was expected (unless a context names one).
+                    if partner_expected && self.nodes.get(&k).is_some_and(|n| n.trace_id.is_none())
+                    {
+                        out.unlinked += 1;
+                    }
+                    self.adopt_thread_children(k);
+                }
+                self.settle(k, out);
+            }
+        }
+        while self.nodes.len() > MAX_WAITING {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.expire(oldest, out);
+        }
+    }
+
+    /// Makes the node of one end: its ids from the request's context, whether it waits for a
+    /// parent (a CLIENT span of a process that serves requests, rule 3).
+    fn insert(&mut self, input: Observed, out: &mut Assembled) -> u64 {
         let key = self.next_key;
         self.next_key += 1;
-        let found = context::extract(&input.exchange.headers);
+        let ctx: Option<TraceContext> = match &input.exchange.context {
+            Found::Valid(ctx) => Some(ctx.clone()),
+            Found::Invalid => {
+                out.invalid_context += 1;
+                None
+            }
+            Found::None => None,
+        };
         let mut node = Node {
             span_id: 0,
             trace_id: None,
@@ -240,29 +250,13 @@ impl SpanAssembler {
             debug: false,
             shared: false,
             sampled: None,
-            request_context: None,
             input,
         };
-        let ctx: Option<TraceContext> = match found {
-            Found::Valid(ctx) => Some(ctx),
-            Found::Invalid => {
-                out.invalid_context += 1;
-                None
-            }
-            Found::None => None,
-        };
-        node.request_context = ctx
-            .as_ref()
-            .map(|c| (hex_u128(&c.trace_id), hex_u64(&c.span_id)));
         match (&ctx, node.input.side) {
             (Some(ctx), Side::Server) => {
                 node.trace_id = Some(hex_u128(&ctx.trace_id));
                 node.debug = ctx.debug;
                 node.sampled = ctx.sampled;
-                // With the client end observed too, its span is the parent, whatever id the
-                // context names (a proxy in between may have passed its caller's through, and
-                // its CLIENT span then has an id of its own, see `link`).
-                node.awaits_parent = node.input.names.peer_service.is_some();
                 match ctx.format {
                     Format::B3 => {
                         node.span_id = hex_u64(&ctx.span_id);
@@ -286,106 +280,76 @@ impl SpanAssembler {
                 // process's SERVER span tells (see `link`).
                 node.awaits_parent = node.input.in_server_process;
             }
-            (None, Side::Server) => {
-                node.span_id = self.new_span_id();
-                node.awaits_parent = node.input.names.peer_service.is_some();
-            }
+            (None, Side::Server) => node.span_id = self.new_span_id(),
             (None, Side::Client) => {
                 node.span_id = self.new_span_id();
                 node.awaits_parent = node.input.in_server_process;
             }
         }
-        let now = node.input.now_ns;
-        let side = node.input.side;
-        let connection = node.input.connection;
-        let thread = (node.input.pid, node.input.tid);
-        let (start, end) = (node.input.exchange.start_ns, node.input.exchange.end_ns);
-        if side == Side::Server {
-            self.serving.insert(node.input.pid, now);
+        if node.input.side == Side::Server {
+            self.serving.insert(node.input.pid, node.input.now_ns);
         } else {
             self.link_to_emitted_server(&mut node, ctx.as_ref());
         }
         self.nodes.insert(key, node);
         self.order.push_back(key);
+        key
+    }
 
-        // Adopt the children that were waiting for this span.
-        let mut paired = false;
-        match side {
-            Side::Server => {
-                let awaits = self.nodes.get(&key).is_some_and(|n| n.awaits_parent);
-                if awaits && let Some(client) = self.pop_client(connection, key) {
-                    self.link(key, client);
-                }
-                if let Some(waiting) = self.clients_by_thread.get_mut(&thread) {
-                    // Newest first: a client span that completed before this request started
-                    // cannot be inside it, nor can any older one (they arrive in completion
-                    // order, give or take the slack), so the scan stops there instead of
-                    // visiting every span the thread has waiting.
-                    let mut adopted = Vec::new();
-                    for k in waiting.iter().rev() {
-                        let Some(c) = self.nodes.get(k) else {
-                            continue;
-                        };
-                        if c.input.now_ns + WINDOW_SLACK_NS < start {
-                            break;
-                        }
-                        if c.parent.is_none()
-                            && c.input.exchange.start_ns + WINDOW_SLACK_NS >= start
-                            && c.input.exchange.end_ns <= end + WINDOW_SLACK_NS
-                        {
-                            adopted.push(*k);
-                        }
-                    }
-                    if !adopted.is_empty() {
-                        waiting.retain(|k| !adopted.contains(k));
-                    }
-                    if waiting.is_empty() {
-                        self.clients_by_thread.remove(&thread);
-                    }
-                    for child in adopted {
-                        self.link(child, key);
-                    }
-                }
+    /// A SERVER node adopts the CLIENT nodes of its thread that were waiting for it and lie in
+    /// its time window (rule 3).
+    fn adopt_thread_children(&mut self, key: u64) {
+        let Some(node) = self.nodes.get(&key) else {
+            return;
+        };
+        let thread = (node.input.pid, node.input.tid);
+        let (start, end) = (node.input.exchange.start_ns, node.input.exchange.end_ns);
+        let Some(waiting) = self.clients_by_thread.get_mut(&thread) else {
+            return;
+        };
+        // Newest first: a client span that completed before this request started cannot be
+        // inside it, nor can any older one (they arrive in completion order, give or take the
+        // slack), so the scan stops there instead of visiting every span the thread has
+        // waiting.
+        let mut adopted = Vec::new();
+        for k in waiting.iter().rev() {
+            let Some(c) = self.nodes.get(k) else {
+                continue;
+            };
+            if c.input.now_ns + WINDOW_SLACK_NS < start {
+                break;
             }
-            Side::Client => {
-                if let Some(server) = self.pop_server(connection, key, out) {
-                    self.link(server, key);
-                    paired = true;
-                } else {
-                    self.clients_by_connection
-                        .entry(connection)
-                        .or_default()
-                        .push_back(key);
-                }
+            if c.parent.is_none()
+                && c.input.exchange.start_ns + WINDOW_SLACK_NS >= start
+                && c.input.exchange.end_ns <= end + WINDOW_SLACK_NS
+            {
+                adopted.push(*k);
             }
         }
-        // Wait for our own parent, or we are final now.
-        let awaits = self.nodes.get(&key).is_some_and(|n| n.awaits_parent);
-        if awaits {
-            match side {
-                Side::Server => self
-                    .servers_by_connection
-                    .entry(connection)
-                    .or_default()
-                    .push_back(key),
-                Side::Client => self
-                    .clients_by_thread
-                    .entry(thread)
-                    .or_default()
-                    .push_back(key),
-            }
-        } else if side == Side::Client && !paired {
-            // A span that its server span (if that end is observed) has yet to pair with: held
-            // in `clients_by_connection` until it does, then emitted with it; else emitted
-            // when it expires.
+        if !adopted.is_empty() {
+            waiting.retain(|k| !adopted.contains(k));
+        }
+        if waiting.is_empty() {
+            self.clients_by_thread.remove(&thread);
+        }
+        for child in adopted {
+            self.link(child, key);
+        }
+    }
+
+    /// A node that waits for its parent goes in its thread's queue; any other is final now.
+    fn settle(&mut self, key: u64, out: &mut Assembled) {
+        let Some(node) = self.nodes.get(&key) else {
+            return;
+        };
+        if node.awaits_parent {
+            let thread = (node.input.pid, node.input.tid);
+            self.clients_by_thread
+                .entry(thread)
+                .or_default()
+                .push_back(key);
         } else {
             self.finish(key, out);
-        }
-        while self.nodes.len() > MAX_WAITING {
-            let Some(oldest) = self.order.pop_front() else {
-                break;
-            };
-            self.expire(oldest, out);
         }
     }
 
@@ -446,59 +410,6 @@ impl SpanAssembler {
             sampled: outputs.sampled,
             now_ns: node.input.now_ns,
         });
-    }
-
-    /// Whether nodes `a` and `b` can be the two ends of one request: their requests carried the
-    /// same context, or none.
-    fn same_request(&self, a: u64, b: u64) -> bool {
-        match (self.nodes.get(&a), self.nodes.get(&b)) {
-            (Some(a), Some(b)) => a.request_context == b.request_context,
-            _ => false,
-        }
-    }
-
-    /// The oldest CLIENT node of `connection` still waiting that can be `server`'s other end.
-    /// Older ones that cannot (their server end was lost: requests are answered in order) no
-    /// longer wait for one. With no match, the queue stays as it is.
-    fn pop_client(&mut self, connection: (SocketAddr, SocketAddr), server: u64) -> Option<u64> {
-        let queue = self.clients_by_connection.get(&connection)?;
-        let at = queue
-            .iter()
-            .position(|k| self.nodes.contains_key(k) && self.same_request(*k, server))?;
-        let queue = self.clients_by_connection.get_mut(&connection)?;
-        queue.drain(..at);
-        let found = queue.pop_front();
-        if queue.is_empty() {
-            self.clients_by_connection.remove(&connection);
-        }
-        found
-    }
-
-    /// The oldest SERVER node of `connection` waiting that can be `client`'s other end. Older
-    /// ones that cannot (their client end was lost) are emitted as they are. With no match, the
-    /// queue stays as it is.
-    fn pop_server(
-        &mut self,
-        connection: (SocketAddr, SocketAddr),
-        client: u64,
-        out: &mut Assembled,
-    ) -> Option<u64> {
-        let queue = self.servers_by_connection.get(&connection)?;
-        let at = queue
-            .iter()
-            .position(|k| self.nodes.contains_key(k) && self.same_request(*k, client))?;
-        let queue = self.servers_by_connection.get_mut(&connection)?;
-        let orphans: Vec<u64> = queue.drain(..at).collect();
-        let found = queue.pop_front();
-        if queue.is_empty() {
-            self.servers_by_connection.remove(&connection);
-        }
-        for k in orphans {
-            if self.nodes.contains_key(&k) {
-                self.expire(k, out);
-            }
-        }
-        found
     }
 
     /// `child`'s parent is `parent`.
@@ -600,7 +511,7 @@ impl SpanAssembler {
             self.remember_server(&node, trace_id, parent_id, outputs);
         }
         let keep = outputs.debug
-            || (self.keep_errors && failed(&node.input))
+            || (self.keep_errors && node.input.exchange.failed(node.input.side))
             || match outputs.sampled {
                 Some(decision) => decision,
                 None => sampled_by_ratio(trace_id, self.sampling_ratio),
@@ -629,63 +540,42 @@ impl SpanAssembler {
     fn to_span(&self, node: Node, trace_id: u128, parent_id: Option<u64>, debug: bool) -> Span {
         let input = node.input;
         let ex = &input.exchange;
-        let route = route(&ex.path);
-        let failed = failed(&input);
-        let mut name = format!("{} {}", ex.method, route);
-        if name.is_ascii() {
-            name.make_ascii_lowercase();
-        } else {
-            name = name.to_lowercase();
-        }
-        let mut tags = BTreeMap::new();
-        tags.insert("http.method".into(), ex.method.to_string());
-        tags.insert("http.path".into(), route);
-        if let Some(status) = ex.status {
-            tags.insert("http.status_code".into(), status.to_string());
-        }
-        if failed {
-            let error = match ex.status {
-                Some(status) => status.to_string(),
-                None => "no response".to_string(),
-            };
-            tags.insert("error".into(), error);
-        }
-        tags.insert("process.pid".into(), input.pid.to_string());
-        tags.insert(
-            "process.executable.name".into(),
-            input.names.executable.to_string(),
-        );
-        if let Some(pod) = &input.names.pod {
-            tags.insert("k8s.namespace.name".into(), pod.namespace.clone());
-            tags.insert("k8s.pod.name".into(), pod.name.clone());
-            if let Some((kind, name)) = &pod.workload {
-                tags.insert(kind.tag().into(), name.clone());
+        let mut attributes = Vec::with_capacity(6);
+        ex.attributes.span_attributes(&mut attributes);
+        let status = if ex.failed(input.side) {
+            Status::Error {
+                error_type: ex.error_type(),
             }
-        }
-        let peer_name = input
-            .names
-            .peer_service
-            .as_deref()
-            .or_else(|| input.names.peer_k8s.as_ref().map(|p| p.name()));
-        let wall = |ns: u64| (ns as i128 + self.epoch_offset_ns).max(0) as u64;
-        let timestamp = wall(ex.start_ns) / 1000;
-        let duration = (ex.end_ns.saturating_sub(ex.start_ns) / 1000).max(1);
+        } else {
+            Status::Ok
+        };
+        let start_unix_ns = (ex.start_ns as i128 + self.epoch_offset_ns).max(0) as u64;
         Span {
-            trace_id: format_trace_id(trace_id),
-            id: format_span_id(node.span_id),
-            parent_id: parent_id.map(format_span_id),
-            kind: Some(match input.side {
-                Side::Server => Kind::Server,
-                Side::Client => Kind::Client,
-            }),
-            name,
-            timestamp,
-            duration,
-            local_endpoint: Some(Endpoint::new(Some(&input.names.service), Some(input.local))),
-            remote_endpoint: Some(Endpoint::new(peer_name, Some(input.remote))),
-            tags,
-            debug,
+            trace_id,
+            span_id: node.span_id,
+            parent_id,
+            kind: match input.side {
+                Side::Server => SpanKind::Server,
+                Side::Client => SpanKind::Client,
+            },
+            name: ex.attributes.span_name(),
+            start_unix_ns,
+            end_unix_ns: start_unix_ns + ex.end_ns.saturating_sub(ex.start_ns),
+            status,
+            resource: Resource {
+                service: input.names.service.clone(),
+                pid: input.pid,
+                executable: input.names.executable.clone(),
+                pod: input.names.pod.clone(),
+            },
+            local: input.local,
+            remote: Remote {
+                service: input.names.peer_name().map(Into::into),
+                addr: input.remote,
+            },
+            attributes,
             shared: node.shared,
+            debug,
         }
     }
 
@@ -700,35 +590,17 @@ impl SpanAssembler {
             return;
         };
         if node.awaits_parent {
+            // Only CLIENT spans wait (rule 3): a process seen serving expected one.
             node.awaits_parent = false;
-            let side = node.input.side;
             let pid = node.input.pid;
-            let connection = node.input.connection;
             let thread = (pid, node.input.tid);
-            let expected = match side {
-                // One with a context is linked by it.
-                Side::Server => node.trace_id.is_none(),
-                Side::Client => self.serving.contains_key(&pid),
-            };
-            if expected {
+            if self.serving.contains_key(&pid) {
                 out.unlinked += 1;
             }
-            match side {
-                Side::Server => {
-                    if let Some(q) = self.servers_by_connection.get_mut(&connection) {
-                        remove_key(q, key, &self.nodes);
-                        if q.is_empty() {
-                            self.servers_by_connection.remove(&connection);
-                        }
-                    }
-                }
-                Side::Client => {
-                    if let Some(v) = self.clients_by_thread.get_mut(&thread) {
-                        remove_key(v, key, &self.nodes);
-                        if v.is_empty() {
-                            self.clients_by_thread.remove(&thread);
-                        }
-                    }
+            if let Some(v) = self.clients_by_thread.get_mut(&thread) {
+                remove_key(v, key, &self.nodes);
+                if v.is_empty() {
+                    self.clients_by_thread.remove(&thread);
                 }
             }
         }
@@ -767,11 +639,6 @@ impl SpanAssembler {
             !recent.is_empty()
         });
         self.emitted_count -= forgotten;
-        let nodes = &self.nodes;
-        self.clients_by_connection.retain(|_, q| {
-            q.retain(|k| nodes.contains_key(k));
-            !q.is_empty()
-        });
     }
 }
 
@@ -791,15 +658,6 @@ fn remove_key<V>(queue: &mut VecDeque<u64>, key: u64, nodes: &Map<u64, V>) {
     }
     if let Some(i) = queue.iter().position(|k| *k == key) {
         queue.remove(i);
-    }
-}
-
-/// Whether the exchange is an error of its span: a 5xx, or no response at all on the client.
-fn failed(input: &SpanInput) -> bool {
-    let status = input.exchange.status;
-    match input.side {
-        Side::Server => status.is_some_and(|s| s >= 500),
-        Side::Client => status.is_none_or(|s| s >= 500),
     }
 }
 
@@ -826,10 +684,84 @@ fn hex_u128(id: &str) -> u128 {
 
 #[cfg(test)]
 mod tests {
+    //! Scenarios as the connection table produces them: ends one at a time, through the
+    //! pairing of both ends (`exchange::Pairing`) into the assembler; spans read as Zipkin
+    //! would receive them.
+    use std::{net::SocketAddr, sync::Arc};
+
     use super::*;
-    use crate::protocol::{Outcome, Protocol};
+    use crate::{
+        exchange::{ExchangeNames, Pairing},
+        export::zipkin::model::{Kind, Span},
+        metrics::Registry,
+        protocol::http1::{HttpExchange, Outcome},
+    };
 
     const MS: u64 = 1_000_000;
+
+    /// What the assembler emitted, as Zipkin spans.
+    #[derive(Default)]
+    struct Out {
+        spans: Vec<Span>,
+        export_only: Vec<Span>,
+        store_declined: u64,
+        unlinked: u64,
+        invalid_context: u64,
+        not_sampled: u64,
+    }
+
+    impl Out {
+        fn take(&mut self, a: Assembled) {
+            self.spans.extend(a.spans.iter().map(Span::from_domain));
+            self.export_only
+                .extend(a.export_only.iter().map(Span::from_domain));
+            self.store_declined += a.store_declined;
+            self.unlinked += a.unlinked;
+            self.invalid_context += a.invalid_context;
+            self.not_sampled += a.not_sampled;
+        }
+    }
+
+    /// The pairing and the assembler, fed one end at a time.
+    struct Asm {
+        pairing: Pairing,
+        asm: SpanAssembler,
+    }
+
+    impl Asm {
+        fn new(seed: u64, sampling_ratio: f64, keep_errors: bool) -> Self {
+            Asm {
+                pairing: Pairing::new(&Registry::default()),
+                asm: SpanAssembler::new(seed, sampling_ratio, keep_errors),
+            }
+        }
+
+        fn with_outputs(mut self, exporting: bool, admission: StoreAdmission) -> Self {
+            self.asm = self.asm.with_outputs(exporting, admission);
+            self
+        }
+
+        fn add(&mut self, end: Observed, out: &mut Out) {
+            let mut paired = Vec::new();
+            self.pairing.add(end, &mut paired);
+            for p in paired {
+                let mut a = Assembled::default();
+                self.asm.add(p, &mut a);
+                out.take(a);
+            }
+        }
+
+        fn tick(&mut self, now_ns: u64, out: &mut Out) {
+            let mut paired = Vec::new();
+            self.pairing.tick(now_ns, &mut paired);
+            let mut a = Assembled::default();
+            for p in paired {
+                self.asm.add(p, &mut a);
+            }
+            self.asm.tick(now_ns, &mut a);
+            out.take(a);
+        }
+    }
 
     #[expect(
         clippy::too_many_arguments,
@@ -844,16 +776,15 @@ mod tests {
         peer: Option<&str>,
         headers: &[(&'static str, &str)],
         now_ns: u64,
-    ) -> SpanInput {
+    ) -> Observed {
         let connection: (SocketAddr, SocketAddr) =
             (connection.0.parse().unwrap(), connection.1.parse().unwrap());
         let (local, remote) = match side {
             Side::Client => connection,
             Side::Server => (connection.1, connection.0),
         };
-        SpanInput {
-            exchange: Exchange {
-                protocol: Protocol::Http1,
+        Observed {
+            exchange: HttpExchange {
                 start_ns: window.0,
                 end_ns: window.1,
                 method: "GET".into(),
@@ -863,7 +794,8 @@ mod tests {
                 response_body_bytes: 2,
                 headers: headers.iter().map(|(k, v)| (*k, v.to_string())).collect(),
                 outcome: Outcome::Complete,
-            },
+            }
+            .into_exchange(),
             side,
             names: Arc::new(ExchangeNames {
                 service: format!("svc{pid}").into(),
@@ -883,8 +815,8 @@ mod tests {
         }
     }
 
-    fn empty() -> Assembled {
-        Assembled::default()
+    fn empty() -> Out {
+        Out::default()
     }
 
     fn by_service<'a>(spans: &'a [Span], service: &str, kind: Kind) -> &'a Span {
@@ -904,7 +836,7 @@ mod tests {
     /// this node. Exchanges arrive bottom-up, as they complete.
     #[test]
     fn three_tiers_without_headers() {
-        let mut asm = SpanAssembler::new(7, 1.0, false);
+        let mut asm = Asm::new(7, 1.0, false);
         let mut out = empty();
         let k1 = ("10.0.0.1:40000", "10.0.0.2:8080");
         let k2 = ("10.0.0.2:40001", "10.0.0.3:9090");
@@ -987,8 +919,7 @@ mod tests {
     #[test]
     fn store_admission_declines_whole_traces() {
         for exporting in [false, true] {
-            let mut asm =
-                SpanAssembler::new(7, 1.0, false).with_outputs(exporting, StoreAdmission::new(1));
+            let mut asm = Asm::new(7, 1.0, false).with_outputs(exporting, StoreAdmission::new(1));
             let mut out = empty();
             let server = |trace: u32, parent: u32, port: u32| {
                 let tp = format!("00-{trace:032x}-{parent:016x}-01");
@@ -1031,7 +962,7 @@ mod tests {
 
     #[test]
     fn b3_headers_share_server_spans() {
-        let mut asm = SpanAssembler::new(9, 1.0, false);
+        let mut asm = Asm::new(9, 1.0, false);
         let mut out = empty();
         let trace = "463ac35c9f6413ad48485a3953bb6124";
         let k1 = ("10.0.0.1:40000", "10.0.0.2:8080");
@@ -1111,7 +1042,7 @@ mod tests {
 
     #[test]
     fn w3c_headers_make_server_children() {
-        let mut asm = SpanAssembler::new(11, 1.0, false);
+        let mut asm = Asm::new(11, 1.0, false);
         let mut out = empty();
         let k2 = ("10.0.0.2:40001", "10.0.0.3:9090");
         let tp = [(
@@ -1164,7 +1095,7 @@ mod tests {
     /// (their requests carried different contexts); it pairs with its own server span.
     #[test]
     fn ends_of_different_requests_never_pair() {
-        let mut asm = SpanAssembler::new(19, 1.0, false);
+        let mut asm = Asm::new(19, 1.0, false);
         let mut out = empty();
         let k = ("10.0.0.1:50000", "10.0.0.2:80");
         let b3 = |span: &'static str| {
@@ -1247,7 +1178,7 @@ mod tests {
 
         // The client end first: a server of another request (its client lost) leaves it
         // waiting for its own.
-        let mut asm = SpanAssembler::new(23, 1.0, false);
+        let mut asm = Asm::new(23, 1.0, false);
         let mut out = empty();
         asm.add(client(41 * MS), &mut out);
         asm.add(lost(42 * MS), &mut out);
@@ -1295,7 +1226,7 @@ mod tests {
                 true,
             ),
         ] {
-            let mut asm = SpanAssembler::new(17, 1.0, false);
+            let mut asm = Asm::new(17, 1.0, false);
             let mut out = empty();
             let front = ("10.0.0.1:50000", "10.0.0.2:80");
             let back = ("10.0.0.2:40000", "10.0.0.3:8080");
@@ -1390,7 +1321,7 @@ mod tests {
 
     #[test]
     fn malformed_and_unsampled_contexts() {
-        let mut asm = SpanAssembler::new(13, 1.0, false);
+        let mut asm = Asm::new(13, 1.0, false);
         let mut out = empty();
         let k = ("10.0.0.1:1", "10.0.0.2:2");
         let bad = [(
@@ -1415,7 +1346,7 @@ mod tests {
 
     #[test]
     fn async_client_of_a_server_process_is_unlinked() {
-        let mut asm = SpanAssembler::new(17, 1.0, false);
+        let mut asm = Asm::new(17, 1.0, false);
         let mut out = empty();
         let k1 = ("10.0.0.1:40000", "10.0.0.2:8080");
         let k2 = ("10.0.0.2:40001", "10.0.0.3:9090");
@@ -1453,20 +1384,22 @@ mod tests {
 
     #[test]
     fn clients_of_a_process_that_serves_nothing_wait_for_their_server_only() {
-        let pure = |conn, window, now| {
-            let mut i = input(Side::Client, 1, 10, window, conn, None, &[], now);
+        // Its server is a process on this node (named) or not (192.0.2.1).
+        let pure = |conn: (&str, &str), window, now| {
+            let peer = (!conn.1.starts_with("192.0.2.")).then_some("svc2");
+            let mut i = input(Side::Client, 1, 10, window, conn, peer, &[], now);
             i.in_server_process = false;
             i
         };
         let server =
             |conn, window, now| input(Side::Server, 2, 20, window, conn, Some("svc1"), &[], now);
-        let mut asm = SpanAssembler::new(19, 1.0, false);
+        let mut asm = Asm::new(19, 1.0, false);
         let mut out = empty();
         let k1 = ("10.0.0.1:40000", "10.0.0.2:8080");
         // Client first: held for its server span only, then both go out together.
         asm.add(pure(k1, (MS, 5 * MS), 6 * MS), &mut out);
         assert!(out.spans.is_empty());
-        assert!(asm.clients_by_thread.is_empty());
+        assert!(asm.asm.clients_by_thread.is_empty());
         asm.add(server(k1, (2 * MS, 4 * MS), 7 * MS), &mut out);
         assert_eq!(out.spans.len(), 2);
         let client = by_service(&out.spans, "svc1", Kind::Client);
@@ -1478,19 +1411,20 @@ mod tests {
         asm.add(server(k1, (12 * MS, 14 * MS), 15 * MS), &mut out);
         asm.add(pure(k1, (11 * MS, 15 * MS), 16 * MS), &mut out);
         assert_eq!(out.spans.len(), 4);
-        // A server that is not observed: the client goes out when it expires, not as unlinked.
+        // A server that is not a process on this node: nothing to wait for, the client goes out
+        // at once, and not as unlinked.
         let k2 = ("10.0.0.1:40002", "192.0.2.1:443");
         asm.add(pure(k2, (20 * MS, 25 * MS), 26 * MS), &mut out);
-        assert_eq!(out.spans.len(), 4);
+        assert_eq!(out.spans.len(), 5);
         asm.tick(26 * MS + LINK_WAIT_NS + 1, &mut out);
         assert_eq!(out.spans.len(), 5);
         assert_eq!(out.unlinked, 0);
-        assert!(asm.nodes.is_empty());
+        assert!(asm.asm.nodes.is_empty());
     }
 
     #[test]
     fn client_exchange_completing_first_still_parents_the_server() {
-        let mut asm = SpanAssembler::new(23, 1.0, false);
+        let mut asm = Asm::new(23, 1.0, false);
         let mut out = empty();
         let k = ("10.0.0.1:40000", "10.0.0.2:8080");
         asm.add(
@@ -1530,7 +1464,7 @@ mod tests {
 
     #[test]
     fn context_decisions_beat_the_ratio() {
-        let mut asm = SpanAssembler::new(19, 0.0, false);
+        let mut asm = Asm::new(19, 0.0, false);
         let mut out = empty();
         let k = ("10.0.0.1:1", "10.0.0.2:2");
         let on = [(

@@ -7,135 +7,39 @@
 //! accept in the ring buffer (the client's ESTABLISHED causes the server's), so both sides name
 //! each other consistently without waiting.
 
-use std::{
-    collections::VecDeque,
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-};
+pub mod listeners;
+pub mod metrics;
+pub mod tombstones;
+
+use std::{net::SocketAddr, sync::Arc};
 
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 
-use meshtap_common::{direction, flags, role};
+pub use listeners::{Listener, Listeners};
+use metrics::{EdgeLabels, FailedLabels, L4Metrics};
+use tombstones::Tombstones;
 
 use crate::{
-    aggregate::{
-        ExchangeNames,
-        http::{ExchangeRecord, HttpAggregator},
-        spans::SpanInput,
-        traces::Tracer,
-    },
-    event::{Comm, ConnTotals, Event, Meta, Process},
-    fast::{Map, Set},
+    event::{ConnTotals, Direction, Event, Meta, Process, Role},
+    exchange::{ConnectFailure, ExchangeNames, ExchangeSink, Observed},
+    fast::Map,
     metadata::{
         kube::{Peer, PodMeta},
         service::{Identity, ServiceNames},
     },
-    metrics::{EdgeLabels, FailedLabels, GraphNamespaces, Metrics, OVERFLOW},
-    protocol::{self, Detection, Direction, Exchange, Parser, Protocol, Side},
+    metrics::{EdgeNamespaces, OVERFLOW, Registry},
+    protocol::{
+        Exchange, Side,
+        session::{CloseWaits, Session, SessionMetrics, Waiting},
+    },
 };
-
-/// A listening socket on this node.
-#[derive(Debug, Clone)]
-pub struct Listener {
-    pub addr: SocketAddr,
-    pub netns: u32,
-    pub comm: Comm,
-    /// Service name of the listening process (see `metadata::service`).
-    pub service: Arc<str>,
-    /// Its pod, in Kubernetes.
-    pub pod: Option<Arc<PodMeta>>,
-    /// The listening process, to name it again once its pod is known.
-    pub process: Option<Process>,
-}
-
-/// Who listens where, and which addresses each network namespace owns.
-#[derive(Default)]
-pub struct Listeners {
-    by_port: Map<u16, Vec<Listener>>,
-    netns_addrs: Map<u32, Set<IpAddr>>,
-}
-
-impl Listeners {
-    pub fn add(&mut self, listener: Listener) {
-        if !listener.addr.ip().is_unspecified() {
-            self.add_addr(listener.netns, listener.addr.ip());
-        }
-        let list = self.by_port.entry(listener.addr.port()).or_default();
-        list.retain(|l| !(l.addr == listener.addr && l.netns == listener.netns));
-        list.push(listener);
-    }
-
-    pub fn remove(&mut self, addr: SocketAddr, netns: u32) {
-        if let Some(list) = self.by_port.get_mut(&addr.port()) {
-            list.retain(|l| !(l.addr == addr && l.netns == netns));
-            if list.is_empty() {
-                self.by_port.remove(&addr.port());
-            }
-        }
-    }
-
-    pub fn add_addr(&mut self, netns: u32, ip: IpAddr) {
-        if netns != 0 && !ip.is_unspecified() {
-            self.netns_addrs.entry(netns).or_default().insert(ip);
-        }
-    }
-
-    pub fn knows_netns(&self, netns: u32) -> bool {
-        self.netns_addrs.contains_key(&netns)
-    }
-
-    /// The local listener a client in `client_netns` reaches at `remote`, if there is exactly
-    /// one candidate. Loopback addresses only reach the client's own namespace; other addresses
-    /// reach a wildcard listener only in a namespace known to own that address.
-    pub fn server_for(&self, client_netns: u32, remote: SocketAddr) -> Option<&Listener> {
-        let list = self.by_port.get(&remote.port())?;
-        let loopback = remote.ip().is_loopback();
-        let reachable = |l: &&Listener| {
-            if loopback && client_netns != 0 && l.netns != 0 && l.netns != client_netns {
-                return false;
-            }
-            if l.addr.ip() == remote.ip() {
-                return true;
-            }
-            if !l.addr.ip().is_unspecified() {
-                return false;
-            }
-            loopback
-                || self
-                    .netns_addrs
-                    .get(&l.netns)
-                    .is_some_and(|addrs| addrs.contains(&remote.ip()))
-        };
-        let mut candidates = list.iter().filter(reachable);
-        let first = candidates.next()?;
-        // Exact address matches win over wildcards; otherwise an ambiguous match names nobody.
-        match candidates.next() {
-            None => Some(first),
-            Some(second) => [first, second]
-                .into_iter()
-                .chain(list.iter().filter(reachable).skip(2))
-                .find(|l| l.addr.ip() == remote.ip()),
-        }
-    }
-
-    /// Whether `local` is a listening address in `netns` (to infer the role of a connection
-    /// that was already open when the agent started).
-    pub fn is_listening(&self, netns: u32, local: SocketAddr) -> bool {
-        self.by_port.get(&local.port()).is_some_and(|list| {
-            list.iter().any(|l| {
-                (l.netns == netns || netns == 0 || l.netns == 0)
-                    && (l.addr.ip() == local.ip() || l.addr.ip().is_unspecified())
-            })
-        })
-    }
-}
 
 /// One tracked TCP connection, from one side.
 pub struct Connection {
     pub id: u64,
     pub sk: u64,
-    pub role: u8,
+    pub role: Side,
     pub netns: u32,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -153,9 +57,8 @@ pub struct Connection {
     pub names: Arc<ExchangeNames>,
     /// When the Kubernetes names were last looked up (event time).
     k8s_checked_ns: u64,
-    l7: L7,
-    /// Sequence number the next data event should carry (gaps mean lost events).
-    next_seq: u64,
+    /// The protocol session of this side: detection, parsing, what a close completes.
+    session: Session,
     /// The thread that last moved request bytes: the one serving (server) or sending (client)
     /// the request in a thread-per-request process.
     request_tid: u32,
@@ -163,26 +66,6 @@ pub struct Connection {
     received: Counter,
 }
 
-/// Protocol state of one connection side.
-enum L7 {
-    /// Not detected yet: `chunks` payload chunks seen, and the bytes of the latest ones if
-    /// they were too short to tell (a request written a byte at a time).
-    Detecting {
-        chunks: u32,
-        held: Vec<u8>,
-        held_dir: Option<Direction>,
-        held_ts: u64,
-    },
-    Parsing(Box<dyn Parser>),
-    /// Not a protocol we parse, or the parser gave up.
-    Ignored,
-}
-
-/// Chunks to look at before deciding a connection speaks no protocol we know: one for a
-/// connection seen from its start, more for one first seen mid-stream (its first chunk may be
-/// the middle of a body).
-const DETECT_CHUNKS: u32 = 1;
-const DETECT_CHUNKS_MIDSTREAM: u32 = 64;
 /// How far behind the monotonic clock the event clock may fall before ticks use the former,
 /// when the reader cannot vouch for a more recent time (its queue is backed up).
 const TICK_IDLE_MARGIN_NS: u64 = 3_000_000_000;
@@ -190,21 +73,8 @@ const TICK_IDLE_MARGIN_NS: u64 = 3_000_000_000;
 /// How often a connection's missing Kubernetes names are looked up again.
 const K8S_RETRY_NS: u64 = 1_000_000_000;
 
-/// Bytes held back while too few arrived to tell the protocol.
-const DETECT_HOLD_BYTES: usize = 64;
-
 /// How often edges unused for the series TTL are looked for.
 const EDGE_EXPIRY_EVERY_NS: u64 = 10_000_000_000;
-
-/// How long (event time) a connection that closed with an exchange in flight keeps its parser
-/// for the bytes its process moves after TCP_CLOSE (see `ConnTable::closing`).
-const CLOSE_WAIT_NS: u64 = 500_000_000;
-/// The same for a connection that closed between exchanges: long enough for the write in which
-/// the close happened to return (see `ConnTable::closing`).
-const CLOSE_WAIT_IDLE_NS: u64 = 20_000_000;
-/// Connections waiting so at once; past it the oldest ends its wait early, counted in
-/// `meshtap_close_waits_cut_short_total`.
-const CLOSE_WAIT_MAX: usize = 4096;
 
 /// What `/api/v1/connections` shows of a connection.
 #[derive(Serialize)]
@@ -226,11 +96,11 @@ pub struct ConnectionView {
     pub retransmits: u64,
 }
 
-pub fn role_name(r: u8) -> &'static str {
-    match r {
-        role::CLIENT => "client",
-        role::SERVER => "server",
-        _ => "unknown",
+/// Label value of a resolved role.
+pub fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Client => "client",
+        Side::Server => "server",
     }
 }
 
@@ -247,58 +117,8 @@ pub fn failure_reason(errno: u32) -> &'static str {
     }
 }
 
-/// A bounded memory of recently closed things, by key, forgotten after `TTL_NS`.
-struct Tombstones<K, V> {
-    by_key: Map<K, (V, u64)>,
-    order: VecDeque<(K, u64)>,
-}
-
-impl<K, V> Default for Tombstones<K, V> {
-    fn default() -> Self {
-        Tombstones {
-            by_key: Map::default(),
-            order: VecDeque::new(),
-        }
-    }
-}
-
-impl<K: std::hash::Hash + Eq + Copy, V> Tombstones<K, V> {
-    const CAPACITY: usize = 16384;
-    /// Shorter than TCP_TIMEWAIT_LEN (60 s), during which a closed endpoint cannot be reused.
-    const TTL_NS: u64 = 30_000_000_000;
-
-    fn insert(&mut self, key: K, value: V, ts_ns: u64) {
-        self.expire(ts_ns, Self::CAPACITY - 1);
-        self.by_key.insert(key, (value, ts_ns));
-        self.order.push_back((key, ts_ns));
-    }
-
-    /// Forgets the entries older than the TTL at `now_ns`, and the oldest beyond `keep`.
-    fn expire(&mut self, now_ns: u64, keep: usize) {
-        while self.order.len() > keep
-            || self
-                .order
-                .front()
-                .is_some_and(|(_, t)| now_ns.saturating_sub(*t) > Self::TTL_NS)
-        {
-            let Some((old, t)) = self.order.pop_front() else {
-                break;
-            };
-            if self.by_key.get(&old).is_some_and(|e| e.1 == t) {
-                self.by_key.remove(&old);
-            }
-        }
-    }
-
-    fn get(&self, key: &K, now_ns: u64) -> Option<&V> {
-        let (value, ts) = self.by_key.get(key)?;
-        (now_ns.saturating_sub(*ts) <= Self::TTL_NS).then_some(value)
-    }
-}
-
 /// A local client endpoint, live or recently closed, as a server-side connection sees it.
 struct LocalClient<'a> {
-    comm: &'a str,
     service: &'a Arc<str>,
     pod: Option<&'a Arc<PodMeta>>,
     /// The server address the client connected to (before any NAT).
@@ -317,7 +137,6 @@ impl LocalClient<'_> {
 /// A closed client endpoint (see `ConnTable::recent_clients`).
 struct ClosedClient {
     netns: u32,
-    comm: Comm,
     service: Arc<str>,
     pod: Option<Arc<PodMeta>>,
     /// The server address the client connected to (before any NAT).
@@ -351,12 +170,6 @@ fn late_event_of(remote: SocketAddr, meta: &Meta) -> bool {
         && (meta.remote.port() == 0 || remote.port() == meta.remote.port())
 }
 
-/// A closed connection waiting for late bytes (see `ConnTable::closing`).
-struct Closing {
-    conn: Box<Connection>,
-    closed_ns: u64,
-}
-
 pub struct ConnTable {
     /// Boxed: a connection is ~350 bytes, and a map with steady churn (connections opened and
     /// closed all the time) settles at up to four times as many buckets as entries (deleted
@@ -368,7 +181,7 @@ pub struct ConnTable {
     /// Tracked server connections by their client's address (to find, from a client, the local
     /// server it reached through a NAT such as a Service ClusterIP).
     servers_by_remote: Map<SocketAddr, u64>,
-    /// Tracked server connections per owning process (tgid): see `SpanInput::in_server_process`.
+    /// Tracked server connections per owning process (tgid): see `Observed::in_server_process`.
     server_conns_by_pid: Map<u32, u32>,
     pub listeners: Listeners,
     /// Client endpoints whose connection already closed, for a server that accepts late: a
@@ -379,20 +192,9 @@ pub struct ConnTable {
     recent_clients: Tombstones<SocketAddr, ClosedClient>,
     /// Connections closed recently, by socket, for reads that drain them after TCP_CLOSE.
     recent_closed: Tombstones<u64, ClosedConnection>,
-    /// Connections with a parser that reached TCP_CLOSE, by socket, keeping the parser a while
-    /// before the close completes what it has: bytes can move after the close. A process
-    /// writing to a peer that already closed gets the peer's RST while still in `write` (on
-    /// loopback and veth the peer's answer is processed on the way out), so the write's data
-    /// event, sent when the syscall returns, follows the close event: a server's response to a
-    /// client that hung up, or a client's request on a keep-alive connection the server had
-    /// just closed (a failed request). And a process may read what was queued before the
-    /// close. With an exchange in flight the wait is `CLOSE_WAIT_NS`, else
-    /// `CLOSE_WAIT_IDLE_NS`.
-    closing: Map<u64, Closing>,
-    /// `closing` in close order, per wait (in flight, idle): (socket, connection id, end of
-    /// the wait). A socket's address can be reused by a later connection, whose close replaces
-    /// the entry: entries no longer in `closing` are skipped.
-    closing_order: [VecDeque<(u64, u64, u64)>; 2],
+    /// Closed connections whose session waits for bytes moved after the close (see
+    /// `protocol::session::CloseWaits`).
+    closing: CloseWaits<Box<Connection>>,
     /// Edge label sets in use (bounded by `max_series`), with when each was last used: made
     /// or looked up for a connection, or a connection of it closed. One without connections
     /// that stays unused for `series_ttl_ns` is removed with its series.
@@ -402,10 +204,12 @@ pub struct ConnTable {
     series_ttl_ns: u64,
     /// When unused edges were last looked for.
     edges_expired_ns: u64,
-    metrics: Arc<Metrics>,
+    metrics: L4Metrics,
+    sessions: SessionMetrics,
+    registry: Arc<Registry>,
     pub services: ServiceNames,
-    http: HttpAggregator,
-    tracer: Option<Tracer>,
+    /// Where exchanges and failed connects go (composed by the app).
+    sink: Box<dyn ExchangeSink>,
     /// The latest event timestamp seen: waits (pairing, span linking) run on event time, so
     /// that a processing backlog does not expire what is still queued.
     event_clock: u64,
@@ -421,20 +225,25 @@ pub struct ConnTable {
 /// the insert and counts another failure.
 const MAX_TURNED_AWAY: usize = 4096;
 
+/// What the table is built with.
+pub struct TableSettings {
+    pub max_connections: usize,
+    /// Edge label sets before overflow.
+    pub max_series: usize,
+    pub series_ttl_ns: u64,
+}
+
 impl ConnTable {
     pub fn new(
-        metrics: Arc<Metrics>,
+        registry: Arc<Registry>,
+        metrics: L4Metrics,
         services: ServiceNames,
-        http: HttpAggregator,
-        tracer: Option<Tracer>,
-        max_connections: usize,
-        max_series: usize,
-        series_ttl_ns: u64,
+        sink: Box<dyn ExchangeSink>,
+        settings: TableSettings,
     ) -> Self {
         ConnTable {
             services,
-            http,
-            tracer,
+            sink,
             event_clock: 0,
             conns: Map::default(),
             clients_by_local: Map::default(),
@@ -443,15 +252,16 @@ impl ConnTable {
             listeners: Listeners::default(),
             recent_clients: Tombstones::default(),
             recent_closed: Tombstones::default(),
-            closing: Map::default(),
-            closing_order: [VecDeque::new(), VecDeque::new()],
+            closing: CloseWaits::default(),
             edges: Map::default(),
             failed_series: Map::default(),
-            series_ttl_ns,
+            series_ttl_ns: settings.series_ttl_ns,
             edges_expired_ns: 0,
+            sessions: SessionMetrics::new(&registry),
             metrics,
-            max_connections,
-            max_series,
+            registry,
+            max_connections: settings.max_connections,
+            max_series: settings.max_series,
             turned_away: Map::default(),
         }
     }
@@ -462,7 +272,7 @@ impl ConnTable {
             .values()
             .map(|c| ConnectionView {
                 id: c.id,
-                role: role_name(c.role),
+                role: side_name(c.role),
                 local: c.local.to_string(),
                 remote: c.remote.to_string(),
                 pid: c.process.tgid,
@@ -538,7 +348,6 @@ impl ConnTable {
                 self.listeners.add(Listener {
                     addr: meta.local,
                     netns: meta.netns,
-                    comm: meta.process.comm.clone(),
                     service: id.service,
                     pod: id.pod,
                     process: Some(meta.process.clone()),
@@ -560,20 +369,17 @@ impl ConnTable {
             .set(self.conns.len() as i64);
     }
 
-    fn resolve_role(&self, meta: &Meta) -> u8 {
+    fn resolve_role(&self, meta: &Meta) -> Side {
         match meta.role {
-            role::CLIENT | role::SERVER => meta.role,
-            _ if self.listeners.is_listening(meta.netns, meta.local) => role::SERVER,
-            _ => role::CLIENT,
+            Role::Client => Side::Client,
+            Role::Server => Side::Server,
+            Role::Unknown if self.listeners.is_listening(meta.netns, meta.local) => Side::Server,
+            Role::Unknown => Side::Client,
         }
     }
 
-    /// The local client at the other end of server-side connection `meta`, from the tracked
-    /// client connections or the recently closed ones.
-    fn local_client(&self, meta: &Meta) -> Option<LocalClient<'_>> {
-        self.local_client_at(meta.remote, meta.netns, meta.ts_ns)
-    }
-
+    /// The local client at `remote` (the other end of a server-side connection), from the
+    /// tracked client connections or the recently closed ones.
     fn local_client_at(
         &self,
         remote: SocketAddr,
@@ -586,7 +392,6 @@ impl ConnTable {
             .and_then(|id| self.conns.get(id))
             .filter(|c| same_host(c.netns) || c.netns == 0)
             .map(|c| LocalClient {
-                comm: &c.process.comm,
                 service: &c.names.service,
                 pod: c.names.pod.as_ref(),
                 server: c.remote,
@@ -596,7 +401,6 @@ impl ConnTable {
                     .get(&remote, ts_ns)
                     .filter(|c| same_host(c.netns))
                     .map(|c| LocalClient {
-                        comm: &c.comm,
                         service: &c.service,
                         pod: c.pod.as_ref(),
                         server: c.server,
@@ -607,13 +411,13 @@ impl ConnTable {
     /// The identity of the process at the other end, when it is on this node.
     fn peer_identity(
         &mut self,
-        role: u8,
+        role: Side,
         netns: u32,
         local: SocketAddr,
         remote: SocketAddr,
         ts_ns: u64,
     ) -> Option<Identity> {
-        if role == role::SERVER {
+        if role == Side::Server {
             return self
                 .local_client_at(remote, netns, ts_ns)
                 .map(|c| c.identity());
@@ -659,7 +463,7 @@ impl ConnTable {
     /// its pod (or Service) in Kubernetes, local or not.
     fn peer(
         &mut self,
-        role: u8,
+        role: Side,
         netns: u32,
         local: SocketAddr,
         remote: SocketAddr,
@@ -681,79 +485,28 @@ impl ConnTable {
         }
     }
 
-    /// Labels of the edge `meta` belongs to, seen from `observer_role`: command names for
-    /// processes on this node, IP addresses for the rest. In Kubernetes, an end in a pod is
-    /// named by its workload instead, a remote address by the pod that owns it now or the
-    /// Service whose ClusterIP it is, and the namespaces of both ends are labels: the names
-    /// the service graph uses, never a recycled pod IP.
-    fn edge_labels(&mut self, meta: &Meta, observer_role: u8) -> EdgeLabels {
-        let (pod, peer) = if self.services.kubernetes() {
-            let port = (observer_role == role::SERVER).then_some(meta.local.port());
-            let pod = self.services.identify(&meta.process, port).pod;
-            let (_, peer) = self.peer(
-                observer_role,
-                meta.netns,
-                meta.local,
-                meta.remote,
-                meta.ts_ns,
-            );
-            (pod, peer)
-        } else {
-            (None, None)
-        };
-        self.edge_labels_named(meta, observer_role, pod.as_deref(), peer.as_ref())
-    }
-
-    /// `edge_labels` with the observing process's pod and the peer already looked up.
-    fn edge_labels_named(
-        &self,
-        meta: &Meta,
-        observer_role: u8,
-        pod: Option<&PodMeta>,
-        k8s_peer: Option<&Peer>,
-    ) -> EdgeLabels {
-        let server_side = observer_role == role::SERVER;
-        let (me, my_ns) = match pod {
-            Some(pod) => (pod.service_name().to_string(), Some(pod.namespace.clone())),
-            None => (meta.process.comm.to_string(), None),
-        };
-        let (peer, peer_ns) = match k8s_peer {
-            Some(p) => (p.name().to_string(), Some(p.namespace().to_string())),
-            None => (
-                if server_side {
-                    self.local_client(meta).map(|c| c.comm.to_string())
-                } else {
-                    self.listeners
-                        .server_for(meta.netns, meta.remote)
-                        .map(|l| l.comm.to_string())
-                }
-                .unwrap_or_else(|| meta.remote.ip().to_string()),
-                None,
-            ),
-        };
-        if server_side {
-            EdgeLabels {
-                client: peer,
-                server: me,
-                server_port: meta.local.port().to_string(),
-                role: "server".to_string(),
-                namespaces: GraphNamespaces {
-                    client: peer_ns,
-                    server: my_ns,
-                },
-            }
-        } else {
-            EdgeLabels {
-                client: me,
-                server: peer,
-                server_port: meta.remote.port().to_string(),
-                role: "client".to_string(),
-                namespaces: GraphNamespaces {
-                    client: my_ns,
-                    server: peer_ns,
-                },
-            }
-        }
+    /// Labels of the edge `meta` belongs to, seen from `observer_role`: each end named by the
+    /// one name the agent uses for it everywhere (metrics, service graph, spans): a process on
+    /// this node by its service name, a pod elsewhere by its workload (or the Service whose
+    /// ClusterIP it is), anything else by its IP address. In Kubernetes the namespaces of both
+    /// ends are labels: never a recycled pod IP.
+    fn edge_labels(&mut self, meta: &Meta, observer_role: Side) -> EdgeLabels {
+        let port = (observer_role == Side::Server).then_some(meta.local.port());
+        let me = self.services.identify(&meta.process, port);
+        let (peer_service, peer_k8s) = self.peer(
+            observer_role,
+            meta.netns,
+            meta.local,
+            meta.remote,
+            meta.ts_ns,
+        );
+        edge_labels_named(
+            meta,
+            observer_role,
+            &me,
+            peer_service.as_deref(),
+            peer_k8s.as_ref(),
+        )
     }
 
     /// Applies the series cap: a label set beyond it is folded into the overflow series.
@@ -771,11 +524,8 @@ impl ConnTable {
             self.edges.insert(shared.clone(), now);
             return shared;
         }
-        self.metrics
-            .series_overflow
-            .get_or_create(&crate::metrics::MetricLabels {
-                metric: "meshtap_tcp".to_string(),
-            })
+        self.registry
+            .overflow_counter(metrics::name::TCP_SERIES)
             .inc();
         Arc::new(EdgeLabels::overflow(&labels.role))
     }
@@ -783,17 +533,12 @@ impl ConnTable {
     fn track(
         &mut self,
         meta: &Meta,
-        observer_role: u8,
+        observer_role: Side,
         pre_existing: bool,
     ) -> Option<Arc<EdgeLabels>> {
         if self.conns.len() >= self.max_connections || meta.conn_id == 0 {
             if meta.conn_id != 0 {
-                self.metrics
-                    .map_insert_failures
-                    .get_or_create(&crate::metrics::MapLabels {
-                        map: "agent_connections".to_string(),
-                    })
-                    .inc();
+                self.metrics.table_full.inc();
                 if self.turned_away.len() < MAX_TURNED_AWAY {
                     self.turned_away.insert(meta.conn_id, meta.sk);
                 }
@@ -815,14 +560,19 @@ impl ConnTable {
             meta.remote,
             meta.ts_ns,
         );
-        let me = if observer_role == role::SERVER {
+        let me = if observer_role == Side::Server {
             self.services
                 .identify(&meta.process, Some(meta.local.port()))
         } else {
             self.services.identify(&meta.process, None)
         };
-        let labels =
-            self.edge_labels_named(meta, observer_role, me.pod.as_deref(), peer_k8s.as_ref());
+        let labels = edge_labels_named(
+            meta,
+            observer_role,
+            &me,
+            peer_service.as_deref(),
+            peer_k8s.as_ref(),
+        );
         let labels = self.capped(labels);
         self.metrics.active.get_or_create(&labels).inc();
         let conn = Connection {
@@ -837,13 +587,7 @@ impl ConnTable {
             }),
             k8s_checked_ns: meta.ts_ns,
             request_tid: meta.process.tid,
-            l7: L7::Detecting {
-                chunks: 0,
-                held: Vec::new(),
-                held_dir: None,
-                held_ts: 0,
-            },
-            next_seq: 0,
+            session: Session::new(observer_role, pre_existing),
             sk: meta.sk,
             role: observer_role,
             netns: meta.netns,
@@ -860,7 +604,7 @@ impl ConnTable {
             bytes_received: 0,
             retransmits: 0,
         };
-        if observer_role == role::CLIENT {
+        if observer_role == Side::Client {
             self.clients_by_local.insert(meta.local, meta.conn_id);
         } else {
             self.servers_by_remote.insert(meta.remote, meta.conn_id);
@@ -878,7 +622,7 @@ impl ConnTable {
         if self.conns.contains_key(&meta.conn_id) {
             return;
         }
-        let pre_existing = meta.flags & flags::PRE_EXISTING != 0;
+        let pre_existing = meta.pre_existing;
         let observer_role = self.resolve_role(meta);
         let untracked = self.track(meta, observer_role, pre_existing);
         let labels = match untracked {
@@ -890,7 +634,7 @@ impl ConnTable {
         };
         if !pre_existing {
             self.metrics.opened.get_or_create(&labels).inc();
-            if observer_role == role::CLIENT {
+            if observer_role == Side::Client {
                 self.metrics
                     .connect_duration
                     .get_or_create(&labels)
@@ -905,9 +649,13 @@ impl ConnTable {
             .listeners
             .server_for(meta.netns, meta.remote)
             .map(|l| l.service.clone());
-        self.http
-            .connect_failed(&client_service, meta.remote, peer.as_ref(), meta.ts_ns);
-        let edge = self.edge_labels(meta, role::CLIENT);
+        self.sink.connect_failed(ConnectFailure {
+            client_service,
+            server: meta.remote,
+            server_service: peer,
+            now_ns: meta.ts_ns,
+        });
+        let edge = self.edge_labels(meta, Side::Client);
         let labels = FailedLabels {
             client: edge.client,
             server: edge.server,
@@ -923,27 +671,24 @@ impl ConnTable {
             self.failed_series.insert(labels.clone(), meta.ts_ns);
             labels
         } else {
-            self.metrics
-                .series_overflow
-                .get_or_create(&crate::metrics::MetricLabels {
-                    metric: "meshtap_tcp_connections_failed".to_string(),
-                })
+            self.registry
+                .overflow_counter(metrics::name::TCP_FAILED)
                 .inc();
             FailedLabels {
                 client: OVERFLOW.to_string(),
                 server: OVERFLOW.to_string(),
                 server_port: OVERFLOW.to_string(),
-                namespaces: GraphNamespaces::default(),
+                namespaces: EdgeNamespaces::default(),
                 ..labels
             }
         };
         self.metrics.failed.get_or_create(&labels).inc();
     }
 
-    fn data(&mut self, meta: &Meta, bytes: u64, dir: u8) {
+    fn data(&mut self, meta: &Meta, bytes: u64, dir: Direction) {
         if let Some(conn) = self.conns.get_mut(&meta.conn_id) {
             conn.last_seen_ns = meta.ts_ns;
-            if dir == direction::EGRESS {
+            if dir == Direction::Egress {
                 conn.bytes_sent += bytes;
                 conn.sent.inc_by(bytes);
             } else {
@@ -981,9 +726,9 @@ impl ConnTable {
     /// `meshtap_tcp_sent_bytes_total` or `meshtap_tcp_received_bytes_total` by direction.
     fn bytes_family(
         &self,
-        dir: u8,
+        dir: Direction,
     ) -> &prometheus_client::metrics::family::Family<EdgeLabels, Counter> {
-        if dir == direction::EGRESS {
+        if dir == Direction::Egress {
             &self.metrics.sent
         } else {
             &self.metrics.received
@@ -991,15 +736,18 @@ impl ConnTable {
     }
 
     /// Parses a data chunk moved after its connection's close (see `closing`).
-    fn parse_after_close(&mut self, meta: &Meta, bytes: u64, dir: u8, payload: &[u8]) {
-        let Some(closing) = self.closing.remove(&meta.sk) else {
+    fn parse_after_close(&mut self, meta: &Meta, bytes: u64, dir: Direction, payload: &[u8]) {
+        let Some(waiting) = self.closing.take(meta.sk) else {
             return;
         };
-        let matches = late_event_of(closing.conn.remote, meta);
-        let id = closing.conn.id;
-        let closed_ns = closing.closed_ns;
+        let matches = late_event_of(waiting.conn.remote, meta);
+        let Waiting {
+            conn,
+            id,
+            closed_ns,
+        } = waiting;
         // `parse` works on the table's connections: back in for the call.
-        self.conns.insert(id, closing.conn);
+        self.conns.insert(id, conn);
         if matches {
             // No sequence number: the kernel numbers only the events of tracked sockets.
             self.parse(meta, id, None, bytes, dir, payload);
@@ -1007,120 +755,52 @@ impl ConnTable {
         let Some(conn) = self.conns.remove(&id) else {
             return;
         };
-        let closing = Closing { conn, closed_ns };
-        if matches!(&closing.conn.l7, L7::Parsing(p) if p.in_flight()) {
+        let waiting = Waiting {
+            conn,
+            id,
+            closed_ns,
+        };
+        if waiting.conn.session.close_wait() == Some(true) {
             // Its wait stays the one it started with (a request written after the close, on
             // an idle connection, cannot be answered: it fails when the short wait ends).
-            self.closing.insert(meta.sk, closing);
+            self.closing.put_back(meta.sk, waiting);
         } else {
-            // Answered: nothing left to wait for (its `closing_order` entry is skipped).
-            self.finish_close(closing, meta.ts_ns);
+            // Answered: nothing left to wait for.
+            self.finish_close(waiting, meta.ts_ns);
         }
     }
 
-    /// Protocol detection and parsing of one data chunk of connection `conn_id`; `seq` is the
-    /// kernel's number of the event when it has one.
+    /// Hands one data chunk of connection `conn_id` to its session; `seq` is the kernel's
+    /// number of the event when it has one.
     fn parse(
         &mut self,
         meta: &Meta,
         conn_id: u64,
         seq: Option<u64>,
         bytes: u64,
-        dir: u8,
+        dir: Direction,
         payload: &[u8],
     ) {
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
-        let side = if conn.role == role::SERVER {
-            Side::Server
-        } else {
-            Side::Client
-        };
-        let dir = if dir == direction::EGRESS {
-            Direction::Egress
-        } else {
-            Direction::Ingress
-        };
-        let gap = seq.is_some_and(|seq| seq != conn.next_seq);
-        if let Some(seq) = seq {
-            conn.next_seq = seq + 1;
-        }
-        if dir == side.request_direction() {
+        if dir == conn.role.request_direction() {
             conn.request_tid = meta.process.tid;
         }
-        // Bytes of chunks too short to tell, replayed to the parser once detected.
-        let mut replay: Option<(u64, Vec<u8>)> = None;
-        if let L7::Detecting {
-            chunks,
-            held,
-            held_dir,
-            held_ts,
-        } = &mut conn.l7
-        {
-            *chunks += 1;
-            let limit = if conn.pre_existing {
-                DETECT_CHUNKS_MIDSTREAM
-            } else {
-                DETECT_CHUNKS
-            };
-            if *held_dir != Some(dir) {
-                held.clear();
-            }
-            let mut candidate = std::mem::take(held);
-            let first_ts = if candidate.is_empty() {
-                meta.ts_ns
-            } else {
-                *held_ts
-            };
-            candidate.extend_from_slice(payload);
-            match protocol::detect(side, dir, &candidate) {
-                Detection::Http1 => {
-                    self.http.detected(Protocol::Http1.name());
-                    let earlier = candidate.len() - payload.len();
-                    if earlier > 0 {
-                        candidate.truncate(earlier);
-                        replay = Some((first_ts, candidate));
-                    }
-                    conn.l7 = L7::Parsing(protocol::new_parser(Protocol::Http1, side));
-                }
-                Detection::NeedMore
-                    if payload.len() as u64 == bytes && candidate.len() <= DETECT_HOLD_BYTES =>
-                {
-                    *held = candidate;
-                    *held_dir = Some(dir);
-                    *held_ts = first_ts;
-                    return;
-                }
-                _ if *chunks >= limit => {
-                    conn.l7 = L7::Ignored;
-                    return;
-                }
-                _ => return,
-            }
-        }
-        let L7::Parsing(parser) = &mut conn.l7 else {
-            return;
-        };
-        if gap {
-            parser.gap(dir);
-        }
         let mut out = Vec::new();
-        if let Some((ts, held)) = replay
-            && let Err(err) = parser.feed(dir, ts, &held, held.len() as u64, &mut out)
-        {
-            self.http.parse_error(Protocol::Http1.name(), err.reason());
-        }
-        if let Err(err) = parser.feed(dir, meta.ts_ns, payload, bytes, &mut out) {
-            self.http.parse_error(Protocol::Http1.name(), err.reason());
-        }
-        if parser.is_dead() {
-            conn.l7 = L7::Ignored;
-        }
+        conn.session.data(
+            dir,
+            meta.ts_ns,
+            seq,
+            payload,
+            bytes,
+            &mut self.sessions,
+            &mut out,
+        );
         self.exchanges(conn_id, out, meta.ts_ns);
     }
 
-    /// Hands a connection's completed exchanges to the aggregator.
+    /// Hands a connection's completed exchanges to the sink, with the names of both ends.
     fn exchanges(&mut self, conn_id: u64, out: Vec<Exchange>, now_ns: u64) {
         if out.is_empty() {
             return;
@@ -1158,7 +838,7 @@ impl ConnTable {
         {
             // Seen before the API answered (or before the pod was listed): name it again.
             let process = conn.process.clone();
-            let port = (conn.role == role::SERVER).then_some(conn.local.port());
+            let port = (conn.role == Side::Server).then_some(conn.local.port());
             let me = self.services.identify(&process, port);
             if me.pod.is_some()
                 && let Some(c) = self.conns.get_mut(&conn_id)
@@ -1169,7 +849,7 @@ impl ConnTable {
             }
         }
         if let Some(c) = self.conns.get_mut(&conn_id)
-            && c.role == role::CLIENT
+            && c.role == Side::Client
             && c.names.server_ip.is_none()
         {
             Arc::make_mut(&mut c.names).server_ip = Some(c.remote.ip().to_string().into());
@@ -1178,7 +858,7 @@ impl ConnTable {
             return;
         };
         let names = conn.names.clone();
-        let (side, client, server) = if conn.role == role::SERVER {
+        let (side, client, server) = if conn.role == Side::Server {
             // The server address as a local client saw it (before any NAT, e.g. a ClusterIP):
             // both sides then key the exchange alike.
             let server = self
@@ -1192,28 +872,18 @@ impl ConnTable {
         let in_server_process = side == Side::Server || self.server_conns_by_pid.contains_key(&pid);
         let (local, remote) = (conn.local, conn.remote);
         for exchange in out {
-            let record = ExchangeRecord {
+            self.sink.exchange(Observed {
                 exchange,
                 side,
                 names: names.clone(),
-                client,
-                server,
-            };
-            self.http.observe(&record, now_ns);
-            if let Some(tracer) = &mut self.tracer {
-                tracer.add(SpanInput {
-                    exchange: record.exchange,
-                    side,
-                    names: record.names,
-                    pid,
-                    tid,
-                    local,
-                    remote,
-                    connection: (client, server),
-                    in_server_process,
-                    now_ns,
-                });
-            }
+                pid,
+                tid,
+                local,
+                remote,
+                connection: (client, server),
+                in_server_process,
+                now_ns,
+            });
         }
     }
 
@@ -1235,20 +905,17 @@ impl ConnTable {
             self.edges_expired_ns = now_ns;
             self.expire_edges(now_ns);
         }
-        self.http.tick(now_ns);
-        if let Some(tracer) = &mut self.tracer {
-            tracer.tick(now_ns);
-        }
+        self.sink.tick(now_ns);
     }
 
     fn close(&mut self, meta: &Meta, totals: ConnTotals) {
         self.end_close_waits(meta.ts_ns);
         // A connection with a parser waits for late bytes (see `closing`): long with an exchange
         // in flight, briefly without.
-        let wait = match self.conns.get(&meta.conn_id).map(|c| &c.l7) {
-            Some(L7::Parsing(p)) => Some(p.in_flight()),
-            _ => None,
-        };
+        let wait = self
+            .conns
+            .get(&meta.conn_id)
+            .and_then(|c| c.session.close_wait());
         let Some(conn) = self.conns.remove(&meta.conn_id) else {
             self.turned_away.remove(&meta.conn_id);
             // Never tracked here (open lost, or table full): count the close and the bytes.
@@ -1265,12 +932,11 @@ impl ConnTable {
                 .inc_by(totals.bytes_received);
             return;
         };
-        if self.unindex(&conn) && conn.role == role::CLIENT {
+        if self.unindex(&conn) && conn.role == Side::Client {
             self.recent_clients.insert(
                 conn.local,
                 ClosedClient {
                     netns: conn.netns,
-                    comm: conn.process.comm.clone(),
                     service: conn.names.service.clone(),
                     pod: conn.names.pod.clone(),
                     server: conn.remote,
@@ -1359,97 +1025,55 @@ impl ConnTable {
             stale_failed += 1;
             false
         });
-        for (metric, n) in [
-            (crate::metrics::name::TCP_OPENED, stale),
-            (crate::metrics::name::TCP_FAILED, stale_failed),
-        ] {
-            if n > 0 {
-                m.http
-                    .series_expired
-                    .get_or_create(&crate::metrics::MetricLabels {
-                        metric: metric.to_string(),
-                    })
-                    .inc_by(n);
-            }
-        }
+        self.registry
+            .count_expired(metrics::name::TCP_OPENED, stale);
+        self.registry
+            .count_expired(metrics::name::TCP_FAILED, stale_failed);
     }
 
-    /// Keeps a closed connection's parser for bytes moved after the close (see `closing`).
+    /// Keeps a closed connection's session for bytes moved after the close (see `closing`).
     fn wait_after_close(&mut self, conn: Box<Connection>, closed_ns: u64, in_flight: bool) {
-        let sk = conn.sk;
-        if let Some(earlier) = self.closing.remove(&sk) {
-            // The socket's address was reused by a connection that closed in turn.
-            self.finish_close(earlier, closed_ns);
+        let (sk, id) = (conn.sk, conn.id);
+        let ended = self.closing.start(
+            sk,
+            id,
+            conn,
+            closed_ns,
+            in_flight,
+            &self.sessions.close_waits_cut_short,
+        );
+        for waiting in ended {
+            self.finish_close(waiting, closed_ns);
         }
-        // Past the limit, the idle waits end first: they hold nothing yet.
-        while self.closing.len() >= CLOSE_WAIT_MAX {
-            let Some((sk, id, _)) = self.closing_order[1]
-                .pop_front()
-                .or_else(|| self.closing_order[0].pop_front())
-            else {
-                break;
-            };
-            if self.finish_close_of(sk, id, closed_ns) {
-                self.metrics.close_waits_cut_short.inc();
-            }
-        }
-        let (order, wait_ns) = if in_flight {
-            (0, CLOSE_WAIT_NS)
-        } else {
-            (1, CLOSE_WAIT_IDLE_NS)
-        };
-        self.closing_order[order].push_back((sk, conn.id, closed_ns + wait_ns));
-        self.closing.insert(sk, Closing { conn, closed_ns });
     }
 
     /// Completes the closes whose wait is over at `now_ns`.
     fn end_close_waits(&mut self, now_ns: u64) {
-        for order in 0..2 {
-            while let Some(&(sk, id, until_ns)) = self.closing_order[order].front() {
-                if until_ns > now_ns {
-                    break;
-                }
-                self.closing_order[order].pop_front();
-                self.finish_close_of(sk, id, now_ns);
-            }
+        for waiting in self.closing.due(now_ns) {
+            self.finish_close(waiting, now_ns);
         }
     }
 
     /// Ends the wait of whichever connection waits on socket `sk`.
     fn end_close_wait_of(&mut self, sk: u64, now_ns: u64) {
-        if !self.closing.is_empty()
-            && let Some(closing) = self.closing.remove(&sk)
-        {
-            self.finish_close(closing, now_ns);
+        if let Some(waiting) = self.closing.take(sk) {
+            self.finish_close(waiting, now_ns);
         }
-    }
-
-    /// Ends the wait of connection `id` on socket `sk`, if it is still the one waiting there.
-    fn finish_close_of(&mut self, sk: u64, id: u64, now_ns: u64) -> bool {
-        if self.closing.get(&sk).is_none_or(|c| c.conn.id != id) {
-            return false;
-        }
-        if let Some(closing) = self.closing.remove(&sk) {
-            self.finish_close(closing, now_ns);
-        }
-        true
     }
 
     /// What the close completes, at the time of the close.
-    fn finish_close(&mut self, closing: Closing, now_ns: u64) {
-        let Closing {
+    fn finish_close(&mut self, waiting: Waiting<Box<Connection>>, now_ns: u64) {
+        let Waiting {
             mut conn,
+            id,
             closed_ns,
-        } = closing;
+        } = waiting;
         let mut out = Vec::new();
-        if let L7::Parsing(parser) = &mut conn.l7 {
-            parser.close(closed_ns, &mut out);
-        }
+        conn.session.close(closed_ns, &mut self.sessions, &mut out);
         if out.is_empty() {
             return;
         }
         // `exchanges` works on the table's connections: back in for the call.
-        let id = conn.id;
         self.conns.insert(id, conn);
         self.exchanges(id, out, now_ns.max(closed_ns));
         self.conns.remove(&id);
@@ -1459,7 +1083,7 @@ impl ConnTable {
     /// whether it was still the one indexed under its address (a newer connection may have
     /// taken the address over).
     fn unindex(&mut self, conn: &Connection) -> bool {
-        let (index, key) = if conn.role == role::SERVER {
+        let (index, key) = if conn.role == Side::Server {
             let tgid = conn.process.tgid;
             if let Some(n) = self.server_conns_by_pid.get_mut(&tgid) {
                 *n = n.saturating_sub(1);
@@ -1503,18 +1127,68 @@ impl ConnTable {
     }
 }
 
+/// `ConnTable::edge_labels` with both ends already named.
+fn edge_labels_named(
+    meta: &Meta,
+    observer_role: Side,
+    me: &Identity,
+    peer_service: Option<&str>,
+    k8s_peer: Option<&Peer>,
+) -> EdgeLabels {
+    let my_ns = me.pod.as_ref().map(|p| p.namespace.clone());
+    let peer = peer_service
+        .map(str::to_string)
+        .or_else(|| k8s_peer.map(|p| p.name().to_string()))
+        .unwrap_or_else(|| meta.remote.ip().to_string());
+    let peer_ns = k8s_peer.map(|p| p.namespace().to_string());
+    match observer_role {
+        Side::Server => EdgeLabels {
+            client: peer,
+            server: me.service.to_string(),
+            server_port: meta.local.port().to_string(),
+            role: "server".to_string(),
+            namespaces: EdgeNamespaces {
+                client: peer_ns,
+                server: my_ns,
+            },
+        },
+        Side::Client => EdgeLabels {
+            client: me.service.to_string(),
+            server: peer,
+            server_port: meta.remote.port().to_string(),
+            role: "client".to_string(),
+            namespaces: EdgeNamespaces {
+                client: my_ns,
+                server: peer_ns,
+            },
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::PayloadRange;
+    use crate::{
+        aggregate::graph::ServiceGraph,
+        event::PayloadRange,
+        metrics::DEFAULT_DURATION_BUCKETS,
+        pipeline::Pipeline,
+        protocol::{
+            Red, RedSettings,
+            session::{CLOSE_WAIT_IDLE_NS, CLOSE_WAIT_MAX, CLOSE_WAIT_NS},
+        },
+    };
 
-    fn meta(conn_id: u64, r: u8, local: &str, remote: &str, comm: &str, netns: u32) -> Meta {
+    /// The registry the table's (and its sink's) metrics are in.
+    type Metrics = Registry;
+
+    fn meta(conn_id: u64, r: Role, local: &str, remote: &str, comm: &str, netns: u32) -> Meta {
         Meta {
             ts_ns: 1,
             conn_id,
             sk: conn_id * 10,
             role: r,
-            flags: 0,
+            pre_existing: false,
             netns,
             process: Process {
                 tgid: 100 + conn_id as u32,
@@ -1532,7 +1206,7 @@ mod tests {
     const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
     /// A data event carrying all of `payload` (give `handle_in` the same bytes).
-    fn data(meta: Meta, seq: u64, direction: u8, payload: &[u8]) -> Event {
+    fn data(meta: Meta, seq: u64, direction: Direction, payload: &[u8]) -> Event {
         Event::Data {
             meta,
             bytes: payload.len() as u64,
@@ -1550,20 +1224,50 @@ mod tests {
             connect_ns: 1,
         });
         table.handle_in(
-            &data(client.clone(), 0, direction::EGRESS, REQUEST),
+            &data(client.clone(), 0, Direction::Egress, REQUEST),
             REQUEST,
         );
     }
 
+    /// A table whose exchanges go to the request metrics and the service graph (no tracer).
     fn table_for(metrics: &Arc<Metrics>, max_connections: usize, max_series: usize) -> ConnTable {
+        table_with_ttl(metrics, max_connections, max_series, u64::MAX)
+    }
+
+    fn table_with_ttl(
+        metrics: &Arc<Metrics>,
+        max_connections: usize,
+        max_series: usize,
+        series_ttl_ns: u64,
+    ) -> ConnTable {
+        let red = Red::new(
+            metrics,
+            &RedSettings {
+                duration_buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
+                max_series,
+            },
+        );
+        let graph = ServiceGraph::new(metrics, &DEFAULT_DURATION_BUCKETS, max_series);
         ConnTable::new(
             metrics.clone(),
+            L4Metrics::new(
+                metrics,
+                crate::ebpf::telemetry::KernelMetrics::new(metrics)
+                    .insert_failures("agent_connections"),
+            ),
             ServiceNames::new(Default::default(), Default::default()),
-            HttpAggregator::new(metrics.clone(), max_series, u64::MAX),
-            None,
-            max_connections,
-            max_series,
-            u64::MAX,
+            Box::new(Pipeline::new(
+                metrics.clone(),
+                red,
+                graph,
+                None,
+                series_ttl_ns,
+            )),
+            TableSettings {
+                max_connections,
+                max_series,
+                series_ttl_ns,
+            },
         )
     }
 
@@ -1572,7 +1276,6 @@ mod tests {
         table.listeners.add(Listener {
             addr: addr.parse().unwrap(),
             netns,
-            comm: "srv".into(),
             service: "srv".into(),
             pod: None,
             process: None,
@@ -1594,23 +1297,23 @@ mod tests {
         listen_srv(&mut table, "0.0.0.0:8080", 2);
         table.listeners.add_addr(2, "10.0.0.2".parse().unwrap());
         table.handle(Event::ConnOpen {
-            meta: meta(1, role::CLIENT, "10.0.0.1:5000", "10.0.0.2:8080", "cli", 1),
+            meta: meta(1, Role::Client, "10.0.0.1:5000", "10.0.0.2:8080", "cli", 1),
             connect_ns: 1000,
         });
         table.handle(Event::ConnOpen {
-            meta: meta(2, role::SERVER, "10.0.0.2:8080", "10.0.0.1:5000", "srv", 2),
+            meta: meta(2, Role::Server, "10.0.0.2:8080", "10.0.0.1:5000", "srv", 2),
             connect_ns: 0,
         });
         table.handle(Event::Data {
-            meta: meta(1, role::CLIENT, "10.0.0.1:5000", "10.0.0.2:8080", "cli", 1),
+            meta: meta(1, Role::Client, "10.0.0.1:5000", "10.0.0.2:8080", "cli", 1),
             bytes: 10,
             seq: 0,
-            direction: direction::EGRESS,
+            direction: Direction::Egress,
             syscall: 1,
             payload: PayloadRange::default(),
         });
         table.handle(Event::ConnClose {
-            meta: meta(1, role::CLIENT, "10.0.0.1:5000", "10.0.0.2:8080", "cli", 1),
+            meta: meta(1, Role::Client, "10.0.0.1:5000", "10.0.0.2:8080", "cli", 1),
             totals: ConnTotals {
                 bytes_sent: 25,
                 ..ConnTotals::default()
@@ -1647,8 +1350,8 @@ mod tests {
         listen_srv(&mut table, "0.0.0.0:8080", 2);
         table.listeners.add_addr(2, "10.0.0.2".parse().unwrap());
         // The client connects to a ClusterIP; DNAT takes it to the server's own address.
-        let client = || meta(1, role::CLIENT, "10.0.0.1:5000", "10.96.0.10:80", "cli", 1);
-        let server = || meta(2, role::SERVER, "10.0.0.2:8080", "10.0.0.1:5000", "srv", 2);
+        let client = || meta(1, Role::Client, "10.0.0.1:5000", "10.96.0.10:80", "cli", 1);
+        let server = || meta(2, Role::Server, "10.0.0.2:8080", "10.0.0.1:5000", "srv", 2);
         table.handle(Event::ConnOpen {
             meta: client(),
             connect_ns: 1000,
@@ -1657,10 +1360,10 @@ mod tests {
             meta: server(),
             connect_ns: 0,
         });
-        table.handle_in(&data(client(), 0, direction::EGRESS, REQUEST), REQUEST);
-        table.handle_in(&data(server(), 0, direction::INGRESS, REQUEST), REQUEST);
-        table.handle_in(&data(server(), 1, direction::EGRESS, RESPONSE), RESPONSE);
-        table.handle_in(&data(client(), 1, direction::INGRESS, RESPONSE), RESPONSE);
+        table.handle_in(&data(client(), 0, Direction::Egress, REQUEST), REQUEST);
+        table.handle_in(&data(server(), 0, Direction::Ingress, REQUEST), REQUEST);
+        table.handle_in(&data(server(), 1, Direction::Egress, RESPONSE), RESPONSE);
+        table.handle_in(&data(client(), 1, Direction::Ingress, RESPONSE), RESPONSE);
         table.tick(10_000_000_000, 0);
         let graph = |connection_type: &str| {
             value(
@@ -1681,7 +1384,7 @@ mod tests {
         table.handle(Event::ConnOpen {
             meta: meta(
                 1,
-                role::CLIENT,
+                Role::Client,
                 "10.0.0.1:5000",
                 "93.184.216.34:8080",
                 "cli",
@@ -1708,19 +1411,19 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let mut table = table_for(&metrics, 100, 100);
         listen_srv(&mut table, "127.0.0.1:80", 1);
-        let mut server = meta(2, role::SERVER, "127.0.0.1:80", "127.0.0.1:5000", "srv", 1);
+        let mut server = meta(2, Role::Server, "127.0.0.1:80", "127.0.0.1:5000", "srv", 1);
         server.ts_ns = 10;
         table.handle(Event::ConnOpen {
             meta: server.clone(),
             connect_ns: 0,
         });
         table.handle_in(
-            &data(server.clone(), 0, direction::INGRESS, REQUEST),
+            &data(server.clone(), 0, Direction::Ingress, REQUEST),
             REQUEST,
         );
         const UNTIL_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nthe body";
         table.handle_in(
-            &data(server.clone(), 1, direction::EGRESS, UNTIL_CLOSE),
+            &data(server.clone(), 1, Direction::Egress, UNTIL_CLOSE),
             UNTIL_CLOSE,
         );
         server.ts_ns = 20;
@@ -1765,8 +1468,8 @@ mod tests {
             meta.ts_ns = ts_ns;
             meta
         };
-        let client = meta(1, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
-        let server = meta(2, role::SERVER, "127.0.0.1:80", "127.0.0.1:5000", "srv", 1);
+        let client = meta(1, Role::Client, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
+        let server = meta(2, Role::Server, "127.0.0.1:80", "127.0.0.1:5000", "srv", 1);
         let close = |meta: Meta| Event::ConnClose {
             meta,
             totals: ConnTotals::default(),
@@ -1775,12 +1478,12 @@ mod tests {
             table.handle(Event::ConnOpen { meta, connect_ns });
         }
         table.handle_in(
-            &data(at(client.clone(), 20), 0, direction::EGRESS, REQUEST),
+            &data(at(client.clone(), 20), 0, Direction::Egress, REQUEST),
             REQUEST,
         );
         table.handle(close(at(client.clone(), 21)));
         table.handle_in(
-            &data(at(server.clone(), 30), 0, direction::INGRESS, REQUEST),
+            &data(at(server.clone(), 30), 0, Direction::Ingress, REQUEST),
             REQUEST,
         );
         table.handle(close(at(server.clone(), 40)));
@@ -1788,7 +1491,7 @@ mod tests {
         let mut late = at(server.clone(), 41);
         late.conn_id = 0;
         late.local.set_port(0);
-        table.handle_in(&data(late, 0, direction::EGRESS, RESPONSE), RESPONSE);
+        table.handle_in(&data(late, 0, Direction::Egress, RESPONSE), RESPONSE);
         assert_eq!(
             table.closing.len(),
             1,
@@ -1823,7 +1526,7 @@ mod tests {
         assert_eq!(client_count(""), 1.0, "{}", metrics.encode());
         assert!(table.closing.is_empty());
         table.tick(10_000_000_000, 0);
-        assert!(table.closing_order.iter().all(VecDeque::is_empty));
+        assert!(table.closing.order_is_empty());
         let graph = |name: &str| {
             value(
                 &metrics,
@@ -1849,10 +1552,10 @@ mod tests {
     fn a_request_written_as_the_socket_closes_fails() {
         let metrics = Arc::new(Metrics::default());
         let mut table = table_for(&metrics, 100, 100);
-        let client = meta(1, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
+        let client = meta(1, Role::Client, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
         open_and_request(&mut table, &client);
         table.handle_in(
-            &data(client.clone(), 1, direction::INGRESS, RESPONSE),
+            &data(client.clone(), 1, Direction::Ingress, RESPONSE),
             RESPONSE,
         );
         let mut closed = client.clone();
@@ -1866,7 +1569,7 @@ mod tests {
         late.ts_ns = 2_000;
         late.conn_id = 0;
         late.local.set_port(0);
-        table.handle_in(&data(late.clone(), 0, direction::EGRESS, REQUEST), REQUEST);
+        table.handle_in(&data(late.clone(), 0, Direction::Egress, REQUEST), REQUEST);
         let count = |status: &str| {
             value(
                 &metrics,
@@ -1876,7 +1579,7 @@ mod tests {
         };
         assert_eq!((count("200"), count("")), (1.0, 0.0));
         // The next close ends the waits that are over.
-        let other = meta(2, role::CLIENT, "127.0.0.1:5001", "127.0.0.1:80", "cli", 1);
+        let other = meta(2, Role::Client, "127.0.0.1:5001", "127.0.0.1:80", "cli", 1);
         table.handle(Event::ConnOpen {
             meta: other.clone(),
             connect_ns: 1,
@@ -1902,17 +1605,9 @@ mod tests {
     fn unused_edges_expire_and_free_their_place() {
         const TTL: u64 = 60_000_000_000;
         let metrics = Arc::new(Metrics::default());
-        let mut table = ConnTable::new(
-            metrics.clone(),
-            ServiceNames::new(Default::default(), Default::default()),
-            HttpAggregator::new(metrics.clone(), 2, u64::MAX),
-            None,
-            100,
-            2,
-            TTL,
-        );
+        let mut table = table_with_ttl(&metrics, 100, 2, TTL);
         let at = |id: u64, server: &str, ts_ns: u64| {
-            let mut m = meta(id, role::CLIENT, "10.0.0.1:5000", server, "cli", 1);
+            let mut m = meta(id, Role::Client, "10.0.0.1:5000", server, "cli", 1);
             m.ts_ns = ts_ns;
             m
         };
@@ -1973,8 +1668,8 @@ mod tests {
     fn a_connection_past_the_table_limit_counts_its_bytes_once() {
         let metrics = Arc::new(Metrics::default());
         let mut table = table_for(&metrics, 1, 100);
-        let first = meta(1, role::CLIENT, "10.0.0.1:5000", "192.0.2.1:80", "cli", 1);
-        let second = meta(2, role::CLIENT, "10.0.0.1:5001", "192.0.2.2:80", "cli", 1);
+        let first = meta(1, Role::Client, "10.0.0.1:5000", "192.0.2.1:80", "cli", 1);
+        let second = meta(2, Role::Client, "10.0.0.1:5001", "192.0.2.2:80", "cli", 1);
         for m in [&first, &second] {
             table.handle(Event::ConnOpen {
                 meta: m.clone(),
@@ -1987,7 +1682,7 @@ mod tests {
                 meta: second.clone(),
                 bytes: 10,
                 seq,
-                direction: direction::EGRESS,
+                direction: Direction::Egress,
                 syscall: 1,
                 payload: PayloadRange::default(),
             });
@@ -2000,7 +1695,7 @@ mod tests {
             )
         };
         assert_eq!(failures(&metrics), 1.0, "{}", metrics.encode());
-        let third = meta(3, role::CLIENT, "10.0.0.1:5002", "192.0.2.3:80", "cli", 1);
+        let third = meta(3, Role::Client, "10.0.0.1:5002", "192.0.2.3:80", "cli", 1);
         table.handle(Event::ConnOpen {
             meta: third.clone(),
             connect_ns: 1,
@@ -2033,7 +1728,7 @@ mod tests {
             meta: third.clone(),
             bytes: 7,
             seq: 0,
-            direction: direction::EGRESS,
+            direction: Direction::Egress,
             syscall: 1,
             payload: PayloadRange::default(),
         });
@@ -2056,14 +1751,14 @@ mod tests {
     fn a_reused_socket_ends_the_wait_of_its_old_connection() {
         let metrics = Arc::new(Metrics::default());
         let mut table = table_for(&metrics, 100, 100);
-        let old = meta(1, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
+        let old = meta(1, Role::Client, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
         open_and_request(&mut table, &old);
         table.handle(Event::ConnClose {
             meta: old.clone(),
             totals: ConnTotals::default(),
         });
         assert_eq!(table.closing.len(), 1);
-        let mut new = meta(2, role::CLIENT, "127.0.0.1:5001", "127.0.0.1:80", "cli", 1);
+        let mut new = meta(2, Role::Client, "127.0.0.1:5001", "127.0.0.1:80", "cli", 1);
         new.sk = old.sk;
         table.handle(Event::ConnOpen {
             meta: new,
@@ -2087,7 +1782,7 @@ mod tests {
         let mut table = table_for(&metrics, CLOSE_WAIT_MAX + 10, 100);
         let n = CLOSE_WAIT_MAX as u64 + 3;
         for id in 1..=n {
-            let client = meta(id, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
+            let client = meta(id, Role::Client, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
             open_and_request(&mut table, &client);
             table.handle(Event::ConnClose {
                 meta: client,
@@ -2109,7 +1804,7 @@ mod tests {
         assert_eq!(failed(), 3.0);
         table.tick(1 + CLOSE_WAIT_NS + TICK_IDLE_MARGIN_NS, 0);
         assert_eq!(failed(), n as f64);
-        assert!(table.closing.is_empty() && table.closing_order.iter().all(VecDeque::is_empty));
+        assert!(table.closing.is_empty() && table.closing.order_is_empty());
     }
 
     #[test]
@@ -2117,7 +1812,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let mut table = table_for(&metrics, 100, 100);
         listen_srv(&mut table, "127.0.0.1:80", 1);
-        let client = meta(1, role::CLIENT, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
+        let client = meta(1, Role::Client, "127.0.0.1:5000", "127.0.0.1:80", "cli", 1);
         table.handle(Event::ConnOpen {
             meta: client.clone(),
             connect_ns: 1,
@@ -2128,7 +1823,7 @@ mod tests {
             totals: ConnTotals::default(),
         });
         table.handle(Event::ConnOpen {
-            meta: meta(2, role::SERVER, "127.0.0.1:80", "127.0.0.1:5000", "srv", 1),
+            meta: meta(2, Role::Server, "127.0.0.1:80", "127.0.0.1:5000", "srv", 1),
             connect_ns: 0,
         });
         // The client reads what was queued after its socket reached TCP_CLOSE.
@@ -2139,7 +1834,7 @@ mod tests {
             meta: drained,
             bytes: 7,
             seq: 0,
-            direction: direction::INGRESS,
+            direction: Direction::Ingress,
             syscall: 0,
             payload: PayloadRange::default(),
         });
@@ -2161,7 +1856,7 @@ mod tests {
             value(&metrics, "meshtap_tcp_received_bytes_total", "127.0.0.1"),
             0.0
         );
-        assert!(table.conns.values().all(|c| c.role == role::SERVER));
+        assert!(table.conns.values().all(|c| c.role == Side::Server));
     }
 
     #[test]
@@ -2172,7 +1867,7 @@ mod tests {
             table.handle(Event::ConnOpen {
                 meta: meta(
                     i + 1,
-                    role::CLIENT,
+                    Role::Client,
                     "10.0.0.1:5000",
                     &format!("192.0.2.{}:80", i + 1),
                     "cli",

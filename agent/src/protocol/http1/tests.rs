@@ -3,7 +3,7 @@
 //! length), against exact expected exchanges.
 
 use super::*;
-use crate::protocol::{Direction, Exchange, Outcome, Parser, Side};
+use crate::protocol::{Direction, Side};
 
 /// One syscall of a fixture: request or response direction, timestamp, bytes moved.
 #[derive(Clone)]
@@ -39,7 +39,7 @@ const MODES: [Mode; 6] = [
 ];
 
 /// `METHOD path status req=N resp=N Outcome start-end`, status `-` when absent.
-fn summary(x: &Exchange) -> String {
+fn summary(x: &HttpExchange) -> String {
     let status = x.status.map_or_else(|| "-".to_owned(), |s| s.to_string());
     format!(
         "{} {} {} req={} resp={} {:?} {}-{}",
@@ -55,7 +55,7 @@ fn summary(x: &Exchange) -> String {
 }
 
 struct Run {
-    exchanges: Vec<Exchange>,
+    exchanges: Vec<HttpExchange>,
     errors: Vec<&'static str>,
     parser: Http1Parser,
 }
@@ -665,7 +665,7 @@ fn thousands_of_keep_alive_exchanges() {
         assert!(run.errors.is_empty(), "{mode:?} {:?}", run.errors);
         for (i, x) in run.exchanges.iter().enumerate() {
             assert_eq!(x.path, format!("/items/{i}"));
-            assert_eq!(crate::protocol::route::route(&x.path), "/items/*");
+            assert_eq!(super::route::route(&x.path), "/items/*");
             assert_eq!(x.status, Some(200));
             assert_eq!((x.start_ns, x.end_ns), (i as u64 * 10, i as u64 * 10 + 5));
         }
@@ -1019,4 +1019,74 @@ fn payload_longer_than_bytes_is_clamped() {
     let got: Vec<String> = out.iter().map(summary).collect();
     assert_eq!(got, ["GET /a - req=0 resp=0 NoResponse 1-2"]);
     let _: Outcome = out[0].outcome;
+}
+
+#[test]
+fn reasons_are_distinct_snake_case() {
+    let all = [
+        ParseError::BadRequestLine,
+        ParseError::BadStatusLine,
+        ParseError::BadHeader,
+        ParseError::BadChunk,
+        ParseError::TooManyPending { limit: 1 },
+        ParseError::HeaderTooLarge { limit: 1 },
+        ParseError::TooManyHeaders { limit: 1 },
+        ParseError::ResponseWithoutRequest,
+        ParseError::StartLineNotCaptured,
+    ];
+    let mut seen = std::collections::HashSet::new();
+    for e in all {
+        let r = e.reason();
+        assert!(
+            r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "{r}"
+        );
+        assert!(seen.insert(r), "duplicate {r}");
+        let msg = e.to_string();
+        assert!(msg.starts_with(|c: char| c.is_ascii_lowercase()), "{msg}");
+    }
+}
+
+#[test]
+fn neutral_exchange_outcome_error_type_and_context() {
+    use crate::protocol::{Outcome as Neutral, ProtocolAttributes as _, context::Found};
+    let x = |status: Option<u16>, headers: Vec<(&'static str, String)>| HttpExchange {
+        start_ns: 1,
+        end_ns: 2,
+        method: "GET".into(),
+        path: "/users/123".into(),
+        status,
+        request_body_bytes: 3,
+        response_body_bytes: 4,
+        headers,
+        outcome: Outcome::Complete,
+    };
+    for (status, want) in [
+        (Some(200), Neutral::Ok),
+        (Some(304), Neutral::Ok),
+        (Some(404), Neutral::ClientError),
+        (Some(503), Neutral::ServerError),
+        (None, Neutral::NoResponse),
+    ] {
+        assert_eq!(
+            x(status, vec![]).into_exchange().outcome,
+            want,
+            "{status:?}"
+        );
+    }
+    let n = x(Some(503), vec![]).into_exchange();
+    assert_eq!((n.request_bytes, n.response_bytes), (3, 4));
+    assert_eq!(n.error_type(), "503");
+    assert_eq!(x(None, vec![]).into_exchange().error_type(), "no response");
+    let crate::protocol::Attributes::Http1(a) = &n.attributes;
+    assert_eq!(a.span_name(), "get /users/*");
+    let traced = x(
+        Some(200),
+        vec![(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        )],
+    )
+    .into_exchange();
+    assert!(matches!(traced.context, Found::Valid(_)));
 }

@@ -1,0 +1,149 @@
+//! The connection table's metrics: per-edge TCP counters (opens, closes, failures, bytes,
+//! retransmits, connect time) and the table's own size.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+};
+
+use crate::metrics::{EdgeNamespaces, OVERFLOW, Registry};
+
+/// Metric names (without the `_total` suffix prometheus-client appends to counters).
+pub mod name {
+    pub const TCP_OPENED: &str = "meshtap_tcp_connections_opened";
+    pub const TCP_CLOSED: &str = "meshtap_tcp_connections_closed";
+    pub const TCP_FAILED: &str = "meshtap_tcp_connections_failed";
+    pub const TCP_ACTIVE: &str = "meshtap_tcp_active_connections";
+    pub const TCP_SENT: &str = "meshtap_tcp_sent_bytes";
+    pub const TCP_RECEIVED: &str = "meshtap_tcp_received_bytes";
+    pub const TCP_RETRANSMITS: &str = "meshtap_tcp_retransmits";
+    pub const TCP_CONNECT_DURATION: &str = "meshtap_tcp_connect_duration_seconds";
+    pub const CONNECTIONS_TRACKED: &str = "meshtap_connections_tracked";
+    /// How the series cap names the edge families.
+    pub const TCP_SERIES: &str = "meshtap_tcp";
+}
+
+/// An edge between two TCP endpoints as seen by one side. `client`/`server` are the service
+/// names of processes on this node and IP addresses otherwise; never a client's ephemeral port.
+/// In Kubernetes an end in a pod is named by its workload, and a remote address by the pod that
+/// owns it or the Service whose ClusterIP it is, with `client_namespace`/`server_namespace`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct EdgeLabels {
+    pub client: String,
+    pub server: String,
+    pub server_port: String,
+    pub role: String,
+    #[prometheus(flatten)]
+    pub namespaces: EdgeNamespaces,
+}
+
+impl EdgeLabels {
+    pub fn overflow(role: &str) -> Self {
+        EdgeLabels {
+            client: OVERFLOW.to_string(),
+            server: OVERFLOW.to_string(),
+            server_port: OVERFLOW.to_string(),
+            role: role.to_string(),
+            namespaces: EdgeNamespaces::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailedLabels {
+    pub client: String,
+    pub server: String,
+    pub server_port: String,
+    pub role: String,
+    pub reason: String,
+    #[prometheus(flatten)]
+    pub namespaces: EdgeNamespaces,
+}
+
+fn connect_histogram() -> Histogram {
+    // 50 µs .. ~6.5 s: loopback connects take tens of µs, cross-region ones hundreds of ms.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.00005, 2.0, 18,
+    ))
+}
+
+pub type ConnectHistograms = Family<EdgeLabels, Histogram, fn() -> Histogram>;
+
+/// The L4 families.
+pub struct L4Metrics {
+    pub opened: Family<EdgeLabels, Counter>,
+    pub closed: Family<EdgeLabels, Counter>,
+    pub failed: Family<FailedLabels, Counter>,
+    pub active: Family<EdgeLabels, Gauge>,
+    pub sent: Family<EdgeLabels, Counter>,
+    pub received: Family<EdgeLabels, Counter>,
+    pub retransmits: Family<EdgeLabels, Counter>,
+    pub connect_duration: ConnectHistograms,
+    pub connections_tracked: Gauge,
+    /// `meshtap_map_insert_failures_total{map="agent_connections"}`: connections the full
+    /// table turned away (the family is the kernel side's, see `ebpf::telemetry`).
+    pub table_full: Counter,
+}
+
+impl L4Metrics {
+    pub fn new(registry: &Registry, table_full: Counter) -> Self {
+        let m = L4Metrics {
+            opened: Family::default(),
+            closed: Family::default(),
+            failed: Family::default(),
+            active: Family::default(),
+            sent: Family::default(),
+            received: Family::default(),
+            retransmits: Family::default(),
+            connect_duration: Family::new_with_constructor(connect_histogram),
+            connections_tracked: Gauge::default(),
+            table_full,
+        };
+        registry.register(
+            name::TCP_OPENED,
+            "TCP connections opened (client: connect reached ESTABLISHED; server: accepted)",
+            m.opened.clone(),
+        );
+        registry.register(
+            name::TCP_CLOSED,
+            "TCP connections that reached TCP_CLOSE, including ones open before the agent started",
+            m.closed.clone(),
+        );
+        registry.register(
+            name::TCP_FAILED,
+            "TCP connect attempts that failed, by reason",
+            m.failed.clone(),
+        );
+        registry.register(
+            name::TCP_ACTIVE,
+            "TCP connections currently open",
+            m.active.clone(),
+        );
+        registry.register(
+            name::TCP_SENT,
+            "Bytes written to TCP sockets by the observing side",
+            m.sent.clone(),
+        );
+        registry.register(
+            name::TCP_RECEIVED,
+            "Bytes read from TCP sockets by the observing side",
+            m.received.clone(),
+        );
+        registry.register(
+            name::TCP_RETRANSMITS,
+            "TCP segments retransmitted",
+            m.retransmits.clone(),
+        );
+        registry.register(
+            name::TCP_CONNECT_DURATION,
+            "Time from SYN sent to connection established, as seen by the client",
+            m.connect_duration.clone(),
+        );
+        registry.register(
+            name::CONNECTIONS_TRACKED,
+            "Connections in the agent's connection table",
+            m.connections_tracked.clone(),
+        );
+        m
+    }
+}

@@ -1,0 +1,44 @@
+//! OpenTelemetry semantic conventions: the attribute keys the agent writes and their typed
+//! values. Protocols name their attributes with these; exporters convert them (Zipkin keeps its
+//! own tag names for HTTP, OTLP sends them as they are).
+
+use std::borrow::Cow;
+
+/// A typed attribute value (OpenTelemetry's `AnyValue`, the scalar cases the agent writes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    Str(Cow<'static, str>),
+    Int(i64),
+}
+
+impl Value {
+    /// The value as text (Zipkin tags are strings).
+    pub fn to_text(&self) -> Cow<'_, str> {
+        match self {
+            Value::Str(s) => Cow::Borrowed(s),
+            Value::Int(i) => Cow::Owned(i.to_string()),
+        }
+    }
+}
+
+/// One attribute: a semantic-convention key and its value.
+pub type Attribute = (&'static str, Value);
+
+/// Attribute keys (OpenTelemetry semantic conventions 1.26 and later).
+pub mod key {
+    pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
+    pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+    pub const HTTP_ROUTE: &str = "http.route";
+    pub const URL_PATH: &str = "url.path";
+    pub const SERVER_ADDRESS: &str = "server.address";
+    pub const SERVER_PORT: &str = "server.port";
+    pub const CLIENT_ADDRESS: &str = "client.address";
+    pub const CLIENT_PORT: &str = "client.port";
+    pub const NETWORK_PEER_ADDRESS: &str = "network.peer.address";
+    pub const NETWORK_PEER_PORT: &str = "network.peer.port";
+    pub const ERROR_TYPE: &str = "error.type";
+    pub const PROCESS_PID: &str = "process.pid";
+    pub const PROCESS_EXECUTABLE_NAME: &str = "process.executable.name";
+    pub const K8S_NAMESPACE_NAME: &str = "k8s.namespace.name";
+    pub const K8S_POD_NAME: &str = "k8s.pod.name";
+}

@@ -1,0 +1,160 @@
+//! From exchanges to exported spans: assembly (`assembly`: ids, links, trace ids), sampling,
+//! store admission (`admission`), then every span exporter (the built-in store and the
+//! collectors). Never blocks: exporters queue (bounded) and count what they drop.
+
+pub mod admission;
+pub mod assembly;
+pub mod span;
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::{
+    exchange::Paired,
+    metrics::Registry,
+    trace::{
+        admission::StoreAdmission,
+        assembly::{Assembled, SpanAssembler},
+        span::Span,
+    },
+};
+
+/// A destination for finished spans: a collector sink or the built-in store. Implemented by
+/// each exporter (`export::*`), which converts from [`Span`] to its own wire model.
+///
+/// `export` is called from the processing stage for every batch of sampled spans and must never
+/// block nor wait: an exporter queues (bounded) and counts what it drops.
+pub trait SpanExporter: Send {
+    /// Short stable name, for logs (`zipkin`, `otlp`, `store`).
+    fn name(&self) -> &'static str;
+    /// Takes a batch of finished spans.
+    fn export(&mut self, spans: &[Span]);
+}
+
+/// Metric names (without the `_total` suffix prometheus-client appends to counters).
+pub mod name {
+    pub const SPANS_UNLINKED: &str = "meshtap_spans_unlinked";
+    pub const TRACE_CONTEXT_INVALID: &str = "meshtap_trace_context_invalid";
+    pub const SPANS_NOT_SAMPLED: &str = "meshtap_spans_not_sampled";
+    pub const STORE_DECLINED: &str = "meshtap_trace_store_declined_spans";
+}
+
+/// What the tracer counts.
+#[derive(Clone, Default)]
+pub struct TraceCounters {
+    pub unlinked: Counter,
+    pub context_invalid: Counter,
+    /// Not kept: the context said not sampled, or the ratio sampler left the trace out.
+    pub not_sampled: Counter,
+    /// Sampled, but above the store's admission rate (exported all the same to a collector).
+    pub store_declined: Counter,
+}
+
+impl TraceCounters {
+    pub fn new(registry: &Registry) -> Self {
+        let c = TraceCounters::default();
+        registry.register(
+            name::SPANS_UNLINKED,
+            "Spans whose parent was expected but not found (async runtimes, worker pools, parents slower than the link window)",
+            c.unlinked.clone(),
+        );
+        registry.register(
+            name::TRACE_CONTEXT_INVALID,
+            "Requests whose traceparent or B3 headers were malformed (ignored: the span starts a new trace)",
+            c.context_invalid.clone(),
+        );
+        registry.register(
+            name::SPANS_NOT_SAMPLED,
+            "Spans not kept: their trace context said not sampled, or the sampling ratio left them out",
+            c.not_sampled.clone(),
+        );
+        registry.register(
+            name::STORE_DECLINED,
+            "Sampled spans the built-in trace store did not take: their trace came above its admission rate (--trace-store-rate); a collector still gets them",
+            c.store_declined.clone(),
+        );
+        c
+    }
+}
+
+/// Tracer settings.
+#[derive(Clone, Debug)]
+pub struct TracerConfig {
+    pub sampling_ratio: f64,
+    pub keep_errors: bool,
+    /// Traces per second the store admits after its burst; 0 = every trace.
+    pub store_rate: u64,
+}
+
+pub struct Tracer {
+    assembler: SpanAssembler,
+    /// The built-in store, which takes what `admission` lets in.
+    store: Option<Box<dyn SpanExporter>>,
+    /// Collectors: every sampled span.
+    collectors: Vec<Box<dyn SpanExporter>>,
+    counters: TraceCounters,
+}
+
+impl Tracer {
+    pub fn new(
+        config: &TracerConfig,
+        store: Option<Box<dyn SpanExporter>>,
+        collectors: Vec<Box<dyn SpanExporter>>,
+        counters: TraceCounters,
+    ) -> Self {
+        let seed = crate::clock::monotonic_ns() ^ (u64::from(std::process::id()) << 32);
+        let mut assembler = SpanAssembler::new(seed, config.sampling_ratio, config.keep_errors)
+            .with_outputs(
+                !collectors.is_empty(),
+                StoreAdmission::new(config.store_rate),
+            );
+        assembler.set_epoch_offset(crate::clock::epoch_offset_ns());
+        Tracer {
+            assembler,
+            store,
+            collectors,
+            counters,
+        }
+    }
+
+    pub fn add(&mut self, paired: Paired) {
+        let mut out = Assembled::default();
+        self.assembler.add(paired, &mut out);
+        self.deliver(out);
+    }
+
+    pub fn tick(&mut self, now_ns: u64) {
+        self.assembler
+            .set_epoch_offset(crate::clock::epoch_offset_ns());
+        let mut out = Assembled::default();
+        self.assembler.tick(now_ns, &mut out);
+        self.deliver(out);
+    }
+
+    fn deliver(&mut self, out: Assembled) {
+        // Skip the zeros: each is an atomic read-modify-write, and most exchanges add none.
+        for (counter, n) in [
+            (&self.counters.unlinked, out.unlinked),
+            (&self.counters.context_invalid, out.invalid_context),
+            (&self.counters.not_sampled, out.not_sampled),
+            (&self.counters.store_declined, out.store_declined),
+        ] {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
+        // A span an exporter refuses is counted by that exporter.
+        for collector in &mut self.collectors {
+            if !out.spans.is_empty() {
+                collector.export(&out.spans);
+            }
+            if !out.export_only.is_empty() {
+                collector.export(&out.export_only);
+            }
+        }
+        if let Some(store) = &mut self.store
+            && !out.spans.is_empty()
+        {
+            store.export(&out.spans);
+        }
+    }
+}
