@@ -2,10 +2,34 @@
 //! capture limits, fed to HTTP/1 parsers of both sides: no panic, buffers bounded.
 #![no_main]
 
-#[path = "../../agent/src/protocol/mod.rs"]
-#[expect(
+// The protocol module and what it stands on, from the agent's sources.
+#[path = "../../agent/src/event.rs"]
+#[allow(
     dead_code,
-    reason = "the target drives the parser API only; detection helpers stay unused"
+    unfulfilled_lint_expectations,
+    reason = "decoding is not fuzzed here; the parsers use its Direction"
+)]
+mod event;
+#[path = "../../agent/src/fast.rs"]
+#[allow(dead_code, reason = "the sessions' maps only")]
+mod fast;
+#[path = "../../agent/src/metrics/mod.rs"]
+#[allow(dead_code, reason = "the target drives the parsers, not the request metrics")]
+mod metrics;
+#[path = "../../agent/src/semconv.rs"]
+#[allow(dead_code, reason = "span attributes are not built here")]
+mod semconv;
+#[path = "../../agent/src/metadata/pod.rs"]
+#[allow(dead_code, reason = "pod names only reach the request metrics")]
+mod pod;
+/// `crate::metadata::pod`, as the agent's modules name it.
+mod metadata {
+    pub(crate) use crate::pod;
+}
+#[path = "../../agent/src/protocol/mod.rs"]
+#[allow(
+    dead_code,
+    reason = "the target drives the parser API only; sessions and metrics stay unused"
 )]
 mod protocol;
 
@@ -58,9 +82,11 @@ fuzz_target!(|data: &[u8]| {
         }
         parser.close(ts + 1, &mut out);
         for x in &out {
-            assert!(x.path.len() <= protocol::MAX_PATH_BYTES);
+            let protocol::Attributes::Http1(a) = &x.attributes;
+            assert!(a.path.len() <= protocol::http1::MAX_PATH_BYTES);
             assert!(x.start_ns <= x.end_ns);
-            let _ = protocol::route::route(&x.path);
+            let _ = protocol::http1::route::route(&a.path);
+            let _ = x.error_type();
         }
     }
 });

@@ -2,6 +2,7 @@
 pub mod cgroup;
 pub mod kube;
 pub mod netns;
+pub mod pod;
 pub mod proc;
 pub mod service;
 

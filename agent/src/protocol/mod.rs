@@ -31,7 +31,7 @@ pub mod session;
 use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
 pub use crate::event::Direction;
-use crate::{metadata::kube::PodMeta, metrics::Registry, semconv::Attribute};
+use crate::{metadata::pod::PodMeta, metrics::Registry, semconv::Attribute};
 
 /// The observer's role on the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -9,7 +9,7 @@ use prometheus_client::{encoding::EncodeLabelSet, metrics::histogram::Histogram}
 
 use super::{Attributes, route::route_into};
 use crate::{
-    metadata::kube::{K8sLabels, PodMeta, same_pod},
+    metadata::pod::{K8sLabels, PodMeta, same_pod},
     metrics::{
         Buckets, Histograms, OVERFLOW, Registry,
         series::{Admitted, SeriesGuard, SeriesKey, same_str},
@@ -366,7 +366,7 @@ fn observe<L: Clone + std::hash::Hash + Eq + SeriesKey>(
 mod tests {
     use super::*;
     use crate::{
-        metadata::kube::WorkloadKind,
+        metadata::pod::WorkloadKind,
         metrics::DEFAULT_DURATION_BUCKETS,
         protocol::{Outcome, context::Found},
     };
