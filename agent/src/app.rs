@@ -253,7 +253,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         table.clone(),
     ));
 
-    crate::release_freed_memory();
+    crate::alloc::release_freed_memory();
     ready.store(true, Ordering::Release);
     log::info!(
         "meshtap ready: {} programs attached, serving http://{}/metrics",

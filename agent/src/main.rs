@@ -1,6 +1,7 @@
 //! meshtap: CLI -> config -> app::run. Every failure ends in one line saying what to do.
 
 mod aggregate;
+mod alloc;
 mod app;
 mod clock;
 mod config;
@@ -17,22 +18,10 @@ mod protocol;
 mod semconv;
 mod trace;
 
+#[cfg(test)]
+mod architecture_tests;
+
 use clap::Parser as _;
-
-/// The processing stage allocates and frees small objects at a high rate (exchanges, spans,
-/// their strings); mimalloc does that with less CPU than glibc's malloc and returns freed
-/// memory instead of fragmenting per-thread arenas.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Gives the memory the calling thread freed back to the system now. mimalloc returns a
-/// thread's free pages lazily, on that thread's later allocations: start-up (the kernel's BTF
-/// parsed twice, the eBPF object) frees about 20 MB on a thread that then mostly waits, which
-/// would otherwise stay resident for the agent's whole life.
-pub fn release_freed_memory() {
-    // SAFETY: no preconditions; `force` also purges pages held for reuse.
-    unsafe { libmimalloc_sys::mi_collect(true) };
-}
 
 fn main() -> std::process::ExitCode {
     let flags = config::Flags::parse();

@@ -53,7 +53,7 @@ async fn metrics(State(state): State<Endpoint>, headers: HeaderMap) -> impl Into
     };
     // A scrape of a high-cardinality node allocates megabytes on whichever runtime thread
     // serves it, which then keeps them for reuse: give back what the last scrapes freed.
-    crate::release_freed_memory();
+    crate::alloc::release_freed_memory();
     ([(header::CONTENT_TYPE, content_type)], body)
 }
 
