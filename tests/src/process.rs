@@ -100,6 +100,14 @@ impl Script {
         self.arg(name).arg(value)
     }
 
+    /// Gives the process the service name `comm` (`OTEL_SERVICE_NAME`): the one name the agent
+    /// uses for it everywhere, TCP edges included. Without it a script is named after its
+    /// interpreter's executable (`python3.11`), like every other Python process.
+    pub fn named(self) -> Self {
+        let comm = self.comm.clone();
+        self.env("OTEL_SERVICE_NAME", comm)
+    }
+
     /// Sets `key=value` in the script's environment (e.g. `OTEL_SERVICE_NAME`). `ip netns exec`
     /// passes the environment on.
     pub fn env(mut self, key: &str, value: impl Display) -> Self {

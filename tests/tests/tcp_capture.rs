@@ -2,9 +2,10 @@
 //!
 //! Topologies: loopback, and two network namespaces joined by a veth pair (server in `a`,
 //! clients in `b`) over IPv4 and IPv6; the agent always runs in the root namespace. Every test
-//! program names itself (`comm`) uniquely, and every assertion filters on those names, so other
-//! traffic on the machine does not matter. Numbers are exact: the scripts report the sums of
-//! their own syscall return values and the metrics must equal them.
+//! program names itself (`comm`, and the same service name, `OTEL_SERVICE_NAME`) uniquely, and
+//! every assertion filters on those names, so other traffic on the machine does not matter.
+//! Numbers are exact: the scripts report the sums of their own syscall return values and the
+//! metrics must equal them.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -47,7 +48,7 @@ impl Net<'_> {
     }
 
     fn server(self, comm: &str) -> Script {
-        let script = Script::server(comm).opt("--bind", self.server_ip());
+        let script = Script::server(comm).named().opt("--bind", self.server_ip());
         match self {
             Net::Loopback => script,
             Net::V4(p) | Net::V6(p) => script.in_netns(&p.a.ns),
@@ -56,6 +57,7 @@ impl Net<'_> {
 
     fn client(self, comm: &str, port: u16) -> Script {
         let script = Script::client(comm)
+            .named()
             .opt("--host", self.server_ip())
             .opt("--port", port);
         match self {
@@ -468,6 +470,7 @@ fn ipv4_mapped_addresses_are_reported_as_ipv4() {
     let (cli, srv) = ("mt-cli-mapped", "mt-srv-mapped");
     // A dual-stack IPv6 listener on `::` in `a`; the client connects over IPv4.
     let mut server = Script::server(srv)
+        .named()
         .in_netns(&pair.a.ns)
         .opt("--bind", "::")
         .arg("--dual-stack")
@@ -953,6 +956,7 @@ fn tls_connections_are_counted_without_copying_their_payload() {
     let before = agent.value(TLS_SKIPPED, &[]);
     let comm = "mt-tls-pair";
     let done = Script::new("tls_pair.py", comm)
+        .named()
         .opt("--rounds", 200)
         .opt("--request", 300)
         .opt("--response", 5000)
@@ -1075,6 +1079,7 @@ fn udp_and_unix_socket_traffic_is_not_counted() {
     let comm = "mt-othersocks";
     let agent = Agent::start(&[]);
     let done = Script::new("other_sockets.py", comm)
+        .named()
         .opt("--rounds", 200)
         .opt("--size", 700)
         .opt("--tcp-bytes", 12_345)

@@ -32,7 +32,7 @@ const RUN: Duration = Duration::from_secs(60);
 const STARTUP: Duration = Duration::from_secs(10);
 
 fn faults(comm: &str) -> Script {
-    Script::new("tcp_faults.py", comm)
+    Script::new("tcp_faults.py", comm).named()
 }
 
 fn listening_port(server: &mut ScriptChild) -> u16 {
@@ -155,6 +155,7 @@ fn timed_out_connects_are_counted_with_their_syn_retransmits() {
         .spawn();
     let port = listening_port(&mut server);
     let mut filler = Script::client(fill)
+        .named()
         .in_netns(&pair.b.ns)
         .opt("--host", &server_ip)
         .opt("--port", port)
@@ -170,6 +171,7 @@ fn timed_out_connects_are_counted_with_their_syn_retransmits() {
 
     let before = kernel_counters(&pair.b.ns);
     let result = Script::client(cli)
+        .named()
         .in_netns(&pair.b.ns)
         .opt("--host", &server_ip)
         .opt("--port", port)
@@ -241,6 +243,7 @@ fn unreachable_and_non_blocking_connects() {
     // Blocking connects without a route: ENETUNREACH, synchronously.
     let cli = "mt-cli-unreach";
     let result = Script::client(cli)
+        .named()
         .in_netns(&ns)
         .opt("--host", "10.1.2.3")
         .opt("--port", 80)
@@ -311,6 +314,7 @@ fn unreachable_and_non_blocking_connects() {
     // Non-blocking connects that succeed: each opened once, each with one connect duration.
     let (cli, srv) = ("mt-cli-nb-ok", "mt-srv-nb-ok");
     let mut server = Script::server(srv)
+        .named()
         .in_netns(&ns)
         .opt("--bind", "127.0.0.1")
         .opt("--mode", "close")
@@ -362,6 +366,7 @@ fn sendfile_bytes_are_counted() {
     let agent = Agent::start(&[]);
     let (cli, srv) = ("mt-cli-sendfile", "mt-srv-sendfile");
     let mut server = Script::server(srv)
+        .named()
         .opt("--bind", "127.0.0.1")
         .opt("--mode", "drain")
         .spawn();
@@ -478,6 +483,7 @@ fn retransmits_match_the_kernel(loss: Loss, cli: &str, srv: &str) {
     let agent = Agent::start(&[]);
     let server_ip = pair.a.v4.to_string();
     let mut server = Script::server(srv)
+        .named()
         .in_netns(&pair.a.ns)
         .opt("--bind", &server_ip)
         .opt("--mode", "drain")
