@@ -42,7 +42,7 @@ use crate::{
     },
     metrics::Registry,
     pipeline::Pipeline,
-    protocol::{Red, RedSettings},
+    protocol::{Red, RedSettings, SpanOptions},
     trace::{SpanExporter, TraceCounters, Tracer, TracerConfig},
 };
 
@@ -154,6 +154,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             sampling_ratio: config.sampling_ratio,
             keep_errors: config.keep_errors,
             store_rate: u64::from(config.trace_store_rate),
+            span_options: SpanOptions {
+                db_query_text: config.db_query_text,
+            },
         },
         Some(Box::new(StoreExporter(store.clone()))),
         collectors,

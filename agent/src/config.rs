@@ -7,6 +7,8 @@ use serde::Deserialize;
 
 use meshtap_common::{DEFAULT_CAPTURE, MAX_CAPTURE};
 
+use crate::protocol::db::QueryText;
+
 /// meshtap: zero-instrumentation TCP and service metrics for every process on this node, from
 /// eBPF syscall and TCP tracepoints (no kprobes). Must run as root (or with CAP_BPF, CAP_PERFMON,
 /// CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH).
@@ -118,6 +120,11 @@ pub struct Flags {
     #[arg(long, value_name = "N")]
     pub trace_store_spans: Option<u32>,
 
+    /// What database spans carry of a statement in `db.query.text`: off, sanitized (literals
+    /// replaced by `?`: no value of a user's data leaves the node) or raw [default: sanitized].
+    #[arg(long, value_name = "MODE")]
+    pub db_query_text: Option<String>,
+
     /// Traces per second the built-in trace store admits once a burst of 10 seconds' worth is
     /// spent (the rest are counted and still exported to a collector); 0 = every trace
     /// [default: 200].
@@ -200,6 +207,7 @@ pub struct FileConfig {
     pub keep_errors: Option<bool>,
     pub trace_store_spans: Option<u32>,
     pub trace_store_rate: Option<u32>,
+    pub db_query_text: Option<String>,
     pub log_level: Option<String>,
     pub kubernetes: Option<String>,
     pub kube_api_url: Option<String>,
@@ -250,6 +258,8 @@ pub struct Config {
     pub trace_store_spans: u32,
     /// Traces per second admitted to the store after its burst; 0 = no limit.
     pub trace_store_rate: u32,
+    /// `db.query.text` of database spans.
+    pub db_query_text: QueryText,
     pub log_level: String,
     pub kubernetes: Kubernetes,
     pub proc_root: PathBuf,
@@ -492,6 +502,23 @@ impl Config {
                 .trace_store_rate
                 .or(file.trace_store_rate)
                 .unwrap_or(200),
+            db_query_text: match flags
+                .db_query_text
+                .or(file.db_query_text)
+                .as_deref()
+                .unwrap_or("sanitized")
+            {
+                "off" => QueryText::Off,
+                "sanitized" => QueryText::Sanitized,
+                "raw" => QueryText::Raw,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        setting: "db_query_text (--db-query-text)",
+                        value: other.to_string(),
+                        expected: "one of off, sanitized, raw",
+                    });
+                }
+            },
             log_level: flags
                 .log_level
                 .or(file.log_level)

@@ -37,6 +37,12 @@ pub mod key {
     pub const NETWORK_PEER_ADDRESS: &str = "network.peer.address";
     pub const NETWORK_PEER_PORT: &str = "network.peer.port";
     pub const ERROR_TYPE: &str = "error.type";
+    pub const DB_SYSTEM_NAME: &str = "db.system.name";
+    pub const DB_NAMESPACE: &str = "db.namespace";
+    pub const DB_OPERATION_NAME: &str = "db.operation.name";
+    pub const DB_COLLECTION_NAME: &str = "db.collection.name";
+    pub const DB_QUERY_TEXT: &str = "db.query.text";
+    pub const DB_RESPONSE_STATUS_CODE: &str = "db.response.status_code";
     pub const PROCESS_PID: &str = "process.pid";
     pub const PROCESS_EXECUTABLE_NAME: &str = "process.executable.name";
     pub const K8S_NAMESPACE_NAME: &str = "k8s.namespace.name";

@@ -87,6 +87,8 @@ impl EncodeLabelSet for EdgeNamespaces {
 /// scrape.
 pub struct Registry {
     registry: Mutex<prometheus_client::registry::Registry>,
+    /// Families several components record into (see [`family`](Self::family)), by name.
+    shared: Mutex<std::collections::HashMap<String, Box<dyn std::any::Any + Send>>>,
     /// `meshtap_metric_series_overflow_total{metric}`: observations folded into the overflow
     /// series, for every bounded family.
     pub series_overflow: Family<MetricLabels, Counter>,
@@ -101,6 +103,7 @@ impl Default for Registry {
     fn default() -> Self {
         let r = Registry {
             registry: Mutex::new(prometheus_client::registry::Registry::default()),
+            shared: Mutex::new(std::collections::HashMap::new()),
             series_overflow: Family::default(),
             series_expired: Family::default(),
             last_encoded_len: AtomicUsize::new(0),
@@ -126,6 +129,26 @@ impl Registry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .register(name, help, metric);
+    }
+
+    /// The family `name`, registered by whichever component asks first: components that record
+    /// into one family (every database protocol into `db_client_operation_duration_seconds`)
+    /// each get a handle on the same one.
+    ///
+    /// # Panics
+    /// If `name` was registered before with another type: a programming error.
+    pub fn family<M: Metric + Clone>(&self, name: &str, help: &str, make: impl FnOnce() -> M) -> M {
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = shared.get(name) {
+            return existing
+                .downcast_ref::<M>()
+                .unwrap_or_else(|| panic!("metric {name} registered twice with different types"))
+                .clone();
+        }
+        let metric = make();
+        self.register(name, help, metric.clone());
+        shared.insert(name.to_string(), Box::new(metric.clone()));
+        metric
     }
 
     /// Lends the underlying registry to a component that registers itself on one

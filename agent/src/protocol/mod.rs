@@ -25,6 +25,11 @@
 //! span assembly and every exporter work on the neutral [`Exchange`].
 
 pub mod context;
+#[expect(
+    dead_code,
+    reason = "shared by the database protocols (issue 17), which land next: the first one removes this"
+)]
+pub mod db;
 pub mod http1;
 pub mod session;
 
@@ -172,12 +177,19 @@ pub enum Detection {
     NeedMore,
 }
 
+/// What spans may carry, as configured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpanOptions {
+    /// `db.query.text`: off, sanitized (the default) or raw (`--db-query-text`).
+    pub db_query_text: db::QueryText,
+}
+
 /// What a protocol's exchanges carry beyond the neutral fields, for spans and logs.
 pub trait ProtocolAttributes {
-    /// Low-cardinality span name, lowercase (`get /users/*`).
+    /// Low-cardinality span name (`get /users/*`, `SELECT orders`).
     fn span_name(&self) -> String;
     /// Span attributes, semantic-convention keys, in a stable order.
-    fn span_attributes(&self, out: &mut Vec<Attribute>);
+    fn span_attributes(&self, options: &SpanOptions, out: &mut Vec<Attribute>);
     /// The error type of a failed exchange that was answered (see [`Exchange::error_type`]).
     fn error_type(&self) -> Cow<'static, str>;
 }
@@ -250,8 +262,8 @@ macro_rules! registry {
                 self.as_dyn().span_name()
             }
 
-            pub fn span_attributes(&self, out: &mut Vec<Attribute>) {
-                self.as_dyn().span_attributes(out)
+            pub fn span_attributes(&self, options: &SpanOptions, out: &mut Vec<Attribute>) {
+                self.as_dyn().span_attributes(options, out)
             }
 
             pub fn error_type(&self) -> Cow<'static, str> {

@@ -32,7 +32,7 @@ use crate::{
     exchange::{Observed, Paired},
     fast::Map,
     protocol::{
-        Side,
+        Side, SpanOptions,
         context::{Format, Found, TraceContext},
     },
     trace::{
@@ -119,6 +119,8 @@ pub struct SpanAssembler {
     epoch_offset_ns: i128,
     sampling_ratio: f64,
     keep_errors: bool,
+    /// What spans carry (database query text).
+    span_options: SpanOptions,
     /// Whether a collector takes every sampled span (then spans the store declines are still
     /// built).
     exporting: bool,
@@ -153,7 +155,14 @@ impl SpanAssembler {
             epoch_offset_ns: 0,
             exporting: false,
             admission: StoreAdmission::new(0),
+            span_options: SpanOptions::default(),
         }
+    }
+
+    /// What spans carry beyond the defaults.
+    pub fn with_span_options(mut self, options: SpanOptions) -> Self {
+        self.span_options = options;
+        self
     }
 
     /// Spans go to collectors (`exporting`) and to a store that admits traces as `admission`
@@ -541,7 +550,8 @@ impl SpanAssembler {
         let input = node.input;
         let ex = &input.exchange;
         let mut attributes = Vec::with_capacity(6);
-        ex.attributes.span_attributes(&mut attributes);
+        ex.attributes
+            .span_attributes(&self.span_options, &mut attributes);
         let status = if ex.failed(input.side) {
             Status::Error {
                 error_type: ex.error_type(),

@@ -11,6 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use crate::{
     exchange::Paired,
     metrics::Registry,
+    protocol::SpanOptions,
     trace::{
         admission::StoreAdmission,
         assembly::{Assembled, SpanAssembler},
@@ -83,6 +84,7 @@ pub struct TracerConfig {
     pub keep_errors: bool,
     /// Traces per second the store admits after its burst; 0 = every trace.
     pub store_rate: u64,
+    pub span_options: SpanOptions,
 }
 
 pub struct Tracer {
@@ -106,7 +108,8 @@ impl Tracer {
             .with_outputs(
                 !collectors.is_empty(),
                 StoreAdmission::new(config.store_rate),
-            );
+            )
+            .with_span_options(config.span_options);
         assembler.set_epoch_offset(crate::clock::epoch_offset_ns());
         Tracer {
             assembler,

@@ -179,7 +179,11 @@ impl super::ProtocolAttributes for Attributes {
         name
     }
 
-    fn span_attributes(&self, out: &mut Vec<crate::semconv::Attribute>) {
+    fn span_attributes(
+        &self,
+        _options: &super::SpanOptions,
+        out: &mut Vec<crate::semconv::Attribute>,
+    ) {
         use crate::semconv::{Value, key};
         out.push((key::HTTP_REQUEST_METHOD, Value::Str(self.method.clone())));
         out.push((
