@@ -2,5 +2,6 @@
 //! exporters. Every span exporter converts from the agent's own `trace::span::Span`, owns its
 //! config section and its self-metrics, and implements `trace::SpanExporter`.
 
+pub mod delivery;
 pub mod http;
 pub mod zipkin;
