@@ -4,4 +4,5 @@
 
 pub mod delivery;
 pub mod http;
+pub mod otlp;
 pub mod zipkin;
