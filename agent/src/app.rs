@@ -28,6 +28,7 @@ use crate::{
     event::Batch,
     export::{
         http::{ConnectionsQuery, Endpoint, router},
+        otlp::sink::{OtlpMetrics, OtlpSink},
         zipkin::{
             api as zipkin_api,
             convert::StoreExporter,
@@ -62,6 +63,8 @@ pub enum RunError {
     Kubernetes(#[from] kube::KubeError),
     #[error("cannot start the Zipkin exporter: {0}")]
     Zipkin(#[source] crate::export::zipkin::sink::SinkError),
+    #[error("cannot start the OTLP exporter: {0}")]
+    Otlp(#[source] crate::export::delivery::EndpointError),
     #[error("the HTTP endpoint failed: {0}")]
     Serve(#[source] std::io::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -138,8 +141,17 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         ),
         None => None,
     };
+    let otlp_metrics = OtlpMetrics::default();
+    registry.register_with(|r| otlp_metrics.register(r));
+    let otlp = match &config.otlp {
+        Some(otlp) => Some(OtlpSink::start(otlp, &otlp_metrics).map_err(RunError::Otlp)?),
+        None => None,
+    };
     let mut collectors: Vec<Box<dyn SpanExporter>> = Vec::new();
     if let Some(sink) = &zipkin {
+        collectors.push(Box::new(sink.clone()));
+    }
+    if let Some(sink) = &otlp {
         collectors.push(Box::new(sink.clone()));
     }
     log::info!(
@@ -285,9 +297,20 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let _ = reader.join();
     let _ = processor.await;
     drop(maps);
-    if let Some(sink) = &zipkin {
-        sink.flush_and_stop(Duration::from_secs(5)).await;
-    }
+    // Both exporters flush at once, within the same 5 s.
+    let flush = Duration::from_secs(5);
+    tokio::join!(
+        async {
+            if let Some(sink) = &zipkin {
+                sink.flush_and_stop(flush).await;
+            }
+        },
+        async {
+            if let Some(sink) = &otlp {
+                sink.flush_and_stop(flush).await;
+            }
+        },
+    );
     log::info!("all eBPF programs detached");
     match server_result {
         Some(Ok(Err(e))) => Err(RunError::Serve(e)),

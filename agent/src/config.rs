@@ -1,12 +1,13 @@
 //! One configuration: command-line flags over a TOML file over defaults, validated once.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use serde::Deserialize;
 
 use meshtap_common::{DEFAULT_CAPTURE, MAX_CAPTURE};
 
+use crate::export::otlp::config::{OtlpConfig, OtlpConfigError};
 use crate::protocol::db::QueryText;
 
 /// meshtap: zero-instrumentation TCP and service metrics for every process on this node, from
@@ -107,6 +108,33 @@ pub struct Flags {
     #[arg(long, value_name = "N")]
     pub zipkin_queue_spans: Option<u32>,
 
+    /// Export spans over OTLP/HTTP (protobuf) to this receiver, e.g. http://otel-collector:4318
+    /// (spans go to /v1/traces; a URL with a path is used as it is). Can run with
+    /// --zipkin-endpoint: both get the same spans.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Spans per POST to the OTLP receiver [default: 500].
+    #[arg(long, value_name = "N")]
+    pub otlp_batch_spans: Option<u32>,
+
+    /// How long a span waits for an OTLP batch to fill before it is sent, ms [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub otlp_flush_ms: Option<u64>,
+
+    /// Gzip the bodies sent to the OTLP receiver: true or false [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub otlp_gzip: Option<bool>,
+
+    /// Timeout of one POST to the OTLP receiver, ms [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub otlp_timeout_ms: Option<u64>,
+
+    /// Spans queued for the OTLP receiver at most; beyond, spans are dropped and counted in
+    /// meshtap_otlp_spans_dropped_total{reason="queue_full"} [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub otlp_queue_spans: Option<u32>,
+
     /// Fraction of traces kept, decided from the trace id so that every node keeps the same
     /// traces, 0.0..=1.0 [default: 1.0].
     #[arg(long, value_name = "RATIO")]
@@ -203,6 +231,12 @@ pub struct FileConfig {
     pub zipkin_gzip: Option<bool>,
     pub zipkin_timeout_ms: Option<u64>,
     pub zipkin_queue_spans: Option<u32>,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_batch_spans: Option<u32>,
+    pub otlp_flush_ms: Option<u64>,
+    pub otlp_gzip: Option<bool>,
+    pub otlp_timeout_ms: Option<u64>,
+    pub otlp_queue_spans: Option<u32>,
     pub sampling_ratio: Option<f64>,
     pub keep_errors: Option<bool>,
     pub trace_store_spans: Option<u32>,
@@ -253,6 +287,8 @@ pub struct Config {
     pub zipkin_gzip: bool,
     pub zipkin_timeout_ms: u64,
     pub zipkin_queue_spans: u32,
+    /// None: no OTLP export.
+    pub otlp: Option<OtlpConfig>,
     pub sampling_ratio: f64,
     pub keep_errors: bool,
     pub trace_store_spans: u32,
@@ -283,6 +319,8 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
+    #[error(transparent)]
+    Otlp(#[from] OtlpConfigError),
 }
 
 fn split_pair(setting: &'static str, pair: &str) -> Result<(String, String), ConfigError> {
@@ -403,6 +441,29 @@ fn kubernetes(flags: &Flags, file: &FileConfig) -> Result<Kubernetes, ConfigErro
     })
 }
 
+/// The OTLP exporter's section, when `--otlp-endpoint` is set (validated with the rest).
+fn otlp(flags: &Flags, file: &FileConfig) -> Option<OtlpConfig> {
+    let endpoint = flags.otlp_endpoint.clone().or(file.otlp_endpoint.clone())?;
+    let mut otlp = OtlpConfig::new(endpoint);
+    let d = &mut otlp.delivery;
+    if let Some(n) = flags.otlp_batch_spans.or(file.otlp_batch_spans) {
+        d.batch_spans = n as usize;
+    }
+    if let Some(ms) = flags.otlp_flush_ms.or(file.otlp_flush_ms) {
+        d.flush_interval = Duration::from_millis(ms);
+    }
+    if let Some(gzip) = flags.otlp_gzip.or(file.otlp_gzip) {
+        d.gzip = gzip;
+    }
+    if let Some(ms) = flags.otlp_timeout_ms.or(file.otlp_timeout_ms) {
+        d.request_timeout = Duration::from_millis(ms);
+    }
+    if let Some(n) = flags.otlp_queue_spans.or(file.otlp_queue_spans) {
+        d.queue_spans = n as usize;
+    }
+    Some(otlp)
+}
+
 impl Config {
     pub fn load(flags: Flags) -> Result<Self, ConfigError> {
         let file = match &flags.config {
@@ -419,6 +480,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let kubernetes = kubernetes(&flags, &file)?;
+        let otlp = otlp(&flags, &file);
         let config = Config {
             listen: flags
                 .listen
@@ -492,6 +554,7 @@ impl Config {
                 .zipkin_queue_spans
                 .or(file.zipkin_queue_spans)
                 .unwrap_or(10_000),
+            otlp,
             sampling_ratio: flags.sampling_ratio.or(file.sampling_ratio).unwrap_or(1.0),
             keep_errors: flags.keep_errors.or(file.keep_errors).unwrap_or(false),
             trace_store_spans: flags
@@ -647,6 +710,9 @@ impl Config {
                 format!("{} / {}", self.zipkin_timeout_ms, self.zipkin_flush_ms),
                 "must be 10..=600000 ms and 1..=600000 ms",
             );
+        }
+        if let Some(otlp) = &self.otlp {
+            otlp.validate()?;
         }
         if !(100..=10_000_000).contains(&self.trace_store_spans) {
             return invalid(
@@ -807,6 +873,55 @@ mod tests {
         })
         .unwrap();
         assert_eq!(config.kubernetes, Kubernetes::Off);
+    }
+
+    #[test]
+    fn otlp_is_off_by_default_and_built_from_flags_over_the_file() {
+        assert_eq!(Config::load(Flags::default()).unwrap().otlp, None);
+        let dir = std::env::temp_dir().join(format!("meshtap-otlp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("otlp.toml");
+        std::fs::write(
+            &path,
+            "otlp_endpoint = \"http://otel:4318\"\notlp_batch_spans = 64\notlp_gzip = false\n",
+        )
+        .unwrap();
+        let config = Config::load(Flags {
+            config: Some(path),
+            otlp_batch_spans: Some(32),
+            otlp_flush_ms: Some(250),
+            otlp_timeout_ms: Some(3000),
+            otlp_queue_spans: Some(640),
+            zipkin_endpoint: Some("http://zipkin:9411/api/v2/spans".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let otlp = config.otlp.expect("on");
+        assert_eq!(otlp.endpoint, "http://otel:4318");
+        assert_eq!(otlp.delivery.batch_spans, 32, "the flag beats the file");
+        assert!(!otlp.delivery.gzip);
+        assert_eq!(otlp.delivery.flush_interval, Duration::from_millis(250));
+        assert_eq!(otlp.delivery.request_timeout, Duration::from_secs(3));
+        assert_eq!(otlp.delivery.queue_spans, 640);
+        assert!(config.zipkin_endpoint.is_some(), "both exporters at once");
+
+        let err = Config::load(Flags {
+            otlp_endpoint: Some("https://otel:4318".into()),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--otlp-endpoint"), "{err}");
+        assert!(err.contains("https is not supported"), "{err}");
+        let err = Config::load(Flags {
+            otlp_endpoint: Some("http://otel:4318".into()),
+            otlp_batch_spans: Some(0),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--otlp-batch-spans"), "{err}");
     }
 
     #[test]

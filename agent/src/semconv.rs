@@ -37,6 +37,7 @@ pub mod key {
     pub const NETWORK_PEER_ADDRESS: &str = "network.peer.address";
     pub const NETWORK_PEER_PORT: &str = "network.peer.port";
     pub const ERROR_TYPE: &str = "error.type";
+    pub const SERVICE_NAME: &str = "service.name";
     pub const DB_SYSTEM_NAME: &str = "db.system.name";
     pub const DB_NAMESPACE: &str = "db.namespace";
     pub const DB_OPERATION_NAME: &str = "db.operation.name";

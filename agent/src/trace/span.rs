@@ -78,4 +78,12 @@ impl Span {
     pub fn duration_ns(&self) -> u64 {
         self.end_unix_ns.saturating_sub(self.start_unix_ns)
     }
+
+    /// The value of attribute `key`, if the span has it.
+    pub fn attribute(&self, key: &str) -> Option<&crate::semconv::Value> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
 }

@@ -23,7 +23,10 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message as _;
 
-use crate::trace::span::{Resource, Span, SpanKind, Status, Value, key};
+use crate::{
+    semconv::{Value, key},
+    trace::span::{Resource, Span, SpanKind, Status},
+};
 
 /// The instrumentation scope of every span.
 pub const SCOPE_NAME: &str = "meshtap";
@@ -95,7 +98,6 @@ fn typed(value: &Value) -> any_value::Value {
     match value {
         Value::Str(s) => text(s),
         Value::Int(i) => any_value::Value::IntValue(*i),
-        Value::Bool(b) => any_value::Value::BoolValue(*b),
     }
 }
 

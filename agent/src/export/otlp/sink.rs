@@ -23,11 +23,8 @@ use axum::http::StatusCode;
 
 use super::{config::OtlpConfig, model, name};
 use crate::{
-    export::{
-        SpanExporter,
-        delivery::{DropReason, EndpointError, MetricNames, Sink, SinkMetrics, Wire},
-    },
-    trace::span::Span,
+    export::delivery::{DropReason, EndpointError, MetricNames, Sink, SinkMetrics, Wire},
+    trace::{SpanExporter, span::Span},
 };
 
 /// OTLP/HTTP with protobuf bodies.

@@ -236,13 +236,12 @@ async fn retry_after_is_honoured() {
     let sink = OtlpSink::start(&config, &metrics).unwrap();
     assert_eq!(offer(&sink, 0..3), 3);
     eventually("the retry", || receiver.posts() == 2).await;
-    let posts = receiver.posts.lock().unwrap();
-    let waited = posts[1].at - posts[0].at;
-    assert!(
-        (Duration::from_secs(1)..Duration::from_secs(3)).contains(&waited),
-        "{waited:?}"
-    );
-    drop(posts);
+    let waited = {
+        let posts = receiver.posts.lock().unwrap();
+        posts[1].at - posts[0].at
+    };
+    // Not before the receiver said: a lower bound, whatever the machine's load.
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
     eventually("the export", || metrics.exported.get() == 3).await;
 }
 
