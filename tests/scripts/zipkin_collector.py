@@ -21,99 +21,40 @@ GET /stats: the stats as JSON, at any time: posts, failed_posts (answered --fail
 """
 
 import argparse
-import gzip
-import http.server
 import json
-import signal
 import sys
-import threading
-import zlib
 
+import collector_http
 import zipkin_schema
 
-LOCK = threading.Lock()
-STATS = {
-    "posts": 0,
-    "failed_posts": 0,
-    "rejected_posts": 0,
-    "accepted_posts": 0,
-    "accepted_spans": 0,
-    "gzipped_posts": 0,
-    "errors": [],
-}
-MAX_ERRORS = 20
-MAX_BODY = 64 * 1024 * 1024
 
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(collector_http.Collector):
+    PATH = "/api/v2/spans"
+    STATS = collector_http.stats()
     # Set by main().
     validator = None
     fail_first = 0
     fail_status = 503
-    out = None
-
-    def log_message(self, *args):
-        pass
-
-    def reply(self, status, body=b"", content_type="text/plain"):
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if body:
-            self.wfile.write(body)
-
-    def do_GET(self):
-        if self.path.split("?", 1)[0] == "/stats":
-            with LOCK:
-                body = json.dumps(STATS, sort_keys=True).encode()
-            self.reply(200, body, "application/json")
-        else:
-            self.reply(404, b"not found\n")
-
-    def reject(self, reason):
-        with LOCK:
-            STATS["rejected_posts"] += 1
-            if len(STATS["errors"]) < MAX_ERRORS:
-                STATS["errors"].append(reason)
-        self.reply(400, (reason + "\n").encode())
 
     def do_POST(self):
-        try:
-            length = int(self.headers.get("Content-Length") or "")
-        except ValueError:
-            self.reply(411, b"Content-Length required\n")
-            self.close_connection = True
+        body = self.post_body()
+        if body is None:
             return
-        if length < 0 or length > MAX_BODY:
-            self.reply(413, b"body too large\n")
-            self.close_connection = True
-            return
-        body = self.rfile.read(length)
-        if self.path.split("?", 1)[0] != "/api/v2/spans":
-            self.reply(404, b"not found\n")
-            return
-        with LOCK:
-            STATS["posts"] += 1
-            fail = STATS["posts"] <= Handler.fail_first
+        with self.LOCK:
+            self.STATS["posts"] += 1
+            fail = self.STATS["posts"] <= Handler.fail_first
             if fail:
-                STATS["failed_posts"] += 1
+                self.STATS["failed_posts"] += 1
         if fail:
             self.reply(Handler.fail_status, b"failing as told\n")
             return
-        encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
-        if encoding == "gzip":
-            try:
-                body = gzip.decompress(body)
-            except (OSError, EOFError, zlib.error) as e:
-                self.reject(f"bad gzip body: {e}")
-                return
-            with LOCK:
-                STATS["gzipped_posts"] += 1
-        elif encoding != "identity":
-            self.reject(f"unsupported Content-Encoding {encoding}")
+        decoded = self.decoded(body)
+        if decoded is None:
             return
+        body, gzipped = decoded
+        if gzipped:
+            with self.LOCK:
+                self.STATS["gzipped_posts"] += 1
         try:
             spans = json.loads(body)
         except ValueError as e:
@@ -123,19 +64,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if error is not None:
             self.reject(f"not a ListOfSpans: {error}")
             return
-        with LOCK:
-            STATS["accepted_posts"] += 1
-            STATS["accepted_spans"] += len(spans)
-            if Handler.out is not None:
-                for span in spans:
-                    Handler.out.write(json.dumps(span, sort_keys=True) + "\n")
-                Handler.out.flush()
+        self.accept(spans)
         self.reply(202)
-
-
-class Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 1024
 
 
 def emit(event, **fields):
@@ -159,26 +89,9 @@ def main():
     Handler.fail_first = a.fail_first
     Handler.fail_status = a.fail_status
     Handler.out = open(a.out, "a") if a.out else None
-    if ":" in a.bind:
-        import socket
-
-        Server.address_family = socket.AF_INET6
-    server = Server((a.bind, a.port), Handler)
-    emit("listening", port=server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    if a.forever:
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        stop.wait()
-    else:
-        sys.stdin.readline()
-    server.shutdown()
-    with LOCK:
-        emit("done", **STATS)
-        if Handler.out is not None:
-            Handler.out.close()
+    collector_http.serve(Handler, a.bind, a.port, a.forever, emit)
+    if Handler.out is not None:
+        Handler.out.close()
     return 0
 
 

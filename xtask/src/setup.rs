@@ -17,7 +17,7 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 /// - `nginx`, `redis-server`, `prometheus`: real services the agent observes (and prometheus's
 ///   `promtool` to check the exposition format);
 /// - `curl`, `wrk`: HTTP client and load generator;
-/// - `python3`: test helpers (stand-in Zipkin collector, schema validation);
+/// - `python3`: test helpers (stand-in Zipkin and OTLP collectors, schema validation);
 /// - `iproute2`: network namespaces and veth pairs (`ip`), `ss`;
 /// - `bpftool`: inspect the programs and maps the agent loads;
 /// - `procps` (`ps`, `pgrep`, `sysctl`), `psmisc` (`fuser`, `killall`): process / port handling;
@@ -48,14 +48,20 @@ const SERVICES: &[(&str, &str, u16)] = &[
 /// Python modules the tests import, and the PyPI distributions that provide them.
 /// `kubernetes-validate` bundles Kubernetes' JSON schemas (tests/tests/deploy.rs validates
 /// deploy/ with them); its version is pinned, and checked, because the schemas it carries are.
+/// `opentelemetry-proto` (the OpenTelemetry project's generated OTLP classes, with the protobuf
+/// runtime it pulls, 5.x to 7.x) is the stand-in OTLP collector's decoder
+/// (tests/scripts/otlp_collector.py): independent of the agent's prost encoder.
 const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_validate; \
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2; \
     from importlib.metadata import version; \
-    assert version('kubernetes-validate') == '1.37.0', version('kubernetes-validate')";
+    assert version('kubernetes-validate') == '1.37.0', version('kubernetes-validate'); \
+    assert version('opentelemetry-proto') == '1.45.2', version('opentelemetry-proto')";
 const PYTHON_PACKAGES: &[&str] = &[
     "jsonschema",
     "pyyaml",
     "requests",
     "kubernetes-validate==1.37.0",
+    "opentelemetry-proto==1.45.2",
 ];
 
 /// Debian 12's kubectl (package kubernetes-client, 1.20: its built-in kustomize is v2.0.3, the
