@@ -6,10 +6,10 @@
 //! Every span offered ends up counted exactly once: in `meshtap_otlp_spans_exported_total` when
 //! the receiver accepted it, or in `meshtap_otlp_spans_dropped_total{reason}`:
 //! - `queue_full`: the queue was at its bound (receiver slow, dead or retrying);
-//! - `rejected`: an answer the OTLP specification says not to retry (every status but 429,
-//!   502, 503 and 504), or a 2xx whose partial success refuses some spans;
-//! - `retries_exhausted`: connection errors, timeouts, 429, 502, 503 or 504 for longer than
-//!   the retry budget;
+//! - `rejected`: an answer not worth a retry (a 4xx but 429, a 501 or 505), or a 2xx whose
+//!   partial success refuses some spans;
+//! - `retries_exhausted`: connection errors, timeouts, 429 or other 5xx for longer than the
+//!   retry budget;
 //! - `shutdown`: still queued or in flight when [`OtlpSink::flush_and_stop`]'s deadline passed,
 //!   or offered after it was called;
 //! - `invalid`: never, in practice (encoding a batch cannot fail).
@@ -46,9 +46,13 @@ impl Wire for Otlp {
         pending_help: "Spans queued for or being sent to the OTLP receiver",
     };
 
-    /// The retryable statuses of the OTLP/HTTP specification ("Retryable Response Codes").
+    /// The retryable statuses of the OTLP/HTTP specification ("Retryable Response Codes": 429,
+    /// 502, 503, 504), and any other server error but those that say the request itself can
+    /// never succeed (501, 505): a receiver that answers 500 while it restarts or sheds load
+    /// would otherwise lose the batch.
     fn retryable(status: StatusCode) -> bool {
-        matches!(status.as_u16(), 429 | 502 | 503 | 504)
+        let code = status.as_u16();
+        code == 429 || ((500..600).contains(&code) && code != 501 && code != 505)
     }
 
     fn encode(spans: &[Span]) -> Result<Vec<u8>, std::io::Error> {
