@@ -57,7 +57,7 @@ impl Postgres {
         let root = dir.path().to_string_lossy().into_owned();
         run(Command::new("chown").args(["-R", "postgres", &root]));
         let data = dir.file("data");
-        run(as_postgres(&[
+        run(&mut as_postgres(&[
             &format!("{BIN}/initdb"),
             "-D",
             &data,
@@ -70,7 +70,7 @@ impl Postgres {
         let port = free_port();
         let opts = format!("-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off");
         let log = dir.file("log");
-        run(as_postgres(&[
+        run(&mut as_postgres(&[
             &format!("{BIN}/pg_ctl"),
             "-D",
             &data,
@@ -252,7 +252,12 @@ fn pgbench_and_psql_counted_exactly_on_both_sides() {
         add(c, "INSERT", "pgbench_history", "", 1.0);
         add(c, "SELECT", "", "", 1.0);
     }
-    wait_counts(&agent, &port, &[("pgbench", &bench), ("psql", &psql)], &server);
+    wait_counts(
+        &agent,
+        &port,
+        &[("pgbench", &bench), ("psql", &psql)],
+        &server,
+    );
 
     // A span: pgbench's SELECT on pgbench_accounts, its literal replaced.
     let traces = api(&agent, "/api/v2/traces?serviceName=pgbench&limit=1000");

@@ -386,8 +386,8 @@ fn a_lost_response_framing_completes_its_request_truncated_at_the_resync() {
 
 #[test]
 fn a_connection_found_mid_stream_pairs_from_a_plausible_boundary() {
-    let ios = vec![
-        // The tail of an answer to a request never seen.
+    let ios = [
+        // The tail of an answer to a request never seen (the session detects nothing in it).
         (false, 1, b"xx\x00\x00".to_vec()),
         (true, 2, query("SELECT 1")),
         (false, 3, b"\x00garbage".to_vec()),
@@ -395,6 +395,10 @@ fn a_connection_found_mid_stream_pairs_from_a_plausible_boundary() {
         (true, 5, query("UPDATE t SET a = 1")),
         (false, 6, [complete("UPDATE 1"), ready()].concat()),
     ];
+    assert_eq!(
+        detect(Side::Server, Direction::Egress, &ios[0].2),
+        Verdict::No
+    );
     let run = replay(Side::Server, &ios[1..], Some(7), Mode::Whole);
     assert_eq!(
         summaries(&run),
