@@ -362,12 +362,15 @@ mod tests {
                 Detection::Unknown,
             ),
             (Server, Ingress, b"*1\r\n$4\r\nPING\r\n", Detection::Unknown),
+            // A PostgreSQL SSLRequest.
             (
                 Server,
                 Ingress,
                 b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
-                Detection::Unknown,
+                Detection::Found(Protocol::Postgresql),
             ),
+            (Server, Ingress, b"\x00\x00\x00", Detection::NeedMore),
+            (Server, Ingress, b"\x00\x01\x00\x08", Detection::Unknown),
             // Wrong direction for the role: a server does not read responses.
             (Server, Ingress, b"HTTP/1.1 200 OK\r\n", Detection::Unknown),
             (Client, Ingress, b"GET / HTTP/1.1\r\n", Detection::Unknown),
