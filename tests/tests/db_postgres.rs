@@ -138,10 +138,12 @@ fn pgbench(counts: &mut Counts, n: f64) {
     }
 }
 
-/// What a `pgbench -n` run asks before its transactions, on its own connection: the scale.
+/// What a `pgbench -n` run asks before its transactions, on its own connection: the scale
+/// (`select count(*) from pgbench_branches`) and whether pgbench_accounts is partitioned
+/// (`select ... from pg_catalog.pg_class as c join ...`: the table before the alias).
 fn pgbench_setup(counts: &mut Counts) {
     add(counts, "SELECT", "pgbench_branches", "", 1.0);
-    add(counts, "SELECT", "", "", 1.0);
+    add(counts, "SELECT", "pg_catalog.pg_class", "", 1.0);
 }
 
 /// Every series of `family` for the server `port` (and `service`, if given) equals `want`, and
