@@ -22,7 +22,9 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 /// - `bpftool`: inspect the programs and maps the agent loads;
 /// - `procps` (`ps`, `pgrep`, `sysctl`), `psmisc` (`fuser`, `killall`): process / port handling;
 /// - `iptables`: DNAT inside test network namespaces, as kube-proxy does for Service ClusterIPs
-///   and as a packet to another node's pod looks to this node (the Kubernetes tests).
+///   and as a packet to another node's pod looks to this node (the Kubernetes tests);
+/// - `postgresql`, `postgresql-contrib`: PostgreSQL 15 (`initdb`, `pg_ctl`, `psql`, `pgbench`)
+///   for the PostgreSQL tests, run in a temporary directory.
 const DEBIAN_PACKAGES: &[&str] = &[
     "nginx",
     "curl",
@@ -35,6 +37,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     "psmisc",
     "iptables",
+    "postgresql",
+    "postgresql-contrib",
 ];
 
 /// Packages whose install starts a service that would hold a port the tests use:
@@ -43,6 +47,7 @@ const SERVICES: &[(&str, &str, u16)] = &[
     ("nginx", "nginx", 80),
     ("prometheus", "prometheus", 9090),
     ("redis-server", "redis-server", 6379),
+    ("postgresql", "postgresql", 5432),
 ];
 
 /// Python modules the tests import, and the PyPI distributions that provide them.
@@ -294,8 +299,9 @@ fn debian_packages(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
     Ok(())
 }
 
-/// Debian's nginx / prometheus / redis-server start their service on install (unless a
-/// `policy-rc.d` forbids it). Stop them so ports 80/9090/6379 are free for the tests; failures
+/// Debian's nginx / prometheus / redis-server / postgresql start their service on install
+/// (unless a `policy-rc.d` forbids it). Stop them so ports 80/9090/6379/5432 are free for the
+/// tests; failures
 /// (not running, no init script) are ignored.
 fn stop_services(ctx: &Ctx, installed_now: &[&str]) {
     let services: Vec<(&str, u16)> = SERVICES

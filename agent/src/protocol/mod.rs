@@ -25,12 +25,9 @@
 //! span assembly and every exporter work on the neutral [`Exchange`].
 
 pub mod context;
-#[expect(
-    dead_code,
-    reason = "shared by the database protocols (issue 17), which land next: the first one removes this"
-)]
 pub mod db;
 pub mod http1;
+pub mod postgres;
 pub mod session;
 
 use std::{borrow::Cow, net::SocketAddr, sync::Arc};
@@ -323,6 +320,7 @@ macro_rules! registry {
 registry! {
     // Add a protocol below: `Variant => folder`.
     Http1 => http1,
+    Postgresql => postgres,
 }
 
 #[cfg(test)]
@@ -364,12 +362,15 @@ mod tests {
                 Detection::Unknown,
             ),
             (Server, Ingress, b"*1\r\n$4\r\nPING\r\n", Detection::Unknown),
+            // A PostgreSQL SSLRequest.
             (
                 Server,
                 Ingress,
                 b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
-                Detection::Unknown,
+                Detection::Found(Protocol::Postgresql),
             ),
+            (Server, Ingress, b"\x00\x00\x00", Detection::NeedMore),
+            (Server, Ingress, b"\x00\x01\x00\x08", Detection::Unknown),
             // Wrong direction for the role: a server does not read responses.
             (Server, Ingress, b"HTTP/1.1 200 OK\r\n", Detection::Unknown),
             (Client, Ingress, b"GET / HTTP/1.1\r\n", Detection::Unknown),
@@ -401,6 +402,7 @@ mod tests {
     #[test]
     fn protocol_names() {
         assert_eq!(Protocol::Http1.name(), "http");
-        assert_eq!(Protocol::ALL, &[Protocol::Http1]);
+        assert_eq!(Protocol::Postgresql.name(), "postgresql");
+        assert_eq!(Protocol::ALL, &[Protocol::Http1, Protocol::Postgresql]);
     }
 }
