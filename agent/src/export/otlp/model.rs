@@ -6,8 +6,8 @@
 //! Attributes are the span's own, typed as they are, plus what OpenTelemetry's semantic
 //! conventions derive from the connection where the span does not carry it already:
 //! `network.peer.address`/`.port` (the other end), `server.address`/`.port` (the observing
-//! process on a SERVER span, the other end on a CLIENT span), `client.address` (the other end of
-//! a SERVER span), and `error.type` on an error.
+//! process on a SERVER span, the other end on a CLIENT span), `client.address`/`.port` (the
+//! other end of a SERVER span), and `error.type` on an error.
 //! <https://opentelemetry.io/docs/specs/semconv/http/http-spans/>
 
 use std::net::SocketAddr;
@@ -169,6 +169,7 @@ fn span_of(s: &Span) -> OtlpSpan {
             key::CLIENT_ADDRESS,
             address(client).map(any_value::Value::StringValue),
         );
+        add(key::CLIENT_PORT, port(client));
     }
     let peer = s.remote.addr;
     add(
@@ -380,6 +381,7 @@ pub(crate) mod tests {
                 ("server.address", &s("10.0.0.2")),
                 ("server.port", &int(8080)),
                 ("client.address", &s("10.0.0.1")),
+                ("client.port", &int(40000)),
                 ("network.peer.address", &s("10.0.0.1")),
                 ("network.peer.port", &int(40000)),
             ]
