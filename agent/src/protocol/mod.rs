@@ -25,12 +25,9 @@
 //! span assembly and every exporter work on the neutral [`Exchange`].
 
 pub mod context;
-#[expect(
-    dead_code,
-    reason = "shared by the database protocols (issue 17), which land next: the first one removes this"
-)]
 pub mod db;
 pub mod http1;
+pub mod mysql;
 pub mod session;
 
 use std::{borrow::Cow, net::SocketAddr, sync::Arc};
@@ -323,6 +320,7 @@ macro_rules! registry {
 registry! {
     // Add a protocol below: `Variant => folder`.
     Http1 => http1,
+    Mysql => mysql,
 }
 
 #[cfg(test)]
@@ -401,6 +399,7 @@ mod tests {
     #[test]
     fn protocol_names() {
         assert_eq!(Protocol::Http1.name(), "http");
-        assert_eq!(Protocol::ALL, &[Protocol::Http1]);
+        assert_eq!(Protocol::Mysql.name(), "mysql");
+        assert_eq!(Protocol::ALL, &[Protocol::Http1, Protocol::Mysql]);
     }
 }
