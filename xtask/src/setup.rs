@@ -22,7 +22,9 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 /// - `bpftool`: inspect the programs and maps the agent loads;
 /// - `procps` (`ps`, `pgrep`, `sysctl`), `psmisc` (`fuser`, `killall`): process / port handling;
 /// - `iptables`: DNAT inside test network namespaces, as kube-proxy does for Service ClusterIPs
-///   and as a packet to another node's pod looks to this node (the Kubernetes tests).
+///   and as a packet to another node's pod looks to this node (the Kubernetes tests);
+/// - `mariadb-server`, `mariadb-client`: the MySQL protocol tests' server (`mariadbd`,
+///   `mariadb-install-db`) and the CLI that creates their tables.
 const DEBIAN_PACKAGES: &[&str] = &[
     "nginx",
     "curl",
@@ -35,6 +37,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     "psmisc",
     "iptables",
+    "mariadb-server",
+    "mariadb-client",
 ];
 
 /// Packages whose install starts a service that would hold a port the tests use:
@@ -43,12 +47,15 @@ const SERVICES: &[(&str, &str, u16)] = &[
     ("nginx", "nginx", 80),
     ("prometheus", "prometheus", 9090),
     ("redis-server", "redis-server", 6379),
+    ("mariadb-server", "mariadb", 3306),
 ];
 
-/// Python modules the tests import, and the PyPI distributions that provide them.
+/// Python modules the tests import, and the PyPI distributions that provide them. The MySQL
+/// clients are pinned: tests/tests/db_mysql.rs counts the commands they send (mysql-connector
+/// re-sends COM_STMT_RESET before each execution).
 /// `kubernetes-validate` bundles Kubernetes' JSON schemas (tests/tests/deploy.rs validates
 /// deploy/ with them); its version is pinned, and checked, because the schemas it carries are.
-const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_validate; \
+const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_validate, pymysql, mysql.connector; \
     from importlib.metadata import version; \
     assert version('kubernetes-validate') == '1.37.0', version('kubernetes-validate')";
 const PYTHON_PACKAGES: &[&str] = &[
@@ -56,6 +63,8 @@ const PYTHON_PACKAGES: &[&str] = &[
     "pyyaml",
     "requests",
     "kubernetes-validate==1.37.0",
+    "PyMySQL==1.2.4",
+    "mysql-connector-python==26.10.0",
 ];
 
 /// Debian 12's kubectl (package kubernetes-client, 1.20: its built-in kustomize is v2.0.3, the
