@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use meshtap_tests::metrics::{EXCHANGES, PARSE_ERRORS, count};
 use meshtap_tests::process::run_command;
-use meshtap_tests::spans::{tag, text};
+use meshtap_tests::spans::{service, tag, text};
 use meshtap_tests::zipkin::api;
 use meshtap_tests::{Agent, Metrics, Script, TempDir, free_port, serial};
 use serde_json::Value;
@@ -287,7 +287,9 @@ fn mariadb_text_and_prepared_statements_exact() {
     let select = text_spans
         .iter()
         .find(|s| {
-            text(s, "name").eq_ignore_ascii_case("SELECT orders") && text(s, "kind") == "CLIENT"
+            text(s, "name").eq_ignore_ascii_case("SELECT orders")
+                && text(s, "kind") == "CLIENT"
+                && service(s) == TEXT_CLIENT
         })
         .unwrap_or_else(|| panic!("no SELECT orders CLIENT span in {text_spans:?}"));
     assert_eq!(tag(select, "db.system.name"), Some("mariadb"), "{select}");
@@ -299,7 +301,11 @@ fn mariadb_text_and_prepared_statements_exact() {
     );
     let inserts: Vec<&Value> = text_spans
         .iter()
-        .filter(|s| text(s, "name").eq_ignore_ascii_case("INSERT orders"))
+        .filter(|s| {
+            text(s, "name").eq_ignore_ascii_case("INSERT orders")
+                && text(s, "kind") == "CLIENT"
+                && service(s) == TEXT_CLIENT
+        })
         .collect();
     assert_eq!(inserts.len() as u64, INSERTS, "{text_spans:?}");
     for s in &inserts {
@@ -324,6 +330,8 @@ fn mariadb_text_and_prepared_statements_exact() {
         .iter()
         .filter(|s| {
             text(s, "name").eq_ignore_ascii_case("SELECT orders")
+                && text(s, "kind") == "CLIENT"
+                && service(s) == PREPARED_CLIENT
                 && tag(s, "db.query.text") == Some("SELECT item, qty FROM orders WHERE id = ?")
         })
         .count();
