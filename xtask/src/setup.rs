@@ -25,6 +25,8 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 ///   and as a packet to another node's pod looks to this node (the Kubernetes tests);
 /// - `postgresql`, `postgresql-contrib`: PostgreSQL 15 (`initdb`, `pg_ctl`, `psql`, `pgbench`)
 ///   for the PostgreSQL tests, run in a temporary directory.
+/// - `mariadb-server`, `mariadb-client`: the MySQL protocol tests' server (`mariadbd`,
+///   `mariadb-install-db`) and the CLI that creates their tables.
 const DEBIAN_PACKAGES: &[&str] = &[
     "nginx",
     "curl",
@@ -39,6 +41,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iptables",
     "postgresql",
     "postgresql-contrib",
+    "mariadb-server",
+    "mariadb-client",
 ];
 
 /// Packages whose install starts a service that would hold a port the tests use:
@@ -48,15 +52,18 @@ const SERVICES: &[(&str, &str, u16)] = &[
     ("prometheus", "prometheus", 9090),
     ("redis-server", "redis-server", 6379),
     ("postgresql", "postgresql", 5432),
+    ("mariadb-server", "mariadb", 3306),
 ];
 
-/// Python modules the tests import, and the PyPI distributions that provide them.
+/// Python modules the tests import, and the PyPI distributions that provide them. The MySQL
+/// clients are pinned: tests/tests/db_mysql.rs counts the commands they send (mysql-connector
+/// re-sends COM_STMT_RESET before each execution).
 /// `kubernetes-validate` bundles Kubernetes' JSON schemas (tests/tests/deploy.rs validates
 /// deploy/ with them); its version is pinned, and checked, because the schemas it carries are.
 /// `opentelemetry-proto` (the OpenTelemetry project's generated OTLP classes, with the protobuf
 /// runtime it pulls, 5.x to 7.x) is the stand-in OTLP collector's decoder
 /// (tests/scripts/otlp_collector.py): independent of the agent's prost encoder.
-const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_validate; \
+const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_validate, pymysql, mysql.connector; \
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2; \
     from importlib.metadata import version; \
     assert version('kubernetes-validate') == '1.37.0', version('kubernetes-validate'); \
@@ -67,6 +74,8 @@ const PYTHON_PACKAGES: &[&str] = &[
     "requests",
     "kubernetes-validate==1.37.0",
     "opentelemetry-proto==1.45.2",
+    "PyMySQL==1.2.4",
+    "mysql-connector-python==26.10.0",
 ];
 
 /// Debian 12's kubectl (package kubernetes-client, 1.20: its built-in kustomize is v2.0.3, the

@@ -27,6 +27,7 @@
 pub mod context;
 pub mod db;
 pub mod http1;
+pub mod mysql;
 pub mod postgres;
 pub mod session;
 
@@ -321,6 +322,7 @@ registry! {
     // Add a protocol below: `Variant => folder`.
     Http1 => http1,
     Postgresql => postgres,
+    Mysql => mysql,
 }
 
 #[cfg(test)]
@@ -403,6 +405,10 @@ mod tests {
     fn protocol_names() {
         assert_eq!(Protocol::Http1.name(), "http");
         assert_eq!(Protocol::Postgresql.name(), "postgresql");
-        assert_eq!(Protocol::ALL, &[Protocol::Http1, Protocol::Postgresql]);
+        assert_eq!(Protocol::Mysql.name(), "mysql");
+        assert_eq!(
+            Protocol::ALL,
+            &[Protocol::Http1, Protocol::Postgresql, Protocol::Mysql]
+        );
     }
 }
