@@ -82,7 +82,9 @@ fuzz_target!(|data: &[u8]| {
         }
         parser.close(ts + 1, &mut out);
         for x in &out {
-            let protocol::Attributes::Http1(a) = &x.attributes;
+            let protocol::Attributes::Http1(a) = &x.attributes else {
+                panic!("an HTTP/1 parser made another protocol's exchange");
+            };
             assert!(a.path.len() <= protocol::http1::MAX_PATH_BYTES);
             assert!(x.start_ns <= x.end_ns);
             let _ = protocol::http1::route::route(&a.path);

@@ -1078,7 +1078,9 @@ fn neutral_exchange_outcome_error_type_and_context() {
     assert_eq!((n.request_bytes, n.response_bytes), (3, 4));
     assert_eq!(n.error_type(), "503");
     assert_eq!(x(None, vec![]).into_exchange().error_type(), "no response");
-    let crate::protocol::Attributes::Http1(a) = &n.attributes;
+    let crate::protocol::Attributes::Http1(a) = &n.attributes else {
+        panic!("not HTTP: {n:?}");
+    };
     assert_eq!(a.span_name(), "get /users/*");
     let traced = x(
         Some(200),
