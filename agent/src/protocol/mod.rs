@@ -31,6 +31,7 @@ pub mod context;
 )]
 pub mod db;
 pub mod http1;
+pub mod memcached;
 pub mod redis;
 pub mod session;
 
@@ -324,6 +325,8 @@ macro_rules! registry {
 registry! {
     // Add a protocol below: `Variant => folder`.
     Http1 => http1,
+    // Before Redis: its inline commands include lowercase `get k`, Memcached's protocol.
+    Memcached => memcached,
     Redis => redis,
 }
 
@@ -337,6 +340,7 @@ mod tests {
         use Side::{Client, Server};
         const HTTP1: Detection = Detection::Found(Protocol::Http1);
         const REDIS: Detection = Detection::Found(Protocol::Redis);
+        const MEMCACHED: Detection = Detection::Found(Protocol::Memcached);
         let cases: &[(Side, Direction, &[u8], Detection)] = &[
             (Server, Ingress, b"GET / HTTP/1.1\r\n", HTTP1),
             (Server, Ingress, b"GET /x", HTTP1),
@@ -353,7 +357,9 @@ mod tests {
             (Server, Ingress, b"GET  /", Detection::NeedMore),
             (Server, Ingress, b"GET  /\x01", Detection::Unknown),
             // Methods are case-sensitive: this is not HTTP, but an inline command's words.
-            (Server, Ingress, b"get / HTTP/1.1\r\n", REDIS),
+            (Server, Ingress, b"get / HTTP/1.1\r\n", MEMCACHED),
+            (Server, Ingress, b"set k 0 0 1\r\nx\r\n", MEMCACHED),
+            (Client, Ingress, b"VALUE k 0 1\r\n", MEMCACHED),
             (Server, Ingress, b"FOO / HTTP/1.1", Detection::Unknown),
             (Client, Ingress, b"HTTP/2.0 200", Detection::Unknown),
             (
@@ -427,6 +433,10 @@ mod tests {
     fn protocol_names() {
         assert_eq!(Protocol::Http1.name(), "http");
         assert_eq!(Protocol::Redis.name(), "redis");
-        assert_eq!(Protocol::ALL, &[Protocol::Http1, Protocol::Redis]);
+        assert_eq!(Protocol::Memcached.name(), "memcached");
+        assert_eq!(
+            Protocol::ALL,
+            &[Protocol::Http1, Protocol::Memcached, Protocol::Redis]
+        );
     }
 }
