@@ -14,8 +14,8 @@ use crate::cmd::{Ctx, euid, exists_on_path, probe, probe_stdout, run};
 const BPF_LINKER_VERSION: &str = "0.10.3";
 
 /// Debian packages the integration tests use:
-/// - `nginx`, `redis-server`, `prometheus`: real services the agent observes (and prometheus's
-///   `promtool` to check the exposition format);
+/// - `nginx`, `redis-server` (with `redis-benchmark`), `memcached`, `prometheus`: real services
+///   the agent observes (and prometheus's `promtool` to check the exposition format);
 /// - `curl`, `wrk`: HTTP client and load generator;
 /// - `python3`: test helpers (stand-in Zipkin collector, schema validation);
 /// - `iproute2`: network namespaces and veth pairs (`ip`), `ss`;
@@ -32,6 +32,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     "wrk",
     "redis-server",
+    "memcached",
     "procps",
     "psmisc",
     "iptables",
@@ -43,12 +44,13 @@ const SERVICES: &[(&str, &str, u16)] = &[
     ("nginx", "nginx", 80),
     ("prometheus", "prometheus", 9090),
     ("redis-server", "redis-server", 6379),
+    ("memcached", "memcached", 11211),
 ];
 
 /// Python modules the tests import, and the PyPI distributions that provide them.
 /// `kubernetes-validate` bundles Kubernetes' JSON schemas (tests/tests/deploy.rs validates
 /// deploy/ with them); its version is pinned, and checked, because the schemas it carries are.
-const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_validate; \
+const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_validate, redis, pymemcache; \
     from importlib.metadata import version; \
     assert version('kubernetes-validate') == '1.37.0', version('kubernetes-validate')";
 const PYTHON_PACKAGES: &[&str] = &[
@@ -56,6 +58,8 @@ const PYTHON_PACKAGES: &[&str] = &[
     "pyyaml",
     "requests",
     "kubernetes-validate==1.37.0",
+    "redis",
+    "pymemcache",
 ];
 
 /// Debian 12's kubectl (package kubernetes-client, 1.20: its built-in kustomize is v2.0.3, the
@@ -288,8 +292,8 @@ fn debian_packages(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
     Ok(())
 }
 
-/// Debian's nginx / prometheus / redis-server start their service on install (unless a
-/// `policy-rc.d` forbids it). Stop them so ports 80/9090/6379 are free for the tests; failures
+/// Debian's nginx / prometheus / redis-server / memcached start their service on install (unless
+/// a `policy-rc.d` forbids it). Stop them so ports 80/9090/6379/11211 are free for the tests; failures
 /// (not running, no init script) are ignored.
 fn stop_services(ctx: &Ctx, installed_now: &[&str]) {
     let services: Vec<(&str, u16)> = SERVICES
