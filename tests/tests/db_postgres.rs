@@ -242,10 +242,25 @@ fn pgbench_and_psql_counted_exactly_on_both_sides() {
     )
     .expect("write the psql script");
     run(pg.client("psql").args(["-X", "-q", "-f", &script]));
-    run(pg
-        .client("psql")
-        .args(["-X", "-q", "-c", "SELECT 1; SELECT * FROM nope; SELECT 2"])
-        .env("PGAPPNAME", "multi"));
+    // psql exits 1 when a statement of `-c` fails: that failure is the point here.
+    let out = meshtap_tests::process::run_command(
+        pg.client("psql")
+            .args(["-X", "-q", "-c", "SELECT 1; SELECT * FROM nope; SELECT 2"])
+            .env("PGAPPNAME", "multi"),
+        TIMEOUT,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "psql -c with a failing statement: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("relation \"nope\" does not exist"),
+        "{}",
+        out.stderr
+    );
     let mut psql = Counts::new();
     for c in [&mut psql, &mut server] {
         add(c, "SELECT", "pgbench_branches", "", 1.0);

@@ -14,8 +14,8 @@ use crate::cmd::{Ctx, euid, exists_on_path, probe, probe_stdout, run};
 const BPF_LINKER_VERSION: &str = "0.10.3";
 
 /// Debian packages the integration tests use:
-/// - `nginx`, `redis-server`, `prometheus`: real services the agent observes (and prometheus's
-///   `promtool` to check the exposition format);
+/// - `nginx`, `redis-server` (with `redis-benchmark`), `memcached`, `prometheus`: real services
+///   the agent observes (and prometheus's `promtool` to check the exposition format);
 /// - `curl`, `wrk`: HTTP client and load generator;
 /// - `python3`: test helpers (stand-in Zipkin and OTLP collectors, schema validation);
 /// - `iproute2`: network namespaces and veth pairs (`ip`), `ss`;
@@ -36,6 +36,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     "wrk",
     "redis-server",
+    "memcached",
     "procps",
     "psmisc",
     "iptables",
@@ -53,6 +54,7 @@ const SERVICES: &[(&str, &str, u16)] = &[
     ("redis-server", "redis-server", 6379),
     ("postgresql", "postgresql", 5432),
     ("mariadb-server", "mariadb", 3306),
+    ("memcached", "memcached", 11211),
 ];
 
 /// Python modules the tests import, and the PyPI distributions that provide them. The MySQL
@@ -63,7 +65,7 @@ const SERVICES: &[(&str, &str, u16)] = &[
 /// `opentelemetry-proto` (the OpenTelemetry project's generated OTLP classes, with the protobuf
 /// runtime it pulls, 5.x to 7.x) is the stand-in OTLP collector's decoder
 /// (tests/scripts/otlp_collector.py): independent of the agent's prost encoder.
-const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_validate, pymysql, mysql.connector; \
+const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_validate, pymysql, mysql.connector, redis, pymemcache; \
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2; \
     from importlib.metadata import version; \
     assert version('kubernetes-validate') == '1.37.0', version('kubernetes-validate'); \
@@ -76,6 +78,8 @@ const PYTHON_PACKAGES: &[&str] = &[
     "opentelemetry-proto==1.45.2",
     "PyMySQL==1.2.4",
     "mysql-connector-python==26.10.0",
+    "redis",
+    "pymemcache",
 ];
 
 /// Debian 12's kubectl (package kubernetes-client, 1.20: its built-in kustomize is v2.0.3, the
@@ -308,9 +312,9 @@ fn debian_packages(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
     Ok(())
 }
 
-/// Debian's nginx / prometheus / redis-server / postgresql start their service on install
-/// (unless a `policy-rc.d` forbids it). Stop them so ports 80/9090/6379/5432 are free for the
-/// tests; failures
+/// Debian's nginx / prometheus / redis-server / memcached / postgresql / mariadb start their
+/// service on install (unless a `policy-rc.d` forbids it). Stop them so ports
+/// 80/9090/6379/11211/5432/3306 are free for the tests; failures
 /// (not running, no init script) are ignored.
 fn stop_services(ctx: &Ctx, installed_now: &[&str]) {
     let services: Vec<(&str, u16)> = SERVICES

@@ -42,9 +42,7 @@ pub enum System {
     Postgresql,
     Mysql,
     Mariadb,
-    #[expect(dead_code, reason = "Redis lands with its protocol (issue 17)")]
     Redis,
-    #[expect(dead_code, reason = "Memcached lands with its protocol (issue 17)")]
     Memcached,
 }
 

@@ -27,8 +27,10 @@
 pub mod context;
 pub mod db;
 pub mod http1;
+pub mod memcached;
 pub mod mysql;
 pub mod postgres;
+pub mod redis;
 pub mod session;
 
 use std::{borrow::Cow, net::SocketAddr, sync::Arc};
@@ -323,6 +325,9 @@ registry! {
     Http1 => http1,
     Postgresql => postgres,
     Mysql => mysql,
+    // Before Redis: its inline commands include lowercase `get k`, Memcached's protocol.
+    Memcached => memcached,
+    Redis => redis,
 }
 
 #[cfg(test)]
@@ -334,6 +339,8 @@ mod tests {
         use Direction::{Egress, Ingress};
         use Side::{Client, Server};
         const HTTP1: Detection = Detection::Found(Protocol::Http1);
+        const REDIS: Detection = Detection::Found(Protocol::Redis);
+        const MEMCACHED: Detection = Detection::Found(Protocol::Memcached);
         let cases: &[(Side, Direction, &[u8], Detection)] = &[
             (Server, Ingress, b"GET / HTTP/1.1\r\n", HTTP1),
             (Server, Ingress, b"GET /x", HTTP1),
@@ -346,8 +353,13 @@ mod tests {
             (Server, Ingress, b"GET ", Detection::NeedMore),
             (Client, Ingress, b"HTTP/", Detection::NeedMore),
             (Server, Ingress, b"", Detection::NeedMore),
-            (Server, Ingress, b"GET  /", Detection::Unknown),
-            (Server, Ingress, b"get / HTTP/1.1", Detection::Unknown),
+            // Not HTTP; a Redis inline command until its line ends.
+            (Server, Ingress, b"GET  /", Detection::NeedMore),
+            (Server, Ingress, b"GET  /\x01", Detection::Unknown),
+            // Methods are case-sensitive: this is not HTTP, but an inline command's words.
+            (Server, Ingress, b"get / HTTP/1.1\r\n", MEMCACHED),
+            (Server, Ingress, b"set k 0 0 1\r\nx\r\n", MEMCACHED),
+            (Client, Ingress, b"VALUE k 0 1\r\n", MEMCACHED),
             (Server, Ingress, b"FOO / HTTP/1.1", Detection::Unknown),
             (Client, Ingress, b"HTTP/2.0 200", Detection::Unknown),
             (
@@ -363,7 +375,26 @@ mod tests {
                 b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
                 Detection::Unknown,
             ),
-            (Server, Ingress, b"*1\r\n$4\r\nPING\r\n", Detection::Unknown),
+            (Server, Ingress, b"*1\r\n$4\r\nPING\r\n", REDIS),
+            (Client, Egress, b"*3\r\n$3\r\nSET\r\n", REDIS),
+            (Client, Egress, b"*1\r", Detection::NeedMore),
+            (Server, Ingress, b"*x\r\n", Detection::Unknown),
+            // An inline Redis GET is not an HTTP request; an HTTP one stays HTTP.
+            (Server, Ingress, b"GET user:1\r\n", REDIS),
+            (Server, Ingress, b"GET /user:1 HTTP/1.1\r\n", HTTP1),
+            (Server, Ingress, b"GET http://h/ HTTP/1.1\r\n", HTTP1),
+            (Server, Ingress, b"PING\r\n", REDIS),
+            (Server, Ingress, b"GET / FTP\r\n", REDIS),
+            (Client, Ingress, b"+OK\r\n", REDIS),
+            (Client, Ingress, b"-ERR unknown command\r\n", REDIS),
+            (Client, Ingress, b"$5\r\nhello\r\n", REDIS),
+            (
+                Client,
+                Ingress,
+                b"+OK POP3 server ready\r\n",
+                Detection::Unknown,
+            ),
+            (Client, Ingress, b"-err\r\n", Detection::Unknown),
             // A PostgreSQL SSLRequest.
             (
                 Server,
@@ -406,9 +437,17 @@ mod tests {
         assert_eq!(Protocol::Http1.name(), "http");
         assert_eq!(Protocol::Postgresql.name(), "postgresql");
         assert_eq!(Protocol::Mysql.name(), "mysql");
+        assert_eq!(Protocol::Redis.name(), "redis");
+        assert_eq!(Protocol::Memcached.name(), "memcached");
         assert_eq!(
             Protocol::ALL,
-            &[Protocol::Http1, Protocol::Postgresql, Protocol::Mysql]
+            &[
+                Protocol::Http1,
+                Protocol::Postgresql,
+                Protocol::Mysql,
+                Protocol::Memcached,
+                Protocol::Redis
+            ]
         );
     }
 }

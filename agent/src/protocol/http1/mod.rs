@@ -337,17 +337,22 @@ enum Plausible {
     No,
 }
 
-/// Does `bytes` start like a request (a known method, a space and a target) or a response
-/// (`HTTP/1.` and a digit)?
+/// Does `bytes` start like a request (a known method, a space, a request-target and, when
+/// those bytes are there, ` HTTP/1.`) or a response (`HTTP/1.` and a digit)?
 fn plausible_start(is_request: bool, bytes: &[u8]) -> Plausible {
     if is_request {
         let mut prefix = false;
         for method in KNOWN_METHODS {
             let n = method.len();
             match bytes.get(..n) {
-                Some(head) if head == method => match (bytes.get(n), bytes.get(n + 1)) {
-                    (Some(b' '), Some(&t)) if t.is_ascii_graphic() => return Plausible::Yes,
-                    (Some(b' '), None) | (None, _) => prefix = true,
+                Some(head) if head == method => match bytes.get(n) {
+                    Some(b' ') => match plausible_target(method, bytes.get(n + 1..).unwrap_or(&[]))
+                    {
+                        Plausible::Yes => return Plausible::Yes,
+                        Plausible::Prefix => prefix = true,
+                        Plausible::No => {}
+                    },
+                    None => prefix = true,
                     _ => {}
                 },
                 Some(_) => {}
@@ -371,6 +376,50 @@ fn plausible_start(is_request: bool, bytes: &[u8]) -> Plausible {
             None if VERSION.starts_with(bytes) => Plausible::Prefix,
             None => Plausible::No,
         }
+    }
+}
+
+/// Does `bytes` start like a request-target (RFC 9112 §3.2: origin form `/...`, asterisk form
+/// `*`, absolute form `scheme://...`, authority form `host:port` for CONNECT) followed by
+/// ` HTTP/1.`, as far as the bytes go? Not a Redis inline `GET key`, nor a `get key` of
+/// Memcached's text protocol.
+fn plausible_target(method: &[u8], bytes: &[u8]) -> Plausible {
+    let Some(&first) = bytes.first() else {
+        return Plausible::Prefix;
+    };
+    let target = bytes.iter().take_while(|b| b.is_ascii_graphic()).count();
+    let form_ok = match first {
+        b'/' | b'*' => true,
+        _ if method == b"CONNECT" => true,
+        b if b.is_ascii_alphabetic() => {
+            // A scheme (RFC 3986 §3.1), then `://`.
+            let scheme = bytes
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b))
+                .count();
+            let sep = bytes.get(scheme..).unwrap_or(&[]);
+            let want: &[u8] = b"://";
+            match sep.get(..want.len()) {
+                Some(s) => s == want,
+                None if want.starts_with(sep) => return Plausible::Prefix,
+                None => false,
+            }
+        }
+        _ => false,
+    };
+    if !form_ok {
+        return Plausible::No;
+    }
+    let after = bytes.get(target..).unwrap_or(&[]);
+    let Some((&sep, version)) = after.split_first() else {
+        return Plausible::Yes;
+    };
+    const VERSION: &[u8] = b"HTTP/1.";
+    let n = version.len().min(VERSION.len());
+    if sep == b' ' && version.get(..n) == VERSION.get(..n) {
+        Plausible::Yes
+    } else {
+        Plausible::No
     }
 }
 
