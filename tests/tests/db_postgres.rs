@@ -298,9 +298,10 @@ fn pgbench_and_psql_counted_exactly_on_both_sides() {
         assert_eq!(tag(s, "db.system.name"), Some("postgresql"));
         assert_eq!(tag(s, "db.namespace"), Some("postgres"));
         assert_eq!(tag(s, "db.collection.name"), Some("pgbench_accounts"));
+        // Simple mode: one statement of the `Q` split at its `;`; extended: the Parse's text.
         let q = tag(s, "db.query.text").unwrap_or_default();
         assert!(
-            q == "SELECT abalance FROM pgbench_accounts WHERE aid = ?;"
+            q == "SELECT abalance FROM pgbench_accounts WHERE aid = ?"
                 || q == "SELECT abalance FROM pgbench_accounts WHERE aid = $1;",
             "query text {q:?}"
         );
