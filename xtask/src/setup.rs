@@ -69,7 +69,8 @@ const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_vali
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2; \
     from importlib.metadata import version; \
     assert version('kubernetes-validate') == '1.37.0', version('kubernetes-validate'); \
-    assert version('opentelemetry-proto') == '1.45.2', version('opentelemetry-proto')";
+    assert version('opentelemetry-proto') == '1.45.2', version('opentelemetry-proto'); \
+    assert version('pg8000') == '1.31.6', version('pg8000')";
 const PYTHON_PACKAGES: &[&str] = &[
     "jsonschema",
     "pyyaml",
