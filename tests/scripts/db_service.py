@@ -8,8 +8,9 @@ A ThreadingHTTPServer (one thread per connection); the thread serving `GET /orde
 itself and in this order:
   SELECT id, item FROM orders WHERE id = <id>      (PostgreSQL, the id a literal in the text)
   GET order:<id>                                    (Redis, the id in the key)
-then answers 200 with the item. `GET /commented/<id>?traceparent=TP` runs the same SELECT with a
-sqlcommenter comment `/*traceparent='TP'*/` appended, and no Redis command.
+then answers 200 with the item. `GET /commented/<id>` runs the same SELECT with a sqlcommenter
+comment appended, and no Redis command: `/*traceparent='00-<trace>-<new span id>-<flags>'*/`,
+the trace and flags of the request's own `traceparent` header (as a W3C tracer propagates it).
 
 The connections (N pairs, default 4) are opened at start, before the service listens, and lent
 to the request's thread for the request. redis-py sends no CLIENT SETINFO (lib_name=None), so
@@ -17,7 +18,8 @@ the only commands the service sends are the requests' own.
 
 Give it OTEL_SERVICE_NAME in its environment to name its service. Prints
 `{"event":"listening","port":P}` once listening and serves until stdin is closed or receives a
-line; then prints `{"event":"done","requests":[{"path","status","tid"}...]}`.
+line; then prints `{"event":"done","requests":[{"path","status","tid","outgoing"}...]}`
+(`outgoing`: the traceparent put in the SQL comment, or null).
 """
 
 import mt_common
@@ -27,6 +29,7 @@ COMM = mt_common.set_comm_from_argv()
 import argparse  # noqa: E402
 import http.server  # noqa: E402
 import queue  # noqa: E402
+import secrets  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import urllib.parse  # noqa: E402
@@ -55,6 +58,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         parts = url.path.strip("/").split("/")
         status, body = 404, b"not found\n"
+        outgoing = None
         if len(parts) == 2 and parts[1].isdigit():
             order_id = int(parts[1])
             pg, r = POOL.get()
@@ -64,8 +68,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     cached = r.get(f"order:{order_id}")
                     status, body = 200, repr((rows, cached)).encode() + b"\n"
                 elif parts[0] == "commented":
-                    tp = urllib.parse.parse_qs(url.query)["traceparent"][0]
-                    rows = select(pg, order_id, f" /*traceparent='{tp}'*/")
+                    _, trace, _, flags = self.headers["traceparent"].split("-")
+                    outgoing = f"00-{trace}-{secrets.token_hex(8)}-{flags}"
+                    rows = select(pg, order_id, f" /*traceparent='{outgoing}'*/")
                     status, body = 200, repr(rows).encode() + b"\n"
             finally:
                 POOL.put((pg, r))
@@ -77,7 +82,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
         with LOCK:
             REQUESTS.append(
-                {"path": self.path, "status": status, "tid": threading.get_native_id()}
+                {
+                    "path": self.path,
+                    "status": status,
+                    "tid": threading.get_native_id(),
+                    "outgoing": outgoing,
+                }
             )
 
 

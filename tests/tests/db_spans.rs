@@ -17,9 +17,9 @@ use meshtap_tests::db::{Postgres, redis_server, run};
 use meshtap_tests::metrics::{HTTP_CLIENT_DURATION, HTTP_SERVER_DURATION, count};
 use meshtap_tests::process::{STARTUP, port_of};
 use meshtap_tests::spans::{
-    assert_inside, by_trace, describe, id, kind, parent, service, tag, text,
+    assert_inside, by_trace, describe, id, kind, one, parent, service, tag, text,
 };
-use meshtap_tests::traces::run_client;
+use meshtap_tests::traces::{header, requests, run_client};
 use meshtap_tests::zipkin::api;
 use meshtap_tests::{Agent, Metrics, Script, free_port, serial};
 use serde_json::Value;
@@ -134,7 +134,7 @@ fn children<'a>(spans: &'a [Value], of: &Value) -> Vec<&'a Value> {
     spans.iter().filter(|s| parent(s) == Some(id(of))).collect()
 }
 
-/// Checks one request's trace; `None` (with what is wrong) while it is incomplete.
+/// Checks one request's trace: what is wrong, while it is incomplete or not as expected.
 fn check_trace(spans: &[Value]) -> Result<(), String> {
     let err = |what: &str| Err(format!("{what}:\n{}", describe(spans)));
     if spans.len() != 6 {
@@ -212,6 +212,34 @@ fn wait_traces(agent: &Agent) -> Vec<Value> {
             traces.len(),
             problems.len(),
             problems.join("\n\n"),
+            describe(&spans),
+            agent.value("meshtap_spans_unlinked_total", &[]),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until the store has trace `trace` with `n` spans; its spans.
+fn wait_trace(agent: &Agent, trace: &str, n: usize) -> Vec<Value> {
+    let path = format!("/api/v2/trace/{trace}");
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let r = agent.get(&path);
+        let spans: Vec<Value> = if r.status == 200 {
+            serde_json::from_slice::<Value>(&r.body)
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if spans.len() == n {
+            return spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trace {trace}: {} spans, expected {n}:\n{}\nunlinked: {}",
+            spans.len(),
             describe(&spans),
             agent.value("meshtap_spans_unlinked_total", &[]),
         );
@@ -317,13 +345,13 @@ fn a_web_service_querying_postgres_and_redis_per_request() {
         assert_inside(&span, &parent_span, "a child inside its parent", &spans);
     }
 
-    // sqlcommenter: the service appends `/*traceparent='...'*/` to its SELECT; the PostgreSQL
-    // SERVER span joins that trace, a child of the span named in it.
-    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let span = "00f067aa0ba902b7";
-    let query = format!("traceparent=00-{trace}-{span}-01");
+    // sqlcommenter: a request carrying a W3C traceparent; the service puts its trace, with a
+    // span id of its own, in a comment of its SELECT, as a W3C tracer does in a header. One
+    // trace: the client's CLIENT span; the service's SERVER span, a new child of it; the
+    // service's PostgreSQL CLIENT span with the comment's span id, a child of the SERVER span
+    // (same thread); the PostgreSQL SERVER span, a new child of the comment's span id.
     let next = (FIRST + N).to_string();
-    run_client(
+    let done = run_client(
         "dbsp-cli",
         CLIENT,
         port,
@@ -331,38 +359,43 @@ fn a_web_service_querying_postgres_and_redis_per_request() {
         &[
             ("--path", "/commented"),
             ("--first", &next),
-            ("--query", &query),
+            ("--propagate", "w3c"),
         ],
     );
-    let deadline = Instant::now() + SETTLE;
-    let served = loop {
-        let spans = spans_of(&agent, PG);
-        let found: Vec<Value> = spans
-            .iter()
-            .filter(|s| text(s, "traceId") == trace && kind(s) == "SERVER")
-            .cloned()
-            .collect();
-        if let [one] = &found[..] {
-            break one.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no single SERVER span of {PG} in trace {trace}:\n{}",
-            describe(&spans)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert_eq!(service(&served), PG, "{served}");
-    assert_eq!(parent(&served), Some(span), "{served}");
-    assert_eq!(text(&served, "name"), "SELECT orders", "{served}");
-    let commented = api(&agent, &format!("/api/v2/trace/{trace}"));
-    let commented = commented.as_array().expect("trace").clone();
-    eprintln!("the sqlcommenter trace:\n{}", describe(&commented));
+    let sent: Vec<String> = header(&requests(&done)[0], "traceparent")
+        .split('-')
+        .map(str::to_owned)
+        .collect();
+    let (trace, caller) = (sent[1].as_str(), sent[2].as_str());
+    let commented = wait_trace(&agent, trace, 4);
     let m = wait_metrics(&agent, &checks(N as f64 + 1.0, N as f64 + 1.0, N as f64));
     let mut all = spans_of(&agent, SERVICE);
     all.extend(spans_of(&agent, PG));
     assert_no_literal(&all, &m, &ids);
 
     svc.send_line("stop");
-    svc.finish(Duration::from_secs(30));
+    let served = svc.finish(Duration::from_secs(30));
+    let outgoing = served["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .find_map(|r| r["outgoing"].as_str())
+        .unwrap_or_else(|| panic!("the service put no traceparent in a comment: {served}"));
+    let comment_span = outgoing.split('-').nth(2).expect("a traceparent's span id");
+    let client_span = one(&commented, CLIENT, "CLIENT");
+    let server = one(&commented, SERVICE, "SERVER");
+    let query = one(&commented, SERVICE, "CLIENT");
+    let db = one(&commented, PG, "SERVER");
+    let all = describe(&commented);
+    assert_eq!(id(client_span), caller, "{all}");
+    assert_eq!(parent(client_span), None, "{all}");
+    assert_eq!(parent(server), Some(caller), "{all}");
+    assert_eq!(id(query), comment_span, "{all}");
+    assert_eq!(parent(query), Some(id(server)), "{all}");
+    assert_eq!(text(query, "name"), "SELECT orders", "{all}");
+    // Comments go with the literals.
+    assert_eq!(tag(query, "db.query.text"), Some(SELECT_TEXT), "{all}");
+    assert_eq!(parent(db), Some(comment_span), "{all}");
+    assert_ne!(id(db), comment_span, "{all}");
+    assert_eq!(text(db, "name"), "SELECT orders", "{all}");
 }
