@@ -134,7 +134,7 @@ fn children<'a>(spans: &'a [Value], of: &Value) -> Vec<&'a Value> {
     spans.iter().filter(|s| parent(s) == Some(id(of))).collect()
 }
 
-/// Checks one request's trace: what is wrong, while it is incomplete or not as expected.
+/// Checks one request's trace (span names as Zipkin has them: lower case): what is wrong, while it is incomplete or not as expected.
 fn check_trace(spans: &[Value]) -> Result<(), String> {
     let err = |what: &str| Err(format!("{what}:\n{}", describe(spans)));
     if spans.len() != 6 {
@@ -160,8 +160,8 @@ fn check_trace(spans: &[Value]) -> Result<(), String> {
         return err("two children of the service's SERVER span expected");
     }
     for (system, name, query, db) in [
-        ("postgresql", "SELECT orders", SELECT_TEXT, PG),
-        ("redis", "GET", "GET ?", REDIS),
+        ("postgresql", "select orders", SELECT_TEXT, PG),
+        ("redis", "get", "GET ?", REDIS),
     ] {
         let found: Vec<&&Value> = calls
             .iter()
@@ -392,10 +392,10 @@ fn a_web_service_querying_postgres_and_redis_per_request() {
     assert_eq!(parent(server), Some(caller), "{all}");
     assert_eq!(id(query), comment_span, "{all}");
     assert_eq!(parent(query), Some(id(server)), "{all}");
-    assert_eq!(text(query, "name"), "SELECT orders", "{all}");
+    assert_eq!(text(query, "name"), "select orders", "{all}");
     // Comments go with the literals.
     assert_eq!(tag(query, "db.query.text"), Some(SELECT_TEXT), "{all}");
     assert_eq!(parent(db), Some(comment_span), "{all}");
     assert_ne!(id(db), comment_span, "{all}");
-    assert_eq!(text(db, "name"), "SELECT orders", "{all}");
+    assert_eq!(text(db, "name"), "select orders", "{all}");
 }
