@@ -3,11 +3,11 @@
 
 usage: trace_client.py COMM --host H --port P --count N [--path PREFIX]
                        [--connection keepalive|close|mixed] [--propagate MODE]
-                       [--headers-json JSON] [--pause-ms MS]
+                       [--headers-json JSON] [--pause-ms MS] [--first K]
 
 Give it OTEL_SERVICE_NAME in its environment to name its service. Request i is
-`GET PREFIX/<i>`; `mixed` sends the first half on one keep-alive connection and every other
-request on a connection of its own (`Connection: close`).
+`GET PREFIX/<K + i>` (K: --first, default 0); `mixed` sends the first half on one keep-alive
+connection and every other request on a connection of its own (`Connection: close`).
 
 --propagate (the trace context the client starts, fresh random ids per request):
   none       no trace headers
@@ -84,6 +84,7 @@ def main():
     p.add_argument("--pause-ms", type=float, default=5)
     p.add_argument("--query")
     p.add_argument("--query-every", type=int, default=1)
+    p.add_argument("--first", type=int, default=0)
     a = p.parse_args()
     extra = json.loads(a.headers_json) if a.headers_json else []
     shared = None
@@ -95,7 +96,7 @@ def main():
             headers.update(extra[i % len(extra)])
         if not keepalive:
             headers["Connection"] = "close"
-        path = f"{a.path}/{i}"
+        path = f"{a.path}/{a.first + i}"
         if a.query and i % a.query_every == 0:
             path += "?" + a.query
         if keepalive:

@@ -17,13 +17,14 @@
 //!
 //! What several test files of one suite share lives here too: [`kube`] (the Kubernetes tests'
 //! cluster, node and fake API server), [`traces`], [`zipkin`] and [`spans`] (the trace tests'
-//! programs, collector and span accessors).
+//! programs, collector and span accessors), [`db`] (the database tests' servers).
 //!
 //! Tests take [`serial()`] first: one agent at a time in the whole process, so `cargo test`'s
 //! thread pool cannot make two agents see (and count) each other's traffic.
 
 pub mod agent;
 pub mod bpf;
+pub mod db;
 pub mod http;
 pub mod kube;
 pub mod metrics;

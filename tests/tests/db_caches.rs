@@ -9,16 +9,16 @@
 //! Every number is what the clients did, as the servers' own statistics confirm
 //! (`INFO commandstats` for redis-benchmark: exactly N per command and two `CONFIG GET`).
 
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use meshtap_tests::db::{memcached, redis_server};
 use meshtap_tests::metrics::{EXCHANGES, PARSE_ERRORS};
 use meshtap_tests::process::run_command;
 use meshtap_tests::zipkin::api;
-use meshtap_tests::{Agent, Metrics, Script, TempDir, free_port};
+use meshtap_tests::{Agent, Metrics, Script, free_port};
 use serde_json::Value;
 
 const CLIENT: &str = "db_client_operation_duration_seconds_count";
@@ -35,67 +35,6 @@ const REDIS_SERVICE: &str = "redis-itest";
 const MEMCACHED_SERVICE: &str = "memcached-itest";
 const REDIS_CLIENT: &str = "rd-client";
 const MEMCACHED_CLIENT: &str = "mc-client";
-
-/// A server process, killed and reaped on drop.
-struct Server {
-    child: Child,
-    _dir: TempDir,
-}
-
-impl Server {
-    fn start(what: &str, cmd: &mut Command, port: u16, dir: TempDir) -> Self {
-        let child = cmd
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        let server = Server { child, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{what} does not listen on {port}"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn redis_server(port: u16) -> Server {
-    let dir = TempDir::new("redis");
-    let mut cmd = Command::new("redis-server");
-    cmd.args(["--port", &port.to_string()])
-        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .args(["--daemonize", "no", "--dir"])
-        .arg(dir.path());
-    Server::start("redis-server", &mut cmd, port, dir)
-}
-
-fn memcached(port: u16) -> Server {
-    let dir = TempDir::new("memcached");
-    let mut cmd = Command::new("memcached");
-    cmd.args([
-        "-p",
-        &port.to_string(),
-        "-U",
-        "0",
-        "-l",
-        "127.0.0.1",
-        "-u",
-        "root",
-    ]);
-    Server::start("memcached", &mut cmd, port, dir)
-}
 
 /// `INFO commandstats` of the Redis server: calls per command (`set`, `config|get`...).
 fn commandstats(port: u16) -> String {

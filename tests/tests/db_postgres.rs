@@ -7,108 +7,16 @@
 //! One server and one agent for the whole binary: the scenarios run in order in one test, each
 //! checking the cumulative counts.
 
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
-
+use meshtap_tests::db::{Postgres, TIMEOUT, run};
 use meshtap_tests::spans::{describe, kind, tag, text};
 use meshtap_tests::zipkin::api;
-use meshtap_tests::{Agent, Metrics, SETTLE, TempDir, free_port, serial};
+use meshtap_tests::{Agent, Metrics, SETTLE, serial};
 use serde_json::Value;
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
 const SERVER: &str = "pgtest";
 const CLIENT: &str = "db_client_operation_duration_seconds_count";
 const SERVER_SERIES: &str = "db_server_operation_duration_seconds_count";
 const EXCHANGES: &str = "meshtap_exchanges_total";
-const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn run(cmd: &mut Command) -> String {
-    let out = meshtap_tests::process::run_command(cmd, TIMEOUT);
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}\n{}",
-        out.status,
-        out.stdout,
-        out.stderr
-    );
-    out.stdout
-}
-
-fn as_postgres(args: &[&str]) -> Command {
-    let mut cmd = Command::new("runuser");
-    cmd.args(["-u", "postgres", "--"]).args(args);
-    cmd
-}
-
-/// A PostgreSQL server in a temporary directory, on 127.0.0.1:`port`; stopped on drop.
-struct Postgres {
-    dir: TempDir,
-    port: u16,
-}
-
-impl Postgres {
-    fn start() -> Self {
-        assert!(
-            Path::new(BIN).join("initdb").is_file(),
-            "PostgreSQL 15 is not installed: apt-get install postgresql"
-        );
-        let dir = TempDir::new("postgres");
-        let root = dir.path().to_string_lossy().into_owned();
-        run(Command::new("chown").args(["-R", "postgres", &root]));
-        let data = dir.file("data");
-        run(&mut as_postgres(&[
-            &format!("{BIN}/initdb"),
-            "-D",
-            &data,
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "--no-sync",
-        ]));
-        let port = free_port();
-        let opts = format!("-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off");
-        let log = dir.file("log");
-        run(&mut as_postgres(&[
-            &format!("{BIN}/pg_ctl"),
-            "-D",
-            &data,
-            "-o",
-            &opts,
-            "-l",
-            &log,
-            "-w",
-            "start",
-        ]));
-        Postgres { dir, port }
-    }
-
-    /// A client command on TCP to the server.
-    fn client(&self, program: &str) -> Command {
-        let mut cmd = Command::new(format!("{BIN}/{program}"));
-        cmd.env("PGHOST", "127.0.0.1")
-            .env("PGPORT", self.port.to_string())
-            .env("PGUSER", "postgres")
-            .env("PGDATABASE", "postgres");
-        cmd
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = as_postgres(&[
-            &format!("{BIN}/pg_ctl"),
-            "-D",
-            &self.dir.file("data"),
-            "-m",
-            "immediate",
-            "-w",
-            "stop",
-        ])
-        .status();
-    }
-}
 
 /// Expected counts of one side: `(operation, collection, error_type) -> count`.
 type Counts = Vec<(&'static str, &'static str, &'static str, f64)>;
@@ -232,7 +140,7 @@ fn pgbench_and_psql_counted_exactly_on_both_sides() {
 
     // psql: a script with errors (each statement its own Q), then several statements in one
     // Q that stops at its error.
-    let script = pg.dir.file("errors.sql");
+    let script = pg.file("errors.sql");
     std::fs::write(
         &script,
         "SELECT count(*) FROM pgbench_branches;\n\

@@ -65,11 +65,12 @@ const SERVICES: &[(&str, &str, u16)] = &[
 /// `opentelemetry-proto` (the OpenTelemetry project's generated OTLP classes, with the protobuf
 /// runtime it pulls, 5.x to 7.x) is the stand-in OTLP collector's decoder
 /// (tests/scripts/otlp_collector.py): independent of the agent's prost encoder.
-const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_validate, pymysql, mysql.connector, redis, pymemcache; \
+const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_validate, pymysql, mysql.connector, redis, pymemcache, pg8000.native; \
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2; \
     from importlib.metadata import version; \
     assert version('kubernetes-validate') == '1.37.0', version('kubernetes-validate'); \
-    assert version('opentelemetry-proto') == '1.45.2', version('opentelemetry-proto')";
+    assert version('opentelemetry-proto') == '1.45.2', version('opentelemetry-proto'); \
+    assert version('pg8000') == '1.31.6', version('pg8000')";
 const PYTHON_PACKAGES: &[&str] = &[
     "jsonschema",
     "pyyaml",
@@ -80,6 +81,7 @@ const PYTHON_PACKAGES: &[&str] = &[
     "mysql-connector-python==26.10.0",
     "redis",
     "pymemcache",
+    "pg8000==1.31.6",
 ];
 
 /// Debian 12's kubectl (package kubernetes-client, 1.20: its built-in kustomize is v2.0.3, the
