@@ -105,11 +105,12 @@ fn wait_metrics(agent: &Agent, checks: &[Check]) -> Metrics {
         |m| mismatches(m, checks).is_empty(),
         |m| {
             format!(
-                "{}\n{}\n{}\n{}\n{}",
+                "{}\n{}\n{}\n{}\n{}\n{}",
                 mismatches(m, checks).join("\n"),
                 m.describe(DB_CLIENT),
                 m.describe(DB_SERVER),
                 m.describe(&count(HTTP_SERVER_DURATION)),
+                m.describe(&count(HTTP_CLIENT_DURATION)),
                 m.describe("meshtap_parse_errors_total"),
             )
         },
@@ -310,7 +311,9 @@ fn a_web_service_querying_postgres_and_redis_per_request() {
     // connection (and a thread) each.
     let first = FIRST.to_string();
     let done = run_client(
-        "dbsp-cli",
+        // The client's comm is its service name: a one-request client may be gone before the
+        // agent reads its environment, and then goes by its comm (see the README's service_name).
+        CLIENT,
         CLIENT,
         port,
         N as usize,
@@ -352,7 +355,9 @@ fn a_web_service_querying_postgres_and_redis_per_request() {
     // (same thread); the PostgreSQL SERVER span, a new child of the comment's span id.
     let next = (FIRST + N).to_string();
     let done = run_client(
-        "dbsp-cli",
+        // The client's comm is its service name: a one-request client may be gone before the
+        // agent reads its environment, and then goes by its comm (see the README's service_name).
+        CLIENT,
         CLIENT,
         port,
         1,
