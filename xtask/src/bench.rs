@@ -10,7 +10,8 @@
 //! Load tools: `wrk -t1 -c32` for saturation (B0, B1, B3, B5) and a built-in open-loop
 //! generator (mio, single thread) for fixed rates (B2, B4) and for the many-paths run (B6): it
 //! sends on a schedule and measures each latency from the request's scheduled time, so a
-//! stall delays the clock of every request queued behind it (no coordinated omission).
+//! stall delays the clock of every request queued behind it (no coordinated omission). B8 runs
+//! its own redis-server (the integration tests' starter) and drives it with `redis-benchmark`.
 //!
 //! The temporary directory, nginx, the agent's runner and the scrapes of its `/metrics` are the
 //! integration tests' (the `meshtap-tests` library): one set of helpers for both.
