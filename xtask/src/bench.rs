@@ -805,12 +805,14 @@ fn b8(env: &Env, plan: &Plan) -> Result<Value> {
         let d = after.delta(&before);
 
         let stats = BpfStats::enable()?;
+        let cost_before = agent.snapshot()?;
         let progs0 = prog_stats(agent.pid)?;
         let ops1 = redis_server_ops(&agent)?;
         let c = redis_benchmark(port, n)?;
         let progs1 = prog_stats(agent.pid)?;
         drop(stats);
         let counted_cost = redis_ops_settled(&agent, ops1, per_command, Duration::from_secs(30))?;
+        let cost_lost = agent.snapshot()?.delta(&cost_before).lost;
         drop(agent);
 
         let m = 1e6 / (2.0 * per_command);
@@ -824,7 +826,7 @@ fn b8(env: &Env, plan: &Plan) -> Result<Value> {
             .all(|x| *x == per_command);
         exact &= round_exact;
         eprintln!(
-            "bench B8 round {}: baseline {:.0} ops/s, agent {:.0} ops/s ({:.3}); agent {user:.2} CPU-s/M ops, bpf {kernel:.2} CPU-s/M ({:.2} runs/op); counted SET {} GET {} (cost run {} {}) of {n} each",
+            "bench B8 round {}: baseline {:.0} ops/s, agent {:.0} ops/s ({:.3}); agent {user:.2} CPU-s/M ops, bpf {kernel:.2} CPU-s/M ({:.2} runs/op); counted SET {} GET {} (cost run {} {}) of {n} each; events lost {} (cost run {})",
             round + 1,
             a.ops_per_s(),
             b.ops_per_s(),
@@ -834,6 +836,8 @@ fn b8(env: &Env, plan: &Plan) -> Result<Value> {
             counted[1],
             counted_cost[0],
             counted_cost[1],
+            d.lost,
+            cost_lost,
         );
         for (k, x) in [
             ("baseline_ops_per_s", a.ops_per_s()),
@@ -854,13 +858,15 @@ fn b8(env: &Env, plan: &Plan) -> Result<Value> {
             ("counted_get", counted[1]),
             ("counted_set_cost_run", counted_cost[0]),
             ("counted_get_cost_run", counted_cost[1]),
+            ("lost_events", d.lost),
+            ("lost_events_cost_run", cost_lost),
         ] {
             f.entry(k).or_default().push(x);
         }
     }
     let mut v = Map::new();
     v.insert("what".into(), json!(format!(
-        "redis-benchmark -t set,get -P {REDIS_PIPELINE} -n {n} (50 connections) against one redis-server, agent vs none, interleaved; ops/s = both tests' operations over their summed durations; user_cpu = the agent process's utime+stime, kernel_cpu = run_time_ns of its eBPF programs (separate run with bpf stats on), per million operations; counted = the agent's db_server_operation_duration_seconds_count for {BENCH_REDIS_SERVICE}, per command"
+        "redis-benchmark -t set,get -P {REDIS_PIPELINE} -n {n} (50 connections) against one redis-server, agent vs none, interleaved; ops/s = both tests' operations over their summed durations; user_cpu = the agent process's utime+stime, kernel_cpu = run_time_ns of its eBPF programs (separate run with bpf stats on), per million operations; counted = the agent's db_server_operation_duration_seconds_count for {BENCH_REDIS_SERVICE}, per command; lost = meshtap_events_lost_total delta"
     )));
     v.insert("requests_per_command".into(), json!(n));
     v.insert("counts_exact".into(), json!(exact));
@@ -1052,7 +1058,7 @@ fn markdown(r: &Map<String, Value>, plan: &Plan) -> String {
     row(
         "B8",
         format!(
-            "redis GET+SET, -P {REDIS_PIPELINE}: agent / none, ops/s ratio {} ({} vs {} ops/s); agent process {} CPU-s/M ops, eBPF programs {} CPU-s/M; server operations counted exactly: {}",
+            "redis GET+SET, -P {REDIS_PIPELINE}: agent / none, ops/s ratio {} ({} vs {} ops/s); agent process {} CPU-s/M ops, eBPF programs {} CPU-s/M; server operations counted exactly: {} (SET {}, GET {} of {} each; events lost {})",
             range("B8", "ratio", 3),
             range("B8", "agent_ops_per_s", 0),
             range("B8", "baseline_ops_per_s", 0),
@@ -1067,6 +1073,10 @@ fn markdown(r: &Map<String, Value>, plan: &Plan) -> String {
                 Some(false) => "**no**",
                 None => "n/a",
             },
+            range("B8", "counted_set", 0),
+            range("B8", "counted_get", 0),
+            range("B8", "requests_per_command", 0),
+            range("B8", "lost_events", 0),
         ),
         ">= 0.75, counts exact",
         g("B8", "ratio")
