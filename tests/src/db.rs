@@ -2,6 +2,7 @@
 //! PostgreSQL 15 (`initdb`, `pg_ctl`, run as user `postgres`), `redis-server` and `memcached`,
 //! each in a temporary directory on 127.0.0.1, stopped by an RAII guard.
 
+use std::io;
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -121,23 +122,30 @@ pub struct Server {
 impl Server {
     /// Spawns `cmd` in `dir` and waits until 127.0.0.1:`port` accepts connections.
     pub fn start(what: &str, cmd: &mut Command, port: u16, dir: TempDir) -> Self {
+        Self::try_start(what, cmd, port, dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::start`], with an error instead of a panic (for `cargo xtask bench`).
+    pub fn try_start(what: &str, cmd: &mut Command, port: u16, dir: TempDir) -> io::Result<Self> {
         let child = cmd
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+            .map_err(|e| io::Error::new(e.kind(), format!("spawn {what}: {e}")))?;
         let server = Server { child, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{what} does not listen on {port}"
-            );
+            if Instant::now() >= deadline {
+                // `server` is dropped here: the process is killed and reaped.
+                return Err(io::Error::other(format!(
+                    "{what} does not listen on {port}"
+                )));
+            }
             thread::sleep(Duration::from_millis(50));
         }
-        server
+        Ok(server)
     }
 }
 
@@ -150,13 +158,18 @@ impl Drop for Server {
 
 /// `redis-server` on 127.0.0.1:`port`, without persistence.
 pub fn redis_server(port: u16) -> Server {
-    let dir = TempDir::new("redis");
+    try_redis_server(port).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`redis_server`], with an error instead of a panic (for `cargo xtask bench`).
+pub fn try_redis_server(port: u16) -> io::Result<Server> {
+    let dir = TempDir::try_new("redis")?;
     let mut cmd = Command::new("redis-server");
     cmd.args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .args(["--daemonize", "no", "--dir"])
         .arg(dir.path());
-    Server::start("redis-server", &mut cmd, port, dir)
+    Server::try_start("redis-server", &mut cmd, port, dir)
 }
 
 /// `memcached` on 127.0.0.1:`port` (TCP only).

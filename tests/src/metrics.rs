@@ -28,6 +28,11 @@ pub const HTTP_CLIENT_DURATION: &str = "http_client_request_duration_seconds";
 pub const HTTP_CLIENT_REQUEST_BODY: &str = "http_client_request_body_size_bytes";
 pub const HTTP_CLIENT_RESPONSE_BODY: &str = "http_client_response_body_size_bytes";
 
+// Databases and caches (OpenTelemetry database conventions; agent/src/protocol/db.rs), per
+// observed side. Histograms, like the HTTP ones.
+pub const DB_SERVER_DURATION: &str = "db_server_operation_duration_seconds";
+pub const DB_CLIENT_DURATION: &str = "db_client_operation_duration_seconds";
+
 // Service graph (Tempo's names).
 pub const GRAPH_REQUESTS: &str = "traces_service_graph_request_total";
 pub const GRAPH_FAILED: &str = "traces_service_graph_request_failed_total";

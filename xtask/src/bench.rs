@@ -10,7 +10,8 @@
 //! Load tools: `wrk -t1 -c32` for saturation (B0, B1, B3, B5) and a built-in open-loop
 //! generator (mio, single thread) for fixed rates (B2, B4) and for the many-paths run (B6): it
 //! sends on a schedule and measures each latency from the request's scheduled time, so a
-//! stall delays the clock of every request queued behind it (no coordinated omission).
+//! stall delays the clock of every request queued behind it (no coordinated omission). B8 runs
+//! its own redis-server (the integration tests' starter) and drives it with `redis-benchmark`.
 //!
 //! The temporary directory, nginx, the agent's runner and the scrapes of its `/metrics` are the
 //! integration tests' (the `meshtap-tests` library): one set of helpers for both.
@@ -29,9 +30,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use meshtap_tests::agent::send_signal;
+use meshtap_tests::db::try_redis_server;
 use meshtap_tests::metrics::{
-    CONNECTIONS_TRACKED, EVENTS, EVENTS_LOST, HTTP_SERVER_DURATION, ROLE_SERVER, SENT,
-    SERIES_OVERFLOW, count,
+    CONNECTIONS_TRACKED, DB_SERVER_DURATION, EVENTS, EVENTS_LOST, HTTP_SERVER_DURATION,
+    ROLE_SERVER, SENT, SERIES_OVERFLOW, count,
 };
 use meshtap_tests::{Metrics, Nginx, NginxConfig, TempDir, http, try_free_port};
 use serde_json::{Map, Value, json};
@@ -71,6 +73,9 @@ struct Plan {
     /// B6 requests and distinct paths.
     card_requests: u64,
     card_paths: u32,
+    /// B8: requests per command of one redis-benchmark run (GET and SET: twice this many
+    /// operations). A multiple of the pipeline depth, so that it sends exactly this many.
+    redis_requests: u64,
 }
 
 impl Plan {
@@ -87,6 +92,8 @@ impl Plan {
                 mem_new_per_s: 2000.0,
                 card_requests: 60_000,
                 card_paths: 12_000,
+                // ~2 s at the ~1M ops/s of this idle 2-vCPU VM without the agent.
+                redis_requests: 1_024_000,
             }
         } else {
             Self {
@@ -100,6 +107,8 @@ impl Plan {
                 mem_new_per_s: 2000.0,
                 card_requests: 1_000_000,
                 card_paths: 100_000,
+                // ~10 s.
+                redis_requests: 5_120_000,
             }
         }
     }
@@ -166,7 +175,7 @@ pub fn bench(ctx: &Ctx, opts: Opts) -> Result<()> {
             bin.display()
         )
     })?;
-    ensure_tools(ctx)?;
+    ensure_tools(ctx, wanted_any(&opts.only, &["B8"]))?;
     let started = Instant::now();
     let plan = Plan::new(opts.quick, opts.rounds.max(1));
     let wanted = |id: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == id);
@@ -248,6 +257,9 @@ pub fn bench(ctx: &Ctx, opts: Opts) -> Result<()> {
     if wanted("B6") {
         record("B6", b6(&env, &plan), &mut results);
     }
+    if wanted("B8") {
+        record("B8", b8(&env, &plan), &mut results);
+    }
     drop(nginx);
     if let Some(meta) = results.get_mut("meta") {
         meta["elapsed_s"] = json!(round(started.elapsed().as_secs_f64(), 1));
@@ -270,6 +282,18 @@ pub fn bench(ctx: &Ctx, opts: Opts) -> Result<()> {
 
 /// The service name the agent gives the bench's nginx (`--service-port`).
 const BENCH_SERVICE: &str = "meshtap-bench-nginx";
+/// The service name the agent gives B8's redis-server (`--service-port`).
+const BENCH_REDIS_SERVICE: &str = "meshtap-bench-redis";
+/// redis-benchmark's pipeline depth in B8.
+const REDIS_PIPELINE: u64 = 16;
+/// B8's commands, as redis-benchmark's `-t` names them and as the agent's
+/// `db_operation_name` does.
+const REDIS_COMMANDS: [(&str, &str); 2] = [("set", "SET"), ("get", "GET")];
+
+/// Whether `only` (empty: every scenario) selects one of `ids`.
+fn wanted_any(only: &[String], ids: &[&str]) -> bool {
+    only.is_empty() || only.iter().any(|o| ids.contains(&o.as_str()))
+}
 
 struct Env {
     bin: PathBuf,
@@ -278,8 +302,15 @@ struct Env {
     addr: SocketAddr,
 }
 
-fn ensure_tools(ctx: &Ctx) -> Result<()> {
-    let missing: Vec<&str> = [("nginx", "nginx"), ("wrk", "wrk"), ("bpftrace", "bpftrace")]
+fn ensure_tools(ctx: &Ctx, redis: bool) -> Result<()> {
+    let mut tools = vec![("nginx", "nginx"), ("wrk", "wrk"), ("bpftrace", "bpftrace")];
+    if redis {
+        tools.extend([
+            ("redis-server", "redis-server"),
+            ("redis-benchmark", "redis-tools"),
+        ]);
+    }
+    let missing: Vec<&str> = tools
         .into_iter()
         .filter(|(tool, _)| {
             !exists_on_path(ctx, tool) && !Path::new("/usr/sbin").join(tool).exists()
@@ -749,6 +780,109 @@ fn b6(env: &Env, plan: &Plan) -> Result<Value> {
     Ok(Value::Object(v))
 }
 
+/// B8: Redis at saturation (redis-benchmark, pipelined GET and SET), agent vs none,
+/// interleaved; the agent's cost per million operations and its exact server-side counts.
+///
+/// Each round: a baseline run; the agent started, a measured run (throughput, the agent
+/// process's CPU, its counts); then, with the same agent, a cost run with BPF run-time
+/// statistics on (in-kernel CPU per operation, counts again). The statistics stay off during
+/// the throughput runs, as in B1, because they add to every program run.
+fn b8(env: &Env, plan: &Plan) -> Result<Value> {
+    let port = try_free_port()?;
+    let _redis = try_redis_server(port).context("starting redis-server")?;
+    let n = plan.redis_requests;
+    let per_command = n as f64;
+    let mut f: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut exact = true;
+    for round in 0..plan.rounds {
+        let a = redis_benchmark(port, n)?;
+        let agent = Agent::start_naming(env, None, &[(port, BENCH_REDIS_SERVICE)])?;
+        let before = agent.snapshot()?;
+        let ops0 = redis_server_ops(&agent)?;
+        let b = redis_benchmark(port, n)?;
+        let counted = redis_ops_settled(&agent, ops0, per_command, Duration::from_secs(30))?;
+        let after = agent.snapshot()?;
+        let d = after.delta(&before);
+
+        let stats = BpfStats::enable()?;
+        let cost_before = agent.snapshot()?;
+        let progs0 = prog_stats(agent.pid)?;
+        let ops1 = redis_server_ops(&agent)?;
+        let c = redis_benchmark(port, n)?;
+        let progs1 = prog_stats(agent.pid)?;
+        drop(stats);
+        let counted_cost = redis_ops_settled(&agent, ops1, per_command, Duration::from_secs(30))?;
+        let cost_lost = agent.snapshot()?.delta(&cost_before).lost;
+        drop(agent);
+
+        let m = 1e6 / (2.0 * per_command);
+        let user = d.cpu_s * m;
+        let run_ns = progs1.0.saturating_sub(progs0.0) as f64;
+        let runs = progs1.1.saturating_sub(progs0.1) as f64;
+        let kernel = run_ns / 1e9 * m;
+        let round_exact = counted
+            .iter()
+            .chain(&counted_cost)
+            .all(|x| *x == per_command);
+        exact &= round_exact;
+        eprintln!(
+            "bench B8 round {}: baseline {:.0} ops/s, agent {:.0} ops/s ({:.3}); agent {user:.2} CPU-s/M ops, bpf {kernel:.2} CPU-s/M ({:.2} runs/op); counted SET {} GET {} (cost run {} {}) of {n} each; events lost {} (cost run {})",
+            round + 1,
+            a.ops_per_s(),
+            b.ops_per_s(),
+            b.ops_per_s() / a.ops_per_s(),
+            runs * m / 1e6,
+            counted[0],
+            counted[1],
+            counted_cost[0],
+            counted_cost[1],
+            d.lost,
+            cost_lost,
+        );
+        for (k, x) in [
+            ("baseline_ops_per_s", a.ops_per_s()),
+            ("agent_ops_per_s", b.ops_per_s()),
+            ("ratio", b.ops_per_s() / a.ops_per_s()),
+            ("baseline_set_rps", a.rps[0]),
+            ("baseline_get_rps", a.rps[1]),
+            ("agent_set_rps", b.rps[0]),
+            ("agent_get_rps", b.rps[1]),
+            ("baseline_wall_s", a.wall_s),
+            ("agent_wall_s", b.wall_s),
+            ("cost_run_ops_per_s", c.ops_per_s()),
+            ("user_cpu_s_per_million", user),
+            ("kernel_cpu_s_per_million", kernel),
+            ("bpf_runs_per_op", runs * m / 1e6),
+            ("bpf_ns_per_run", run_ns / runs.max(1.0)),
+            ("counted_set", counted[0]),
+            ("counted_get", counted[1]),
+            ("counted_set_cost_run", counted_cost[0]),
+            ("counted_get_cost_run", counted_cost[1]),
+            ("lost_events", d.lost),
+            ("lost_events_cost_run", cost_lost),
+        ] {
+            f.entry(k).or_default().push(x);
+        }
+    }
+    let mut v = Map::new();
+    v.insert("what".into(), json!(format!(
+        "redis-benchmark -t set,get -P {REDIS_PIPELINE} -n {n} (50 connections) against one redis-server, agent vs none, interleaved; ops/s = both tests' operations over their summed durations; user_cpu = the agent process's utime+stime, kernel_cpu = run_time_ns of its eBPF programs (separate run with bpf stats on), per million operations; counted = the agent's db_server_operation_duration_seconds_count for {BENCH_REDIS_SERVICE}, per command; lost = meshtap_events_lost_total delta"
+    )));
+    v.insert("requests_per_command".into(), json!(n));
+    v.insert("counts_exact".into(), json!(exact));
+    for (k, xs) in &f {
+        let digits = if k.ends_with("ratio") {
+            4
+        } else if k.contains("cpu") || k.ends_with("per_op") || k.ends_with("wall_s") {
+            3
+        } else {
+            0
+        };
+        stats(&mut v, k, xs, digits);
+    }
+    Ok(Value::Object(v))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Output
 // ---------------------------------------------------------------------------------------------
@@ -920,6 +1054,38 @@ fn markdown(r: &Map<String, Value>, plan: &Plan) -> String {
         ),
         "scrape < 50 ms",
         g("B6", "scrape_ms").map(|x| x < 50.0),
+    );
+    row(
+        "B8",
+        format!(
+            "redis GET+SET, -P {REDIS_PIPELINE}: agent / none, ops/s ratio {} ({} vs {} ops/s); agent process {} CPU-s/M ops, eBPF programs {} CPU-s/M; server operations counted exactly: {} (SET {}, GET {} of {} each; events lost {})",
+            range("B8", "ratio", 3),
+            range("B8", "agent_ops_per_s", 0),
+            range("B8", "baseline_ops_per_s", 0),
+            range("B8", "user_cpu_s_per_million", 2),
+            range("B8", "kernel_cpu_s_per_million", 2),
+            match r
+                .get("B8")
+                .and_then(|v| v.get("counts_exact"))
+                .and_then(Value::as_bool)
+            {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "n/a",
+            },
+            range("B8", "counted_set", 0),
+            range("B8", "counted_get", 0),
+            range("B8", "requests_per_command", 0),
+            range("B8", "lost_events", 0),
+        ),
+        ">= 0.75, counts exact",
+        g("B8", "ratio")
+            .zip(
+                r.get("B8")
+                    .and_then(|v| v.get("counts_exact"))
+                    .and_then(Value::as_bool),
+            )
+            .map(|(x, exact)| x >= 0.75 && exact),
     );
     let meta = r.get("meta").cloned().unwrap_or(Value::Null);
     let mut md = format!(
@@ -1258,6 +1424,47 @@ fn prog_stats(pid: i32) -> Result<(u64, u64)> {
 // The agent
 // ---------------------------------------------------------------------------------------------
 
+/// Server-side operations the agent counted for B8's redis-server, per command of
+/// [`REDIS_COMMANDS`] (`db_server_operation_duration_seconds_count`, any error type).
+fn redis_server_ops(agent: &Agent) -> Result<[f64; 2]> {
+    let m = Metrics::parse(&metrics_text(agent.addr)?)?;
+    Ok(REDIS_COMMANDS.map(|(_, op)| {
+        m.value(
+            &count(DB_SERVER_DURATION),
+            &[
+                ("service_name", BENCH_REDIS_SERVICE),
+                ("db_system_name", "redis"),
+                ("db_operation_name", op),
+            ],
+        )
+    }))
+}
+
+/// Scrapes until the agent has counted `expected` more operations of each command than
+/// `before`, or its counts stopped moving (3 scrapes), or `limit`: the counts then.
+fn redis_ops_settled(
+    agent: &Agent,
+    before: [f64; 2],
+    expected: f64,
+    limit: Duration,
+) -> Result<[f64; 2]> {
+    let deadline = Instant::now() + limit;
+    let (mut last, mut stable) = (before, 0);
+    loop {
+        let now = redis_server_ops(agent)?;
+        let delta = [now[0] - before[0], now[1] - before[1]];
+        if delta.iter().all(|d| *d >= expected) {
+            return Ok(delta);
+        }
+        stable = if now == last { stable + 1 } else { 0 };
+        last = now;
+        if stable >= 3 || Instant::now() > deadline {
+            return Ok(delta);
+        }
+        thread::sleep(Duration::from_millis(150));
+    }
+}
+
 /// How long a scrape of `/metrics` may take.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -1301,11 +1508,23 @@ impl Snapshot {
 
 impl Agent {
     fn start(env: &Env, cgroup: Option<&Cgroup>) -> Result<Self> {
+        Self::start_naming(env, cgroup, &[])
+    }
+
+    /// [`Self::start`], with more `--service-port PORT=NAME` names than the bench's nginx.
+    fn start_naming(env: &Env, cgroup: Option<&Cgroup>, names: &[(u16, &str)]) -> Result<Self> {
         // A name of our own: other nginx instances on the node (tests) stay apart.
-        let service_port = format!("{}={BENCH_SERVICE}", env.addr.port());
-        let agent =
-            meshtap_tests::Agent::start_binary(&env.bin, &["--service-port", &service_port])
-                .context("meshtap did not become ready")?;
+        let service_ports: Vec<String> = [(env.addr.port(), BENCH_SERVICE)]
+            .iter()
+            .chain(names)
+            .map(|(port, name)| format!("{port}={name}"))
+            .collect();
+        let args: Vec<&str> = service_ports
+            .iter()
+            .flat_map(|sp| ["--service-port", sp.as_str()])
+            .collect();
+        let agent = meshtap_tests::Agent::start_binary(&env.bin, &args)
+            .context("meshtap did not become ready")?;
         let pid = i32::try_from(agent.pid())?;
         // Throttled only once started: the limit is about steady-state processing.
         if let Some(cg) = cgroup {
@@ -1491,6 +1710,67 @@ fn wrk(env: &Env, secs: u64) -> Result<WrkResult> {
         bytes: n[1],
         secs: n[2] as f64 / 1e6,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load: redis-benchmark at saturation
+// ---------------------------------------------------------------------------------------------
+
+/// One `redis-benchmark -t set,get -P 16 -n N --csv` run.
+struct RedisRun {
+    /// Operations per second of each test of [`REDIS_COMMANDS`], as redis-benchmark reports.
+    rps: [f64; 2],
+    /// Wall-clock time of the whole run (connections, `CONFIG GET`, both tests), seconds.
+    wall_s: f64,
+}
+
+impl RedisRun {
+    /// Both tests' operations over the time they took: `2N / (N/rps_set + N/rps_get)`.
+    fn ops_per_s(&self) -> f64 {
+        2.0 / self.rps.iter().map(|r| 1.0 / r).sum::<f64>()
+    }
+}
+
+fn redis_benchmark(port: u16, requests: u64) -> Result<RedisRun> {
+    note_foreign_tracers();
+    let tests = REDIS_COMMANDS.map(|(t, _)| t).join(",");
+    let t0 = Instant::now();
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", &tests])
+        .args([
+            "-P",
+            &REDIS_PIPELINE.to_string(),
+            "-n",
+            &requests.to_string(),
+        ])
+        .args(["-q", "--csv"])
+        .stdin(Stdio::null())
+        .output()
+        .context("could not run redis-benchmark")?;
+    let wall_s = t0.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "redis-benchmark: {}: {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // "test","rps","avg_latency_ms",... then one line per test: "SET","615384.62",...
+    let mut rps = [f64::NAN; 2];
+    for line in stdout.lines() {
+        let mut fields = line.split(',').map(|f| f.trim_matches('"'));
+        let (Some(test), Some(r)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if let Some(i) = REDIS_COMMANDS.iter().position(|(_, op)| *op == test) {
+            rps[i] = r.parse().unwrap_or(f64::NAN);
+        }
+    }
+    if rps.iter().any(|r| !r.is_finite() || *r <= 0.0) {
+        bail!("unexpected redis-benchmark output: {stdout}");
+    }
+    Ok(RedisRun { rps, wall_s })
 }
 
 // ---------------------------------------------------------------------------------------------
