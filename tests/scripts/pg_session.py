@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """One long-lived PostgreSQL connection (pg8000), driven line by line from stdin.
 
-`pg_session.py COMM --port P` connects to 127.0.0.1:P as user `postgres`, database `postgres`
-(no TLS), prints a `connected` event, then for each line read runs it as one simple query
+`pg_session.py COMM --port P [--tls]` connects to 127.0.0.1:P as user `postgres`, database
+`postgres`, in plain text, or with `--tls` as pg8000 does by default (an `SSLRequest`, then TLS if
+the server accepts it, without verifying its certificate), prints a `connected` event, then for each line read runs it as one simple query
 (pg8000's `run` without parameters sends one `Q` message) and prints a `ran` event with the
 number of rows. An empty line or end of input closes the connection (Terminate) and prints
 `done`.
@@ -25,9 +26,17 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("comm")
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--tls", action="store_true")
     a = p.parse_args()
-    con = pg8000.native.Connection("postgres", host="127.0.0.1", port=a.port, database="postgres")
-    mt_common.emit("connected")
+    con = pg8000.native.Connection(
+        "postgres",
+        host="127.0.0.1",
+        port=a.port,
+        database="postgres",
+        ssl_context=None if a.tls else False,
+    )
+    tls = con.run("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")[0][0]
+    mt_common.emit("connected", tls=tls)
     queries = 0
     for line in sys.stdin:
         sql = line.strip()

@@ -18,13 +18,21 @@
 //! TLS: a client with `sslmode=require` sends an `SSLRequest`, the server answers `S`, and the
 //! rest is TLS. The parser of each side stops at the `S` with one parse error `tls`: exactly one
 //! per side per connection, so two per connection here (client and server both on this node),
-//! and no exchange. The L4 layer still counts those connections and their bytes.
+//! and no exchange. The L4 layer still counts those connections and their bytes: compared with
+//! the kernel's own counts (`ss -ti`) on a TLS connection held open. A TLS connection found
+//! mid-stream (pg8000's default: TLS when the server offers it) shows only TLS records, which no
+//! protocol detects and nothing marks as PostgreSQL: no exchange and no parse error either.
+//!
+//! Scenarios, in order: pg8000 sessions opened before the agent (plain and TLS), one after it,
+//! psql with `sslmode=require` (two runs, then one held open) and `sslmode=disable`. Every
+//! series of every client and of the server (`--service-port`) is checked exactly, as are
+//! `meshtap_exchanges_total` and `meshtap_parse_errors_total` for `postgresql`.
 
 use std::cell::RefCell;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-use meshtap_tests::db::{Postgres, TIMEOUT, run};
+use meshtap_tests::db::{PG_BIN, Postgres, TIMEOUT, run};
 use meshtap_tests::process::{Script, ScriptChild};
 use meshtap_tests::{Agent, Metrics, SETTLE, serial};
 
@@ -125,23 +133,32 @@ fn wait_counts(agent: &Agent, port: &str, clients: &[(&str, &Counts)], server: &
         },
         |m| {
             format!(
-                "expected clients {clients:?}\nserver {server:?}\nexchanges {exchanges}\ntls {tls}\n{}\n{}\n{}\n{}",
+                "expected clients {clients:?}\nserver {server:?}\nexchanges {exchanges}\ntls {tls}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
                 m.describe(CLIENT),
                 m.describe(SERVER_SERIES),
                 m.describe(EXCHANGES),
                 m.describe(PARSE_ERRORS),
+                m.describe("meshtap_protocol_detected_total"),
+                m.describe(SENT),
+                m.describe(RECEIVED),
+                m.describe(OPENED),
             )
         },
     );
 }
 
-/// A pg8000 session named `name` (its `OTEL_SERVICE_NAME`), connected.
-fn session(name: &str, port: u16) -> ScriptChild {
-    let mut s = Script::new("pg_session.py", name)
+/// A pg8000 session named `name` (its `OTEL_SERVICE_NAME`), connected in plain text or TLS
+/// (its `SELECT ... FROM pg_stat_ssl` says which).
+fn session(name: &str, port: u16, tls: bool) -> ScriptChild {
+    let mut script = Script::new("pg_session.py", name)
         .named()
-        .opt("--port", port)
-        .spawn();
-    s.expect_event("connected", TIMEOUT);
+        .opt("--port", port);
+    if tls {
+        script = script.arg("--tls");
+    }
+    let mut s = script.spawn();
+    let connected = s.expect_event("connected", TIMEOUT);
+    assert_eq!(connected["tls"], tls, "{name}: {connected}");
     s
 }
 
@@ -163,9 +180,8 @@ fn psql(pg: &Postgres, name: &str, sslmode: &str) {
         "sslmode={sslmode} gssencmode=disable host=127.0.0.1 port={} user=postgres dbname=postgres",
         pg.port
     );
-    let mut cmd = pg.client("psql");
-    cmd.args(["-X", "-q", "-t", "-A", "-d", &conninfo])
-        .env("OTEL_SERVICE_NAME", name);
+    let mut cmd = psql_named(pg, name);
+    cmd.args(["-X", "-q", "-t", "-A", "-d", &conninfo]);
     for q in PSQL {
         cmd.args(["-c", q]);
     }
@@ -173,6 +189,23 @@ fn psql(pg: &Postgres, name: &str, sslmode: &str) {
     let ssl = out.lines().last().unwrap_or_default();
     let want = if sslmode == "disable" { "f" } else { "t" };
     assert_eq!(ssl, want, "psql {sslmode}: pg_stat_ssl.ssl; output:\n{out}");
+}
+
+/// psql run as `name`: its executable's name (a symbolic link, so that the process's `comm` is
+/// `name`: a process that exits at once may be gone before the agent reads its environment,
+/// and with it `OTEL_SERVICE_NAME`) and its `OTEL_SERVICE_NAME`.
+fn psql_named(pg: &Postgres, name: &str) -> Command {
+    let link = pg.file(name);
+    if !std::path::Path::new(&link).exists() {
+        std::os::unix::fs::symlink(format!("{PG_BIN}/psql"), &link).expect("link psql");
+    }
+    let mut cmd = Command::new(&link);
+    cmd.env("PGHOST", "127.0.0.1")
+        .env("PGPORT", pg.port.to_string())
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", "postgres")
+        .env("OTEL_SERVICE_NAME", name);
+    cmd
 }
 
 /// An L4 series of the psql edge `client` → the server, on one side.
@@ -192,13 +225,15 @@ fn midstream_and_tls_connections_invent_nothing() {
         .client("psql")
         .args(["-X", "-q", "-c", "CREATE TABLE edges (id int)"]));
 
-    // Open and idle before the agent starts.
-    let early = session("pge-early", pg.port);
+    // Open and idle before the agent starts: one in plain text, one in TLS.
+    let early = session("pge-early", pg.port, false);
+    let early_tls = session("pge-early-tls", pg.port, true);
     let service_port = format!("{port}={SERVER}");
     let agent = Agent::start(&["--service-port", &service_port]);
 
     let mut early_counts = Counts::new();
     let mut server = Counts::new();
+    let empty = Counts::new();
 
     // Mid-stream: every query sent after the agent is ready, and nothing else.
     run_session(early);
@@ -206,17 +241,71 @@ fn midstream_and_tls_connections_invent_nothing() {
     session_counts(&mut server);
     wait_counts(&agent, &port, &[("pge-early", &early_counts)], &server, 0.0);
 
+    // Mid-stream in TLS: its first bytes seen are TLS records, which no protocol detects (and
+    // nothing in them says PostgreSQL): no operation, no parse error, only L4 counts. The client
+    // sends its Terminate and closes without a TLS close_notify; the server answers the
+    // Terminate with its close_notify (a TLS 1.3 alert record: 24 bytes), which the client never
+    // reads.
+    run_session(early_tls);
+    wait_counts(
+        &agent,
+        &port,
+        &[("pge-early", &early_counts), ("pge-early-tls", &empty)],
+        &server,
+        0.0,
+    );
+    let m = agent.wait_until(
+        SETTLE,
+        |m| {
+            ["client", "server"]
+                .iter()
+                .all(|role| edge(m, CLOSED, "pge-early-tls", &port, role) == 1.0)
+        },
+        |m| m.describe(CLOSED),
+    );
+    let client_sent = edge(&m, SENT, "pge-early-tls", &port, "client");
+    let server_sent = edge(&m, SENT, "pge-early-tls", &port, "server");
+    assert!(
+        client_sent > 0.0
+            && edge(&m, RECEIVED, "pge-early-tls", &port, "server") == client_sent
+            && edge(&m, RECEIVED, "pge-early-tls", &port, "client") == server_sent - 24.0,
+        "{}\n{}",
+        m.describe(SENT),
+        m.describe(RECEIVED)
+    );
+
     // A session started after the agent, on the same server: the same counts.
     let mut late_counts = Counts::new();
-    run_session(session("pge-late", pg.port));
+    run_session(session("pge-late", pg.port, false));
     session_counts(&mut late_counts);
+    // Its question whether the connection is TLS, after the agent started too.
+    add(&mut late_counts, "SELECT", "pg_stat_ssl", 1.0);
+    add(&mut server, "SELECT", "pg_stat_ssl", 1.0);
     session_counts(&mut server);
     wait_counts(
         &agent,
         &port,
-        &[("pge-early", &early_counts), ("pge-late", &late_counts)],
+        &[
+            ("pge-early", &early_counts),
+            ("pge-early-tls", &empty),
+            ("pge-late", &late_counts),
+        ],
         &server,
         0.0,
+    );
+
+    // At L4, the early connection was opened before the agent: only its close is counted.
+    agent.wait_until(
+        SETTLE,
+        |m| {
+            ["client", "server"].iter().all(|role| {
+                edge(m, OPENED, "pge-early", &port, role) == 0.0
+                    && edge(m, CLOSED, "pge-early", &port, role) == 1.0
+                    && edge(m, OPENED, "pge-late", &port, role) == 1.0
+                    && edge(m, CLOSED, "pge-late", &port, role) == 1.0
+            })
+        },
+        |m| format!("{}\n{}", m.describe(OPENED), m.describe(CLOSED)),
     );
 
     // TLS: two psql runs, each one connection: no operation, one `tls` parse error per side.
@@ -228,12 +317,12 @@ fn midstream_and_tls_connections_invent_nothing() {
     psql(&pg, "pge-plain", "disable");
     psql_counts(&mut plain);
     psql_counts(&mut server);
-    let empty = Counts::new();
     wait_counts(
         &agent,
         &port,
         &[
             ("pge-early", &early_counts),
+            ("pge-early-tls", &empty),
             ("pge-late", &late_counts),
             ("pge-tls", &empty),
             ("pge-plain", &plain),
@@ -260,12 +349,10 @@ fn midstream_and_tls_connections_invent_nothing() {
     let conninfo = format!(
         "sslmode=require gssencmode=disable host=127.0.0.1 port={port} user=postgres dbname=postgres"
     );
-    let mut held = pg
-        .client("psql")
-        .args(["-X", "-q", "-d", &conninfo])
-        .env("OTEL_SERVICE_NAME", "pge-tlsheld")
+    let mut held = psql_named(&pg, "pge-tlsheld")
+        .args(["-X", "-q", "-t", "-A", "-d", &conninfo])
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .expect("spawn psql");
     {
@@ -273,8 +360,17 @@ fn midstream_and_tls_connections_invent_nothing() {
         for q in PSQL {
             writeln!(stdin, "{q};").expect("write to psql");
         }
+        writeln!(stdin, "\\echo done").expect("write to psql");
         stdin.flush().expect("flush psql stdin");
     }
+    // Its answers printed: the connection is idle from here on.
+    let mut lines = BufReader::new(held.stdout.take().expect("psql stdout")).lines();
+    let answers: Vec<String> = lines
+        .by_ref()
+        .map(|l| l.expect("read psql output"))
+        .take_while(|l| l != "done")
+        .collect();
+    assert_eq!(answers.last().map(String::as_str), Some("t"), "{answers:?}");
     let kernel = RefCell::new((Vec::new(), Vec::new()));
     let m = agent.wait_until(
         SETTLE,
@@ -319,6 +415,7 @@ fn midstream_and_tls_connections_invent_nothing() {
         &port,
         &[
             ("pge-early", &early_counts),
+            ("pge-early-tls", &empty),
             ("pge-late", &late_counts),
             ("pge-tls", &empty),
             ("pge-tlsheld", &empty),
