@@ -46,6 +46,16 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A server that also accepts TLS (`ssl=on`, a self-signed certificate for `localhost` made
+    /// with `openssl` in its data directory): `sslmode=require` clients get TLS, others not.
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         assert!(
             Path::new(PG_BIN).join("initdb").is_file(),
             "PostgreSQL 15 is not installed: apt-get install postgresql"
@@ -64,8 +74,31 @@ impl Postgres {
             "trust",
             "--no-sync",
         ]));
+        if tls {
+            let (key, crt) = (format!("{data}/server.key"), format!("{data}/server.crt"));
+            run(&mut as_postgres(&[
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-days",
+                "1",
+                "-keyout",
+                &key,
+                "-out",
+                &crt,
+            ]));
+            run(&mut as_postgres(&["chmod", "600", &key]));
+        }
         let port = free_port();
-        let opts = format!("-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off");
+        let mut opts = format!("-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off");
+        if tls {
+            opts.push_str(" -c ssl=on");
+        }
         let log = dir.file("log");
         run(&mut as_postgres(&[
             &format!("{PG_BIN}/pg_ctl"),

@@ -44,6 +44,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "postgresql-contrib",
     "mariadb-server",
     "mariadb-client",
+    "openssl",
 ];
 
 /// Packages whose install starts a service that would hold a port the tests use:
