@@ -13,7 +13,8 @@
 //!    The SERVER span may have been emitted already: a CLIENT exchange that only its close
 //!    completes (a response body ending at the close, as proxies' HTTP/1.0 upstreams get)
 //!    arrives after the request it served was answered. Emitted SERVER spans are remembered
-//!    per thread for `LINK_WAIT_NS` for that.
+//!    per thread for `RECENT_SERVER_NS` for that: the link wait, plus the pairing's wait (a
+//!    CLIENT end whose other end was lost reaches the assembler only when the pairing gives up).
 //!
 //! A proxy that forwards the incoming context unchanged (nginx, HAProxy) sends a CLIENT request
 //! carrying its caller's span id: once the CLIENT span is linked to the proxy's SERVER span, it
@@ -47,6 +48,9 @@ pub const LINK_WAIT_NS: u64 = 2_000_000_000;
 const MAX_WAITING: usize = 20_000;
 /// Slack when checking that a child lies inside its parent's time window.
 const WINDOW_SLACK_NS: u64 = 1_000_000;
+/// How long an emitted SERVER span is remembered for the CLIENT spans of its thread: an end can
+/// wait `PAIR_WAIT_NS` in the pairing before it reaches the assembler.
+const RECENT_SERVER_NS: u64 = LINK_WAIT_NS + crate::exchange::PAIR_WAIT_NS;
 /// Emitted SERVER spans remembered per thread, and in all (beyond, new ones are not).
 const RECENT_PER_THREAD: usize = 16;
 const MAX_RECENT: usize = 20_000;
@@ -111,7 +115,7 @@ pub struct SpanAssembler {
     /// Processes seen serving requests recently: a CLIENT span of theirs without a parent is
     /// unlinked, not a genuine root.
     serving: Map<u32, u64>,
-    /// SERVER spans emitted in the last `LINK_WAIT_NS`, by thread, oldest first.
+    /// SERVER spans emitted in the last `RECENT_SERVER_NS`, by thread, oldest first.
     emitted_servers: Map<(u32, u32), VecDeque<EmittedServer>>,
     emitted_count: usize,
     rng: u64,
@@ -641,7 +645,7 @@ impl SpanAssembler {
         self.emitted_servers.retain(|_, recent| {
             while recent
                 .front()
-                .is_some_and(|s| now_ns.saturating_sub(s.now_ns) > LINK_WAIT_NS)
+                .is_some_and(|s| now_ns.saturating_sub(s.now_ns) > RECENT_SERVER_NS)
             {
                 recent.pop_front();
                 forgotten += 1;
@@ -1499,5 +1503,74 @@ mod tests {
         assert!(!sampled_by_ratio(u128::from(u64::MAX), 0.5));
         assert!(sampled_by_ratio(u128::from(u64::MAX), 1.0));
         assert!(!sampled_by_ratio(1, 0.0));
+    }
+
+    /// A proxy's CLIENT end whose upstream end was lost reaches the assembler only when the
+    /// pairing gives up, 2 s later: it still links under the SERVER span its thread served,
+    /// emitted long before.
+    #[test]
+    fn a_client_end_released_by_the_pairing_still_finds_its_emitted_server() {
+        let mut asm = Asm::new(29, 1.0, false);
+        let mut out = empty();
+        let front = ("10.0.0.1:40000", "10.0.0.2:8080");
+        let upstream = ("10.0.0.2:40001", "10.0.0.3:9090");
+        // curl -> nginx (pid 2, thread 20): both ends paired, emitted at once.
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (10 * MS, 40 * MS),
+                front,
+                Some("svc1"),
+                &[],
+                41 * MS,
+            ),
+            &mut out,
+        );
+        // curl serves nothing: its span is a root at once.
+        let mut curl = input(
+            Side::Client,
+            1,
+            10,
+            (9 * MS, 41 * MS),
+            front,
+            Some("svc2"),
+            &[],
+            42 * MS,
+        );
+        curl.in_server_process = false;
+        asm.add(curl, &mut out);
+        assert_eq!(
+            out.spans.len(),
+            2,
+            "curl's and nginx's SERVER span go out at once"
+        );
+        // nginx's upstream call, completed by the close 0.5 s later; its upstream end never
+        // comes.
+        let late = 540 * MS;
+        asm.add(
+            input(
+                Side::Client,
+                2,
+                20,
+                (15 * MS, 35 * MS),
+                upstream,
+                Some("svc3"),
+                &[],
+                late,
+            ),
+            &mut out,
+        );
+        asm.tick(late + crate::exchange::PAIR_WAIT_NS + 1, &mut out);
+        asm.tick(
+            late + crate::exchange::PAIR_WAIT_NS + LINK_WAIT_NS + 2,
+            &mut out,
+        );
+        let server = by_service(&out.spans, "svc2", Kind::Server);
+        let client = by_service(&out.spans, "svc2", Kind::Client);
+        assert_eq!(client.parent_id.as_ref(), Some(&server.id));
+        assert_eq!(client.trace_id, server.trace_id);
+        assert_eq!(out.unlinked, 0);
     }
 }
