@@ -24,7 +24,8 @@
 //! protocol detects and nothing marks as PostgreSQL: no exchange and no parse error either.
 //!
 //! Scenarios, in order: pg8000 sessions opened before the agent (plain and TLS), one after it,
-//! psql with `sslmode=require` (two runs, then one held open) and `sslmode=disable`. Every
+//! psql with `sslmode=require` (two runs, then one held open) and `sslmode=disable`, then one
+//! psycopg 3 pipeline of server-side prepared statements with a failure in its middle. Every
 //! series of every client and of the server (`--service-port`) is checked exactly, as are
 //! `meshtap_exchanges_total` and `meshtap_parse_errors_total` for `postgresql`.
 
@@ -224,6 +225,9 @@ fn midstream_and_tls_connections_invent_nothing() {
     run(pg
         .client("psql")
         .args(["-X", "-q", "-c", "CREATE TABLE edges (id int)"]));
+    run(pg
+        .client("psql")
+        .args(["-X", "-q", "-c", "CREATE TABLE pipe (v int)"]));
 
     // Open and idle before the agent starts: one in plain text, one in TLS.
     let early = session("pge-early", pg.port, false);
@@ -420,6 +424,60 @@ fn midstream_and_tls_connections_invent_nothing() {
             ("pge-tls", &empty),
             ("pge-tlsheld", &empty),
             ("pge-plain", &plain),
+        ],
+        &server,
+        2.0 * (TLS_RUNS + 1.0),
+    );
+
+    // Server-side prepared statements in one psycopg 3 pipeline with a failure in its middle
+    // (`tests/scripts/pg_pipeline.py`, what it sends is described there): every `Execute` is
+    // one exchange, named after its `Bind`'s prepared statement. Those after the failing one
+    // were sent but skipped by the server until the `Sync`: no answer, so `no response` on the
+    // client, and not a failure of the server.
+    // K small enough that every read and write of the pipeline fits the default 1024-byte
+    // capture (with 10, the client's one read of all the answers is 1037 bytes: its last
+    // `ReadyForQuery` header goes uncaptured, a `header_not_captured` parse error).
+    const K: usize = 5;
+    let done = Script::new("pg_pipeline.py", "pge-pipeline")
+        .named()
+        .opt("--port", pg.port)
+        .opt("--count", K)
+        .run(TIMEOUT);
+    // The error rolled the pipeline's implicit transaction back: no row.
+    assert_eq!(done["error"], "42P01", "{done}");
+    assert_eq!(done["rows"], 0, "{done}");
+    let k = K as f64;
+    let pipeline_counts = |skipped: &'static str| -> Counts {
+        vec![
+            ("INSERT", "pipe", "", k),
+            // K in the pipeline, then the `count(*)` after it.
+            ("SELECT", "pipe", "", k + 1.0),
+            // `SELECT pg_sleep(1)`: no table.
+            ("SELECT", "", "", 1.0),
+            ("SELECT", "missing_pipe", "42P01", 1.0),
+            ("INSERT", "pipe", skipped, k),
+        ]
+    };
+    for c in pipeline_counts("") {
+        match server
+            .iter_mut()
+            .find(|(o, t, e, _)| (*o, *t, *e) == (c.0, c.1, c.2))
+        {
+            Some(s) => s.3 += c.3,
+            None => server.push(c),
+        }
+    }
+    wait_counts(
+        &agent,
+        &port,
+        &[
+            ("pge-early", &early_counts),
+            ("pge-early-tls", &empty),
+            ("pge-late", &late_counts),
+            ("pge-tls", &empty),
+            ("pge-tlsheld", &empty),
+            ("pge-plain", &plain),
+            ("pge-pipeline", &pipeline_counts("no response")),
         ],
         &server,
         2.0 * (TLS_RUNS + 1.0),

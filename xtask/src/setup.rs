@@ -66,12 +66,16 @@ const SERVICES: &[(&str, &str, u16)] = &[
 /// `opentelemetry-proto` (the OpenTelemetry project's generated OTLP classes, with the protobuf
 /// runtime it pulls, 5.x to 7.x) is the stand-in OTLP collector's decoder
 /// (tests/scripts/otlp_collector.py): independent of the agent's prost encoder.
-const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_validate, pymysql, mysql.connector, redis, pymemcache, pg8000.native; \
+/// `psycopg` 3 with its bundled libpq (`[binary]`) is pinned, and checked, because
+/// tests/tests/db_postgres_edges.rs counts the messages its pipeline mode sends.
+const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_validate, pymysql, mysql.connector, redis, pymemcache, pg8000.native, psycopg; \
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2; \
     from importlib.metadata import version; \
     assert version('kubernetes-validate') == '1.37.0', version('kubernetes-validate'); \
     assert version('opentelemetry-proto') == '1.45.2', version('opentelemetry-proto'); \
-    assert version('pg8000') == '1.31.6', version('pg8000')";
+    assert version('pg8000') == '1.31.6', version('pg8000'); \
+    assert psycopg.pq.__impl__ == 'binary', psycopg.pq.__impl__; \
+    assert version('psycopg') == '3.2.3', version('psycopg')";
 const PYTHON_PACKAGES: &[&str] = &[
     "jsonschema",
     "pyyaml",
@@ -83,6 +87,7 @@ const PYTHON_PACKAGES: &[&str] = &[
     "redis",
     "pymemcache",
     "pg8000==1.31.6",
+    "psycopg[binary]==3.2.3",
 ];
 
 /// Debian 12's kubectl (package kubernetes-client, 1.20: its built-in kustomize is v2.0.3, the

@@ -222,7 +222,7 @@ impl RedMetrics for DbRed {
 
     fn observe(&mut self, ex: &Exchange, a: &DbAttributes, at: &Observation) {
         let seconds = ex.end_ns.saturating_sub(ex.start_ns) as f64 / 1e9;
-        let error_type: Cow<'static, str> = if ex.failed(Side::Client) {
+        let error_type: Cow<'static, str> = if ex.failed(at.side) {
             ex.error_type()
         } else {
             Cow::Borrowed("")
