@@ -124,6 +124,19 @@ pub struct ParseError {
     pub reason: &'static str,
 }
 
+/// A chunk's captured prefix, never longer than what the syscall moved, and the count of bytes
+/// that moved uncaptured (skipped by count: they passed on the wire unseen).
+pub fn captured(payload: &[u8], bytes: u64) -> (&[u8], u64) {
+    let payload = payload
+        .get(
+            ..usize::try_from(bytes)
+                .unwrap_or(usize::MAX)
+                .min(payload.len()),
+        )
+        .unwrap_or(&[]);
+    (payload, bytes.saturating_sub(payload.len() as u64))
+}
+
 /// A per-connection, incremental protocol parser.
 ///
 /// Time is an argument: parsers never read a clock.

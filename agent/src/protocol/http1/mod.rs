@@ -1677,14 +1677,7 @@ impl Http1Parser {
         }
         self.error = None;
         // The captured prefix can never be longer than what the syscall moved.
-        let payload = payload
-            .get(
-                ..usize::try_from(bytes)
-                    .unwrap_or(usize::MAX)
-                    .min(payload.len()),
-            )
-            .unwrap_or(&[]);
-        let unknown = bytes.saturating_sub(payload.len() as u64);
+        let (payload, unknown) = super::captured(payload, bytes);
         let role = if dir == self.side.request_direction() {
             Role::Request
         } else {

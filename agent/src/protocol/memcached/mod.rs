@@ -922,14 +922,7 @@ impl super::Parser for Parser {
         if self.dead {
             return Ok(());
         }
-        let payload = payload
-            .get(
-                ..usize::try_from(bytes)
-                    .unwrap_or(usize::MAX)
-                    .min(payload.len()),
-            )
-            .unwrap_or(&[]);
-        let unknown = bytes.saturating_sub(payload.len() as u64);
+        let (payload, unknown) = super::captured(payload, bytes);
         let request = dir == self.side.request_direction();
         if !self.seen_any && !payload.is_empty() {
             self.seen_any = true;
