@@ -31,6 +31,8 @@ pub mod memcached;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
+#[cfg(test)]
+pub mod replay;
 pub mod session;
 
 use std::{borrow::Cow, net::SocketAddr, sync::Arc};

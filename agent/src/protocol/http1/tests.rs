@@ -5,29 +5,7 @@
 use super::*;
 use crate::protocol::{Direction, Side};
 
-/// One syscall of a fixture: request or response direction, timestamp, bytes moved.
-#[derive(Clone)]
-enum Io {
-    Req(u64, Vec<u8>),
-    Resp(u64, Vec<u8>),
-}
-
-fn q(ts: u64, bytes: impl AsRef<[u8]>) -> Io {
-    Io::Req(ts, bytes.as_ref().to_vec())
-}
-
-fn r(ts: u64, bytes: impl AsRef<[u8]>) -> Io {
-    Io::Resp(ts, bytes.as_ref().to_vec())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Whole,
-    /// Every byte is its own syscall.
-    Bytewise,
-    /// Only the first N bytes of each syscall are captured.
-    Capture(usize),
-}
+use crate::protocol::replay::{Io, Mode, q, r};
 
 const MODES: [Mode; 6] = [
     Mode::Whole,

@@ -9,28 +9,7 @@ use super::*;
 use crate::protocol::{Attributes, Parser as _};
 
 /// One syscall: client-to-server or server-to-client, timestamp, bytes moved.
-#[derive(Clone)]
-enum Io {
-    Req(u64, Vec<u8>),
-    Resp(u64, Vec<u8>),
-}
-
-fn q(ts: u64, bytes: impl AsRef<[u8]>) -> Io {
-    Io::Req(ts, bytes.as_ref().to_vec())
-}
-
-fn r(ts: u64, bytes: impl AsRef<[u8]>) -> Io {
-    Io::Resp(ts, bytes.as_ref().to_vec())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Whole,
-    /// Every byte is its own syscall.
-    Bytewise,
-    /// Only the first N bytes of each syscall are captured.
-    Capture(usize),
-}
+use crate::protocol::replay::{Io, Mode, q, r};
 
 /// The modes in which every fixture below is seen whole enough to give the same exchanges.
 const MODES: [Mode; 4] = [

@@ -4,26 +4,7 @@
 use super::*;
 use crate::protocol::{Parser as _, ProtocolAttributes, SpanOptions};
 
-#[derive(Clone)]
-enum Io {
-    Req(u64, Vec<u8>),
-    Resp(u64, Vec<u8>),
-}
-
-fn q(ts: u64, bytes: impl AsRef<[u8]>) -> Io {
-    Io::Req(ts, bytes.as_ref().to_vec())
-}
-
-fn r(ts: u64, bytes: impl AsRef<[u8]>) -> Io {
-    Io::Resp(ts, bytes.as_ref().to_vec())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Whole,
-    Bytewise,
-    Capture(usize),
-}
+use crate::protocol::replay::{Io, Mode, q, r};
 
 const MODES: [Mode; 4] = [
     Mode::Whole,
