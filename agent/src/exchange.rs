@@ -294,6 +294,7 @@ mod tests {
                 context,
                 attributes: Attributes::Http1(http1::Attributes {
                     method: "GET".into(),
+                    version: http1::Version::Http11,
                     path: "/".into(),
                     status: Some(200),
                 }),

@@ -29,6 +29,11 @@ pub mod key {
     pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
     pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
     pub const HTTP_ROUTE: &str = "http.route";
+    pub const NETWORK_PROTOCOL_VERSION: &str = "network.protocol.version";
+    pub const RPC_SYSTEM: &str = "rpc.system";
+    pub const RPC_SERVICE: &str = "rpc.service";
+    pub const RPC_METHOD: &str = "rpc.method";
+    pub const RPC_GRPC_STATUS_CODE: &str = "rpc.grpc.status_code";
     pub const URL_PATH: &str = "url.path";
     pub const SERVER_ADDRESS: &str = "server.address";
     pub const SERVER_PORT: &str = "server.port";

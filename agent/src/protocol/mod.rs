@@ -13,8 +13,9 @@
 //! **Adding a protocol** is a folder `protocol/<name>/` and one line in [`registry!`] below. The
 //! folder's `mod.rs` provides:
 //! - `NAME`: its label value in `meshtap_protocol_detected_total{protocol}` and the like;
-//! - `fn detect(side: Side, dir: Direction, first: &[u8]) -> Verdict`: a cheap look at the
-//!   first bytes of a connection (any port);
+//! - `fn detect(side: Side, dir: Direction, first: &[u8], midstream: bool) -> Verdict`: a
+//!   cheap look at the first bytes of a connection (any port); `midstream` when the connection
+//!   was open before the agent, so that its first bytes seen may be any message's;
 //! - `struct Parser` with `fn new(side: Side) -> Self`, implementing [`Parser`];
 //! - `struct Attributes`, implementing [`ProtocolAttributes`]: what its exchanges carry beyond
 //!   the neutral fields, and their span name, span attributes and error type;
@@ -27,6 +28,7 @@
 pub mod context;
 pub mod db;
 pub mod http1;
+pub mod http2;
 pub mod memcached;
 pub mod mysql;
 pub mod postgres;
@@ -171,6 +173,11 @@ pub trait Parser: Send {
     /// True once the parser will produce nothing more (it gave up, the connection was
     /// upgraded to another protocol, or it was closed): the caller may drop it.
     fn is_dead(&self) -> bool;
+
+    /// Hands over what the parser counted since the last call, by
+    /// `meshtap_parse_errors_total` reason, for a parser that can meet more than one problem
+    /// per chunk (the error [`feed`](Self::feed) returns is one).
+    fn take_errors(&mut self, _count: &mut dyn FnMut(&'static str, u64)) {}
 }
 
 /// What one protocol's detector says of a connection's first bytes.
@@ -288,13 +295,18 @@ macro_rules! registry {
 
         /// Cheap protocol detection from the first payload seen on a connection: the first
         /// protocol (in registry order) that says yes; `NeedMore` while one might.
-        pub fn detect(side: Side, dir: Direction, first_payload: &[u8]) -> Detection {
+        pub fn detect(
+            side: Side,
+            dir: Direction,
+            first_payload: &[u8],
+            midstream: bool,
+        ) -> Detection {
             if first_payload.is_empty() {
                 return Detection::NeedMore;
             }
             let mut need_more = false;
             $(
-                match $module::detect(side, dir, first_payload) {
+                match $module::detect(side, dir, first_payload, midstream) {
                     Verdict::Yes => return Detection::Found(Protocol::$variant),
                     Verdict::Prefix => need_more = true,
                     Verdict::No => {}
@@ -338,6 +350,7 @@ macro_rules! registry {
 registry! {
     // Add a protocol below: `Variant => folder`.
     Http1 => http1,
+    Http2 => http2,
     Postgresql => postgres,
     Mysql => mysql,
     // Before Redis: its inline commands include lowercase `get k`, Memcached's protocol.
@@ -388,6 +401,14 @@ mod tests {
                 Server,
                 Ingress,
                 b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+                Detection::Found(Protocol::Http2),
+            ),
+            (Client, Egress, b"PRI * HTTP/2.0\r\n", Detection::NeedMore),
+            // The preface is the client's: a client does not read it.
+            (
+                Client,
+                Ingress,
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
                 Detection::Unknown,
             ),
             (Server, Ingress, b"*1\r\n$4\r\nPING\r\n", REDIS),
@@ -425,7 +446,7 @@ mod tests {
         ];
         for (side, dir, bytes, want) in cases {
             assert_eq!(
-                detect(*side, *dir, bytes),
+                detect(*side, *dir, bytes, false),
                 *want,
                 "{side:?} {dir:?} {:?}",
                 String::from_utf8_lossy(bytes)
@@ -450,6 +471,7 @@ mod tests {
     #[test]
     fn protocol_names() {
         assert_eq!(Protocol::Http1.name(), "http");
+        assert_eq!(Protocol::Http2.name(), "http2");
         assert_eq!(Protocol::Postgresql.name(), "postgresql");
         assert_eq!(Protocol::Mysql.name(), "mysql");
         assert_eq!(Protocol::Redis.name(), "redis");
@@ -458,6 +480,7 @@ mod tests {
             Protocol::ALL,
             &[
                 Protocol::Http1,
+                Protocol::Http2,
                 Protocol::Postgresql,
                 Protocol::Mysql,
                 Protocol::Memcached,

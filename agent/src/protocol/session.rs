@@ -94,12 +94,16 @@ impl SessionMetrics {
     }
 
     fn parse_error(&self, protocol: Protocol, reason: &str) {
+        self.parse_errors(protocol, reason, 1);
+    }
+
+    fn parse_errors(&self, protocol: Protocol, reason: &str, n: u64) {
         self.parse_errors
             .get_or_create(&ParseErrorLabels {
                 protocol: protocol.name().to_string(),
                 reason: reason.to_string(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     fn exchanges(&mut self, protocol: Protocol, n: usize) {
@@ -217,7 +221,7 @@ impl Session {
                 *held_ts
             };
             candidate.extend_from_slice(payload);
-            match detect(self.side, dir, &candidate) {
+            match detect(self.side, dir, &candidate, self.pre_existing) {
                 Detection::Found(protocol) => {
                     metrics.detected(protocol);
                     let earlier = candidate.len() - payload.len();
@@ -258,6 +262,7 @@ impl Session {
         if let Err(err) = parser.feed(dir, ts_ns, payload, bytes, out) {
             metrics.parse_error(protocol, err.reason);
         }
+        parser.take_errors(&mut |reason, n| metrics.parse_errors(protocol, reason, n));
         if parser.is_dead() {
             self.state = State::Ignored;
         }
@@ -269,6 +274,7 @@ impl Session {
         if let State::Parsing(protocol, parser) = &mut self.state {
             let before = out.len();
             parser.close(closed_ns, out);
+            parser.take_errors(&mut |reason, n| metrics.parse_errors(*protocol, reason, n));
             metrics.exchanges(*protocol, out.len() - before);
         }
         self.state = State::Ignored;

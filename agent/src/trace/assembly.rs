@@ -802,6 +802,7 @@ mod tests {
                 start_ns: window.0,
                 end_ns: window.1,
                 method: "GET".into(),
+                version: crate::protocol::http1::Version::Http11,
                 path: "/users/7".into(),
                 status: Some(200),
                 request_body_bytes: 0,

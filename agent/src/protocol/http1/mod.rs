@@ -50,6 +50,28 @@ pub fn method_name(method: &str) -> Cow<'static, str> {
     }
 }
 
+/// The HTTP version of an exchange, as `network.protocol.version` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Version {
+    Http10,
+    Http11,
+    Http2,
+    /// The request line was cut before its version.
+    Unknown,
+}
+
+impl Version {
+    /// The label and tag value: `1.0`, `1.1`, `2`, or empty when unknown.
+    pub fn label(self) -> &'static str {
+        match self {
+            Version::Http10 => "1.0",
+            Version::Http11 => "1.1",
+            Version::Http2 => "2",
+            Version::Unknown => "",
+        }
+    }
+}
+
 /// How an HTTP exchange was seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -74,6 +96,7 @@ pub struct HttpExchange {
     pub end_ns: u64,
     /// The standard methods are static strings (see [`method_name`]): no allocation.
     pub method: Cow<'static, str>,
+    pub version: Version,
     /// Raw path, without query string or fragment; `/` when absent, the path of an
     /// absolute-form target, `*` for the asterisk form. At most [`MAX_PATH_BYTES`] bytes.
     /// Never use it as a metric label: see [`route::route`].
@@ -163,6 +186,7 @@ impl From<ParseError> for super::ParseError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attributes {
     pub method: Cow<'static, str>,
+    pub version: Version,
     /// Raw path (see [`HttpExchange::path`]); metrics and span names use its route.
     pub path: String,
     pub status: Option<u16>,
@@ -191,6 +215,12 @@ impl super::ProtocolAttributes for Attributes {
             Value::Str(Cow::Owned(route::route(&self.path))),
         ));
         out.push((key::URL_PATH, Value::Str(Cow::Owned(self.path.clone()))));
+        if self.version != Version::Unknown {
+            out.push((
+                key::NETWORK_PROTOCOL_VERSION,
+                Value::Str(Cow::Borrowed(self.version.label())),
+            ));
+        }
         if let Some(status) = self.status {
             out.push((
                 key::HTTP_RESPONSE_STATUS_CODE,
@@ -232,6 +262,7 @@ impl HttpExchange {
             context,
             attributes: super::Attributes::Http1(Attributes {
                 method: self.method,
+                version: self.version,
                 path: self.path,
                 status: self.status,
             }),
@@ -241,7 +272,7 @@ impl HttpExchange {
 
 /// Detection: does the chunk start like a request (read by a server, written by a client) or a
 /// response (the other way)?
-pub fn detect(side: Side, dir: Direction, first_payload: &[u8]) -> Verdict {
+pub fn detect(side: Side, dir: Direction, first_payload: &[u8], _midstream: bool) -> Verdict {
     let is_request = dir == side.request_direction();
     match plausible_start(is_request, first_payload) {
         Plausible::Yes => Verdict::Yes,
@@ -475,6 +506,7 @@ struct Pending {
 #[derive(Debug)]
 struct RequestLine {
     method: Cow<'static, str>,
+    version: Version,
     path: String,
 }
 
@@ -852,6 +884,11 @@ fn parse_request_head(buf: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
                 head: RequestHead {
                     line: RequestLine {
                         method: method_name(method),
+                        version: match req.version {
+                            Some(0) => Version::Http10,
+                            Some(1) => Version::Http11,
+                            _ => Version::Unknown,
+                        },
                         path: request_path(target),
                     },
                     headers: kept,
@@ -903,8 +940,17 @@ fn partial_request_line(head: &[u8]) -> Option<RequestLine> {
     if target.is_empty() || !target.iter().all(u8::is_ascii_graphic) {
         return None;
     }
+    let after = rest.get(end..).unwrap_or_default();
+    let version = if after.starts_with(b" HTTP/1.1") {
+        Version::Http11
+    } else if after.starts_with(b" HTTP/1.0") {
+        Version::Http10
+    } else {
+        Version::Unknown
+    };
     Some(RequestLine {
         method: method_name(&String::from_utf8_lossy(method)),
+        version,
         path: request_path(&String::from_utf8_lossy(target)),
     })
 }
@@ -1216,6 +1262,7 @@ impl Http1Parser {
             start_ns: request.start_ns,
             end_ns,
             method: line.method,
+            version: line.version,
             path: line.path,
             status: Some(response.status),
             request_body_bytes: request.body_bytes,
@@ -1749,6 +1796,7 @@ impl Http1Parser {
                 start_ns: pending.start_ns,
                 end_ns: ts_ns,
                 method: line.method,
+                version: line.version,
                 path: line.path,
                 status: None,
                 request_body_bytes: pending.body_bytes,

@@ -40,6 +40,8 @@ pub struct ServerLabels {
     pub http_request_method: Cow<'static, str>,
     pub http_response_status_code: Cow<'static, str>,
     pub http_route: String,
+    /// `1.0`, `1.1` or `2` (empty, so absent, when the request line was cut before it).
+    pub network_protocol_version: &'static str,
     #[prometheus(flatten)]
     pub k8s: K8sLabels,
 }
@@ -53,6 +55,7 @@ pub struct ClientLabels {
     /// Shared with the connection, which formats its peer's address once.
     pub server_address: Arc<str>,
     pub server_port: u16,
+    pub network_protocol_version: &'static str,
     #[prometheus(flatten)]
     pub k8s: K8sLabels,
 }
@@ -64,6 +67,7 @@ pub struct ServerView<'a> {
     method: &'a str,
     status: &'a str,
     route: &'a str,
+    version: &'static str,
     pod: Option<&'a PodMeta>,
 }
 
@@ -76,6 +80,7 @@ impl SeriesKey for ServerLabels {
             method: &self.http_request_method,
             status: &self.http_response_status_code,
             route: &self.http_route,
+            version: self.network_protocol_version,
             pod: self.k8s.0.as_deref(),
         }
     }
@@ -85,6 +90,7 @@ impl SeriesKey for ServerLabels {
             && same_str(&self.http_request_method, v.method)
             && same_str(&self.http_response_status_code, v.status)
             && same_str(&self.http_route, v.route)
+            && self.network_protocol_version == v.version
             && same_pod(self.k8s.0.as_deref(), v.pod)
     }
 }
@@ -97,6 +103,7 @@ pub struct ClientView<'a> {
     status: &'a str,
     server_address: &'a str,
     server_port: u16,
+    version: &'static str,
     pod: Option<&'a PodMeta>,
 }
 
@@ -110,12 +117,14 @@ impl SeriesKey for ClientLabels {
             status: &self.http_response_status_code,
             server_address: &self.server_address,
             server_port: self.server_port,
+            version: self.network_protocol_version,
             pod: self.k8s.0.as_deref(),
         }
     }
 
     fn matches(&self, v: &ClientView<'_>) -> bool {
         self.server_port == v.server_port
+            && self.network_protocol_version == v.version
             && same_str(&self.service_name, v.service_name)
             && same_str(&self.http_request_method, v.method)
             && same_str(&self.http_response_status_code, v.status)
@@ -206,6 +215,7 @@ impl RedMetrics for Red {
                     method: &a.method,
                     status: &status,
                     route: &self.route,
+                    version: a.version.label(),
                     pod: at.pod.map(|p| &**p),
                 };
                 let admitted = self.server_series.admit(
@@ -216,6 +226,7 @@ impl RedMetrics for Red {
                         http_request_method: a.method.clone(),
                         http_response_status_code: status.clone(),
                         http_route: self.route.clone(),
+                        network_protocol_version: a.version.label(),
                         k8s: K8sLabels(at.pod.cloned()),
                     },
                     |l| ServerLabels {
@@ -250,6 +261,7 @@ impl RedMetrics for Red {
                     status: &status,
                     server_address,
                     server_port: at.server.port(),
+                    version: a.version.label(),
                     pod: at.pod.map(|p| &**p),
                 };
                 let admitted = self.client_series.admit(
@@ -264,6 +276,7 @@ impl RedMetrics for Red {
                             .cloned()
                             .unwrap_or_else(|| server_address.into()),
                         server_port: at.server.port(),
+                        network_protocol_version: a.version.label(),
                         k8s: K8sLabels(at.pod.cloned()),
                     },
                     |l| ClientLabels {
@@ -374,6 +387,7 @@ mod tests {
     fn exchange(status: Option<u16>, path: &str) -> (Exchange, Attributes) {
         let a = Attributes {
             method: "GET".into(),
+            version: crate::protocol::http1::Version::Http11,
             path: path.into(),
             status,
         };
@@ -455,7 +469,7 @@ mod tests {
             sample(
                 &registry,
                 "http_server_request_duration_seconds_count",
-                &format!(r#"http_route="/users/*",k8s_namespace_name="shop",k8s_pod_name="{pod}""#),
+                &format!(r#"http_route="/users/*",network_protocol_version="1.1",k8s_namespace_name="shop",k8s_pod_name="{pod}""#),
             )
         };
         assert_eq!(series("web-1"), 2.0);

@@ -1032,6 +1032,7 @@ fn neutral_exchange_outcome_error_type_and_context() {
         start_ns: 1,
         end_ns: 2,
         method: "GET".into(),
+        version: Version::Http11,
         path: "/users/123".into(),
         status,
         request_body_bytes: 3,

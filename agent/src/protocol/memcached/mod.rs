@@ -149,7 +149,7 @@ const DETECT_REPLIES: [&[u8]; 11] = [
 
 /// Detection: a command line (or a binary request) read by a server or written by a client; a
 /// distinctive reply (or a binary response) the other way.
-pub fn detect(side: Side, dir: Direction, first: &[u8]) -> Verdict {
+pub fn detect(side: Side, dir: Direction, first: &[u8], _midstream: bool) -> Verdict {
     let request = dir == side.request_direction();
     match binary_header(request, first) {
         Verdict::No => {}
@@ -679,7 +679,7 @@ impl Parser {
     ) {
         self.last_reply_ns = ts;
         if self.resp_state == State::Skip {
-            if detect(self.side, reply_dir(self.side), payload) == Verdict::No
+            if detect(self.side, reply_dir(self.side), payload, false) == Verdict::No
                 && !payload.starts_with(b"ERROR")
                 && !payload.first().is_some_and(u8::is_ascii_uppercase)
             {

@@ -179,7 +179,7 @@ impl From<ParseError> for super::ParseError {
 }
 
 /// Detection: the server's greeting (HandshakeV10), written by a server, read by a client.
-pub fn detect(side: Side, dir: Direction, first: &[u8]) -> Verdict {
+pub fn detect(side: Side, dir: Direction, first: &[u8], _midstream: bool) -> Verdict {
     if dir == side.request_direction() {
         return Verdict::No;
     }

@@ -700,14 +700,14 @@ fn detection_is_the_greeting_on_the_server_to_client_direction() {
     ];
     for (side, dir, bytes, want) in cases {
         assert_eq!(
-            detect(*side, *dir, bytes),
+            detect(*side, *dir, bytes, false),
             *want,
             "{side:?} {dir:?} {bytes:?}"
         );
     }
     // The registry finds it after HTTP/1.
     assert_eq!(
-        crate::protocol::detect(Side::Client, Ingress, greeting),
+        crate::protocol::detect(Side::Client, Ingress, greeting, false),
         crate::protocol::Detection::Found(crate::protocol::Protocol::Mysql)
     );
 }

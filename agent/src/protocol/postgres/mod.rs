@@ -98,7 +98,7 @@ fn keep_backend(kind: u8) -> usize {
 /// Detection, on the client's direction only: a startup packet (StartupMessage 3.x,
 /// SSLRequest, GSSENCRequest, CancelRequest), or on a connection found mid-stream a `Q` or `P`
 /// message with a sane length and text after it.
-pub fn detect(side: Side, dir: Direction, first: &[u8]) -> Verdict {
+pub fn detect(side: Side, dir: Direction, first: &[u8], _midstream: bool) -> Verdict {
     if dir != side.request_direction() {
         return Verdict::No;
     }

@@ -396,7 +396,7 @@ fn a_connection_found_mid_stream_pairs_from_a_plausible_boundary() {
         (false, 6, [complete("UPDATE 1"), ready()].concat()),
     ];
     assert_eq!(
-        detect(Side::Server, Direction::Egress, &ios[0].2),
+        detect(Side::Server, Direction::Egress, &ios[0].2, false),
         Verdict::No
     );
     let run = replay(Side::Server, &ios[1..], Some(7), Mode::Whole);
@@ -408,11 +408,11 @@ fn a_connection_found_mid_stream_pairs_from_a_plausible_boundary() {
         ]
     );
     assert_eq!(
-        detect(Side::Server, Direction::Ingress, &ios[1].2),
+        detect(Side::Server, Direction::Ingress, &ios[1].2, false),
         Verdict::Yes
     );
     assert_eq!(
-        detect(Side::Server, Direction::Egress, &ios[3].2),
+        detect(Side::Server, Direction::Egress, &ios[3].2, false),
         Verdict::No
     );
 }
@@ -459,7 +459,7 @@ fn statements_split_outside_quotes_and_comments() {
 #[test]
 fn detection() {
     use Direction::{Egress, Ingress};
-    let d = |side, dir, b: &[u8]| detect(side, dir, b);
+    let d = |side, dir, b: &[u8]| detect(side, dir, b, false);
     assert_eq!(d(Side::Server, Ingress, &startup()), Verdict::Yes);
     assert_eq!(d(Side::Client, Egress, &startup()), Verdict::Yes);
     assert_eq!(d(Side::Client, Ingress, &startup()), Verdict::No);

@@ -61,7 +61,7 @@ const REPLY_KEEP: Keep = Keep {
 
 /// Detection: a RESP request (`*<n>\r\n$`) or an inline command (a Redis command word, then a
 /// space or the line end) read by a server or written by a client; a RESP reply the other way.
-pub fn detect(side: Side, dir: Direction, first: &[u8]) -> Verdict {
+pub fn detect(side: Side, dir: Direction, first: &[u8], _midstream: bool) -> Verdict {
     if dir == side.request_direction() {
         request_start(first)
     } else {

@@ -566,7 +566,7 @@ fn detection() {
     ];
     for (side, dir, bytes, want) in cases {
         assert_eq!(
-            detect(*side, *dir, bytes),
+            detect(*side, *dir, bytes, false),
             *want,
             "{side:?} {dir:?} {:?}",
             String::from_utf8_lossy(bytes)
