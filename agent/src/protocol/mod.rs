@@ -110,6 +110,17 @@ impl Exchange {
         self.outcome.failed(side)
     }
 
+    /// Whether its connection carries many exchanges at once (HTTP/2 streams): then the
+    /// thread that did its I/O serves other requests in the same time window, and a request
+    /// made by that thread cannot be tied to this one by time.
+    pub fn multiplexed(&self) -> bool {
+        match &self.attributes {
+            Attributes::Http2(_) => true,
+            Attributes::Http1(a) => a.version == http1::Version::Http2,
+            _ => false,
+        }
+    }
+
     /// What went wrong, low-cardinality: `no response`, or the protocol's error type (an HTTP
     /// status code, a SQLSTATE...).
     pub fn error_type(&self) -> Cow<'static, str> {

@@ -10,6 +10,9 @@
 //!    parent is the CLIENT span of the same request.
 //! 3. A CLIENT span sent by a thread that is serving an inbound request, inside that request's
 //!    time window, is a child of that SERVER span (thread-per-request servers, event loops).
+//!    Not a SERVER span of a multiplexed connection (HTTP/2, gRPC): its I/O thread serves many
+//!    calls at once, so time cannot tell which one a request belongs to; without a context in
+//!    the request the CLIENT span stays a root (counted), never in another call's trace.
 //!    The SERVER span may have been emitted already: a CLIENT exchange that only its close
 //!    completes (a response body ending at the close, as proxies' HTTP/1.0 upstreams get)
 //!    arrives after the request it served was answered. Emitted SERVER spans are remembered
@@ -315,6 +318,10 @@ impl SpanAssembler {
         let Some(node) = self.nodes.get(&key) else {
             return;
         };
+        // Many calls share the I/O thread of a multiplexed connection: the rule does not hold.
+        if node.input.exchange.multiplexed() {
+            return;
+        }
         let thread = (node.input.pid, node.input.tid);
         let (start, end) = (node.input.exchange.start_ns, node.input.exchange.end_ns);
         let Some(waiting) = self.clients_by_thread.get_mut(&thread) else {
@@ -401,7 +408,7 @@ impl SpanAssembler {
         parent_id: Option<u64>,
         outputs: &Outputs,
     ) {
-        if self.emitted_count >= MAX_RECENT {
+        if self.emitted_count >= MAX_RECENT || node.input.exchange.multiplexed() {
             return;
         }
         let recent = self
