@@ -59,7 +59,21 @@ pub mod flags {
     /// The connection's first bytes were a TLS record: its later data events carry no payload
     /// (nothing in them can be parsed without the keys), only their byte counts.
     pub const TLS: u8 = 2;
+    /// The connection carries HTTP/2 (its client preface was seen): its header blocks must be
+    /// seen whole to keep HPACK in step, so each of its syscalls is captured whole, in up to
+    /// [`super::HTTP2_CHUNKS`] events of up to [`super::MAX_CAPTURE`] bytes.
+    pub const HTTP2: u8 = 4;
+    /// Event flag: more events carrying the same syscall's following bytes come next.
+    pub const MORE: u8 = 8;
+    /// Event flag: this event carries the bytes of the previous event's syscall from
+    /// `captured` onwards; its `bytes` are those left of the syscall from its first byte, and
+    /// were already counted by the first event.
+    pub const CONTINUATION: u8 = 16;
 }
+
+/// Most events one syscall of an HTTP/2 connection is captured in (see [`flags::HTTP2`]):
+/// 64 KiB, four maximum-size frames.
+pub const HTTP2_CHUNKS: u32 = 16;
 
 /// The syscall a data event came from.
 pub mod syscall {
@@ -85,7 +99,10 @@ pub mod stat {
     pub const RETRANSMIT_UNTRACKED: u32 = MAP_FAIL_BASE + super::map_id::COUNT;
     /// Data events of TLS connections sent without their payload (see [`super::flags::TLS`]).
     pub const TLS_PAYLOAD_SKIPPED: u32 = RETRANSMIT_UNTRACKED + 1;
-    pub const COUNT: u32 = TLS_PAYLOAD_SKIPPED + 1;
+    /// An HTTP/2 syscall whose next chunk could not be sent: the tail call failed, or its
+    /// bytes could not be read.
+    pub const CONTINUATION_FAILED: u32 = TLS_PAYLOAD_SKIPPED + 1;
+    pub const COUNT: u32 = CONTINUATION_FAILED + 1;
 }
 
 /// Maps that count failed inserts.

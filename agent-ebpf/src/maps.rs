@@ -3,10 +3,10 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use meshtap_common::{
-    ConnState, ConnectArgs, DataEvent, KernelOffsets, MAX_CAPTURE, ProbeConfig, stat,
+    ConnState, ConnectArgs, DataEvent, IoArgs, KernelOffsets, MAX_CAPTURE, ProbeConfig, stat,
 };
 
 /// All events, in production order.
@@ -96,6 +96,25 @@ pub struct DataScratch {
 
 #[map]
 pub static DATA_SCRATCH: PerCpuArray<DataScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where the capture of an HTTP/2 syscall stands between the tail calls of `data_continue`,
+/// which sends it chunk by chunk (the data event header stays in `DATA_SCRATCH`).
+#[repr(C)]
+pub struct Continuation {
+    pub args: IoArgs,
+    pub bytes: u64,
+    pub offset: u64,
+    pub chunk: u32,
+    pub flags: u8,
+    pub _pad: [u8; 3],
+}
+
+#[map]
+pub static CONTINUATION: PerCpuArray<Continuation> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slot 0: `data_continue`, installed by the agent at load time.
+#[map]
+pub static TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// Written by the agent at load time (`EbpfLoader::set_global`).
 #[unsafe(no_mangle)]

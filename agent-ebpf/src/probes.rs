@@ -12,13 +12,14 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use meshtap_common::{
-    AF_INET, AF_INET6, ConnEvent, ConnState, ConnectArgs, DataEventHeader, IoArgs, MAX_CAPTURE,
-    MAX_IOV, Tuple, direction, flags, kind, map_id, role, stat, syscall,
+    AF_INET, AF_INET6, ConnEvent, ConnState, ConnectArgs, DataEventHeader, HTTP2_CHUNKS, IoArgs,
+    MAX_CAPTURE, MAX_IOV, Tuple, direction, flags, kind, map_id, role, stat, syscall,
 };
 
 use crate::{
     maps::{
-        CONNECT_ARGS, CONNS, DATA_SCRATCH, EVENTS, RETRANSMIT_DONE, SET_STATE_DONE, count, global,
+        CONNECT_ARGS, CONNS, CONTINUATION, DATA_SCRATCH, EVENTS, RETRANSMIT_DONE, SET_STATE_DONE, TAIL,
+        count, global,
         mark_handled, next_conn_id, pending_bytes, take_handled, wakeup_flags_for,
     },
     sock::{
@@ -735,11 +736,17 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
     // TLS: nothing after the first record can be parsed, so nothing is copied (the first
     // event still carries its bytes, for the agent to see it is not a protocol it parses).
     let skip = scratch.event.head.header.flags & flags::TLS != 0;
+    let mut http2 = scratch.event.head.header.flags & flags::HTTP2 != 0;
     let captured = if skip {
         count(stat::TLS_PAYLOAD_SKIPPED);
         0
     } else {
-        copy_payload(scratch, &args, bytes)
+        let cap = if http2 {
+            MAX_CAPTURE as u64
+        } else {
+            global!(CONFIG.capture_bytes) as u64
+        };
+        copy_payload(scratch, &args, bytes, 0, cap)
     };
     scratch.event.head.captured = captured as u32;
     if !skip
@@ -753,7 +760,107 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
         // SAFETY: valid map value pointer for the duration of the program.
         unsafe { (*state).flags |= flags::TLS };
     }
-    let len = (HEADER + captured) as u64;
+    if !skip
+        && !http2
+        && captured >= HTTP2_PREFACE.len()
+        && scratch.event.head.header.conn_id != 0
+        && is_http2_preface(&scratch.event.payload)
+        && let Some(state) = CONNS.get_ptr_mut(&sk)
+    {
+        // SAFETY: valid map value pointer for the duration of the program.
+        unsafe { (*state).flags |= flags::HTTP2 };
+        scratch.event.head.header.flags |= flags::HTTP2;
+        http2 = true;
+    }
+    let more = http2 && captured > 0 && (captured as u64) < bytes;
+    if more {
+        scratch.event.head.header.flags |= flags::MORE;
+    }
+    if !emit_data(scratch, sk, captured) || !more {
+        return Ok(0);
+    }
+    // The rest of an HTTP/2 syscall, chunk by chunk, in `data_continue` (a tail call: its copy
+    // loop verified once, not once per chunk): header blocks anywhere in it stay whole.
+    let Some(cont) = CONTINUATION.get_ptr_mut(0) else {
+        return Ok(0);
+    };
+    // SAFETY: per-CPU value, valid for the whole program run and not shared.
+    let cont = unsafe { &mut *cont };
+    cont.args = args;
+    cont.bytes = bytes;
+    cont.offset = captured as u64;
+    cont.chunk = 1;
+    cont.flags = scratch.event.head.header.flags & !flags::MORE;
+    // SAFETY: a tail call replaces this program with `data_continue` on the same CPU, which
+    // finds the state above; it returns only if the slot is empty (counted).
+    unsafe { TAIL.tail_call(ctx, 0) };
+    // Only reached when the tail call failed.
+    count(stat::CONTINUATION_FAILED);
+    Ok(0)
+}
+
+/// Sends the next chunk of an HTTP/2 syscall whose first event `try_exit_io` sent, then tail-
+/// calls itself for the next one (see `flags::HTTP2`).
+#[tracepoint]
+pub fn data_continue(ctx: TracePointContext) -> u32 {
+    match try_continue(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn try_continue(ctx: &TracePointContext) -> Result<u32, u32> {
+    let cont = CONTINUATION.get_ptr_mut(0).ok_or(0u32)?;
+    // SAFETY: per-CPU value, valid for the whole program run and not shared.
+    let cont = unsafe { &mut *cont };
+    let scratch = DATA_SCRATCH.get_ptr_mut(0).ok_or(0u32)?;
+    // SAFETY: as above; it still holds the header of the syscall's first event.
+    let scratch = unsafe { &mut *scratch };
+    let (bytes, offset, sk) = (cont.bytes, cont.offset, cont.args.sk);
+    if cont.chunk >= HTTP2_CHUNKS || offset >= bytes {
+        return Ok(0);
+    }
+    let args = cont.args;
+    let n = copy_payload(scratch, &args, bytes, offset, MAX_CAPTURE as u64);
+    if n == 0 {
+        count(stat::CONTINUATION_FAILED);
+        return Ok(0);
+    }
+    let more = offset + (n as u64) < bytes && cont.chunk + 1 < HTTP2_CHUNKS;
+    let head = &mut scratch.event.head;
+    head.header.flags = cont.flags | flags::CONTINUATION;
+    if more {
+        head.header.flags |= flags::MORE;
+    }
+    head.bytes = bytes - offset;
+    head.captured = n as u32;
+    if let Some(state) = CONNS.get_ptr_mut(&sk) {
+        // SAFETY: valid map value pointer for the duration of the program.
+        unsafe {
+            head.seq = (*state).data_events;
+            (*state).data_events += 1;
+        }
+    }
+    if !emit_data(scratch, sk, n) || !more {
+        return Ok(0);
+    }
+    cont.offset = offset + n as u64;
+    cont.chunk += 1;
+    // SAFETY: see `try_exit_io`.
+    unsafe { TAIL.tail_call(ctx, 0) };
+    // Only reached when the tail call failed.
+    count(stat::CONTINUATION_FAILED);
+    Ok(0)
+}
+
+/// Sends the scratch data event with `captured` payload bytes; counts it lost if the ring (or
+/// its data share) is full. Returns whether it was sent.
+#[inline(always)]
+fn emit_data(scratch: &mut crate::maps::DataScratch, sk: u64, captured: usize) -> bool {
+    let len = (HEADER + (captured & (MAX_CAPTURE * 2 - 1))) as u64;
+    if len > (HEADER + MAX_CAPTURE) as u64 {
+        return false;
+    }
     // The last part of the ring is kept for connection events (see `ProbeConfig`): past the
     // limit a data event is lost exactly as if the ring were full.
     let pending = pending_bytes();
@@ -777,8 +884,25 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
             // SAFETY: valid map value pointer for the duration of the program.
             unsafe { (*state).data_events_lost += 1 };
         }
+        return false;
     }
-    Ok(0)
+    true
+}
+
+/// The first line of the HTTP/2 client connection preface (RFC 9113 §3.4).
+const HTTP2_PREFACE: &[u8; 16] = b"PRI * HTTP/2.0\r\n";
+
+/// Whether `payload` starts with the HTTP/2 client preface.
+#[inline(always)]
+fn is_http2_preface(payload: &[u8; MAX_CAPTURE]) -> bool {
+    let mut i = 0;
+    while i < HTTP2_PREFACE.len() {
+        if payload[i] != HTTP2_PREFACE[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Whether `payload` starts like a TLS handshake record: content type 22, version 3.x
@@ -789,15 +913,25 @@ fn is_tls_record(payload: &[u8; MAX_CAPTURE]) -> bool {
     payload[0] == 0x16 && payload[1] == 0x03 && payload[2] <= 0x04
 }
 
-/// Copies up to `capture_bytes` of the payload into the scratch event; returns the count.
+/// Copies up to `cap` (at most `MAX_CAPTURE`) bytes of the payload, from byte `offset` of what
+/// the syscall moved, into the scratch event; returns the count.
 #[inline(always)]
-fn copy_payload(scratch: &mut crate::maps::DataScratch, args: &IoArgs, bytes: u64) -> usize {
-    let mut cap = global!(CONFIG.capture_bytes) as u64;
+fn copy_payload(
+    scratch: &mut crate::maps::DataScratch,
+    args: &IoArgs,
+    bytes: u64,
+    offset: u64,
+    cap: u64,
+) -> usize {
+    let mut cap = cap;
     if cap > MAX_CAPTURE as u64 {
         cap = MAX_CAPTURE as u64;
     }
-    if cap > bytes {
-        cap = bytes;
+    if offset >= bytes {
+        return 0;
+    }
+    if cap > bytes - offset {
+        cap = bytes - offset;
     }
     if cap == 0 || args.buf == 0 {
         return 0;
@@ -811,11 +945,15 @@ fn copy_payload(scratch: &mut crate::maps::DataScratch, args: &IoArgs, bytes: u6
             }
             // SAFETY: `n <= MAX_CAPTURE` bytes into the payload array; a bad user pointer makes
             // the helper fail without side effects.
-            let rc = unsafe { probe_read_user_raw(base as *mut _, n, args.buf as *const _) };
+            let rc = unsafe {
+                probe_read_user_raw(base as *mut _, n, (args.buf + offset) as *const _)
+            };
             if rc == 0 { n as usize } else { 0 }
         }
         syscall::READV | syscall::WRITEV | syscall::RECVMSG | syscall::SENDMSG => {
             let mut done: u64 = 0;
+            // Bytes of the iovecs still to pass over before copying starts.
+            let mut skip = offset;
             let mut i: u32 = 0;
             while i < MAX_IOV {
                 if i as u64 >= args.iovcnt || done >= cap {
@@ -829,9 +967,14 @@ fn copy_payload(scratch: &mut crate::maps::DataScratch, args: &IoArgs, bytes: u6
                 else {
                     break;
                 };
+                i += 1;
+                if skip >= iov_len {
+                    skip -= iov_len;
+                    continue;
+                }
                 let mut n = cap - done;
-                if iov_len < n {
-                    n = iov_len;
+                if iov_len - skip < n {
+                    n = iov_len - skip;
                 }
                 let off = (done as u32) & (MAX_CAPTURE as u32 - 1);
                 let n = (n as u32) & (MAX_CAPTURE as u32 * 2 - 1);
@@ -845,15 +988,15 @@ fn copy_payload(scratch: &mut crate::maps::DataScratch, args: &IoArgs, bytes: u6
                         probe_read_user_raw(
                             base.add(off as usize) as *mut _,
                             n,
-                            iov_base as *const _,
+                            (iov_base + skip) as *const _,
                         )
                     };
                     if rc != 0 {
                         break;
                     }
                 }
+                skip = 0;
                 done += n as u64;
-                i += 1;
             }
             if done > cap {
                 cap as usize

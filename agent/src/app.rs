@@ -453,6 +453,8 @@ fn refresh_kernel_metrics(maps: &mut KernelMaps, metrics: &KernelMetrics) {
     metrics.kernel_counter(slot, stats[slot], &metrics.retransmits_untracked);
     let slot = stat::TLS_PAYLOAD_SKIPPED as usize;
     metrics.kernel_counter(slot, stats[slot], &metrics.tls_payload_skipped);
+    let slot = stat::CONTINUATION_FAILED as usize;
+    metrics.kernel_counter(slot, stats[slot], &metrics.http2_continuations_failed);
 
     let entries = [
         ("conns", maps.conns.keys().count()),

@@ -165,7 +165,12 @@ pub enum Event {
     )]
     Data {
         meta: Meta,
+        /// Bytes the syscall moved; 0 in a continuation event (the first event counted them).
         bytes: u64,
+        /// Bytes the parser is to take this event for: what the syscall moved from this
+        /// event's first byte, or only the captured ones when more events of the same
+        /// syscall follow (HTTP/2 connections are captured whole, in chunks).
+        parse_bytes: u64,
         seq: u64,
         direction: Direction,
         syscall: u8,
@@ -363,9 +368,13 @@ pub fn decode(bytes: &[u8], payloads: &mut Vec<u8>) -> Result<Event, DecodeError
                 len: captured as u32,
             };
             payloads.extend_from_slice(&bytes[start..start + captured]);
+            let event_flags = head.header.flags;
+            let continuation = event_flags & meshtap_common::flags::CONTINUATION != 0;
+            let more = event_flags & meshtap_common::flags::MORE != 0;
             Ok(Event::Data {
                 meta,
-                bytes: head.bytes,
+                bytes: if continuation { 0 } else { head.bytes },
+                parse_bytes: if more { captured as u64 } else { head.bytes },
                 seq: head.seq,
                 direction: Direction::from_kernel(head.direction),
                 syscall: head.syscall,

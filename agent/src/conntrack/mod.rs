@@ -308,13 +308,18 @@ impl ConnTable {
             Event::Data {
                 meta,
                 bytes,
+                parse_bytes,
                 seq,
                 direction,
                 payload,
                 ..
             } => {
-                let (bytes, direction) = (*bytes, *direction);
-                self.data(meta, bytes, direction);
+                let direction = *direction;
+                // A continuation event's bytes were counted with its syscall's first event.
+                if *bytes > 0 {
+                    self.data(meta, *bytes, direction);
+                }
+                let bytes = *parse_bytes;
                 let payload = payload.of(payloads);
                 if meta.conn_id == 0 && !self.closing.is_empty() {
                     self.parse_after_close(meta, bytes, direction, payload);
@@ -1210,6 +1215,7 @@ mod tests {
         Event::Data {
             meta,
             bytes: payload.len() as u64,
+            parse_bytes: payload.len() as u64,
             seq,
             direction,
             syscall: 1,
@@ -1307,6 +1313,7 @@ mod tests {
         table.handle(Event::Data {
             meta: meta(1, Role::Client, "10.0.0.1:5000", "10.0.0.2:8080", "cli", 1),
             bytes: 10,
+            parse_bytes: 10,
             seq: 0,
             direction: Direction::Egress,
             syscall: 1,
@@ -1681,6 +1688,7 @@ mod tests {
             table.handle(Event::Data {
                 meta: second.clone(),
                 bytes: 10,
+                parse_bytes: 10,
                 seq,
                 direction: Direction::Egress,
                 syscall: 1,
@@ -1727,6 +1735,7 @@ mod tests {
         table.handle(Event::Data {
             meta: third.clone(),
             bytes: 7,
+            parse_bytes: 7,
             seq: 0,
             direction: Direction::Egress,
             syscall: 1,
@@ -1833,6 +1842,7 @@ mod tests {
         table.handle(Event::Data {
             meta: drained,
             bytes: 7,
+            parse_bytes: 7,
             seq: 0,
             direction: Direction::Ingress,
             syscall: 0,

@@ -14,7 +14,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{RawTracePoint, TracePoint},
 };
 use meshtap_common::{ConnState, ConnectArgs, KernelOffsets, ProbeConfig, stat};
@@ -396,6 +396,36 @@ pub fn load(
                 })?;
             attached += 1;
         }
+    }
+
+    // The tail-call target that sends the rest of an HTTP/2 syscall: loaded, not attached.
+    {
+        let program = "data_continue";
+        let prog: &mut TracePoint = ebpf
+            .program_mut(program)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(LoadError::MissingProgram { program })?;
+        prog.load().map_err(|source| LoadError::Verify {
+            program,
+            source: Box::new(source),
+        })?;
+        let fd = prog
+            .fd()
+            .map_err(|source| LoadError::Verify {
+                program,
+                source: Box::new(source),
+            })?
+            .try_clone()
+            .map_err(|e| LoadError::Verify {
+                program,
+                source: Box::new(aya::programs::ProgramError::from(e)),
+            })?;
+        let mut tail: ProgramArray<&mut MapData> = ebpf
+            .map_mut("TAIL")
+            .and_then(|m| m.try_into().ok())
+            .ok_or(LoadError::MissingMap { map: "TAIL" })?;
+        tail.set(0, &fd, 0)
+            .map_err(|_| LoadError::MissingMap { map: "TAIL" })?;
     }
 
     // Softirq-side hooks are raw tracepoints (per-program recursion guard, see agent-ebpf).

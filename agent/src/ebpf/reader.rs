@@ -213,6 +213,7 @@ mod tests {
         Event::Data {
             meta: meta(),
             bytes: 3,
+            parse_bytes: 3,
             seq: 0,
             direction: Direction::Egress,
             syscall: 1,

@@ -19,6 +19,7 @@ pub mod name {
     pub const MAP_ENTRIES: &str = "meshtap_map_entries";
     pub const RETRANSMITS_UNTRACKED: &str = "meshtap_retransmits_untracked";
     pub const TLS_PAYLOAD_SKIPPED: &str = "meshtap_tls_payload_skipped_events";
+    pub const HTTP2_CONTINUATIONS_FAILED: &str = "meshtap_http2_capture_continuations_failed";
     pub const PROGRAMS_ATTACHED: &str = "meshtap_programs_attached";
     pub const PROGRAM_MISSES: &str = "meshtap_ebpf_program_misses";
     pub const PROGRAM_RUNS: &str = "meshtap_ebpf_program_runs";
@@ -56,6 +57,7 @@ pub struct KernelMetrics {
     pub map_entries: Family<MapLabels, Gauge>,
     pub retransmits_untracked: Counter,
     pub tls_payload_skipped: Counter,
+    pub http2_continuations_failed: Counter,
     pub programs_attached: Gauge,
     pub program_misses: Family<ProgramLabels, Counter>,
     pub program_runs: Family<ProgramLabels, Counter>,
@@ -101,6 +103,11 @@ impl KernelMetrics {
             name::TLS_PAYLOAD_SKIPPED,
             "Data events of TLS connections the kernel sent without payload: after the first TLS record nothing can be parsed, so nothing is copied (their bytes are still counted)",
             m.tls_payload_skipped.clone(),
+        );
+        registry.register(
+            name::HTTP2_CONTINUATIONS_FAILED,
+            "HTTP/2 syscalls whose capture stopped early: the next chunk's tail call failed or its bytes could not be read (the parser finds its framing again at a later syscall)",
+            m.http2_continuations_failed.clone(),
         );
         registry.register(
             name::PROGRAMS_ATTACHED,

@@ -131,6 +131,17 @@ pub fn plausible_frames(buf: &[u8]) -> bool {
     frames >= 2 || (frames == 1 && at == buf.len())
 }
 
+/// Whether `buf` starts with a SETTINGS frame (not an acknowledgement), followed by whole
+/// plausible frames: the server connection preface (RFC 9113 §3.4).
+pub fn starts_with_settings(buf: &[u8]) -> bool {
+    let Some(h) = buf.get(..HEADER_LEN) else {
+        return false;
+    };
+    let h: &[u8; HEADER_LEN] = h.try_into().unwrap_or(&[0xff; HEADER_LEN]);
+    let header = FrameHeader::parse(h);
+    header.kind == kind::SETTINGS && header.flags == 0 && plausible_frames(buf)
+}
+
 /// What the framer reports.
 pub enum Event<'a> {
     /// A frame whose payload was consumed: the kept part of it, and whether every kept byte was

@@ -111,7 +111,8 @@ fn di(dir: Direction) -> usize {
 }
 
 /// Detection: the client connection preface, where the observer's role puts it (read by a
-/// server, written by a client). A connection found mid-stream is recognised by frames that
+/// server, written by a client), or the server's (its first SETTINGS frame, written before it
+/// reads the client's). A connection found mid-stream is recognised by frames that
 /// tile its first chunk exactly ([`frame::plausible_frames`]).
 pub fn detect(side: Side, dir: Direction, first: &[u8], midstream: bool) -> Verdict {
     if dir == side.request_direction() {
@@ -123,6 +124,11 @@ pub fn detect(side: Side, dir: Direction, first: &[u8], midstream: bool) -> Verd
                 Verdict::Prefix
             };
         }
+    }
+    // A server writes its SETTINGS as soon as it accepts, often before it reads the client's
+    // preface: the server connection preface (§3.4) tells the connection as well.
+    if dir != side.request_direction() && frame::starts_with_settings(first) {
+        return Verdict::Yes;
     }
     if midstream && frame::plausible_frames(first) {
         return Verdict::Yes;
@@ -835,7 +841,9 @@ impl super::Parser for Parser {
             // Detected from its preface, or from frames on a connection found mid-stream: then
             // both header tables hold state this observer did not see.
             let n = payload.len().min(PREFACE.len());
-            if !(self.is_request(dir) && n > 0 && payload[..n] == PREFACE[..n]) {
+            let preface = self.is_request(dir) && n > 0 && payload[..n] == PREFACE[..n];
+            let server_preface = !self.is_request(dir) && frame::starts_with_settings(payload);
+            if !preface && !server_preface {
                 *self = Self::with_state(self.side, false);
                 self.started = true;
             }

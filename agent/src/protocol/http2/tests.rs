@@ -121,8 +121,11 @@ fn detects_the_preface_where_the_role_puts_it() {
     assert_eq!(detect(Side::Client, Ingress, PREFACE, false), Verdict::No);
     // Frames, only on a connection found mid-stream.
     let frames = [settings(), headers(1, true, &[STATUS_200])].concat();
-    assert_eq!(detect(Side::Client, Ingress, &frames, false), Verdict::No);
-    assert_eq!(detect(Side::Client, Ingress, &frames, true), Verdict::Yes);
+    assert_eq!(detect(Side::Client, Ingress, &frames[9 + 6..], false), Verdict::No);
+    assert_eq!(detect(Side::Client, Ingress, &frames[9 + 6..], true), Verdict::Yes);
+    // The server's SETTINGS, written before it read the client's preface.
+    assert_eq!(detect(Side::Server, Egress, &frames, false), Verdict::Yes);
+    assert_eq!(detect(Side::Server, Egress, &frames[..12], false), Verdict::No);
     assert_eq!(detect(Side::Client, Ingress, b"GET / HTTP/1.1\r\n\r\n", true), Verdict::No);
     assert_eq!(detect(Side::Client, Ingress, &[0; 9], true), Verdict::No);
 }
@@ -146,6 +149,17 @@ fn one_request_from_both_sides() {
         assert_eq!((a.method.as_ref(), a.path.as_str()), ("GET", "/a/1"));
         assert_eq!((a.status, a.version), (Some(200), http1::Version::Http2));
     }
+}
+
+#[test]
+fn a_server_seen_writing_its_settings_first_knows_its_tables() {
+    let resp = [settings(), headers(1, true, &[STATUS_200])].concat();
+    let mut block = request("/first");
+    block.extend(lit_indexed("x-k", "v"));
+    let req = preface_and(&[headers(1, true, &block)]);
+    let (out, errors) = run(Side::Server, &[(Egress, 1, settings()), (Ingress, 2, req), (Egress, 3, resp)], false);
+    assert_eq!(errors, vec![]);
+    assert_eq!(out.len(), 1);
 }
 
 #[test]
