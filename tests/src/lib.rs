@@ -25,6 +25,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod db;
+pub mod h2;
 pub mod http;
 pub mod kube;
 pub mod metrics;
