@@ -12,8 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::agent::{Agent, send_signal};
-use crate::prom::Metrics;
 use crate::process::run_command;
+use crate::prom::Metrics;
 use crate::tempdir::TempDir;
 use crate::try_free_port;
 
@@ -23,7 +23,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 pub const RUN: Duration = Duration::from_secs(120);
 
 /// The files of the docroot [`Nghttpd`] serves: (path, size in bytes).
-pub const FILES: [(&str, usize); 3] = [("/small.txt", 13), ("/page.html", 4096), ("/big.bin", 70_000)];
+pub const FILES: [(&str, usize); 3] = [
+    ("/small.txt", 13),
+    ("/page.html", 4096),
+    ("/big.bin", 70_000),
+];
 /// A path that is not in the docroot: 404.
 pub const MISSING: &str = "/missing.txt";
 
@@ -117,9 +121,9 @@ impl Drop for Daemon {
 }
 
 fn require(program: &str, package: &str) -> io::Result<()> {
-    let found = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|d| d.join(program).is_file())
-    }) || Path::new("/usr/sbin").join(program).is_file();
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        || Path::new("/usr/sbin").join(program).is_file();
     if found {
         Ok(())
     } else {
@@ -202,10 +206,7 @@ pub struct H2load {
 
 fn numbers_before(line: &str, words: &[&str]) -> Option<Vec<u64>> {
     // "requests: 600 total, 600 started, ..." -> the number before each word.
-    let tokens: Vec<&str> = line
-        .split([' ', ','])
-        .filter(|t| !t.is_empty())
-        .collect();
+    let tokens: Vec<&str> = line.split([' ', ',']).filter(|t| !t.is_empty()).collect();
     words
         .iter()
         .map(|w| {
@@ -437,7 +438,12 @@ pub fn report(m: &Metrics, checks: &[Expect], more: &[&str]) -> String {
 
 /// Waits until every check holds in one scrape, then checks again 1.5 s later (nothing counted
 /// late or twice). Returns the last scrape.
-pub fn assert_settled(agent: &Agent, checks: &[Expect], timeout: Duration, more: &[&str]) -> Metrics {
+pub fn assert_settled(
+    agent: &Agent,
+    checks: &[Expect],
+    timeout: Duration,
+    more: &[&str],
+) -> Metrics {
     agent.wait_until(
         timeout,
         |m| mismatches(m, checks).is_empty(),
@@ -452,7 +458,6 @@ pub fn assert_settled(agent: &Agent, checks: &[Expect], timeout: Duration, more:
     );
     m
 }
-
 
 /// The spans of every trace in the agent's built-in store that has a span of `service` (Zipkin's
 /// query API: services are lower case there).

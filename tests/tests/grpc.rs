@@ -140,7 +140,10 @@ fn rpc_checks(
                 deadline += n;
                 continue;
             }
-            assert_ne!(code, CANCELLED, "no call of these tests is cancelled: {calls:?}");
+            assert_ne!(
+                code, CANCELLED,
+                "no call of these tests is cancelled: {calls:?}"
+            );
             if SERVER_ERRORS.contains(&code.parse().expect("numeric code")) {
                 failed += n;
             }
@@ -180,7 +183,11 @@ fn rpc_checks(
         total += per_method;
     }
     checks.extend([
-        expect(count(RPC_SERVER_DURATION), &[("service_name", server)], total as f64),
+        expect(
+            count(RPC_SERVER_DURATION),
+            &[("service_name", server)],
+            total as f64,
+        ),
         expect(
             count(RPC_CLIENT_DURATION),
             &[("service_name", client), ("server_port", &port)],
@@ -192,8 +199,16 @@ fn rpc_checks(
             total as f64,
         ),
         // gRPC is not plain HTTP: nothing of these services in the HTTP families.
-        expect(count(HTTP_SERVER_DURATION), &[("service_name", server)], 0.0),
-        expect(count(HTTP_CLIENT_DURATION), &[("service_name", client)], 0.0),
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &[("service_name", server)],
+            0.0,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &[("service_name", client)],
+            0.0,
+        ),
     ]);
     if deadline == 0 {
         checks.push(expect(
@@ -259,7 +274,10 @@ fn settle(agent: &Agent, plan: &Plan) -> Metrics {
 fn assert_graph_failed(m: &Metrics, client: &str, server: &str, explicit: u64) {
     let deadline_on_server = m.value(
         &count(RPC_SERVER_DURATION),
-        &[("service_name", server), ("rpc_grpc_status_code", DEADLINE_EXCEEDED)],
+        &[
+            ("service_name", server),
+            ("rpc_grpc_status_code", DEADLINE_EXCEEDED),
+        ],
     );
     let failed = m.value(GRAPH_FAILED, &[("client", client), ("server", server)]);
     assert_eq!(
@@ -414,10 +432,7 @@ fn grpcio_spans_follow_traceparent_metadata() {
                 call["trace"].as_str().expect("trace"),
                 call["span"].as_str().expect("span"),
             );
-            let found: Vec<&Value> = servers
-                .iter()
-                .filter(|s| trace_id(s) == trace)
-                .collect();
+            let found: Vec<&Value> = servers.iter().filter(|s| trace_id(s) == trace).collect();
             assert_eq!(
                 found.len(),
                 1,
@@ -528,7 +543,10 @@ fn agent_started_on_an_open_grpc_channel() {
     let done = client.finish(RUN);
     let calls = calls(&done);
     assert_eq!(
-        (calls["Unary"].get("0").copied(), calls["ServerStream"].get("0").copied()),
+        (
+            calls["Unary"].get("0").copied(),
+            calls["ServerStream"].get("0").copied()
+        ),
         (Some(2 * K), Some(FRESH)),
         "the client's calls: {calls:?}"
     );

@@ -195,7 +195,12 @@ fn routes(want: &[(&str, u16)]) -> Routes {
 /// One span per stream and side, tagged like HTTP/1 spans plus `network.protocol.version=2`:
 /// the server's spans are `server_want`, each client's its own list; no two requests in one
 /// trace (many streams share a connection).
-fn assert_http2_spans(agent: &Agent, server_service: &str, server_want: &Routes, clients: &[(&str, Routes)]) {
+fn assert_http2_spans(
+    agent: &Agent,
+    server_service: &str,
+    server_want: &Routes,
+    clients: &[(&str, Routes)],
+) {
     let n: usize = server_want.values().sum();
     let deadline = std::time::Instant::now() + SETTLE;
     let spans = loop {
@@ -203,7 +208,13 @@ fn assert_http2_spans(agent: &Agent, server_service: &str, server_want: &Routes,
         for (c, _) in clients {
             spans.extend(stored_spans(agent, c));
         }
-        spans.sort_by_key(|s| (text(s, "traceId").to_owned(), text(s, "id").to_owned(), kind(s).to_owned()));
+        spans.sort_by_key(|s| {
+            (
+                text(s, "traceId").to_owned(),
+                text(s, "id").to_owned(),
+                kind(s).to_owned(),
+            )
+        });
         spans.dedup_by(|a, b| text(a, "id") == text(b, "id") && kind(a) == kind(b));
         let servers = spans.iter().filter(|s| kind(s) == "SERVER").count();
         if servers >= n || std::time::Instant::now() >= deadline {
@@ -233,10 +244,16 @@ fn assert_http2_spans(agent: &Agent, server_service: &str, server_want: &Routes,
                 "{side} span named {:?} for route {route:?}\n{all}",
                 text(s, "name")
             );
-            *got.entry((route, tag(s, "http.status_code").unwrap_or_default().to_owned()))
-                .or_default() += 1;
+            *got.entry((
+                route,
+                tag(s, "http.status_code").unwrap_or_default().to_owned(),
+            ))
+            .or_default() += 1;
         }
-        assert_eq!(&got, want, "{side} spans of {svc} by (route, status):\n{all}");
+        assert_eq!(
+            &got, want,
+            "{side} spans of {svc} by (route, status):\n{all}"
+        );
     }
     for (trace, t) in by_trace(&spans) {
         let servers = t.iter().filter(|s| kind(s) == "SERVER").count();
@@ -292,7 +309,10 @@ fn nghttp_and_curl_prior_knowledge_against_nginx_http2() {
     want_statuses.sort();
     assert_eq!(got_statuses, want_statuses, "nghttp: {got:?}");
     for (path, status) in statuses {
-        let r = h2::curl(&[format!("http://{listen}{path}")], &["--http2-prior-knowledge"]);
+        let r = h2::curl(
+            &[format!("http://{listen}{path}")],
+            &["--http2-prior-knowledge"],
+        );
         assert_eq!(
             (r[0].status, r[0].version.as_str(), r[0].connects),
             (status, "2", 1),
@@ -320,10 +340,7 @@ fn nghttp_and_curl_prior_knowledge_against_nginx_http2() {
             n(status),
         ));
         let s = status.to_string();
-        for (svc, calls) in [
-            ("nghttp", n(status) - 1),
-            ("curl", 1),
-        ] {
+        for (svc, calls) in [("nghttp", n(status) - 1), ("curl", 1)] {
             checks.push(expect(
                 count(HTTP_CLIENT_DURATION),
                 &[
@@ -364,7 +381,11 @@ fn nghttp_and_curl_prior_knowledge_against_nginx_http2() {
             &[("client", "nghttp"), ("server", NGINX)],
             (n(500) - 1) as f64,
         ),
-        expect(GRAPH_REQUESTS, &[("client", "curl"), ("server", NGINX)], 3.0),
+        expect(
+            GRAPH_REQUESTS,
+            &[("client", "curl"), ("server", NGINX)],
+            3.0,
+        ),
         expect(GRAPH_FAILED, &[("client", "curl"), ("server", NGINX)], 1.0),
     ]);
     // nghttp's connection and curl's three.
@@ -377,7 +398,10 @@ fn nghttp_and_curl_prior_knowledge_against_nginx_http2() {
         &agent,
         NGINX,
         &routes(&all),
-        &[("nghttp", routes(&multiplexed)), ("curl", routes(&statuses))],
+        &[
+            ("nghttp", routes(&multiplexed)),
+            ("curl", routes(&statuses)),
+        ],
     );
     nginx.stop();
 }
@@ -447,7 +471,11 @@ fn curl_and_nghttp_h2c_upgrade_through_nghttpx() {
         ("nghttp", &proxy, 2, 1),
         (PROXY, &backend, 5, 2),
     ] {
-        checks.push(check(&count(HTTP_CLIENT_DURATION), client(svc, dest, 200), ok));
+        checks.push(check(
+            &count(HTTP_CLIENT_DURATION),
+            client(svc, dest, 200),
+            ok,
+        ));
         checks.push(check(
             &count(HTTP_CLIENT_DURATION),
             client(svc, dest, 404),
@@ -455,7 +483,10 @@ fn curl_and_nghttp_h2c_upgrade_through_nghttpx() {
         ));
         checks.push(expect(
             count(HTTP_CLIENT_DURATION),
-            &[("service_name", svc), ("server_port", &dest.port().to_string())],
+            &[
+                ("service_name", svc),
+                ("server_port", &dest.port().to_string()),
+            ],
             (ok + missing) as f64,
         ));
     }
@@ -475,9 +506,21 @@ fn curl_and_nghttp_h2c_upgrade_through_nghttpx() {
         ));
     }
     checks.extend([
-        expect(GRAPH_REQUESTS, &[("client", "curl"), ("server", PROXY)], 4.0),
-        expect(GRAPH_REQUESTS, &[("client", "nghttp"), ("server", PROXY)], 3.0),
-        expect(GRAPH_REQUESTS, &[("client", PROXY), ("server", NGHTTPD)], 7.0),
+        expect(
+            GRAPH_REQUESTS,
+            &[("client", "curl"), ("server", PROXY)],
+            4.0,
+        ),
+        expect(
+            GRAPH_REQUESTS,
+            &[("client", "nghttp"), ("server", PROXY)],
+            3.0,
+        ),
+        expect(
+            GRAPH_REQUESTS,
+            &[("client", PROXY), ("server", NGHTTPD)],
+            7.0,
+        ),
         // Seven streams on the clients' two connections and seven on nghttpx's to nghttpd,
         // each seen from both ends.
         expect(EXCHANGES, &[HTTP2], 28.0),
