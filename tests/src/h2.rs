@@ -139,8 +139,17 @@ pub fn nghttpd() -> Daemon {
     try_nghttpd().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// [`nghttpd`] with more of its options (`-b 64`: pad every frame).
+pub fn nghttpd_with(extra: &[&str]) -> Daemon {
+    try_nghttpd_with(extra).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// [`nghttpd`], with an error instead of a panic (for `cargo xtask bench`).
 pub fn try_nghttpd() -> io::Result<Daemon> {
+    try_nghttpd_with(&[])
+}
+
+fn try_nghttpd_with(extra: &[&str]) -> io::Result<Daemon> {
     require("nghttpd", "nghttp2-server")?;
     let dir = TempDir::try_new("nghttpd")?;
     let root = dir.path().join("docroot");
@@ -151,7 +160,9 @@ pub fn try_nghttpd() -> io::Result<Daemon> {
     }
     let addr = SocketAddr::from(([127, 0, 0, 1], try_free_port()?));
     let mut cmd = Command::new("nghttpd");
-    cmd.args(["--no-tls", "-a", "127.0.0.1", "-d"])
+    cmd.args(["--no-tls", "-a", "127.0.0.1"])
+        .args(extra)
+        .arg("-d")
         .arg(&root)
         .arg(addr.port().to_string());
     Daemon::start(cmd, "nghttpd", addr, dir)
@@ -336,9 +347,16 @@ pub fn curl(urls: &[String], extra: &[&str]) -> Vec<CurlResult> {
 /// (its dependency tree). It fetches a URL once however often it is listed: make them distinct
 /// (a query string). Returns (status, path) per URL as its statistics table lists them.
 pub fn nghttp(urls: &[String], upgrade: bool) -> Vec<(u16, String)> {
+    nghttp_with(urls, upgrade, &[])
+}
+
+/// [`nghttp`] with `extra` options (`-H "name: value"` for a header on every request).
+pub fn nghttp_with(urls: &[String], upgrade: bool, extra: &[&str]) -> Vec<(u16, String)> {
     require("nghttp", "nghttp2-client").unwrap_or_else(|e| panic!("{e}"));
     let mut cmd = Command::new("nghttp");
-    cmd.arg(if upgrade { "-nsu" } else { "-ns" }).args(urls);
+    cmd.arg(if upgrade { "-nsu" } else { "-ns" })
+        .args(extra)
+        .args(urls);
     let out = run_command(&mut cmd, RUN);
     assert!(
         out.status.success(),

@@ -180,6 +180,112 @@ fn h2load_against_nghttpd_counts_every_stream() {
     assert_settled(&agent, &checks, SETTLE, &[]);
 }
 
+/// Header blocks of 20 KB: `nghttp` sends every request with a 20,000-byte header field, so each
+/// header block is a HEADERS frame (with the PRIORITY flag) plus CONTINUATION frames, larger
+/// than one frame and than any captured prefix, and nghttpd reads it in 8 KiB syscalls. The
+/// field is too large for the 4 KiB dynamic table: inserting it empties the table (RFC 7541
+/// §4.4). Every request counted exactly, nothing lost (the header blocks must be captured whole
+/// for HPACK to stay in sync).
+#[test]
+fn header_blocks_in_continuation_frames() {
+    let _serial = serial();
+    let srv = nghttpd();
+    let agent = agent(&[(srv.port(), NGHTTPD)]);
+    let big = format!("x-big: {}", "x".repeat(20_000));
+    let plan = [(FILES[0].0, 200), (MISSING, 404), (FILES[1].0, 200)];
+    let urls: Vec<String> = plan.iter().map(|(p, _)| url(&srv, p)).collect();
+    let mut got = h2::nghttp_with(&urls, false, &["-H", &big]);
+    got.sort();
+    let mut want: Vec<(u16, String)> = plan.iter().map(|(p, s)| (*s, (*p).to_owned())).collect();
+    want.sort();
+    assert_eq!(got, want, "nghttp");
+
+    let mut checks = Vec::new();
+    for (path, status) in plan {
+        checks.push(check(
+            &count(HTTP_SERVER_DURATION),
+            server(NGHTTPD, path, status),
+            1,
+        ));
+    }
+    checks.extend([
+        check(&count(HTTP_CLIENT_DURATION), client("nghttp", &srv, 200), 2),
+        check(&count(HTTP_CLIENT_DURATION), client("nghttp", &srv, 404), 1),
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &[("service_name", NGHTTPD)],
+            3.0,
+        ),
+    ]);
+    checks.extend(self_metrics(3, 1));
+    assert_settled(&agent, &checks, SETTLE, &[]);
+}
+
+/// Padding, priorities and dynamic table size changes: nghttpd pads every frame it sends
+/// (`-b 64`: HEADERS and DATA with the PADDED flag), nghttp pads its HEADERS (which also carry
+/// the PRIORITY flag), announces SETTINGS_HEADER_TABLE_SIZE 256 (nghttpd's encoder then opens
+/// its next header block with a dynamic table size update) and encodes with a 128-byte table
+/// (a size update in its own first header block). Six requests on one connection, counted
+/// exactly, nothing rejected.
+#[test]
+fn padded_frames_and_dynamic_table_size_updates() {
+    let _serial = serial();
+    let srv = h2::nghttpd_with(&["-b", "64"]);
+    let agent = agent(&[(srv.port(), NGHTTPD)]);
+    let plan = [
+        (FILES[0].0, 200),
+        (MISSING, 404),
+        (FILES[1].0, 200),
+        (FILES[2].0, 200),
+        (FILES[0].0, 200),
+        (MISSING, 404),
+    ];
+    // Distinct URLs: nghttp fetches a URL once.
+    let urls: Vec<String> = plan
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| format!("{}?n={i}", url(&srv, p)))
+        .collect();
+    let got = h2::nghttp_with(
+        &urls,
+        false,
+        &[
+            "-b",
+            "64",
+            "--header-table-size=256",
+            "--encoder-header-table-size=128",
+        ],
+    );
+    let mut got: Vec<(u16, String)> = got
+        .into_iter()
+        .map(|(s, p)| (s, p.split('?').next().unwrap_or_default().to_owned()))
+        .collect();
+    got.sort();
+    let mut want: Vec<(u16, String)> = plan.iter().map(|(p, s)| (*s, (*p).to_owned())).collect();
+    want.sort();
+    assert_eq!(got, want, "nghttp");
+
+    let mut checks = Vec::new();
+    for (path, status, n) in [
+        (FILES[0].0, 200, 2),
+        (FILES[1].0, 200, 1),
+        (FILES[2].0, 200, 1),
+        (MISSING, 404, 2),
+    ] {
+        checks.push(check(
+            &count(HTTP_SERVER_DURATION),
+            server(NGHTTPD, path, status),
+            n,
+        ));
+    }
+    checks.extend([
+        check(&count(HTTP_CLIENT_DURATION), client("nghttp", &srv, 200), 4),
+        check(&count(HTTP_CLIENT_DURATION), client("nghttp", &srv, 404), 2),
+    ]);
+    checks.extend(self_metrics(6, 1));
+    assert_settled(&agent, &checks, SETTLE, &[]);
+}
+
 /// `(route, status) -> requests`.
 type Routes = BTreeMap<(String, String), usize>;
 
