@@ -379,16 +379,18 @@ fn grpc_spans(agent: &Agent, svc: &str, side: &str, n: usize) -> Vec<Value> {
 }
 
 /// One span per call per side, named `meshtap.test.Echo/Unary` (Zipkin lower-cases names) with
-/// the `rpc.*` tags. A call that carries a W3C `traceparent` (or B3 `x-b3-*`) metadata entry
-/// has its SERVER span in that trace, a child of the entry's span id. Calls without: no two
-/// calls in one trace.
+/// the `rpc.*` tags. A call that carries a W3C `traceparent` (or B3 `x-b3-*`) metadata entry,
+/// from grpcio or from grpc-js, has its SERVER span in that trace, a child of the entry's span
+/// id. Calls without: no two calls in one trace.
 #[test]
-fn grpcio_spans_follow_traceparent_metadata() {
+fn grpc_spans_follow_traceparent_metadata() {
     const CLIENT: &str = "grpc-span-cli";
+    const JS_CLIENT: &str = "grpc-span-js";
     const SERVER: &str = "grpc-span-srv";
     const PLAIN: usize = 10;
     const TRACED: usize = 5;
     const B3: usize = 5;
+    const JS_TRACED: usize = 3;
     let _serial = serial();
     let agent = agent();
     let (server, port) = grpc_server("grpc_app.py", SERVER);
@@ -403,12 +405,22 @@ fn grpcio_spans_follow_traceparent_metadata() {
         ],
     )
     .run(RUN);
+    // grpc-js Huffman-codes its header values, `traceparent` included.
+    let js_done = grpc_client(
+        "grpc_node.py",
+        JS_CLIENT,
+        port,
+        &[("--traced", &JS_TRACED.to_string())],
+    )
+    .run(RUN);
     stop_server(server);
     let n = PLAIN + TRACED + B3;
-    let servers = grpc_spans(&agent, SERVER, "SERVER", n);
+    let servers = grpc_spans(&agent, SERVER, "SERVER", n + JS_TRACED);
     let clients = grpc_spans(&agent, CLIENT, "CLIENT", n);
+    let js_clients = grpc_spans(&agent, JS_CLIENT, "CLIENT", JS_TRACED);
     let mut all = servers.clone();
     all.extend(clients.iter().cloned());
+    all.extend(js_clients.iter().cloned());
     let everything = describe(&all);
     for s in &all {
         assert!(
@@ -426,7 +438,7 @@ fn grpcio_spans_follow_traceparent_metadata() {
         }
     }
     let mut propagated = Vec::new();
-    for key in ["traced", "b3"] {
+    for (key, done) in [("traced", &done), ("b3", &done), ("traced", &js_done)] {
         for call in done[key].as_array().expect("traced calls") {
             let (trace, span) = (
                 call["trace"].as_str().expect("trace"),
@@ -447,7 +459,7 @@ fn grpcio_spans_follow_traceparent_metadata() {
             propagated.push(trace.to_owned());
         }
     }
-    assert_eq!(propagated.len(), TRACED + B3);
+    assert_eq!(propagated.len(), TRACED + B3 + JS_TRACED);
     for (trace, spans) in by_trace(&all) {
         let s = spans.iter().filter(|s| kind(s) == "SERVER").count();
         let c = spans.iter().filter(|s| kind(s) == "CLIENT").count();
