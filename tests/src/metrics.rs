@@ -28,6 +28,15 @@ pub const HTTP_CLIENT_DURATION: &str = "http_client_request_duration_seconds";
 pub const HTTP_CLIENT_REQUEST_BODY: &str = "http_client_request_body_size_bytes";
 pub const HTTP_CLIENT_RESPONSE_BODY: &str = "http_client_response_body_size_bytes";
 
+// gRPC (OpenTelemetry RPC conventions), per observed side. Histograms, like the HTTP ones.
+// Labels: `service_name`, `rpc_system` (`grpc`), `rpc_service` (`package.Service`), `rpc_method`,
+// `rpc_grpc_status_code` (`0`..`16`); the client side also `server_address`, `server_port`.
+pub const RPC_SERVER_DURATION: &str = "rpc_server_duration_seconds";
+pub const RPC_CLIENT_DURATION: &str = "rpc_client_duration_seconds";
+
+/// The `network_protocol_version` label of the HTTP families: `1.0`, `1.1` or `2`.
+pub const NETWORK_PROTOCOL_VERSION: &str = "network_protocol_version";
+
 // Databases and caches (OpenTelemetry database conventions; agent/src/protocol/db.rs), per
 // observed side. Histograms, like the HTTP ones.
 pub const DB_SERVER_DURATION: &str = "db_server_operation_duration_seconds";

@@ -38,6 +38,9 @@ pub struct NginxConfig {
     pub for_load: bool,
     /// `location /`: every path not listed below answers 200 `ok` (no newline).
     pub ok_everywhere: bool,
+    /// `listen ... http2`: HTTP/2 without TLS, by prior knowledge only (nginx 1.22 serves no
+    /// HTTP/1.1 on such a listener and accepts no `Upgrade: h2c`).
+    pub http2: bool,
 }
 
 impl NginxConfig {
@@ -50,6 +53,7 @@ impl NginxConfig {
             single_process: false,
             for_load: false,
             ok_everywhere: false,
+            http2: false,
         }
     }
 
@@ -80,6 +84,11 @@ impl NginxConfig {
 
     pub fn ok_everywhere(mut self) -> Self {
         self.ok_everywhere = true;
+        self
+    }
+
+    pub fn http2(mut self) -> Self {
+        self.http2 = true;
         self
     }
 
@@ -128,9 +137,10 @@ impl NginxConfig {
             let _ = writeln!(conf, "    {key} {d}/{sub};");
         }
         let backlog = if self.for_load { " backlog=4096" } else { "" };
+        let http2 = if self.http2 { " http2" } else { "" };
         let _ = writeln!(
             conf,
-            "    server {{\n        listen {}{backlog};",
+            "    server {{\n        listen {}{http2}{backlog};",
             self.listen
         );
         conf.push_str(

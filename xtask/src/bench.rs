@@ -11,7 +11,8 @@
 //! generator (mio, single thread) for fixed rates (B2, B4) and for the many-paths run (B6): it
 //! sends on a schedule and measures each latency from the request's scheduled time, so a
 //! stall delays the clock of every request queued behind it (no coordinated omission). B8 runs
-//! its own redis-server (the integration tests' starter) and drives it with `redis-benchmark`.
+//! its own redis-server (the integration tests' starter) and drives it with `redis-benchmark`;
+//! B9 its own `nghttpd` (HTTP/2, the integration tests' starter) driven by `h2load`.
 //!
 //! The temporary directory, nginx, the agent's runner and the scrapes of its `/metrics` are the
 //! integration tests' (the `meshtap-tests` library): one set of helpers for both.
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use meshtap_tests::agent::send_signal;
 use meshtap_tests::db::try_redis_server;
+use meshtap_tests::h2::{FILES as H2_FILES, h2load_command, parse_h2load, try_nghttpd};
 use meshtap_tests::metrics::{
     CONNECTIONS_TRACKED, DB_SERVER_DURATION, EVENTS, EVENTS_LOST, HTTP_SERVER_DURATION,
     ROLE_SERVER, SENT, SERIES_OVERFLOW, count,
@@ -76,6 +78,8 @@ struct Plan {
     /// B8: requests per command of one redis-benchmark run (GET and SET: twice this many
     /// operations). A multiple of the pipeline depth, so that it sends exactly this many.
     redis_requests: u64,
+    /// B9: requests of one h2load run.
+    h2_requests: u64,
 }
 
 impl Plan {
@@ -94,6 +98,7 @@ impl Plan {
                 card_paths: 12_000,
                 // ~2 s at the ~1M ops/s of this idle 2-vCPU VM without the agent.
                 redis_requests: 1_024_000,
+                h2_requests: 200_000,
             }
         } else {
             Self {
@@ -109,6 +114,7 @@ impl Plan {
                 card_paths: 100_000,
                 // ~10 s.
                 redis_requests: 5_120_000,
+                h2_requests: 1_000_000,
             }
         }
     }
@@ -175,7 +181,11 @@ pub fn bench(ctx: &Ctx, opts: Opts) -> Result<()> {
             bin.display()
         )
     })?;
-    ensure_tools(ctx, wanted_any(&opts.only, &["B8"]))?;
+    ensure_tools(
+        ctx,
+        wanted_any(&opts.only, &["B8"]),
+        wanted_any(&opts.only, &["B9"]),
+    )?;
     let started = Instant::now();
     let plan = Plan::new(opts.quick, opts.rounds.max(1));
     let wanted = |id: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == id);
@@ -260,6 +270,9 @@ pub fn bench(ctx: &Ctx, opts: Opts) -> Result<()> {
     if wanted("B8") {
         record("B8", b8(&env, &plan), &mut results);
     }
+    if wanted("B9") {
+        record("B9", b9(&env, &plan), &mut results);
+    }
     drop(nginx);
     if let Some(meta) = results.get_mut("meta") {
         meta["elapsed_s"] = json!(round(started.elapsed().as_secs_f64(), 1));
@@ -284,6 +297,11 @@ pub fn bench(ctx: &Ctx, opts: Opts) -> Result<()> {
 const BENCH_SERVICE: &str = "meshtap-bench-nginx";
 /// The service name the agent gives B8's redis-server (`--service-port`).
 const BENCH_REDIS_SERVICE: &str = "meshtap-bench-redis";
+/// The service name the agent gives B9's nghttpd (`--service-port`).
+const BENCH_H2_SERVICE: &str = "meshtap-bench-nghttpd";
+/// B9's h2load connections and concurrent streams per connection.
+const H2_CLIENTS: u32 = 4;
+const H2_STREAMS: u32 = 32;
 /// redis-benchmark's pipeline depth in B8.
 const REDIS_PIPELINE: u64 = 16;
 /// B8's commands, as redis-benchmark's `-t` names them and as the agent's
@@ -302,13 +320,16 @@ struct Env {
     addr: SocketAddr,
 }
 
-fn ensure_tools(ctx: &Ctx, redis: bool) -> Result<()> {
+fn ensure_tools(ctx: &Ctx, redis: bool, http2: bool) -> Result<()> {
     let mut tools = vec![("nginx", "nginx"), ("wrk", "wrk"), ("bpftrace", "bpftrace")];
     if redis {
         tools.extend([
             ("redis-server", "redis-server"),
             ("redis-benchmark", "redis-tools"),
         ]);
+    }
+    if http2 {
+        tools.extend([("nghttpd", "nghttp2-server"), ("h2load", "nghttp2-client")]);
     }
     let missing: Vec<&str> = tools
         .into_iter()
@@ -883,6 +904,119 @@ fn b8(env: &Env, plan: &Plan) -> Result<Value> {
     Ok(Value::Object(v))
 }
 
+/// B9: HTTP/2 at saturation, `h2load` against `nghttpd`, agent vs none, interleaved.
+fn b9(env: &Env, plan: &Plan) -> Result<Value> {
+    let server = try_nghttpd().context("starting nghttpd")?;
+    let url = format!("http://{}{}", server.addr, H2_FILES[0].0);
+    let n = plan.h2_requests;
+    let mut f: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut exact = true;
+    for round in 0..plan.rounds {
+        let a = h2load_run(&url, n)?;
+        let agent = Agent::start_naming(env, None, &[(server.port(), BENCH_H2_SERVICE)])?;
+        let before = agent.snapshot()?;
+        let served0 = h2_served(&agent)?;
+        let b = h2load_run(&url, n)?;
+        let counted = h2_served_settled(&agent, served0, n as f64, Duration::from_secs(30))?;
+        let d = agent.snapshot()?.delta(&before);
+        drop(agent);
+        let user = d.cpu_s * 1e6 / n as f64;
+        exact &= counted == n as f64;
+        eprintln!(
+            "bench B9 round {}: baseline {:.0} req/s, agent {:.0} req/s ({:.3}); agent {user:.2} CPU-s/M requests; counted {counted} of {n}; events lost {}",
+            round + 1,
+            a,
+            b,
+            b / a,
+            d.lost,
+        );
+        for (k, x) in [
+            ("baseline_rps", a),
+            ("agent_rps", b),
+            ("ratio", b / a),
+            ("user_cpu_s_per_million", user),
+            ("counted", counted),
+            ("lost_events", d.lost),
+        ] {
+            f.entry(k).or_default().push(x);
+        }
+    }
+    let mut v = Map::new();
+    v.insert("what".into(), json!(format!(
+        "h2load -n {n} -c {H2_CLIENTS} -m {H2_STREAMS} GET {} ({} bytes) against nghttpd --no-tls (1 worker), agent vs none, interleaved; rps as h2load reports it; user_cpu = the agent process's utime+stime per million requests; counted = the agent's http_server_request_duration_seconds_count for {BENCH_H2_SERVICE}; lost = meshtap_events_lost_total delta",
+        H2_FILES[0].0, H2_FILES[0].1
+    )));
+    v.insert("requests".into(), json!(n));
+    v.insert("counts_exact".into(), json!(exact));
+    for (k, xs) in &f {
+        let digits = if k.ends_with("ratio") {
+            4
+        } else if k.contains("cpu") {
+            3
+        } else {
+            0
+        };
+        stats(&mut v, k, xs, digits);
+    }
+    Ok(Value::Object(v))
+}
+
+/// One h2load run of `n` requests of `url`: its requests per second. Fails unless every
+/// request succeeded.
+fn h2load_run(url: &str, n: u64) -> Result<f64> {
+    note_foreign_tracers();
+    let out = h2load_command(n, H2_CLIENTS, H2_STREAMS, &[url.to_owned()])
+        .stdin(Stdio::null())
+        .output()
+        .context("could not run h2load")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = parse_h2load(&stdout);
+    if !out.status.success() || summary.map(|s| s.succeeded) != Some(n) {
+        bail!(
+            "h2load: {}: {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // "finished in 2.89s, 69204.15 req/s, 5.01MB/s"
+    stdout
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix("finished in ")?;
+            let rps = rest.split(", ").nth(1)?.strip_suffix(" req/s")?;
+            rps.parse::<f64>().ok()
+        })
+        .with_context(|| format!("no req/s in h2load's output: {stdout}"))
+}
+
+/// The agent's count of requests nghttpd served (server side).
+fn h2_served(agent: &Agent) -> Result<f64> {
+    let m = Metrics::parse(&metrics_text(agent.addr)?)?;
+    Ok(m.value(
+        &count(HTTP_SERVER_DURATION),
+        &[("service_name", BENCH_H2_SERVICE)],
+    ))
+}
+
+/// Scrapes until the agent has counted `expected` more served requests than `before`, or the
+/// count stopped moving (3 scrapes), or `limit`: the count then.
+fn h2_served_settled(agent: &Agent, before: f64, expected: f64, limit: Duration) -> Result<f64> {
+    let deadline = Instant::now() + limit;
+    let (mut last, mut stable) = (before, 0);
+    loop {
+        let now = h2_served(agent)?;
+        if now - before >= expected {
+            return Ok(now - before);
+        }
+        stable = if now == last { stable + 1 } else { 0 };
+        last = now;
+        if stable >= 3 || Instant::now() > deadline {
+            return Ok(now - before);
+        }
+        thread::sleep(Duration::from_millis(150));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Output
 // ---------------------------------------------------------------------------------------------
@@ -1082,6 +1216,36 @@ fn markdown(r: &Map<String, Value>, plan: &Plan) -> String {
         g("B8", "ratio")
             .zip(
                 r.get("B8")
+                    .and_then(|v| v.get("counts_exact"))
+                    .and_then(Value::as_bool),
+            )
+            .map(|(x, exact)| x >= 0.75 && exact),
+    );
+    row(
+        "B9",
+        format!(
+            "HTTP/2, h2load -c {H2_CLIENTS} -m {H2_STREAMS} against nghttpd: agent / none, req/s ratio {} ({} vs {} req/s); agent process {} CPU-s/M requests; requests counted exactly: {} ({} of {}; events lost {})",
+            range("B9", "ratio", 3),
+            range("B9", "agent_rps", 0),
+            range("B9", "baseline_rps", 0),
+            range("B9", "user_cpu_s_per_million", 2),
+            match r
+                .get("B9")
+                .and_then(|v| v.get("counts_exact"))
+                .and_then(Value::as_bool)
+            {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "n/a",
+            },
+            range("B9", "counted", 0),
+            range("B9", "requests", 0),
+            range("B9", "lost_events", 0),
+        ),
+        ">= 0.75, counts exact",
+        g("B9", "ratio")
+            .zip(
+                r.get("B9")
                     .and_then(|v| v.get("counts_exact"))
                     .and_then(Value::as_bool),
             )

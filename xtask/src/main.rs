@@ -12,7 +12,8 @@
 //! | `lint` | Rust pieces only | `cargo fmt --check`, `cargo clippy -D warnings` |
 //!
 //! "Rust pieces" are nightly's `rust-src`, stable's rustfmt + clippy and bpf-linker 0.10.3;
-//! "all of it" adds the Debian packages and Python modules the integration tests use.
+//! "all of it" adds the Debian packages, Python modules and npm packages the integration tests
+//! use.
 
 mod bench;
 mod cmd;
@@ -42,10 +43,10 @@ struct Cli {
 enum Cmd {
     /// Install what the build and the tests need (idempotent, fast when nothing is missing)
     ///
-    /// nightly rust-src, rustfmt + clippy, bpf-linker 0.10.3, Debian packages (apt) and Python
-    /// modules (pip). Each step prints one line.
+    /// nightly rust-src, rustfmt + clippy, bpf-linker 0.10.3, Debian packages (apt), Python
+    /// modules (pip) and npm packages. Each step prints one line.
     Setup {
-        /// Skip the Debian (apt) and Python (pip) packages; only the Rust pieces.
+        /// Skip the Debian (apt), Python (pip) and npm packages; only the Rust pieces.
         #[arg(long)]
         no_packages: bool,
     },

@@ -27,6 +27,11 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 ///   for the PostgreSQL tests, run in a temporary directory.
 /// - `mariadb-server`, `mariadb-client`: the MySQL protocol tests' server (`mariadbd`,
 ///   `mariadb-install-db`) and the CLI that creates their tables.
+/// - `nghttp2-server` (`nghttpd`), `nghttp2-client` (`h2load`), `nghttp2-proxy` (`nghttpx`, which
+///   accepts the `Upgrade: h2c` handshake): the HTTP/2 tests' and the bench's servers and
+///   clients (nghttp2 1.52).
+/// - `nodejs`: Node for `@grpc/grpc-js` (see [`NPM_PACKAGES`]); a machine image may already
+///   carry a `node` of its own on PATH, which is then used.
 const DEBIAN_PACKAGES: &[&str] = &[
     "nginx",
     "curl",
@@ -45,6 +50,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "mariadb-server",
     "mariadb-client",
     "openssl",
+    "nghttp2-server",
+    "nghttp2-client",
+    "nghttp2-proxy",
 ];
 
 /// Packages whose install starts a service that would hold a port the tests use:
@@ -68,6 +76,8 @@ const SERVICES: &[(&str, &str, u16)] = &[
 /// (tests/scripts/otlp_collector.py): independent of the agent's prost encoder.
 /// `psycopg` 3 with its bundled libpq (`[binary]`) is pinned, and checked, because
 /// tests/tests/db_postgres_edges.rs counts the messages its pipeline mode sends.
+/// `grpcio` is pinned, and checked, because tests/tests/grpc.rs asserts what its transport puts
+/// on the wire (Trailers-Only errors, a deadline's `grpc-status: 4` or reset).
 const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_validate, pymysql, mysql.connector, redis, pymemcache, pg8000.native, psycopg; \
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2; \
     from importlib.metadata import version; \
@@ -75,7 +85,8 @@ const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_vali
     assert version('opentelemetry-proto') == '1.45.2', version('opentelemetry-proto'); \
     assert version('pg8000') == '1.31.6', version('pg8000'); \
     assert psycopg.pq.__impl__ == 'binary', psycopg.pq.__impl__; \
-    assert version('psycopg') == '3.2.3', version('psycopg')";
+    assert version('psycopg') == '3.2.3', version('psycopg'); \
+    import grpc; assert grpc.__version__ == '1.85.1', grpc.__version__";
 const PYTHON_PACKAGES: &[&str] = &[
     "jsonschema",
     "pyyaml",
@@ -88,7 +99,14 @@ const PYTHON_PACKAGES: &[&str] = &[
     "pymemcache",
     "pg8000==1.31.6",
     "psycopg[binary]==3.2.3",
+    "grpcio==1.85.1",
 ];
+
+/// npm packages the tests use, pinned, installed into [`NPM_PREFIX`] (outside the repository):
+/// `@grpc/grpc-js`, Node's pure-JavaScript gRPC (tests/scripts/grpc_node.js, through
+/// grpc_node.py, which looks for it there).
+const NPM_PACKAGES: &[(&str, &str)] = &[("@grpc/grpc-js", "1.14.7")];
+const NPM_PREFIX: &str = "/usr/local/lib/meshtap/node";
 
 /// Debian 12's kubectl (package kubernetes-client, 1.20: its built-in kustomize is v2.0.3, the
 /// oldest deploy/kustomization.yaml stays compatible with), unpacked here rather than installed:
@@ -106,6 +124,7 @@ pub fn setup(ctx: &Ctx, packages: bool) -> Result<()> {
         debian_packages(ctx, &mut apt)?;
         debian_kubectl(ctx, &mut apt)?;
         python_modules(ctx, &mut apt)?;
+        npm_packages(ctx, &mut apt)?;
     } else {
         step("debian packages", "skipped (--no-packages)");
         step(
@@ -113,6 +132,7 @@ pub fn setup(ctx: &Ctx, packages: bool) -> Result<()> {
             "skipped (--no-packages)",
         );
         step("python modules", "skipped (--no-packages)");
+        step("npm packages", "skipped (--no-packages)");
     }
     eprintln!("[setup] done in {:.2}s", start.elapsed().as_secs_f64());
     Ok(())
@@ -481,4 +501,62 @@ fn externally_managed(ctx: &Ctx, py: &str) -> bool {
         "import sysconfig; print(sysconfig.get_path('stdlib'))",
     ]))
     .is_some_and(|stdlib| Path::new(stdlib.trim()).join("EXTERNALLY-MANAGED").exists())
+}
+
+/// The version of `package` installed under [`NPM_PREFIX`], from its `package.json`.
+fn npm_installed_version(package: &str) -> Option<String> {
+    let manifest = Path::new(NPM_PREFIX)
+        .join("node_modules")
+        .join(package)
+        .join("package.json");
+    let text = std::fs::read_to_string(manifest).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["version"].as_str().map(str::to_owned)
+}
+
+/// Step 6: the npm packages, exactly [`NPM_PACKAGES`], into [`NPM_PREFIX`]; Node from Debian
+/// (`nodejs`) if no `node` is on PATH.
+fn npm_packages(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
+    let wanted: Vec<String> = NPM_PACKAGES
+        .iter()
+        .map(|(name, version)| format!("{name}@{version}"))
+        .collect();
+    let name = format!("npm packages ({}) in {NPM_PREFIX}", wanted.join(", "));
+    let missing: Vec<&String> = NPM_PACKAGES
+        .iter()
+        .zip(&wanted)
+        .filter(|((package, version), _)| {
+            npm_installed_version(package).as_deref() != Some(*version)
+        })
+        .map(|(_, spec)| spec)
+        .collect();
+    if missing.is_empty() {
+        step(&name, "already installed");
+        return Ok(());
+    }
+    if !exists_on_path(ctx, "node") || !exists_on_path(ctx, "npm") {
+        step("nodejs", "node or npm missing, installing");
+        apt.install(ctx, &["nodejs", "npm"])?;
+    }
+    step(&name, "installing with npm");
+    std::fs::create_dir_all(NPM_PREFIX).with_context(|| format!("create {NPM_PREFIX}"))?;
+    run(ctx
+        .cmd("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--save-exact",
+            "--prefix",
+            NPM_PREFIX,
+        ])
+        .args(&missing)
+        .stdin(Stdio::null()))?;
+    for (package, version) in NPM_PACKAGES {
+        let got = npm_installed_version(package);
+        if got.as_deref() != Some(*version) {
+            bail!("{package} in {NPM_PREFIX} is {got:?} after npm install, expected {version}");
+        }
+    }
+    Ok(())
 }
