@@ -18,9 +18,9 @@ use meshtap_common::{
 
 use crate::{
     maps::{
-        CONNECT_ARGS, CONNS, CONTINUATION, DATA_SCRATCH, EVENTS, RETRANSMIT_DONE, SET_STATE_DONE, TAIL,
-        count, global,
-        mark_handled, next_conn_id, pending_bytes, take_handled, wakeup_flags_for,
+        CONNECT_ARGS, CONNS, CONTINUATION, DATA_SCRATCH, EVENTS, RETRANSMIT_DONE, SET_STATE_DONE,
+        TAIL, count, global, mark_handled, next_conn_id, pending_bytes, take_handled,
+        wakeup_flags_for,
     },
     sock::{
         FdSocket, current_identity, is_tcp, sock_err, sock_netns, sock_of_fd, sock_protocol,
@@ -945,9 +945,8 @@ fn copy_payload(
             }
             // SAFETY: `n <= MAX_CAPTURE` bytes into the payload array; a bad user pointer makes
             // the helper fail without side effects.
-            let rc = unsafe {
-                probe_read_user_raw(base as *mut _, n, (args.buf + offset) as *const _)
-            };
+            let rc =
+                unsafe { probe_read_user_raw(base as *mut _, n, (args.buf + offset) as *const _) };
             if rc == 0 { n as usize } else { 0 }
         }
         syscall::READV | syscall::WRITEV | syscall::RECVMSG | syscall::SENDMSG => {

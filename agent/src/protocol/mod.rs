@@ -189,6 +189,21 @@ pub trait Parser: Send {
     /// `meshtap_parse_errors_total` reason, for a parser that can meet more than one problem
     /// per chunk (the error [`feed`](Self::feed) returns is one).
     fn take_errors(&mut self, _count: &mut dyn FnMut(&'static str, u64)) {}
+
+    /// The connection switched protocols in the chunk just fed (HTTP/1.1 `Upgrade: h2c`): the
+    /// parser that takes over, and the rest of that chunk, which is already its.
+    fn take_upgrade(&mut self) -> Option<Upgrade> {
+        None
+    }
+}
+
+/// A parser handing its connection over to another protocol's.
+pub struct Upgrade {
+    pub protocol: Protocol,
+    pub parser: Box<dyn Parser>,
+    /// The chunk's captured bytes after the switch, and how many more moved uncaptured.
+    pub rest: Vec<u8>,
+    pub rest_uncaptured: u64,
 }
 
 /// What one protocol's detector says of a connection's first bytes.

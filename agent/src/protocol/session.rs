@@ -263,6 +263,22 @@ impl Session {
             metrics.parse_error(protocol, err.reason);
         }
         parser.take_errors(&mut |reason, n| metrics.parse_errors(protocol, reason, n));
+        if let Some(upgrade) = parser.take_upgrade() {
+            metrics.detected(upgrade.protocol);
+            let mut next = upgrade.parser;
+            let rest_bytes = upgrade.rest.len() as u64 + upgrade.rest_uncaptured;
+            let at = out.len();
+            metrics.exchanges(protocol, at - before);
+            if rest_bytes > 0
+                && let Err(err) = next.feed(dir, ts_ns, &upgrade.rest, rest_bytes, out)
+            {
+                metrics.parse_error(upgrade.protocol, err.reason);
+            }
+            next.take_errors(&mut |reason, n| metrics.parse_errors(upgrade.protocol, reason, n));
+            metrics.exchanges(upgrade.protocol, out.len() - at);
+            self.state = State::Parsing(upgrade.protocol, next);
+            return;
+        }
         if parser.is_dead() {
             self.state = State::Ignored;
         }

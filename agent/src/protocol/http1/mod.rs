@@ -333,6 +333,17 @@ impl super::Parser for Parser {
     fn is_dead(&self) -> bool {
         self.http.is_dead()
     }
+
+    fn take_upgrade(&mut self) -> Option<super::Upgrade> {
+        let up = self.http.upgrade.take()?;
+        let side = self.http.side;
+        Some(super::Upgrade {
+            protocol: super::Protocol::Http2,
+            rest: up.rest.clone(),
+            rest_uncaptured: up.rest_uncaptured,
+            parser: Box::new(super::http2::Parser::upgraded(side, up)),
+        })
+    }
 }
 
 /// Methods that mark a plausible request start for detection and resynchronisation (RFC 9110
@@ -501,6 +512,8 @@ struct Pending {
     headers: Vec<(&'static str, String)>,
     body_bytes: u64,
     truncated: bool,
+    /// The request asked to upgrade to HTTP/2 (`Upgrade: h2c`, RFC 7540 §3.2).
+    h2c: bool,
 }
 
 #[derive(Debug)]
@@ -854,6 +867,7 @@ fn map_httparse(role: Role, err: httparse::Error) -> ParseError {
 struct RequestHead {
     line: RequestLine,
     headers: Vec<(&'static str, String)>,
+    h2c: bool,
     framing: Result<Framing, ParseError>,
 }
 
@@ -877,8 +891,13 @@ fn parse_request_head(buf: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
                 return Err(ParseError::BadRequestLine);
             };
             let mut kept = Vec::new();
+            let mut h2c = false;
             for h in req.headers.iter() {
                 allowlisted(h.name, h.value, &mut kept);
+                h2c |= h.name.eq_ignore_ascii_case("upgrade")
+                    && h.value
+                        .split(|&b| b == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
             }
             Ok(Parsed::Complete {
                 head: RequestHead {
@@ -892,6 +911,7 @@ fn parse_request_head(buf: &[u8]) -> Result<Parsed<RequestHead>, ParseError> {
                         path: request_path(target),
                     },
                     headers: kept,
+                    h2c,
                     framing: Framing::from_headers(req.headers),
                 },
                 len,
@@ -1122,6 +1142,21 @@ pub struct Http1Parser {
     /// First error of the current `feed` call.
     error: Option<ParseError>,
     dead: bool,
+    /// The connection switched to HTTP/2 (h2c): what the HTTP/2 parser takes over.
+    upgrade: Option<H2cUpgrade>,
+}
+
+/// An `Upgrade: h2c` request answered `101`: it becomes HTTP/2 stream 1, and the bytes of the
+/// 101's syscall after its header block are already HTTP/2 (the server's SETTINGS).
+#[derive(Debug)]
+pub struct H2cUpgrade {
+    pub start_ns: u64,
+    pub method: Cow<'static, str>,
+    pub path: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub request_body_bytes: u64,
+    pub rest: Vec<u8>,
+    pub rest_uncaptured: u64,
 }
 
 impl Http1Parser {
@@ -1136,6 +1171,7 @@ impl Http1Parser {
             consecutive_errors: 0,
             error: None,
             dead: false,
+            upgrade: None,
         }
     }
 
@@ -1205,6 +1241,7 @@ impl Http1Parser {
             headers,
             body_bytes: 0,
             truncated,
+            h2c: false,
         }
     }
 
@@ -1284,7 +1321,8 @@ impl Http1Parser {
 
     fn on_request_head(&mut self, head: RequestHead) -> Result<(), ParseError> {
         let start = self.req.head_start_ns;
-        let pending = self.new_pending(start, Some(head.line), head.headers, false);
+        let mut pending = self.new_pending(start, Some(head.line), head.headers, false);
+        pending.h2c = head.h2c;
         if !self.push_pending(pending) {
             return Ok(());
         }
@@ -1331,6 +1369,30 @@ impl Http1Parser {
             body_bytes: 0,
             truncated: false,
         });
+        let h2c = self
+            .response
+            .as_ref()
+            .and_then(|r| r.request.as_ref())
+            .is_some_and(|p| p.h2c && p.line.is_some());
+        if head.status == 101
+            && h2c
+            && let Some(request) = self.response.take().and_then(|r| r.request)
+            && let Some(line) = request.line
+        {
+            // RFC 7540 §3.2: the upgraded request is HTTP/2 stream 1, answered in HTTP/2.
+            self.response = None;
+            self.upgrade = Some(H2cUpgrade {
+                start_ns: request.start_ns,
+                method: line.method,
+                path: line.path,
+                headers: request.headers,
+                request_body_bytes: request.body_bytes,
+                rest: Vec::new(),
+                rest_uncaptured: 0,
+            });
+            self.give_up();
+            return Ok(());
+        }
         if tunnel {
             // RFC 9112 §6.3 item 2 and RFC 9110 §15.2.2: after a 2xx to CONNECT or a 101 the
             // connection carries another protocol.
@@ -1740,6 +1802,13 @@ impl Http1Parser {
                     break;
                 }
             }
+        }
+        if let Some(upgrade) = self.upgrade.as_mut()
+            && upgrade.rest.is_empty()
+            && upgrade.rest_uncaptured == 0
+        {
+            upgrade.rest = rest.to_vec();
+            upgrade.rest_uncaptured = unknown;
         }
         if unknown > 0 && !self.dead {
             self.unknown_tail(role, ts_ns, unknown, out);

@@ -469,7 +469,9 @@ mod tests {
             sample(
                 &registry,
                 "http_server_request_duration_seconds_count",
-                &format!(r#"http_route="/users/*",network_protocol_version="1.1",k8s_namespace_name="shop",k8s_pod_name="{pod}""#),
+                &format!(
+                    r#"http_route="/users/*",network_protocol_version="1.1",k8s_namespace_name="shop",k8s_pod_name="{pod}""#
+                ),
             )
         };
         assert_eq!(series("web-1"), 2.0);

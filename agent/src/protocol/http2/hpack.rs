@@ -25,7 +25,8 @@ const ENTRY_OVERHEAD: usize = 32;
 pub const DEFAULT_TABLE_SIZE: usize = 4096;
 /// Most bytes of entries one table keeps, whatever size the peer allows.
 pub const HARD_CAP: usize = 64 * 1024;
-/// Longest name or value decoded; a longer string is an error (the block is not used).
+/// Longest name or value kept; a longer one decodes as [`Text::Unknown`] and its table entry
+/// keeps only its size, which is all the table's bookkeeping needs.
 pub const MAX_STRING: usize = 8 * 1024;
 
 /// The static table (RFC 7541 Appendix A), indices 1 to 61.
@@ -110,7 +111,6 @@ pub enum HpackError {
     /// An integer or string runs past the block's end, or an integer overflows.
     Truncated,
     BadHuffman,
-    StringTooLong,
     /// A size update past the limit the decoder's side announced, or not at the block's start.
     BadSizeUpdate,
 }
@@ -121,20 +121,23 @@ impl HpackError {
             HpackError::BadIndex => "hpack_bad_index",
             HpackError::Truncated => "hpack_truncated",
             HpackError::BadHuffman => "hpack_bad_huffman",
-            HpackError::StringTooLong => "hpack_string_too_long",
             HpackError::BadSizeUpdate => "hpack_bad_size_update",
         }
     }
 }
 
+/// A dynamic table entry; a name or value longer than [`MAX_STRING`] is not kept (`None`).
 struct Entry {
-    name: Box<[u8]>,
-    value: Box<[u8]>,
+    name: Option<Box<[u8]>>,
+    value: Option<Box<[u8]>>,
+    /// §4.1: both lengths plus 32.
+    size: usize,
 }
 
-impl Entry {
-    fn size(&self) -> usize {
-        self.name.len() + self.value.len() + ENTRY_OVERHEAD
+fn text(b: &Option<Box<[u8]>>) -> Text<'_> {
+    match b {
+        Some(b) => Text::Known(b),
+        None => Text::Unknown,
     }
 }
 
@@ -219,7 +222,7 @@ impl Decoder {
                     Lookup::Static(n, v) => field(Text::Known(n), Text::Known(v)),
                     Lookup::Dynamic(i) => {
                         let e = &self.entries[i];
-                        field(Text::Known(&e.name), Text::Known(&e.value));
+                        field(text(&e.name), text(&e.value));
                     }
                     Lookup::Unknown => field(Text::Unknown, Text::Unknown),
                 }
@@ -242,39 +245,67 @@ impl Decoder {
                 let index = integer(block, &mut at, prefix)?;
                 fields_seen = true;
                 self.scratch.clear();
-                // The name: from a table, or a literal (into scratch).
-                let name = if index == 0 {
-                    string(block, &mut at, &mut self.scratch)?;
-                    NameAt::Scratch
+                // The name: from a table, or a literal (into scratch); its length in any case
+                // but an unknown entry's.
+                let (name, name_len) = if index == 0 {
+                    let len = string(block, &mut at, &mut self.scratch)?;
+                    let at_name = if len <= MAX_STRING {
+                        NameAt::Scratch
+                    } else {
+                        NameAt::TooLong
+                    };
+                    (at_name, Some(len))
                 } else {
                     match self.lookup(index)? {
-                        Lookup::Static(n, _) => NameAt::Static(n),
+                        Lookup::Static(n, _) => (NameAt::Static(n), Some(n.len())),
                         Lookup::Dynamic(i) => {
-                            self.scratch.extend_from_slice(&self.entries[i].name);
-                            NameAt::Scratch
+                            let e = &self.entries[i];
+                            let value_len = e.value.as_ref().map(|v| v.len());
+                            match &e.name {
+                                Some(n) => {
+                                    self.scratch.extend_from_slice(n);
+                                    (NameAt::Scratch, Some(n.len()))
+                                }
+                                // A kept value tells the name's length from the size.
+                                None => (
+                                    NameAt::TooLong,
+                                    value_len.map(|v| e.size - ENTRY_OVERHEAD - v),
+                                ),
+                            }
                         }
-                        Lookup::Unknown => NameAt::Unknown,
+                        Lookup::Unknown => (NameAt::Unknown, None),
                     }
                 };
-                let name_len = self.scratch.len();
-                string(block, &mut at, &mut self.scratch)?;
-                let (name_bytes, value) = self.scratch.split_at(name_len);
+                let kept_name = self.scratch.len();
+                let value_len = string(block, &mut at, &mut self.scratch)?;
+                let (name_bytes, value) = self.scratch.split_at(kept_name);
                 let name_text = match name {
                     NameAt::Static(n) => Text::Known(n),
                     NameAt::Scratch => Text::Known(name_bytes),
-                    NameAt::Unknown => Text::Unknown,
+                    NameAt::TooLong | NameAt::Unknown => Text::Unknown,
                 };
-                field(name_text, Text::Known(value));
+                let value_text = if value_len <= MAX_STRING {
+                    Text::Known(value)
+                } else {
+                    Text::Unknown
+                };
+                field(name_text, value_text);
                 if indexing {
-                    match name_text {
-                        Text::Known(n) => {
+                    match name_len {
+                        Some(name_len) => {
+                            let keep = |t: Text<'_>| match t {
+                                Text::Known(b) => Some(Box::<[u8]>::from(b)),
+                                Text::Unknown => None,
+                            };
                             let entry = Entry {
-                                name: n.into(),
-                                value: value.into(),
+                                name: keep(name_text),
+                                value: keep(value_text),
+                                size: name_len + value_len + ENTRY_OVERHEAD,
                             };
                             self.insert(entry);
                         }
-                        Text::Unknown => self.lose_state(),
+                        // Its size is not known: nor is anything older.
+                        None => self.lose_state(),
                     }
                 }
             }
@@ -303,7 +334,7 @@ impl Decoder {
     }
 
     fn insert(&mut self, entry: Entry) {
-        let size = entry.size();
+        let size = entry.size;
         if size > self.max_size {
             // §4.4: an entry larger than the table empties it and is not added.
             self.entries.clear();
@@ -326,13 +357,13 @@ impl Decoder {
             // Known entries only go once the unknown tail went.
             self.unknown_tail = false;
             match self.entries.pop_back() {
-                Some(e) => self.size -= e.size(),
+                Some(e) => self.size -= e.size,
                 None => break,
             }
         }
         while self.size > HARD_CAP {
             match self.entries.pop_back() {
-                Some(e) => self.size -= e.size(),
+                Some(e) => self.size -= e.size,
                 None => break,
             }
             self.unknown_tail = true;
@@ -353,6 +384,8 @@ enum Lookup {
 enum NameAt {
     Static(&'static [u8]),
     Scratch,
+    /// Longer than [`MAX_STRING`]: its length is known, not its bytes.
+    TooLong,
     Unknown,
 }
 
@@ -376,24 +409,27 @@ fn integer(block: &[u8], at: &mut usize, n: u32) -> Result<usize, HpackError> {
     Err(HpackError::Truncated)
 }
 
-/// A string literal (§5.2), appended to `out`.
-fn string(block: &[u8], at: &mut usize, out: &mut Vec<u8>) -> Result<(), HpackError> {
+/// A string literal (§5.2), appended to `out` if at most [`MAX_STRING`] bytes long (else
+/// nothing is appended); returns its length.
+fn string(block: &[u8], at: &mut usize, out: &mut Vec<u8>) -> Result<usize, HpackError> {
     let huffman = *block.get(*at).ok_or(HpackError::Truncated)? & 0x80 != 0;
     let len = integer(block, at, 7)?;
     let end = at.checked_add(len).ok_or(HpackError::Truncated)?;
     let bytes = block.get(*at..end).ok_or(HpackError::Truncated)?;
     *at = end;
     if huffman {
-        let limit = out.len() + MAX_STRING;
-        huffman::decode(bytes, limit, out).map_err(|e| match e {
-            huffman::HuffmanError::TooLong => HpackError::StringTooLong,
-            _ => HpackError::BadHuffman,
-        })
-    } else if len > MAX_STRING {
-        Err(HpackError::StringTooLong)
+        let start = out.len();
+        let decoded = huffman::decode(bytes, start + MAX_STRING + 1, out)
+            .map_err(|_| HpackError::BadHuffman)?;
+        if decoded > MAX_STRING {
+            out.truncate(start);
+        }
+        Ok(decoded)
     } else {
-        out.extend_from_slice(bytes);
-        Ok(())
+        if len <= MAX_STRING {
+            out.extend_from_slice(bytes);
+        }
+        Ok(len)
     }
 }
 
@@ -553,15 +589,44 @@ mod tests {
     }
 
     #[test]
+    fn a_string_too_long_to_keep_keeps_the_table_in_step() {
+        let mut d = Decoder::new(true);
+        // The table is 16 KiB: the 10,000-byte field goes in, but only its size is kept.
+        d.max_size = 16 * 1024;
+        d.settings_limit = 16 * 1024;
+        let long = "x".repeat(10_000);
+        let mut block = hex("40 05");
+        block.extend_from_slice(b"x-big");
+        block.push(0x7f);
+        let mut n = long.len() - 127;
+        while n >= 128 {
+            block.push((n % 128) as u8 | 0x80);
+            n /= 128;
+        }
+        block.push(n as u8);
+        block.extend_from_slice(long.as_bytes());
+        assert_eq!(
+            decode_all(&mut d, &block).unwrap(),
+            pairs(&[("x-big", "?")])
+        );
+        decode_all(&mut d, &hex("40 0161 0162")).unwrap();
+        assert_eq!(d.size, 5 + 10_000 + 32 + 2 + 32);
+        assert_eq!(
+            decode_all(&mut d, &hex("be bf")).unwrap(),
+            pairs(&[("a", "b"), ("x-big", "?")])
+        );
+    }
+
+    #[test]
     fn bad_blocks_are_errors_not_panics() {
         for block in [
-            "80",       // index 0
-            "ff",       // integer runs off the end
-            "ffffffffff7f", // integer too long
-            "40 05 61", // string past the end
-            "40 81 ff", // bad Huffman padding
-            "82 20",    // size update after a field
-            "3fe27f",   // size update past the limit
+            "80",             // index 0
+            "ff",             // integer runs off the end
+            "ffffffffff7f",   // integer too long
+            "40 05 61",       // string past the end
+            "40 01 61 81 ff", // bad Huffman padding
+            "82 20",          // size update after a field
+            "3fe27f",         // size update past the limit
         ] {
             let mut d = Decoder::new(true);
             assert!(decode_all(&mut d, &hex(block)).is_err(), "{block}");

@@ -101,12 +101,12 @@ pub enum HuffmanError {
     BadCode,
     /// More than seven bits of padding, or padding that is not the EOS prefix.
     BadPadding,
-    /// The decoded string would pass the caller's limit.
-    TooLong,
 }
 
-/// Decodes `src` into `out` (appending), at most `limit` bytes in all.
-pub fn decode(src: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), HuffmanError> {
+/// Decodes `src`, appending to `out` while it holds fewer than `limit` bytes; returns the
+/// decoded length (all of it, kept or not).
+pub fn decode(src: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<usize, HuffmanError> {
+    let mut decoded = 0usize;
     let t = &TABLES;
     let mut code: u32 = 0;
     let mut len: u32 = 0;
@@ -121,10 +121,10 @@ pub fn decode(src: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), Huffman
             let l = len as usize;
             let count = u32::from(t.count[l]);
             if count > 0 && code >= t.first[l] && code - t.first[l] < count {
-                if out.len() >= limit {
-                    return Err(HuffmanError::TooLong);
+                if out.len() < limit {
+                    out.push(t.symbols[(u32::from(t.offset[l]) + code - t.first[l]) as usize]);
                 }
-                out.push(t.symbols[(u32::from(t.offset[l]) + code - t.first[l]) as usize]);
+                decoded += 1;
                 code = 0;
                 len = 0;
                 ones = true;
@@ -136,7 +136,7 @@ pub fn decode(src: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), Huffman
     if len > 7 || !ones {
         return Err(HuffmanError::BadPadding);
     }
-    Ok(())
+    Ok(decoded)
 }
 
 #[cfg(test)]
@@ -165,7 +165,7 @@ mod tests {
     fn every_symbol_round_trips() {
         let all: Vec<u8> = (0..=255).collect();
         let mut out = Vec::new();
-        decode(&encode(&all), 1024, &mut out).unwrap();
+        assert_eq!(decode(&encode(&all), 1024, &mut out), Ok(256));
         assert_eq!(out, all);
     }
 
@@ -191,11 +191,14 @@ mod tests {
             0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff,
         ];
         let mut out = Vec::new();
-        decode(&src, 64, &mut out).unwrap();
+        assert_eq!(decode(&src, 64, &mut out), Ok(15));
         assert_eq!(out, b"www.example.com");
         // C.4.2: "no-cache".
         out.clear();
-        decode(&[0xa8, 0xeb, 0x10, 0x64, 0x9c, 0xbf], 64, &mut out).unwrap();
+        assert_eq!(
+            decode(&[0xa8, 0xeb, 0x10, 0x64, 0x9c, 0xbf], 64, &mut out),
+            Ok(8)
+        );
         assert_eq!(out, b"no-cache");
     }
 
@@ -214,10 +217,9 @@ mod tests {
             Err(HuffmanError::BadCode)
         );
         out.clear();
-        assert_eq!(
-            decode(&encode(b"abcdef"), 3, &mut out),
-            Err(HuffmanError::TooLong)
-        );
-        assert_eq!(decode(&[], 8, &mut out), Ok(()));
+        // Past the limit: counted, not kept.
+        assert_eq!(decode(&encode(b"abcdef"), 3, &mut out), Ok(6));
+        assert_eq!(out, b"abc");
+        assert_eq!(decode(&[], 8, &mut out), Ok(0));
     }
 }

@@ -158,12 +158,18 @@ impl super::ProtocolAttributes for Attributes {
     ) {
         use crate::semconv::{Value, key};
         out.push((key::RPC_SYSTEM, Value::Str(Cow::Borrowed("grpc"))));
-        out.push((key::RPC_SERVICE, Value::Str(Cow::Owned(self.service.clone()))));
+        out.push((
+            key::RPC_SERVICE,
+            Value::Str(Cow::Owned(self.service.clone())),
+        ));
         out.push((key::RPC_METHOD, Value::Str(Cow::Owned(self.method.clone()))));
         if let Some(status) = self.status {
             out.push((key::RPC_GRPC_STATUS_CODE, Value::Int(i64::from(status))));
         }
-        out.push((key::NETWORK_PROTOCOL_VERSION, Value::Str(Cow::Borrowed("2"))));
+        out.push((
+            key::NETWORK_PROTOCOL_VERSION,
+            Value::Str(Cow::Borrowed("2")),
+        ));
     }
 
     fn error_type(&self) -> Cow<'static, str> {
@@ -301,6 +307,27 @@ impl Parser {
             started: false,
             fields: Vec::new(),
         }
+    }
+
+    /// The parser of a connection upgraded from HTTP/1.1 (`Upgrade: h2c`, RFC 7540 §3.2): the
+    /// upgraded request is stream 1, its response comes in HTTP/2; the client's preface
+    /// follows the 101.
+    pub fn upgraded(side: Side, up: http1::H2cUpgrade) -> Self {
+        let mut p = Self::with_state(side, true);
+        p.started = true;
+        let mut headers = up.headers;
+        headers.truncate(16);
+        let stream = Stream {
+            start_ns: up.start_ns,
+            method: Some(up.method),
+            path: Some(up.path),
+            headers,
+            request_bytes: up.request_body_bytes,
+            ..Stream::default()
+        };
+        p.streams.insert(1, stream);
+        p.order.push_back(1);
+        p
     }
 
     fn count(&mut self, reason: &'static str) {
@@ -475,20 +502,22 @@ impl Parser {
         }
         let mut fields = std::mem::take(&mut self.fields);
         fields.clear();
-        let decoded = self.halves[d].hpack.decode(&block.fragments, |name, value| {
-            let name = match name {
-                Text::Known(n) => match field_name(n) {
-                    Some(n) => n,
-                    None => return,
-                },
-                Text::Unknown => FieldName::Unknown,
-            };
-            let value = match value {
-                Text::Known(v) => FieldValue::Known(String::from_utf8_lossy(v).into_owned()),
-                Text::Unknown => FieldValue::Unknown,
-            };
-            fields.push((name, value));
-        });
+        let decoded = self.halves[d]
+            .hpack
+            .decode(&block.fragments, |name, value| {
+                let name = match name {
+                    Text::Known(n) => match field_name(n) {
+                        Some(n) => n,
+                        None => return,
+                    },
+                    Text::Unknown => FieldName::Unknown,
+                };
+                let value = match value {
+                    Text::Known(v) => FieldValue::Known(String::from_utf8_lossy(v).into_owned()),
+                    Text::Unknown => FieldValue::Unknown,
+                };
+                fields.push((name, value));
+            });
         if let Err(e) = decoded {
             self.count(e.reason());
             self.fields = fields;
@@ -657,7 +686,12 @@ impl Parser {
         if self.is_request(dir) {
             return;
         }
-        let refused: Vec<u32> = self.streams.keys().copied().filter(|id| *id > last).collect();
+        let refused: Vec<u32> = self
+            .streams
+            .keys()
+            .copied()
+            .filter(|id| *id > last)
+            .collect();
         for id in refused {
             if let Some(s) = self.streams.get_mut(&id) {
                 s.responded = false;

@@ -42,14 +42,23 @@ fn lit_name(index: u8, value: &str) -> Vec<u8> {
 }
 
 fn headers(stream: u32, end_stream: bool, block: &[u8]) -> Vec<u8> {
-    let flags = frame::flag::END_HEADERS | if end_stream { frame::flag::END_STREAM } else { 0 };
+    let flags = frame::flag::END_HEADERS
+        | if end_stream {
+            frame::flag::END_STREAM
+        } else {
+            0
+        };
     frame(frame::kind::HEADERS, flags, stream, block)
 }
 
 fn data(stream: u32, end_stream: bool, body: &[u8]) -> Vec<u8> {
     frame(
         frame::kind::DATA,
-        if end_stream { frame::flag::END_STREAM } else { 0 },
+        if end_stream {
+            frame::flag::END_STREAM
+        } else {
+            0
+        },
         stream,
         body,
     )
@@ -75,11 +84,16 @@ fn settings() -> Vec<u8> {
 
 /// Feeds (direction, time, bytes) to a parser on `side`, each chunk whole; closes at the end
 /// if `close`.
-fn run(side: Side, chunks: &[(Direction, u64, Vec<u8>)], close: bool) -> (Vec<Exchange>, Vec<(&'static str, u64)>) {
+fn run(
+    side: Side,
+    chunks: &[(Direction, u64, Vec<u8>)],
+    close: bool,
+) -> (Vec<Exchange>, Vec<(&'static str, u64)>) {
     let mut p = Parser::new(side);
     let mut out = Vec::new();
     for (dir, ts, bytes) in chunks {
-        p.feed(*dir, *ts, bytes, bytes.len() as u64, &mut out).unwrap();
+        p.feed(*dir, *ts, bytes, bytes.len() as u64, &mut out)
+            .unwrap();
     }
     if close {
         p.close(1_000, &mut out);
@@ -117,29 +131,53 @@ use Direction::{Egress, Ingress};
 #[test]
 fn detects_the_preface_where_the_role_puts_it() {
     assert_eq!(detect(Side::Server, Ingress, PREFACE, false), Verdict::Yes);
-    assert_eq!(detect(Side::Client, Egress, &PREFACE[..5], false), Verdict::Prefix);
+    assert_eq!(
+        detect(Side::Client, Egress, &PREFACE[..5], false),
+        Verdict::Prefix
+    );
     assert_eq!(detect(Side::Client, Ingress, PREFACE, false), Verdict::No);
     // Frames, only on a connection found mid-stream.
     let frames = [settings(), headers(1, true, &[STATUS_200])].concat();
-    assert_eq!(detect(Side::Client, Ingress, &frames[9 + 6..], false), Verdict::No);
-    assert_eq!(detect(Side::Client, Ingress, &frames[9 + 6..], true), Verdict::Yes);
+    assert_eq!(
+        detect(Side::Client, Ingress, &frames[9 + 6..], false),
+        Verdict::No
+    );
+    assert_eq!(
+        detect(Side::Client, Ingress, &frames[9 + 6..], true),
+        Verdict::Yes
+    );
     // The server's SETTINGS, written before it read the client's preface.
     assert_eq!(detect(Side::Server, Egress, &frames, false), Verdict::Yes);
-    assert_eq!(detect(Side::Server, Egress, &frames[..12], false), Verdict::No);
-    assert_eq!(detect(Side::Client, Ingress, b"GET / HTTP/1.1\r\n\r\n", true), Verdict::No);
+    assert_eq!(
+        detect(Side::Server, Egress, &frames[..12], false),
+        Verdict::No
+    );
+    assert_eq!(
+        detect(Side::Client, Ingress, b"GET / HTTP/1.1\r\n\r\n", true),
+        Verdict::No
+    );
     assert_eq!(detect(Side::Client, Ingress, &[0; 9], true), Verdict::No);
 }
 
 #[test]
 fn one_request_from_both_sides() {
     let req = preface_and(&[headers(1, true, &request("/a/1?x=y"))]);
-    let resp = [settings(), headers(1, false, &[STATUS_200]), data(1, true, b"hello")].concat();
+    let resp = [
+        settings(),
+        headers(1, false, &[STATUS_200]),
+        data(1, true, b"hello"),
+    ]
+    .concat();
     for side in [Side::Client, Side::Server] {
         let (rq, rs) = match side {
             Side::Client => (Egress, Ingress),
             Side::Server => (Ingress, Egress),
         };
-        let (out, errors) = run(side, &[(rq, 10, req.clone()), (rs, 25, resp.clone())], false);
+        let (out, errors) = run(
+            side,
+            &[(rq, 10, req.clone()), (rs, 25, resp.clone())],
+            false,
+        );
         assert_eq!(errors, vec![]);
         assert_eq!(out.len(), 1, "{side:?}");
         let ex = &out[0];
@@ -157,7 +195,15 @@ fn a_server_seen_writing_its_settings_first_knows_its_tables() {
     let mut block = request("/first");
     block.extend(lit_indexed("x-k", "v"));
     let req = preface_and(&[headers(1, true, &block)]);
-    let (out, errors) = run(Side::Server, &[(Egress, 1, settings()), (Ingress, 2, req), (Egress, 3, resp)], false);
+    let (out, errors) = run(
+        Side::Server,
+        &[
+            (Egress, 1, settings()),
+            (Ingress, 2, req),
+            (Egress, 3, resp),
+        ],
+        false,
+    );
     assert_eq!(errors, vec![]);
     assert_eq!(out.len(), 1);
 }
@@ -169,7 +215,11 @@ fn many_streams_in_flight_answered_out_of_order() {
         headers(3, true, &request("/two")),
         headers(5, true, &request("/three")),
     ]);
-    let resp1 = [headers(5, true, &[STATUS_404]), headers(1, false, &[STATUS_200])].concat();
+    let resp1 = [
+        headers(5, true, &[STATUS_404]),
+        headers(1, false, &[STATUS_200]),
+    ]
+    .concat();
     let resp2 = [data(1, true, b"x"), headers(3, true, &[0x8e])].concat();
     let (out, errors) = run(
         Side::Client,
@@ -205,7 +255,11 @@ fn frames_split_byte_by_byte_give_the_same_exchanges() {
     let (out, errors) = run(Side::Client, &chunks, false);
     assert_eq!(errors, vec![]);
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].start_ns, 24 + 15, "the syscall of the HEADERS frame's first byte");
+    assert_eq!(
+        out[0].start_ns,
+        24 + 15,
+        "the syscall of the HEADERS frame's first byte"
+    );
     assert_eq!(out[0].end_ns, 1000 + resp.len() as u64 - 1);
     assert_eq!(http(&out[0]).path, "/split");
 }
@@ -220,9 +274,11 @@ fn a_body_beyond_the_capture_is_skipped_by_count() {
     // the next read ends the stream.
     let body = vec![b'z'; 10_000];
     let resp = [headers(1, false, &[STATUS_200]), data(1, false, &body)].concat();
-    p.feed(Ingress, 2, &resp[..100], resp.len() as u64, &mut out).unwrap();
+    p.feed(Ingress, 2, &resp[..100], resp.len() as u64, &mut out)
+        .unwrap();
     let end = data(1, true, b"");
-    p.feed(Ingress, 3, &end, end.len() as u64, &mut out).unwrap();
+    p.feed(Ingress, 3, &end, end.len() as u64, &mut out)
+        .unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!((out[0].response_bytes, out[0].end_ns), (10_000, 3));
     let mut errors = Vec::new();
@@ -255,7 +311,8 @@ fn a_header_block_beyond_the_capture_is_lost_and_counted_and_nothing_is_invented
         headers(5, true, &[STATUS_200]),
     ]
     .concat();
-    p.feed(Egress, 4, &resp, resp.len() as u64, &mut out).unwrap();
+    p.feed(Egress, 4, &resp, resp.len() as u64, &mut out)
+        .unwrap();
     let paths: Vec<_> = out.iter().map(|e| http(e).path.as_str()).collect();
     assert_eq!(paths, vec!["/five"]);
     let mut errors = Vec::new();
@@ -360,7 +417,10 @@ fn close_goaway_and_a_reset_before_the_response() {
     refused.sort_by_key(|r| r.0);
     assert_eq!(
         refused,
-        vec![("/c", Outcome::NoResponse, 2), ("/d", Outcome::NoResponse, 2)]
+        vec![
+            ("/c", Outcome::NoResponse, 2),
+            ("/d", Outcome::NoResponse, 2)
+        ]
     );
 }
 
@@ -465,11 +525,16 @@ fn garbage_never_panics() {
         x
     };
     for round in 0..200 {
-        let mut p = Parser::new(if round % 2 == 0 { Side::Client } else { Side::Server });
+        let mut p = Parser::new(if round % 2 == 0 {
+            Side::Client
+        } else {
+            Side::Server
+        });
         let mut out = Vec::new();
         let first = preface_and(&[]);
         let dir = if round % 2 == 0 { Egress } else { Ingress };
-        p.feed(dir, 0, &first, first.len() as u64, &mut out).unwrap();
+        p.feed(dir, 0, &first, first.len() as u64, &mut out)
+            .unwrap();
         for i in 0..50 {
             let len = (next() % 64) as usize;
             let mut chunk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
@@ -481,5 +546,63 @@ fn garbage_never_panics() {
             let _ = p.feed(d, i, &chunk, bytes, &mut out);
         }
         p.close(99, &mut out);
+    }
+}
+
+#[test]
+fn h2c_upgrade_hands_the_request_to_http2_as_stream_one() {
+    use crate::{
+        metrics::Registry,
+        protocol::session::{Session, SessionMetrics},
+    };
+    for side in [Side::Client, Side::Server] {
+        let (rq, rs) = match side {
+            Side::Client => (Egress, Ingress),
+            Side::Server => (Ingress, Egress),
+        };
+        let mut metrics = SessionMetrics::new(&Registry::default());
+        let mut session = Session::new(side, false);
+        let mut out = Vec::new();
+        let mut feed = |session: &mut Session, dir, ts, bytes: &[u8], out: &mut Vec<Exchange>| {
+            session.data(dir, ts, None, bytes, bytes.len() as u64, &mut metrics, out)
+        };
+        let upgrade = b"GET /up HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n";
+        feed(&mut session, rq, 10, upgrade, &mut out);
+        // The 101 and the server's SETTINGS in one write.
+        let mut switch =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                .to_vec();
+        switch.extend(settings());
+        feed(&mut session, rs, 20, &switch, &mut out);
+        let req = preface_and(&[headers(3, true, &request("/next"))]);
+        feed(&mut session, rq, 30, &req, &mut out);
+        let resp = [
+            headers(1, false, &[STATUS_200]),
+            data(1, true, b"upgraded"),
+            headers(3, true, &[STATUS_404]),
+        ]
+        .concat();
+        feed(&mut session, rs, 40, &resp, &mut out);
+        let got: Vec<_> = out
+            .iter()
+            .map(|e| {
+                (
+                    http(e).path.as_str(),
+                    http(e).status,
+                    http(e).version,
+                    e.start_ns,
+                    e.end_ns,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/up", Some(200), http1::Version::Http2, 10, 40),
+                ("/next", Some(404), http1::Version::Http2, 30, 40),
+            ],
+            "{side:?}"
+        );
+        assert!(matches!(out[0].context, Found::Valid(_)));
     }
 }

@@ -235,7 +235,10 @@ fn values_beyond_the_capture_are_skipped_by_count() {
 fn binary_protocol_is_detected_and_not_parsed() {
     // A binary GET of "k": magic, opcode 0, key length 1, body length 1.
     let get = b"\x80\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00k";
-    assert_eq!(detect(Side::Server, Direction::Ingress, get, false), Verdict::Yes);
+    assert_eq!(
+        detect(Side::Server, Direction::Ingress, get, false),
+        Verdict::Yes
+    );
     assert_eq!(
         detect(Side::Client, Direction::Ingress, b"\x81\x00\x00\x00", false),
         Verdict::Prefix
