@@ -72,8 +72,9 @@ pub mod flags {
 }
 
 /// Most events one syscall of an HTTP/2 connection is captured in (see [`flags::HTTP2`]):
-/// 64 KiB, four maximum-size frames.
-pub const HTTP2_CHUNKS: u32 = 16;
+/// 128 KiB. The chunks after the first are sent by a chain of tail calls, which the kernel
+/// bounds at 33.
+pub const HTTP2_CHUNKS: u32 = 32;
 
 /// The syscall a data event came from.
 pub mod syscall {

@@ -104,6 +104,9 @@ pub struct Continuation {
     pub args: IoArgs,
     pub bytes: u64,
     pub offset: u64,
+    /// Where `offset` is in a vectored syscall's iovecs (see `probes::IovAt`).
+    pub iov_index: u64,
+    pub iov_skip: u64,
     pub chunk: u32,
     pub flags: u8,
     pub _pad: [u8; 3],

@@ -737,6 +737,8 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
     // event still carries its bytes, for the agent to see it is not a protocol it parses).
     let skip = scratch.event.head.header.flags & flags::TLS != 0;
     let mut http2 = scratch.event.head.header.flags & flags::HTTP2 != 0;
+    // Where the first copy stopped in a vectored syscall's iovecs: the next chunk resumes there.
+    let mut iov_at = IovAt::default();
     let captured = if skip {
         count(stat::TLS_PAYLOAD_SKIPPED);
         0
@@ -746,7 +748,7 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
         } else {
             global!(CONFIG.capture_bytes) as u64
         };
-        copy_payload(scratch, &args, bytes, 0, cap)
+        copy_from(scratch, &args, bytes, 0, cap, &mut iov_at)
     };
     scratch.event.head.captured = captured as u32;
     if !skip
@@ -789,14 +791,35 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
     cont.args = args;
     cont.bytes = bytes;
     cont.offset = captured as u64;
+    cont.iov_index = iov_at.index;
+    cont.iov_skip = iov_at.skip;
     cont.chunk = 1;
     cont.flags = scratch.event.head.header.flags & !flags::MORE;
     // SAFETY: a tail call replaces this program with `data_continue` on the same CPU, which
     // finds the state above; it returns only if the slot is empty (counted).
     unsafe { TAIL.tail_call(ctx, 0) };
     // Only reached when the tail call failed.
-    count(stat::CONTINUATION_FAILED);
+    end_uncaptured(scratch, sk, cont.flags, bytes - captured as u64);
     Ok(0)
+}
+
+/// The rest of an HTTP/2 syscall could not be copied: one last event without payload says how
+/// many bytes moved unseen, so that the parser knows its framing is lost (counted).
+#[inline(always)]
+fn end_uncaptured(scratch: &mut crate::maps::DataScratch, sk: u64, base_flags: u8, rest: u64) {
+    count(stat::CONTINUATION_FAILED);
+    let head = &mut scratch.event.head;
+    head.header.flags = base_flags | flags::CONTINUATION;
+    head.bytes = rest;
+    head.captured = 0;
+    if let Some(state) = CONNS.get_ptr_mut(&sk) {
+        // SAFETY: valid map value pointer for the duration of the program.
+        unsafe {
+            head.seq = (*state).data_events;
+            (*state).data_events += 1;
+        }
+    }
+    emit_data(scratch, sk, 0);
 }
 
 /// Sends the next chunk of an HTTP/2 syscall whose first event `try_exit_io` sent, then tail-
@@ -821,9 +844,20 @@ fn try_continue(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let args = cont.args;
-    let n = copy_payload(scratch, &args, bytes, offset, MAX_CAPTURE as u64);
+    let mut iov_at = IovAt {
+        index: cont.iov_index,
+        skip: cont.iov_skip,
+    };
+    let n = copy_from(
+        scratch,
+        &args,
+        bytes,
+        offset,
+        MAX_CAPTURE as u64,
+        &mut iov_at,
+    );
     if n == 0 {
-        count(stat::CONTINUATION_FAILED);
+        end_uncaptured(scratch, sk, cont.flags, bytes - offset);
         return Ok(0);
     }
     let more = offset + (n as u64) < bytes && cont.chunk + 1 < HTTP2_CHUNKS;
@@ -845,11 +879,13 @@ fn try_continue(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     cont.offset = offset + n as u64;
+    cont.iov_index = iov_at.index;
+    cont.iov_skip = iov_at.skip;
     cont.chunk += 1;
     // SAFETY: see `try_exit_io`.
     unsafe { TAIL.tail_call(ctx, 0) };
     // Only reached when the tail call failed.
-    count(stat::CONTINUATION_FAILED);
+    end_uncaptured(scratch, sk, cont.flags, bytes - cont.offset);
     Ok(0)
 }
 
@@ -913,15 +949,26 @@ fn is_tls_record(payload: &[u8; MAX_CAPTURE]) -> bool {
     payload[0] == 0x16 && payload[1] == 0x03 && payload[2] <= 0x04
 }
 
+/// Where a vectored syscall's copy stands in its iovecs: the next iovec and the bytes to pass
+/// over from it (possibly more than it holds). Each chunk of an HTTP/2 syscall resumes there, so
+/// that every chunk can walk `MAX_IOV` more iovecs.
+#[derive(Clone, Copy, Default)]
+pub struct IovAt {
+    pub index: u64,
+    pub skip: u64,
+}
+
 /// Copies up to `cap` (at most `MAX_CAPTURE`) bytes of the payload, from byte `offset` of what
-/// the syscall moved, into the scratch event; returns the count.
+/// the syscall moved (vectored syscalls: from `iov_at`, which it advances), into the scratch
+/// event; returns the count.
 #[inline(always)]
-fn copy_payload(
+fn copy_from(
     scratch: &mut crate::maps::DataScratch,
     args: &IoArgs,
     bytes: u64,
     offset: u64,
     cap: u64,
+    iov_at: &mut IovAt,
 ) -> usize {
     let mut cap = cap;
     if cap > MAX_CAPTURE as u64 {
@@ -951,15 +998,16 @@ fn copy_payload(
         }
         syscall::READV | syscall::WRITEV | syscall::RECVMSG | syscall::SENDMSG => {
             let mut done: u64 = 0;
-            // Bytes of the iovecs still to pass over before copying starts.
-            let mut skip = offset;
-            let mut i: u32 = 0;
-            while i < MAX_IOV {
-                if i as u64 >= args.iovcnt || done >= cap {
+            let mut i = iov_at.index;
+            let mut skip = iov_at.skip;
+            let mut steps: u32 = 0;
+            while steps < MAX_IOV {
+                if i >= args.iovcnt || done >= cap {
                     break;
                 }
+                steps += 1;
                 // struct iovec { void *iov_base; size_t iov_len; }: one read for both.
-                let iov = args.buf + 16 * i as u64;
+                let iov = args.buf + 16 * i;
                 // SAFETY: probe reads of user memory fail cleanly on bad pointers.
                 let Ok([iov_base, iov_len]) =
                     (unsafe { bpf_probe_read_user(iov as *const [u64; 2]) })
@@ -994,8 +1042,12 @@ fn copy_payload(
                         break;
                     }
                 }
-                skip = 0;
                 done += n as u64;
+                // Resume in this iovec, past what was copied of it (a next chunk passes over
+                // it to the next iovec if nothing is left).
+                iov_at.index = i - 1;
+                iov_at.skip = skip + n as u64;
+                skip = 0;
             }
             if done > cap {
                 cap as usize

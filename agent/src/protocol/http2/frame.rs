@@ -98,6 +98,26 @@ impl FrameHeader {
         }
     }
 
+    /// Whether a header read where a frame was due, on a direction whose framing is known,
+    /// can be a frame: the length its type requires, and at most the receiver's maximum.
+    /// Lenient where the RFC says to be (§4.1, §5.5): unknown types and undefined flags are
+    /// ignored, not errors.
+    fn valid_in_sync(b: &[u8; HEADER_LEN], max_frame_size: u32) -> bool {
+        let h = FrameHeader::parse(b);
+        if h.length > max_frame_size {
+            return false;
+        }
+        match h.kind {
+            kind::PRIORITY => h.length == 5,
+            kind::RST_STREAM | kind::WINDOW_UPDATE => h.length == 4,
+            kind::PING => h.length == 8,
+            kind::SETTINGS => h.length.is_multiple_of(6),
+            kind::GOAWAY => h.length >= 8,
+            kind::PUSH_PROMISE => h.length >= 4,
+            _ => true,
+        }
+    }
+
     /// Payload bytes the parser reads of this frame.
     fn kept(&self) -> u32 {
         match self.kind {
@@ -263,7 +283,7 @@ impl Framer {
                     buf = &buf[n..];
                     if self.have == HEADER_LEN {
                         self.have = 0;
-                        if !FrameHeader::plausible(&self.head, self.max_frame_size) {
+                        if !FrameHeader::valid_in_sync(&self.head, self.max_frame_size) {
                             emit(Event::BadFrame);
                             self.lose();
                             return;

@@ -42,6 +42,8 @@ pub const NAME: &str = "http2";
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Streams tracked at once per connection; past it the oldest is dropped (counted).
 pub const MAX_STREAMS: usize = 1024;
+/// Ended streams remembered, so that their late frames are not taken for missed streams.
+const RECENTLY_FINISHED: usize = 256;
 /// Largest header block (HEADERS + CONTINUATION fragments) buffered; a larger one is lost.
 pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
 /// Longest `:path` kept.
@@ -233,6 +235,8 @@ pub struct Parser {
     streams: Map<u32, Stream>,
     /// Stream ids in the order their requests were seen, for the bound.
     order: std::collections::VecDeque<u32>,
+    /// Streams that ended lately (a reset, a GOAWAY) and may still get frames.
+    finished: std::collections::VecDeque<u32>,
     /// Counts of what yielded nothing, by reason, until [`super::Parser::take_errors`].
     errors: Vec<(&'static str, u64)>,
     closed: bool,
@@ -302,6 +306,7 @@ impl Parser {
             halves,
             streams: Map::default(),
             order: std::collections::VecDeque::new(),
+            finished: std::collections::VecDeque::new(),
             errors: Vec::new(),
             closed: false,
             started: false,
@@ -573,8 +578,13 @@ impl Parser {
                 _ => {}
             }
         }
-        // An unknown name may hide any of the fields: content-type (gRPC or not) above all.
-        if unknown_field {
+        // An unknown name may hide content-type (gRPC or not), unless that was decoded: a
+        // request has one. (Pseudo-header fields come first and once, RFC 9113 §8.3: unknown
+        // ones leave `:method` or `:path` missing.)
+        let content_type_known = fields
+            .iter()
+            .any(|(n, v)| *n == FieldName::ContentType && matches!(v, FieldValue::Known(_)));
+        if unknown_field && (!content_type_known || s.method.is_none() || s.path.is_none()) {
             s.request_unknown = true;
         }
         if (s.method.is_none() || s.path.is_none()) && !s.request_unknown {
@@ -599,7 +609,11 @@ impl Parser {
         out: &mut Vec<super::Exchange>,
     ) {
         let Some(stream) = self.streams.get_mut(&block.stream) else {
-            self.count(reason::STREAM_NOT_SEEN);
+            // Trailers after a reset, or an answer after the GOAWAY that ended the stream: not
+            // a stream this observer missed.
+            if !self.finished.contains(&block.stream) {
+                self.count(reason::STREAM_NOT_SEEN);
+            }
             return;
         };
         let unknown_field = fields.iter().any(|(n, _)| *n == FieldName::Unknown);
@@ -706,6 +720,10 @@ impl Parser {
         let Some(s) = self.streams.remove(&id) else {
             return;
         };
+        if self.finished.len() >= RECENTLY_FINISHED {
+            self.finished.pop_front();
+        }
+        self.finished.push_back(id);
         if let Some(i) = self.order.iter().position(|x| *x == id) {
             self.order.remove(i);
         }
@@ -885,6 +903,7 @@ impl super::Parser for Parser {
         let d = di(dir);
         let mut frames = std::mem::take(&mut self.halves[d].framer);
         let mut lost_framing = false;
+        let mut bad_frame = false;
         frames.feed(ts_ns, payload, uncaptured, |event| match event {
             frame::Event::Frame {
                 header,
@@ -893,11 +912,15 @@ impl super::Parser for Parser {
                 first_ts,
             } => self.on_frame(dir, ts_ns, first_ts, header, payload, complete, out),
             frame::Event::Lost => lost_framing = true,
-            frame::Event::BadFrame => self.count(reason::BAD_FRAME),
+            frame::Event::BadFrame => bad_frame = true,
         });
         self.halves[d].framer = frames;
-        if lost_framing {
-            self.count(reason::FRAMING_LOST);
+        if lost_framing || bad_frame {
+            self.count(if bad_frame {
+                reason::BAD_FRAME
+            } else {
+                reason::FRAMING_LOST
+            });
             self.lost(d);
         }
         Ok(())

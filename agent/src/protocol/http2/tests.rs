@@ -606,3 +606,22 @@ fn h2c_upgrade_hands_the_request_to_http2_as_stream_one() {
         assert!(matches!(out[0].context, Found::Valid(_)));
     }
 }
+
+#[test]
+fn trailers_after_a_reset_are_not_a_missed_stream() {
+    let mut b = grpc_request("/shop.Cart/Slow");
+    b.extend(lit("grpc-timeout", "5n"));
+    let req = preface_and(&[headers(1, true, &b)]);
+    let rst = frame(frame::kind::RST_STREAM, 0, 1, &[0, 0, 0, 8]);
+    let mut trailers_only = vec![STATUS_200];
+    trailers_only.extend(lit("grpc-status", "4"));
+    let late = headers(1, true, &trailers_only);
+    let (out, errors) = run(
+        Side::Client,
+        &[(Egress, 1, req), (Egress, 50, rst), (Ingress, 51, late)],
+        false,
+    );
+    assert_eq!(errors, vec![]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(grpc(&out[0]).status, Some(4));
+}
