@@ -177,6 +177,11 @@ impl Decoder {
         self.unknown_tail
     }
 
+    /// Bytes of the entries kept (RFC 7541 §4.1 sizes).
+    pub fn table_bytes(&self) -> usize {
+        self.size
+    }
+
     /// The decoding side announced SETTINGS_HEADER_TABLE_SIZE.
     pub fn set_settings_limit(&mut self, limit: u32) {
         self.settings_limit = limit as usize;
