@@ -27,7 +27,8 @@ pub struct Flags {
     pub listen: Option<SocketAddr>,
 
     /// Payload bytes captured from each read/write for protocol parsing, 0..=4096 [default: 1024].
-    /// Byte counts are always exact whatever this is.
+    /// Byte counts are always exact whatever this is. HTTP/2 connections are captured whole (up
+    /// to 128 KiB per read/write) whatever this is: their header blocks must be seen whole.
     #[arg(long, value_name = "N")]
     pub capture_bytes: Option<u32>,
 
