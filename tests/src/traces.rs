@@ -327,14 +327,39 @@ pub fn assert_one_trace_per_request(
     requests: usize,
     expected: &[(&str, &str, bool)],
 ) {
+    assert_traces(sdk, meshtap, requests, &[expected]);
+}
+
+/// The union of `sdk` and `meshtap` is, for each of the `requests`, one trace of each of the
+/// `shapes` (the spans of a trace: (service, kind, from an SDK), in any order): `requests` ×
+/// `shapes.len()` traces, each an SDK's trace id, each shape found `requests` times, and every
+/// `parentId` naming a span of the same trace.
+pub fn assert_traces(
+    sdk: &[Value],
+    meshtap: &[Value],
+    requests: usize,
+    shapes: &[&[(&str, &str, bool)]],
+) {
     let union: Vec<Value> = sdk.iter().chain(meshtap).cloned().collect();
     let all = describe(&union);
     let traces = by_trace(&union);
-    assert_eq!(traces.len(), requests, "one trace per request:\n{all}");
+    assert_eq!(
+        traces.len(),
+        requests * shapes.len(),
+        "{} trace(s) per request:\n{all}",
+        shapes.len()
+    );
     let sdk_traces: std::collections::BTreeSet<&str> =
         sdk.iter().map(crate::spans::trace_id).collect();
-    let mut expected: Vec<(&str, &str, bool)> = expected.to_vec();
-    expected.sort_unstable();
+    let shapes: Vec<Vec<(&str, &str, bool)>> = shapes
+        .iter()
+        .map(|s| {
+            let mut s = s.to_vec();
+            s.sort_unstable();
+            s
+        })
+        .collect();
+    let mut found = vec![0; shapes.len()];
     for (trace, spans) in &traces {
         assert!(
             sdk_traces.contains(trace.as_str()),
@@ -345,7 +370,10 @@ pub fn assert_one_trace_per_request(
             .map(|s| (crate::spans::service(s), crate::spans::kind(s), from_sdk(s)))
             .collect();
         got.sort_unstable();
-        assert_eq!(got, expected, "trace {trace}:\n{}", describe(spans));
+        let Some(at) = shapes.iter().position(|s| *s == got) else {
+            panic!("trace {trace} is none of {shapes:?}:\n{}", describe(spans));
+        };
+        found[at] += 1;
         let ids: std::collections::BTreeSet<&str> = spans.iter().map(crate::spans::id).collect();
         for s in spans {
             if let Some(p) = crate::spans::parent(s) {
@@ -357,4 +385,8 @@ pub fn assert_one_trace_per_request(
             }
         }
     }
+    assert!(
+        found.iter().all(|n| *n == requests),
+        "each shape {requests} times: {found:?}\n{all}"
+    );
 }

@@ -7,7 +7,10 @@
 //!
 //! Orders: instrumented caller -> plain callee; plain caller -> instrumented service -> plain
 //! callee (the SDK starts the trace: meshtap's spans of the request adopt it); two instrumented
-//! services with a plain proxy between them (the second continues the first's trace).
+//! services with a plain proxy between them (the second continues the first's trace). And two
+//! instrumented services with a plain service between them that passes no context on: the second
+//! SDK starts a second trace, which nothing can join to the first (both SDKs exported their spans
+//! already); the request's spans form two traces, each whole, and the split is counted.
 //!
 //! How the numbers are kept exact on a node where everything is observed: see
 //! [`meshtap_tests::traces`]; here every program has a service name unique to its scenario, and
@@ -17,8 +20,8 @@
 use std::net::SocketAddr;
 
 use meshtap_tests::traces::{
-    OtelService, Service, agent_args, assert_one_trace_per_request, run_client, run_otel_client,
-    start_agent,
+    OtelService, Service, agent_args, assert_one_trace_per_request, assert_traces, run_client,
+    run_otel_client, start_agent,
 };
 use meshtap_tests::zipkin::Collector;
 use meshtap_tests::{Agent, Nginx, NginxConfig, free_port, serial};
@@ -212,6 +215,75 @@ impl Node {
     }
 }
 
+impl Node {
+    /// An instrumented caller -> a plain service that passes no context on -> an instrumented
+    /// service, whose SDK starts a second trace -> a plain callee: meshtap's spans split where
+    /// the plain service calls out (its CLIENT span goes to the second trace, its SERVER span
+    /// stays in the first), each trace whole, one `other_trace` per request.
+    fn two_instrumented_with_a_plain_service_between(&self, tag: &str, propagator: &str) {
+        let (caller, plain, app, callee) = (
+            format!("{tag}d-caller"),
+            format!("{tag}d-plain"),
+            format!("{tag}d-app"),
+            format!("{tag}d-callee"),
+        );
+        let before = self.counters();
+        let backend = Service::start(&callee, &callee, None, "none");
+        let service = OtelService::start(&app, &app, Some(backend.port), propagator);
+        let middle = Service::start(&plain, &plain, Some(service.port), "none");
+        let mut sdk = run_otel_client(&caller, &caller, middle.port, COUNT, "/item", propagator);
+        assert_eq!(middle.finish().len(), COUNT);
+        sdk.extend(service.finish());
+        assert_eq!(backend.finish().len(), COUNT);
+        let (caller, plain, app, callee) = (
+            caller.as_str(),
+            plain.as_str(),
+            app.as_str(),
+            callee.as_str(),
+        );
+        let services = [caller, plain, app, callee];
+        let (first, second): (&[_], &[_]) = match self.mode {
+            Mode::Report => (
+                &[
+                    (caller, "CLIENT", true),
+                    (caller, "CLIENT", false),
+                    (plain, "SERVER", false),
+                ],
+                &[
+                    (plain, "CLIENT", false),
+                    (app, "SERVER", false),
+                    (app, "CLIENT", false),
+                    (app, "SERVER", true),
+                    (app, "CLIENT", true),
+                    (callee, "SERVER", false),
+                ],
+            ),
+            Mode::Skip => (
+                &[(caller, "CLIENT", true), (plain, "SERVER", false)],
+                &[
+                    (plain, "CLIENT", false),
+                    (app, "SERVER", true),
+                    (app, "CLIENT", true),
+                    (callee, "SERVER", false),
+                ],
+            ),
+        };
+        let from_meshtap = first.iter().chain(second).filter(|s| !s.2).count();
+        let spans = self.collector.wait_spans(&services, from_meshtap * COUNT);
+        assert_traces(&sdk, &spans, COUNT, &[first, second]);
+        let skipped = match self.mode {
+            Mode::Report => 0,
+            Mode::Skip => 3 * COUNT,
+        };
+        let after = self.counters();
+        assert_eq!(
+            (after.0 - before.0, after.1 - before.1, after.2 - before.2),
+            (skipped as f64, 0.0, COUNT as f64),
+            "{services:?}: spans skipped, requests unmerged (emitted, other_trace)"
+        );
+    }
+}
+
 fn proxy_name(tag: &str) -> String {
     format!("{tag}c-proxy")
 }
@@ -245,6 +317,7 @@ fn every_order(mode: Mode) {
         node.instrumented_caller_plain_callee(tag, propagator);
         node.plain_caller_instrumented_plain_callee(tag, propagator);
         node.two_instrumented_with_a_plain_proxy_between(tag, propagator, *port);
+        node.two_instrumented_with_a_plain_service_between(tag, propagator);
     }
     let stats = node.collector.stats();
     assert_eq!(stats["rejected_posts"], 0, "collector: {stats}");
