@@ -820,6 +820,29 @@ mod tests {
     }
 
     #[test]
+    fn instrumented_spans() {
+        let config = Config::load(Flags::default()).unwrap();
+        assert_eq!(config.instrumented_spans, InstrumentedSpans::Report);
+        let config = Config::load(Flags {
+            instrumented_spans: Some("skip".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(config.instrumented_spans, InstrumentedSpans::Skip);
+        let err = Config::load(Flags {
+            instrumented_spans: Some("drop".into()),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--instrumented-spans") && err.contains("drop"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
     fn service_mappings_and_buckets() {
         let config = Config::load(Flags {
             service_name: vec!["python3=backend".into()],

@@ -28,8 +28,9 @@
 //! span paired with it on this node, what is linked under them, up to the first span whose trace
 //! a context named) adopt the application's trace id and its sampling decision, so that the
 //! application's own spans and these form one trace. When the spans above already belong to
-//! another trace (a context named it, or an earlier request of the same SERVER span started
-//! another), the CLIENT span and what is under it stay in the application's trace, cut from
+//! another trace (a context named it, or an earlier call made while serving the same request
+//! took them into its own: an application that starts a trace per call), the CLIENT span and
+//! what is under it stay in the application's trace, cut from
 //! their SERVER span; when that SERVER span was emitted already, nothing is rewritten. Both are
 //! counted in `meshtap_spans_unmerged_total{reason}`. A process seen sending contexts it
 //! created is *instrumented*: with `--instrumented-spans skip` its SERVER spans, and its CLIENT
@@ -412,7 +413,9 @@ impl SpanAssembler {
         if waiting.is_empty() {
             self.clients_by_thread.remove(&thread);
         }
-        for child in adopted {
+        // In arrival order: the first call whose application trace differs decides the trace
+        // of the spans above (see `join_application_trace`).
+        for child in adopted.into_iter().rev() {
             let passed_through = self.link(child, key);
             self.join_application_trace(child, key, passed_through, out);
         }
@@ -2213,5 +2216,212 @@ mod tests {
             (APP_TRACE, Some(APP_SPAN))
         );
         assert!(asm.asm.instrumented.contains_key(&2));
+    }
+
+    /// An application without a SERVER span of its own starts a trace for every call it makes
+    /// (client instrumentation only): the first call's trace takes the held spans above, the
+    /// second call stays a root of its own trace, counted as unmerged.
+    #[test]
+    fn a_trace_per_outgoing_call_keeps_the_first_and_cuts_the_second() {
+        let second_trace = "80f198ee56343ba864fe8b2a57d3eff7";
+        let (one, two) = (
+            format!("00-{APP_TRACE}-{APP_SPAN}-01"),
+            format!("00-{second_trace}-{APP_SERVER}-01"),
+        );
+        let (one, two) = (
+            [("traceparent", one.as_str())],
+            [("traceparent", two.as_str())],
+        );
+        let k1 = ("10.0.0.1:40000", "10.0.0.2:8080");
+        let (ka, kb) = (
+            ("10.0.0.2:40001", "10.0.0.3:9090"),
+            ("10.0.0.2:40002", "10.0.0.3:9090"),
+        );
+        let mut asm = Asm::new(59, 1.0, false);
+        let mut out = empty();
+        asm.add(
+            input(
+                Side::Server,
+                3,
+                30,
+                (12 * MS, 14 * MS),
+                ka,
+                Some("svc2"),
+                &one,
+                15 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Client,
+                2,
+                20,
+                (11 * MS, 15 * MS),
+                ka,
+                Some("svc3"),
+                &one,
+                16 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Server,
+                3,
+                31,
+                (22 * MS, 24 * MS),
+                kb,
+                Some("svc2"),
+                &two,
+                25 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Client,
+                2,
+                20,
+                (21 * MS, 25 * MS),
+                kb,
+                Some("svc3"),
+                &two,
+                26 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (10 * MS, 40 * MS),
+                k1,
+                Some("svc1"),
+                &[],
+                41 * MS,
+            ),
+            &mut out,
+        );
+        let mut curl = input(
+            Side::Client,
+            1,
+            10,
+            (9 * MS, 41 * MS),
+            k1,
+            Some("svc2"),
+            &[],
+            42 * MS,
+        );
+        curl.in_server_process = false;
+        asm.add(curl, &mut out);
+        assert_eq!(out.spans.len(), 6);
+        assert_eq!((out.unmerged_other_trace, out.unlinked), (1, 0));
+        let in_first = out.spans.iter().filter(|s| s.trace_id == APP_TRACE).count();
+        let in_second: Vec<&Span> = out
+            .spans
+            .iter()
+            .filter(|s| s.trace_id == second_trace)
+            .collect();
+        assert_eq!((in_first, in_second.len()), (4, 2));
+        let cut = in_second
+            .iter()
+            .find(|s| s.kind == Some(Kind::Client))
+            .unwrap();
+        assert_eq!(
+            (cut.id.as_str(), cut.parent_id.as_deref()),
+            (APP_SERVER, None)
+        );
+    }
+
+    /// With `skip`, a call the instrumented process makes without a context (its SDK does not
+    /// see it) stays meshtap's, under the span above the skipped SERVER span.
+    #[test]
+    fn skip_puts_a_call_without_context_under_the_span_above() {
+        let app = format!("00-{APP_TRACE}-{APP_SPAN}-01");
+        let app = [("traceparent", app.as_str())];
+        let k1 = ("10.0.0.1:40000", "10.0.0.2:8080");
+        let ka = ("10.0.0.2:40001", "10.0.0.3:9090");
+        let kb = ("10.0.0.2:40002", "192.0.2.1:6379");
+        let mut asm = skipping(Asm::new(61, 1.0, false));
+        let mut out = empty();
+        asm.add(
+            input(
+                Side::Server,
+                3,
+                30,
+                (12 * MS, 14 * MS),
+                ka,
+                Some("svc2"),
+                &app,
+                15 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Client,
+                2,
+                20,
+                (11 * MS, 15 * MS),
+                ka,
+                Some("svc3"),
+                &app,
+                16 * MS,
+            ),
+            &mut out,
+        );
+        // A call to a server elsewhere (192.0.2.1), without a context.
+        asm.add(
+            input(
+                Side::Client,
+                2,
+                20,
+                (21 * MS, 25 * MS),
+                kb,
+                None,
+                &[],
+                26 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (10 * MS, 40 * MS),
+                k1,
+                Some("svc1"),
+                &[],
+                41 * MS,
+            ),
+            &mut out,
+        );
+        let mut curl = input(
+            Side::Client,
+            1,
+            10,
+            (9 * MS, 41 * MS),
+            k1,
+            Some("svc2"),
+            &[],
+            42 * MS,
+        );
+        curl.in_server_process = false;
+        asm.add(curl, &mut out);
+        assert_eq!(out.spans.len(), 3);
+        assert_eq!(out.instrumented_skipped, 2);
+        assert!(out.spans.iter().all(|s| s.trace_id == APP_TRACE));
+        let curl = by_service(&out.spans, "svc1", Kind::Client);
+        let plain_call = out
+            .spans
+            .iter()
+            .find(|s| s.kind == Some(Kind::Client) && s.id != curl.id)
+            .unwrap();
+        assert_eq!(plain_call.parent_id.as_ref(), Some(&curl.id));
+        let be = by_service(&out.spans, "svc3", Kind::Server);
+        assert_eq!(be.parent_id.as_deref(), Some(APP_SPAN));
     }
 }
