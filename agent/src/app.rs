@@ -169,6 +169,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             span_options: SpanOptions {
                 db_query_text: config.db_query_text,
             },
+            instrumented_spans: config.instrumented_spans,
         },
         Some(Box::new(StoreExporter(store.clone()))),
         collectors,

@@ -9,6 +9,7 @@ use meshtap_common::{DEFAULT_CAPTURE, MAX_CAPTURE};
 
 use crate::export::otlp::config::{OtlpConfig, OtlpConfigError};
 use crate::protocol::db::QueryText;
+use crate::trace::assembly::InstrumentedSpans;
 
 /// meshtap: zero-instrumentation TCP and service metrics for every process on this node, from
 /// eBPF syscall and TCP tracepoints (no kprobes). Must run as root (or with CAP_BPF, CAP_PERFMON,
@@ -154,6 +155,12 @@ pub struct Flags {
     #[arg(long, value_name = "MODE")]
     pub db_query_text: Option<String>,
 
+    /// Spans of processes that run a tracer of their own (seen sending trace contexts they
+    /// created): report (emit them beside the SDK's) or skip (their SDK reports them; their
+    /// neighbours' spans and every metric stay) [default: report].
+    #[arg(long, value_name = "MODE")]
+    pub instrumented_spans: Option<String>,
+
     /// Traces per second the built-in trace store admits once a burst of 10 seconds' worth is
     /// spent (the rest are counted and still exported to a collector); 0 = every trace
     /// [default: 200].
@@ -243,6 +250,7 @@ pub struct FileConfig {
     pub trace_store_spans: Option<u32>,
     pub trace_store_rate: Option<u32>,
     pub db_query_text: Option<String>,
+    pub instrumented_spans: Option<String>,
     pub log_level: Option<String>,
     pub kubernetes: Option<String>,
     pub kube_api_url: Option<String>,
@@ -297,6 +305,8 @@ pub struct Config {
     pub trace_store_rate: u32,
     /// `db.query.text` of database spans.
     pub db_query_text: QueryText,
+    /// What is emitted of instrumented processes' spans.
+    pub instrumented_spans: InstrumentedSpans,
     pub log_level: String,
     pub kubernetes: Kubernetes,
     pub proc_root: PathBuf,
@@ -583,6 +593,22 @@ impl Config {
                     });
                 }
             },
+            instrumented_spans: match flags
+                .instrumented_spans
+                .or(file.instrumented_spans)
+                .as_deref()
+                .unwrap_or("report")
+            {
+                "report" => InstrumentedSpans::Report,
+                "skip" => InstrumentedSpans::Skip,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        setting: "instrumented_spans (--instrumented-spans)",
+                        value: other.to_string(),
+                        expected: "one of report, skip",
+                    });
+                }
+            },
             log_level: flags
                 .log_level
                 .or(file.log_level)
@@ -792,6 +818,29 @@ mod tests {
         assert!(err.contains("line 2 `capture_bytes = \"lots\"`"), "{err}");
         assert!(!err.contains('\n'), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn instrumented_spans() {
+        let config = Config::load(Flags::default()).unwrap();
+        assert_eq!(config.instrumented_spans, InstrumentedSpans::Report);
+        let config = Config::load(Flags {
+            instrumented_spans: Some("skip".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(config.instrumented_spans, InstrumentedSpans::Skip);
+        let err = Config::load(Flags {
+            instrumented_spans: Some("drop".into()),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--instrumented-spans") && err.contains("drop"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
     }
 
     #[test]

@@ -248,3 +248,145 @@ pub fn store_matches_collector(c: &Chain) {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Applications with a tracer of their own: the OpenTelemetry Python SDK (`otel_service.py`)
+
+/// `otel_service.py serve`: an application instrumented with the OpenTelemetry SDK, its
+/// propagator `w3c`, `b3` or `b3multi`.
+pub struct OtelService {
+    child: ScriptChild,
+    pub port: u16,
+}
+
+impl OtelService {
+    /// `name` is its `OTEL_SERVICE_NAME` (its SDK's and meshtap's name for it); `backend`: the
+    /// port of a service on 127.0.0.1 it calls from the thread serving each request.
+    pub fn start(comm: &str, name: &str, backend: Option<u16>, propagator: &str) -> Self {
+        let mut script = Script::new("otel_service.py", comm)
+            .env("OTEL_SERVICE_NAME", name)
+            .arg("serve")
+            .opt("--bind", "127.0.0.1")
+            .opt("--propagator", propagator);
+        if let Some(port) = backend {
+            script = script.opt("--backend", format!("127.0.0.1:{port}"));
+        }
+        let mut child = script.spawn();
+        let v = child.expect_event("listening", STARTUP);
+        Self {
+            port: port_of(&v),
+            child,
+        }
+    }
+
+    /// Stops it; returns the spans its SDK exported, in Zipkin v2's shape.
+    pub fn finish(mut self) -> Vec<Value> {
+        self.child.send_line("stop");
+        let done = self.child.finish(RUN);
+        done["spans"].as_array().expect("spans").clone()
+    }
+}
+
+/// Runs `otel_service.py client`: `count` GETs of `path/<i>` to 127.0.0.1:`port`, each in a
+/// CLIENT span that starts a trace. Returns the spans its SDK exported.
+pub fn run_otel_client(
+    comm: &str,
+    name: &str,
+    port: u16,
+    count: usize,
+    path: &str,
+    propagator: &str,
+) -> Vec<Value> {
+    let done = Script::new("otel_service.py", comm)
+        .env("OTEL_SERVICE_NAME", name)
+        .arg("client")
+        .opt("--port", port)
+        .opt("--count", count)
+        .opt("--path", path)
+        .opt("--propagator", propagator)
+        .run(RUN);
+    let statuses = done["statuses"].as_array().expect("statuses");
+    assert_eq!(statuses.len(), count, "{done}");
+    assert!(statuses.iter().all(|s| s == 200), "{done}");
+    done["spans"].as_array().expect("spans").clone()
+}
+
+/// Whether a span came from an application's SDK (`otel_service.py` marks them), not from
+/// meshtap.
+pub fn from_sdk(span: &Value) -> bool {
+    span["sdk"].as_bool().unwrap_or(false)
+}
+
+/// The union of the applications' spans (`sdk`) and meshtap's (`meshtap`) is, for each of the
+/// `requests`, exactly one trace: `requests` trace ids, each one an SDK's trace, each trace made
+/// of exactly the `expected` spans ((service, kind, from an SDK), in any order), and every
+/// `parentId` in it naming a span of the same trace.
+pub fn assert_one_trace_per_request(
+    sdk: &[Value],
+    meshtap: &[Value],
+    requests: usize,
+    expected: &[(&str, &str, bool)],
+) {
+    assert_traces(sdk, meshtap, requests, &[expected]);
+}
+
+/// The union of `sdk` and `meshtap` is, for each of the `requests`, one trace of each of the
+/// `shapes` (the spans of a trace: (service, kind, from an SDK), in any order): `requests` ×
+/// `shapes.len()` traces, each an SDK's trace id, each shape found `requests` times, and every
+/// `parentId` naming a span of the same trace.
+pub fn assert_traces(
+    sdk: &[Value],
+    meshtap: &[Value],
+    requests: usize,
+    shapes: &[&[(&str, &str, bool)]],
+) {
+    let union: Vec<Value> = sdk.iter().chain(meshtap).cloned().collect();
+    let all = describe(&union);
+    let traces = by_trace(&union);
+    assert_eq!(
+        traces.len(),
+        requests * shapes.len(),
+        "{} trace(s) per request:\n{all}",
+        shapes.len()
+    );
+    let sdk_traces: std::collections::BTreeSet<&str> =
+        sdk.iter().map(crate::spans::trace_id).collect();
+    let shapes: Vec<Vec<(&str, &str, bool)>> = shapes
+        .iter()
+        .map(|s| {
+            let mut s = s.to_vec();
+            s.sort_unstable();
+            s
+        })
+        .collect();
+    let mut found = vec![0; shapes.len()];
+    for (trace, spans) in &traces {
+        assert!(
+            sdk_traces.contains(trace.as_str()),
+            "trace {trace} is none of the applications':\n{all}"
+        );
+        let mut got: Vec<(&str, &str, bool)> = spans
+            .iter()
+            .map(|s| (crate::spans::service(s), crate::spans::kind(s), from_sdk(s)))
+            .collect();
+        got.sort_unstable();
+        let Some(at) = shapes.iter().position(|s| *s == got) else {
+            panic!("trace {trace} is none of {shapes:?}:\n{}", describe(spans));
+        };
+        found[at] += 1;
+        let ids: std::collections::BTreeSet<&str> = spans.iter().map(crate::spans::id).collect();
+        for s in spans {
+            if let Some(p) = crate::spans::parent(s) {
+                assert!(
+                    ids.contains(p),
+                    "trace {trace}: parent {p} of {s} is not in it:\n{}",
+                    describe(spans)
+                );
+            }
+        }
+    }
+    assert!(
+        found.iter().all(|n| *n == requests),
+        "each shape {requests} times: {found:?}\n{all}"
+    );
+}

@@ -78,11 +78,17 @@ const SERVICES: &[(&str, &str, u16)] = &[
 /// tests/tests/db_postgres_edges.rs counts the messages its pipeline mode sends.
 /// `grpcio` is pinned, and checked, because tests/tests/grpc.rs asserts what its transport puts
 /// on the wire (Trailers-Only errors, a deadline's `grpc-status: 4` or reset).
+/// The OpenTelemetry Python SDK and its B3 propagator are the tracer of the instrumented
+/// applications in tests/tests/traces_mixed.rs (tests/scripts/otel_service.py): pinned, with the
+/// API of the same release, because the test reads the spans they make.
 const PYTHON_IMPORTS: &str = "import jsonschema, yaml, requests, kubernetes_validate, pymysql, mysql.connector, redis, pymemcache, pg8000.native, psycopg; \
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2; \
+    import opentelemetry.sdk.trace, opentelemetry.propagators.b3; \
     from importlib.metadata import version; \
     assert version('kubernetes-validate') == '1.37.0', version('kubernetes-validate'); \
     assert version('opentelemetry-proto') == '1.45.2', version('opentelemetry-proto'); \
+    assert version('opentelemetry-sdk') == '1.45.2', version('opentelemetry-sdk'); \
+    assert version('opentelemetry-propagator-b3') == '1.45.1', version('opentelemetry-propagator-b3'); \
     assert version('pg8000') == '1.31.6', version('pg8000'); \
     assert psycopg.pq.__impl__ == 'binary', psycopg.pq.__impl__; \
     assert version('psycopg') == '3.2.3', version('psycopg'); \
@@ -93,6 +99,9 @@ const PYTHON_PACKAGES: &[&str] = &[
     "requests",
     "kubernetes-validate==1.37.0",
     "opentelemetry-proto==1.45.2",
+    "opentelemetry-api==1.45.2",
+    "opentelemetry-sdk==1.45.2",
+    "opentelemetry-propagator-b3==1.45.1",
     "PyMySQL==1.2.4",
     "mysql-connector-python==26.10.0",
     "redis",

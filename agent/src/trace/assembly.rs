@@ -23,6 +23,23 @@
 //! carrying its caller's span id: once the CLIENT span is linked to the proxy's SERVER span, it
 //! gets an id of its own instead of duplicating the caller's.
 //!
+//! An application that runs a tracer (an OpenTelemetry or Zipkin SDK) puts its own context in
+//! the requests it sends: it passes its caller's on (a proxy: handled above), continues it (same
+//! trace id, a span id of its own), or starts a trace of its own (it received none, or ignored
+//! the one it got). In the last case the CLIENT span is linked (3.) under a SERVER span whose
+//! trace is not the application's: the spans held for that request (the SERVER span, the CLIENT
+//! span paired with it on this node, what is linked under them, up to the first span whose trace
+//! a context named) adopt the application's trace id and its sampling decision, so that the
+//! application's own spans and these form one trace. When the spans above already belong to
+//! another trace (a context named it, or an earlier call made while serving the same request
+//! took them into its own: an application that starts a trace per call), the CLIENT span and
+//! what is under it stay in the application's trace, cut from
+//! their SERVER span; when that SERVER span was emitted already, nothing is rewritten. Both are
+//! counted in `meshtap_spans_unmerged_total{reason}`. A process seen sending contexts it
+//! created is *instrumented*: with `--instrumented-spans skip` its SERVER spans, and its CLIENT
+//! spans that carry a context, are not emitted (its SDK reports them); their children are linked
+//! to what the SDK's spans are known by (the context's span id) or to the nearest span emitted.
+//!
 //! Exchanges complete bottom-up (the callee's response before the caller's), so a span waits
 //! up to `LINK_WAIT_NS` for the span that will be its parent; trace ids are assigned top-down
 //! once a root is known. What cannot be linked this way (async runtimes and worker pools that
@@ -57,6 +74,21 @@ const RECENT_SERVER_NS: u64 = LINK_WAIT_NS + crate::exchange::PAIR_WAIT_NS;
 /// Emitted SERVER spans remembered per thread, and in all (beyond, new ones are not).
 const RECENT_PER_THREAD: usize = 16;
 const MAX_RECENT: usize = 20_000;
+/// Instrumented processes remembered at once (beyond, new ones are not, and counted), and for
+/// how long after their last context.
+pub const MAX_INSTRUMENTED: usize = 4096;
+const INSTRUMENTED_TTL_NS: u64 = 600_000_000_000;
+
+/// What meshtap emits of a process that runs a tracer of its own (`--instrumented-spans`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InstrumentedSpans {
+    /// Every span, the instrumented process's too (they sit beside its SDK's in the trace).
+    #[default]
+    Report,
+    /// Not the instrumented process's SERVER spans nor its CLIENT spans with a context: its SDK
+    /// reports them.
+    Skip,
+}
 
 /// A SERVER span already emitted, for CLIENT spans of its thread that complete after it.
 #[derive(Clone, Copy)]
@@ -69,6 +101,9 @@ struct EmittedServer {
     end_ns: u64,
     debug: bool,
     sampled: Option<bool>,
+    /// What CLIENT spans of its request take as parent: its id, or when it was skipped
+    /// (`InstrumentedSpans::Skip`) the nearest span emitted.
+    children_parent: Option<u64>,
     /// Its arrival time, monotonic ns.
     now_ns: u64,
 }
@@ -90,6 +125,9 @@ struct Node {
     debug: bool,
     shared: bool,
     sampled: Option<bool>,
+    /// A CLIENT span whose thread's SERVER span of that time was emitted already, in another
+    /// trace than its context's: if nothing else adopts it, it is unmerged, not unlinked.
+    missed_emitted: bool,
 }
 
 /// Assembled spans, sampled, ready for export.
@@ -107,6 +145,14 @@ pub struct Assembled {
     pub invalid_context: u64,
     /// Spans dropped because their trace context said not sampled.
     pub not_sampled: u64,
+    /// Requests whose application trace could not be joined: the SERVER span was emitted
+    /// already (`emitted`), the spans above belong to another trace (`other_trace`).
+    pub unmerged_emitted: u64,
+    pub unmerged_other_trace: u64,
+    /// Spans of instrumented processes not emitted (`InstrumentedSpans::Skip`).
+    pub instrumented_skipped: u64,
+    /// Instrumented processes not remembered: `MAX_INSTRUMENTED` were.
+    pub instrumented_untracked: u64,
 }
 
 pub struct SpanAssembler {
@@ -132,6 +178,11 @@ pub struct SpanAssembler {
     /// built).
     exporting: bool,
     admission: StoreAdmission,
+    instrumented_spans: InstrumentedSpans,
+    /// Processes seen sending contexts they created: pid -> when last seen.
+    instrumented: Map<u32, u64>,
+    /// Trees cut off by `join_application_trace`, to finish once the exchange is added.
+    cut: Vec<u64>,
 }
 
 /// Where the spans of one emitted tree go.
@@ -163,7 +214,16 @@ impl SpanAssembler {
             exporting: false,
             admission: StoreAdmission::new(0),
             span_options: SpanOptions::default(),
+            instrumented_spans: InstrumentedSpans::Report,
+            instrumented: Map::default(),
+            cut: Vec::new(),
         }
+    }
+
+    /// What is emitted of instrumented processes.
+    pub fn with_instrumented_spans(mut self, mode: InstrumentedSpans) -> Self {
+        self.instrumented_spans = mode;
+        self
     }
 
     /// What spans carry beyond the defaults.
@@ -214,7 +274,7 @@ impl SpanAssembler {
                 let s = self.insert(server, out);
                 // The server's parent is the client end of the same request (rule 2).
                 self.link(s, c);
-                self.adopt_thread_children(s);
+                self.adopt_thread_children(s, out);
                 self.settle(c, out);
             }
             Paired::Alone {
@@ -230,10 +290,13 @@ impl SpanAssembler {
                     {
                         out.unlinked += 1;
                     }
-                    self.adopt_thread_children(k);
+                    self.adopt_thread_children(k, out);
                 }
                 self.settle(k, out);
             }
+        }
+        while let Some(cut) = self.cut.pop() {
+            self.finish(cut, out);
         }
         while self.nodes.len() > MAX_WAITING {
             let Some(oldest) = self.order.pop_front() else {
@@ -266,6 +329,7 @@ impl SpanAssembler {
             debug: false,
             shared: false,
             sampled: None,
+            missed_emitted: false,
             input,
         };
         match (&ctx, node.input.side) {
@@ -295,6 +359,10 @@ impl SpanAssembler {
                 // context unchanged, the id is the caller's, and only the link to this
                 // process's SERVER span tells (see `link`).
                 node.awaits_parent = node.input.in_server_process;
+                if !node.input.in_server_process {
+                    // It serves nothing: the context is its own.
+                    self.mark_instrumented(node.input.pid, node.input.now_ns, out);
+                }
             }
             (None, Side::Server) => node.span_id = self.new_span_id(),
             (None, Side::Client) => {
@@ -305,7 +373,7 @@ impl SpanAssembler {
         if node.input.side == Side::Server {
             self.serving.insert(node.input.pid, node.input.now_ns);
         } else {
-            self.link_to_emitted_server(&mut node, ctx.as_ref());
+            self.link_to_emitted_server(&mut node, ctx.as_ref(), out);
         }
         self.nodes.insert(key, node);
         self.order.push_back(key);
@@ -314,7 +382,7 @@ impl SpanAssembler {
 
     /// A SERVER node adopts the CLIENT nodes of its thread that were waiting for it and lie in
     /// its time window (rule 3).
-    fn adopt_thread_children(&mut self, key: u64) {
+    fn adopt_thread_children(&mut self, key: u64, out: &mut Assembled) {
         let Some(node) = self.nodes.get(&key) else {
             return;
         };
@@ -352,9 +420,89 @@ impl SpanAssembler {
         if waiting.is_empty() {
             self.clients_by_thread.remove(&thread);
         }
-        for child in adopted {
-            self.link(child, key);
+        // In arrival order: the first call whose application trace differs decides the trace
+        // of the spans above (see `join_application_trace`).
+        for child in adopted.into_iter().rev() {
+            let passed_through = self.link(child, key);
+            self.join_application_trace(child, key, passed_through, out);
         }
+    }
+
+    /// After `child` (a CLIENT span, with what is linked under it) was linked under `parent`, a
+    /// SERVER span of its thread (3.): if the child's request carries a context of the
+    /// application's own, or a trace the child's subtree adopted, the spans held above join that
+    /// trace, or the child is cut from them when they are in another one (see the module
+    /// documentation).
+    fn join_application_trace(
+        &mut self,
+        child: u64,
+        parent: u64,
+        passed_through: bool,
+        out: &mut Assembled,
+    ) {
+        let Some(c) = self.nodes.get(&child) else {
+            return;
+        };
+        if !passed_through && matches!(c.input.exchange.context, Found::Valid(_)) {
+            let (pid, now) = (c.input.pid, c.input.now_ns);
+            self.mark_instrumented(pid, now, out);
+        }
+        let Some(c) = self.nodes.get(&child) else {
+            return;
+        };
+        let Some(trace_id) = c.trace_id else {
+            return;
+        };
+        let (sampled, debug) = (c.sampled, c.debug);
+        // Up to the first span whose trace is known, or the root (the tree's trace then comes
+        // from this child). Bounded by the tree's depth.
+        let mut at = parent;
+        loop {
+            let Some(n) = self.nodes.get_mut(&at) else {
+                return;
+            };
+            match (n.trace_id, n.parent) {
+                (Some(t), _) if t == trace_id => return,
+                (Some(_), _) => break,
+                (None, Some(up)) => at = up,
+                (None, None) => {
+                    n.trace_id = Some(trace_id);
+                    n.sampled = sampled;
+                    n.debug = debug;
+                    return;
+                }
+            }
+        }
+        // Another trace above: the child and its subtree stay in the application's, a tree of
+        // their own.
+        out.unmerged_other_trace += 1;
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.children.retain(|k| *k != child);
+        }
+        if let Some(c) = self.nodes.get_mut(&child) {
+            c.parent = None;
+            c.awaits_parent = false;
+        }
+        self.cut.push(child);
+    }
+
+    /// Remembers that process `pid` sends contexts it created.
+    fn mark_instrumented(&mut self, pid: u32, now_ns: u64, out: &mut Assembled) {
+        if let Some(seen) = self.instrumented.get_mut(&pid) {
+            *seen = (*seen).max(now_ns);
+        } else if self.instrumented.len() < MAX_INSTRUMENTED {
+            self.instrumented.insert(pid, now_ns);
+        } else {
+            out.instrumented_untracked += 1;
+        }
+    }
+
+    /// Whether `node` is a span its process's own tracer reports, not to emit.
+    fn skipped(&self, node: &Node) -> bool {
+        self.instrumented_spans == InstrumentedSpans::Skip
+            && self.instrumented.contains_key(&node.input.pid)
+            && (node.input.side == Side::Server
+                || matches!(node.input.exchange.context, Found::Valid(_)))
     }
 
     /// A node that waits for its parent goes in its thread's queue; any other is final now.
@@ -376,23 +524,40 @@ impl SpanAssembler {
     /// Links a CLIENT span to the SERVER span its thread served it in, if that one was emitted
     /// already (see the module documentation, 3.). Not to a span of another trace than the
     /// one the request's context names.
-    fn link_to_emitted_server(&mut self, node: &mut Node, ctx: Option<&TraceContext>) {
+    fn link_to_emitted_server(
+        &mut self,
+        node: &mut Node,
+        ctx: Option<&TraceContext>,
+        out: &mut Assembled,
+    ) {
         let thread = (node.input.pid, node.input.tid);
         let (start, end) = (node.input.exchange.start_ns, node.input.exchange.end_ns);
-        let Some(server) = self.emitted_servers.get(&thread).and_then(|recent| {
-            recent.iter().rev().copied().find(|s| {
-                start + WINDOW_SLACK_NS >= s.start_ns
-                    && end <= s.end_ns + WINDOW_SLACK_NS
-                    && node.trace_id.is_none_or(|t| t == s.trace_id)
-            })
-        }) else {
+        let Some(recent) = self.emitted_servers.get(&thread) else {
+            return;
+        };
+        let inside = |s: &&EmittedServer| {
+            start + WINDOW_SLACK_NS >= s.start_ns && end <= s.end_ns + WINDOW_SLACK_NS
+        };
+        let Some(server) = recent
+            .iter()
+            .rev()
+            .filter(inside)
+            .find(|s| node.trace_id.is_none_or(|t| t == s.trace_id))
+            .copied()
+        else {
+            // Served, in that time, only by requests already emitted in another trace: the
+            // application started a trace of its own there (unless a request still held
+            // adopts it).
+            node.missed_emitted = recent.iter().any(|s| inside(&s));
             return;
         };
         if node.span_id == server.span_id || Some(node.span_id) == server.parent_id {
             node.span_id = self.new_span_id();
+        } else if ctx.is_some() {
+            self.mark_instrumented(node.input.pid, node.input.now_ns, out);
         }
         node.trace_id = Some(server.trace_id);
-        node.external_parent = Some(server.span_id);
+        node.external_parent = server.children_parent;
         if ctx.is_none() {
             node.debug = server.debug;
             node.sampled = server.sampled;
@@ -406,6 +571,7 @@ impl SpanAssembler {
         node: &Node,
         trace_id: u128,
         parent_id: Option<u64>,
+        children_parent: Option<u64>,
         outputs: &Outputs,
     ) {
         if self.emitted_count >= MAX_RECENT || node.input.exchange.multiplexed() {
@@ -428,18 +594,21 @@ impl SpanAssembler {
             end_ns: node.input.exchange.end_ns,
             debug: outputs.debug,
             sampled: outputs.sampled,
+            children_parent,
             now_ns: node.input.now_ns,
         });
     }
 
-    /// `child`'s parent is `parent`.
-    fn link(&mut self, child: u64, parent: u64) {
+    /// `child`'s parent is `parent`. Returns whether the child's id was its parent's (or its
+    /// parent's parent's): a proxy passed its caller's context on, and the child got an id of its
+    /// own.
+    fn link(&mut self, child: u64, parent: u64) -> bool {
         let parent_ids = self
             .nodes
             .get(&parent)
             .map(|p| (p.span_id, p.external_parent));
         let Some((parent_span, parent_of_parent)) = parent_ids else {
-            return;
+            return false;
         };
         let mut fresh_id = None;
         if let Some(c) = self.nodes.get(&child)
@@ -461,6 +630,7 @@ impl SpanAssembler {
         if let Some(p) = self.nodes.get_mut(&parent) {
             p.children.push(child);
         }
+        new_id.is_some()
     }
 
     /// Emits `key` and its subtree if its root is final.
@@ -517,18 +687,34 @@ impl SpanAssembler {
                 node.shared = false;
             }
         }
+        let skip = self.skipped(&node);
+        // What its children name as parent (and their parent's parent, for a B3 SERVER child
+        // that shares its CLIENT parent's id). A skipped CLIENT span's id is its SDK's span's (the
+        // context's), whose parent the B3 context may name; a skipped SERVER span's SDK twin
+        // has an id nobody here knows: its children take the span above (for a B3 SERVER span,
+        // its caller's CLIENT span, whose id it shares).
+        let (children_parent, children_grandparent) = match (skip, node.input.side) {
+            (false, _) => (Some(node.span_id), parent_id),
+            (true, Side::Client) => (Some(node.span_id), node.external_parent.or(parent_id)),
+            (true, Side::Server) if node.shared => (Some(node.span_id), parent_id),
+            (true, Side::Server) => (parent_id, None),
+        };
         for child in &node.children {
             self.emit_tree(
                 *child,
                 trace_id,
-                Some(node.span_id),
-                parent_id,
+                children_parent,
+                children_grandparent,
                 outputs,
                 out,
             );
         }
         if node.input.side == Side::Server {
-            self.remember_server(&node, trace_id, parent_id, outputs);
+            self.remember_server(&node, trace_id, parent_id, children_parent, outputs);
+        }
+        if skip {
+            out.instrumented_skipped += 1;
+            return;
         }
         let keep = outputs.debug
             || (self.keep_errors && node.input.exchange.failed(node.input.side))
@@ -615,7 +801,12 @@ impl SpanAssembler {
             node.awaits_parent = false;
             let pid = node.input.pid;
             let thread = (pid, node.input.tid);
-            if self.serving.contains_key(&pid) {
+            if node.missed_emitted {
+                // Its context is the application's own (it named another trace).
+                let now = node.input.now_ns;
+                out.unmerged_emitted += 1;
+                self.mark_instrumented(pid, now, out);
+            } else if self.serving.contains_key(&pid) {
                 out.unlinked += 1;
             }
             if let Some(v) = self.clients_by_thread.get_mut(&thread) {
@@ -648,6 +839,8 @@ impl SpanAssembler {
         }
         self.serving
             .retain(|_, seen| now_ns.saturating_sub(*seen) < 60 * LINK_WAIT_NS);
+        self.instrumented
+            .retain(|_, seen| now_ns.saturating_sub(*seen) < INSTRUMENTED_TTL_NS);
         let mut forgotten = 0;
         self.emitted_servers.retain(|_, recent| {
             while recent
@@ -729,6 +922,9 @@ mod tests {
         unlinked: u64,
         invalid_context: u64,
         not_sampled: u64,
+        unmerged_emitted: u64,
+        unmerged_other_trace: u64,
+        instrumented_skipped: u64,
     }
 
     impl Out {
@@ -740,6 +936,9 @@ mod tests {
             self.unlinked += a.unlinked;
             self.invalid_context += a.invalid_context;
             self.not_sampled += a.not_sampled;
+            self.unmerged_emitted += a.unmerged_emitted;
+            self.unmerged_other_trace += a.unmerged_other_trace;
+            self.instrumented_skipped += a.instrumented_skipped;
         }
     }
 
@@ -1580,5 +1779,657 @@ mod tests {
         assert_eq!(client.parent_id.as_ref(), Some(&server.id));
         assert_eq!(client.trace_id, server.trace_id);
         assert_eq!(out.unlinked, 0);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Instrumented and uninstrumented processes in one trace
+
+    const APP_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const APP_SPAN: &str = "00f067aa0ba902b7";
+    /// The application's SERVER span, which a B3 context names as the parent.
+    const APP_SERVER: &str = "1111111111111111";
+
+    fn skipping(mut asm: Asm) -> Asm {
+        asm.asm = asm.asm.with_instrumented_spans(InstrumentedSpans::Skip);
+        asm
+    }
+
+    /// curl (pid 1, serves nothing) -> frontend (pid 2, thread 20) -> backend (pid 3), curl
+    /// sending `incoming`, the frontend's tracer sending `app` to the backend; ends in the
+    /// order they complete, from `t0`.
+    fn mixed_chain(
+        asm: &mut Asm,
+        out: &mut Out,
+        incoming: &[(&'static str, &str)],
+        app: &[(&'static str, &str)],
+        t0: u64,
+    ) {
+        let k1 = ("10.0.0.1:40000", "10.0.0.2:8080");
+        let k2 = ("10.0.0.2:40001", "10.0.0.3:9090");
+        let at = |ms: u64| t0 + ms * MS;
+        asm.add(
+            input(
+                Side::Server,
+                3,
+                30,
+                (at(20), at(30)),
+                k2,
+                Some("svc2"),
+                app,
+                at(31),
+            ),
+            out,
+        );
+        asm.add(
+            input(
+                Side::Client,
+                2,
+                20,
+                (at(19), at(31)),
+                k2,
+                Some("svc3"),
+                app,
+                at(32),
+            ),
+            out,
+        );
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (at(10), at(40)),
+                k1,
+                Some("svc1"),
+                incoming,
+                at(41),
+            ),
+            out,
+        );
+        let mut curl = input(
+            Side::Client,
+            1,
+            10,
+            (at(9), at(41)),
+            k1,
+            Some("svc2"),
+            incoming,
+            at(42),
+        );
+        curl.in_server_process = false;
+        asm.add(curl, out);
+    }
+
+    /// The frontend's tracer starts a trace (curl sent none): all four spans take its trace id
+    /// and its sampling decision (kept at ratio 0 when it says sampled, dropped when not).
+    #[test]
+    fn a_trace_the_application_starts_is_adopted_with_its_sampling_decision() {
+        let sampled = format!("00-{APP_TRACE}-{APP_SPAN}-01");
+        let mut asm = Asm::new(31, 0.0, false);
+        let mut out = empty();
+        mixed_chain(&mut asm, &mut out, &[], &[("traceparent", &sampled)], 0);
+        assert_eq!(out.spans.len(), 4, "emitted with the root, at once");
+        assert!(
+            out.spans.iter().all(|s| s.trace_id == APP_TRACE),
+            "{:?}",
+            out.spans
+        );
+        let curl = by_service(&out.spans, "svc1", Kind::Client);
+        let fs = by_service(&out.spans, "svc2", Kind::Server);
+        let fc = by_service(&out.spans, "svc2", Kind::Client);
+        let be = by_service(&out.spans, "svc3", Kind::Server);
+        assert_eq!(curl.parent_id, None);
+        assert_eq!(fs.parent_id.as_ref(), Some(&curl.id));
+        assert_eq!(fc.id, APP_SPAN, "the application's span id");
+        assert_eq!(fc.parent_id.as_ref(), Some(&fs.id));
+        assert_eq!(be.parent_id.as_deref(), Some(APP_SPAN));
+        assert_eq!(
+            (out.unlinked, out.unmerged_emitted, out.unmerged_other_trace),
+            (0, 0, 0)
+        );
+        assert_eq!(out.instrumented_skipped, 0, "report: everything");
+
+        let unsampled = format!("00-{APP_TRACE}-{APP_SPAN}-00");
+        let mut asm = Asm::new(31, 1.0, false);
+        let mut out = empty();
+        mixed_chain(&mut asm, &mut out, &[], &[("traceparent", &unsampled)], 0);
+        assert!(out.spans.is_empty());
+        assert_eq!(out.not_sampled, 4);
+    }
+
+    /// B3, multi and single header, with the application's SERVER span as parent: the backend's
+    /// SERVER span is the server half of the application's CLIENT span. With `skip`, the
+    /// frontend's spans are left to its SDK, and the backend's half names the SDK's parent.
+    #[test]
+    fn b3_application_traces_are_adopted_and_skip_leaves_the_sdk_its_spans() {
+        let single = format!("{APP_TRACE}-{APP_SPAN}-1-{APP_SERVER}");
+        let multi = [
+            ("x-b3-traceid", APP_TRACE),
+            ("x-b3-spanid", APP_SPAN),
+            ("x-b3-parentspanid", APP_SERVER),
+            ("x-b3-sampled", "1"),
+        ];
+        for app in [vec![("b3", single.as_str())], multi.to_vec()] {
+            let mut asm = Asm::new(37, 1.0, false);
+            let mut out = empty();
+            mixed_chain(&mut asm, &mut out, &[], &app, 0);
+            assert_eq!(out.spans.len(), 4);
+            assert!(out.spans.iter().all(|s| s.trace_id == APP_TRACE));
+            let fs = by_service(&out.spans, "svc2", Kind::Server);
+            let fc = by_service(&out.spans, "svc2", Kind::Client);
+            let be = by_service(&out.spans, "svc3", Kind::Server);
+            assert_eq!(fc.id, APP_SPAN);
+            assert_eq!(fc.parent_id.as_ref(), Some(&fs.id));
+            assert_eq!((be.id.as_str(), be.shared), (APP_SPAN, true));
+            assert_eq!(
+                be.parent_id.as_ref(),
+                Some(&fs.id),
+                "meshtap's half: its parent"
+            );
+
+            let mut asm = skipping(Asm::new(37, 1.0, false));
+            let mut out = empty();
+            for n in 0..2 {
+                mixed_chain(&mut asm, &mut out, &[], &app, n * 100 * MS);
+            }
+            assert_eq!(out.spans.len(), 4, "curl's and the backend's, twice");
+            assert_eq!(out.instrumented_skipped, 4);
+            for be in out.spans.iter().filter(|s| s.kind == Some(Kind::Server)) {
+                assert_eq!(
+                    be.local_endpoint.as_ref().unwrap().service_name.as_deref(),
+                    Some("svc3")
+                );
+                assert_eq!((be.id.as_str(), be.shared), (APP_SPAN, true));
+                assert_eq!(
+                    be.parent_id.as_deref(),
+                    Some(APP_SERVER),
+                    "the SDK's SERVER span"
+                );
+                assert_eq!(be.trace_id, APP_TRACE);
+            }
+            assert!(out.spans.iter().all(|s| s.trace_id == APP_TRACE));
+        }
+    }
+
+    /// W3C with `skip`: the backend's SERVER span is a child of the SDK's CLIENT span, curl's
+    /// CLIENT span a root of the same trace.
+    #[test]
+    fn skip_with_w3c_keeps_the_uninstrumented_neighbours_in_the_applications_trace() {
+        let app = format!("00-{APP_TRACE}-{APP_SPAN}-01");
+        let mut asm = skipping(Asm::new(41, 1.0, false));
+        let mut out = empty();
+        mixed_chain(&mut asm, &mut out, &[], &[("traceparent", &app)], 0);
+        assert_eq!(out.spans.len(), 2);
+        assert_eq!(out.instrumented_skipped, 2);
+        let curl = by_service(&out.spans, "svc1", Kind::Client);
+        let be = by_service(&out.spans, "svc3", Kind::Server);
+        assert_eq!(
+            (curl.trace_id.as_str(), curl.parent_id.as_deref()),
+            (APP_TRACE, None)
+        );
+        assert_eq!(be.trace_id, APP_TRACE);
+        assert_eq!(be.parent_id.as_deref(), Some(APP_SPAN));
+    }
+
+    /// The application continues its caller's context (same trace id, new span id): nothing
+    /// changes in the trace, but the process is now known as instrumented.
+    #[test]
+    fn an_application_continuing_its_callers_context_changes_nothing() {
+        let incoming = format!("00-{APP_TRACE}-{APP_SERVER}-01");
+        let app = format!("00-{APP_TRACE}-{APP_SPAN}-01");
+        let mut asm = Asm::new(43, 1.0, false);
+        let mut out = empty();
+        mixed_chain(
+            &mut asm,
+            &mut out,
+            &[("traceparent", &incoming)],
+            &[("traceparent", &app)],
+            0,
+        );
+        assert_eq!(out.spans.len(), 4);
+        assert!(out.spans.iter().all(|s| s.trace_id == APP_TRACE));
+        let curl = by_service(&out.spans, "svc1", Kind::Client);
+        let fs = by_service(&out.spans, "svc2", Kind::Server);
+        let fc = by_service(&out.spans, "svc2", Kind::Client);
+        assert_eq!(curl.id, APP_SERVER);
+        assert_eq!(fs.parent_id.as_deref(), Some(APP_SERVER));
+        assert_eq!(
+            (fc.id.as_str(), fc.parent_id.as_ref()),
+            (APP_SPAN, Some(&fs.id))
+        );
+        assert_eq!(
+            (out.unmerged_emitted, out.unmerged_other_trace, out.unlinked),
+            (0, 0, 0)
+        );
+        assert!(asm.asm.instrumented.contains_key(&2));
+    }
+
+    /// A (pid 1, a tracer, serves nothing) -> P (pid 2, plain) -> B (pid 3, a tracer that
+    /// ignores what P did not send and starts a trace) -> C (pid 4): B's trace cannot join A's
+    /// (A's SDK exported its spans in it): P's CLIENT span and what is under it go to B's trace,
+    /// P's SERVER span stays in A's, each trace whole.
+    #[test]
+    fn two_application_traces_split_at_the_plain_process_between_them() {
+        let a_ctx = format!("00-{APP_TRACE}-{APP_SERVER}-01");
+        let b_trace = "80f198ee56343ba864fe8b2a57d3eff7";
+        let b_ctx = format!("00-{b_trace}-{APP_SPAN}-01");
+        let (a_ctx, b_ctx) = (
+            [("traceparent", a_ctx.as_str())],
+            [("traceparent", b_ctx.as_str())],
+        );
+        let ap = ("10.0.0.1:40000", "10.0.0.2:8080");
+        let pb = ("10.0.0.2:40001", "10.0.0.3:9090");
+        let bc = ("10.0.0.3:40002", "10.0.0.4:7070");
+        let mut asm = Asm::new(47, 1.0, false);
+        let mut out = empty();
+        asm.add(
+            input(
+                Side::Server,
+                4,
+                40,
+                (30 * MS, 35 * MS),
+                bc,
+                Some("svc3"),
+                &b_ctx,
+                36 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Client,
+                3,
+                30,
+                (29 * MS, 36 * MS),
+                bc,
+                Some("svc4"),
+                &b_ctx,
+                37 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Server,
+                3,
+                30,
+                (20 * MS, 38 * MS),
+                pb,
+                Some("svc2"),
+                &[],
+                39 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Client,
+                2,
+                20,
+                (19 * MS, 39 * MS),
+                pb,
+                Some("svc3"),
+                &[],
+                40 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (10 * MS, 45 * MS),
+                ap,
+                Some("svc1"),
+                &a_ctx,
+                46 * MS,
+            ),
+            &mut out,
+        );
+        let mut a = input(
+            Side::Client,
+            1,
+            10,
+            (9 * MS, 46 * MS),
+            ap,
+            Some("svc2"),
+            &a_ctx,
+            47 * MS,
+        );
+        a.in_server_process = false;
+        asm.add(a, &mut out);
+        assert_eq!(out.spans.len(), 6, "both trees at once");
+        assert_eq!((out.unmerged_other_trace, out.unlinked), (1, 0));
+        let mut traces: std::collections::BTreeMap<&str, Vec<&Span>> = Default::default();
+        for s in &out.spans {
+            traces.entry(s.trace_id.as_str()).or_default().push(s);
+        }
+        assert_eq!(traces.len(), 2);
+        for (trace, spans) in &traces {
+            let ids: Vec<&str> = spans.iter().map(|s| s.id.as_str()).collect();
+            let roots: Vec<&&Span> = spans
+                .iter()
+                .filter(|s| s.parent_id.as_deref().is_none_or(|p| !ids.contains(&p)))
+                .collect();
+            assert_eq!(roots.len(), 1, "{trace}: {spans:?}");
+            let expected = if *trace == APP_TRACE {
+                vec!["svc1", "svc2"]
+            } else {
+                vec!["svc2", "svc3", "svc3", "svc4"]
+            };
+            let mut services: Vec<&str> = spans
+                .iter()
+                .map(|s| {
+                    s.local_endpoint
+                        .as_ref()
+                        .unwrap()
+                        .service_name
+                        .as_deref()
+                        .unwrap()
+                })
+                .collect();
+            services.sort();
+            assert_eq!(services, expected, "{trace}");
+        }
+        let p_client = by_service(&out.spans, "svc2", Kind::Client);
+        assert_eq!(
+            (p_client.trace_id.as_str(), p_client.parent_id.as_deref()),
+            (b_trace, None)
+        );
+        // A's root in A's trace is its context's span (A's SDK CLIENT span).
+        let p_server = by_service(&out.spans, "svc2", Kind::Server);
+        assert_eq!(p_server.parent_id.as_deref(), Some(APP_SERVER));
+    }
+
+    /// The frontend's SERVER span was emitted before its CLIENT exchange with the application's
+    /// context came: it is not rewritten, the CLIENT span and the backend's stay in the
+    /// application's trace, and that is counted as unmerged, not unlinked.
+    #[test]
+    fn an_application_trace_after_its_server_span_was_emitted_is_counted_unmerged() {
+        let app = format!("00-{APP_TRACE}-{APP_SPAN}-01");
+        let app = [("traceparent", app.as_str())];
+        let k1 = ("10.0.0.1:40000", "10.0.0.2:8080");
+        let k2 = ("10.0.0.2:40001", "10.0.0.3:9090");
+        let mut asm = Asm::new(53, 1.0, false);
+        let mut out = empty();
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (10 * MS, 40 * MS),
+                k1,
+                Some("svc1"),
+                &[],
+                41 * MS,
+            ),
+            &mut out,
+        );
+        let mut curl = input(
+            Side::Client,
+            1,
+            10,
+            (9 * MS, 41 * MS),
+            k1,
+            Some("svc2"),
+            &[],
+            42 * MS,
+        );
+        curl.in_server_process = false;
+        asm.add(curl, &mut out);
+        assert_eq!(out.spans.len(), 2);
+        let late = 600 * MS;
+        asm.add(
+            input(
+                Side::Server,
+                3,
+                30,
+                (20 * MS, 30 * MS),
+                k2,
+                Some("svc2"),
+                &app,
+                late,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Client,
+                2,
+                20,
+                (19 * MS, 31 * MS),
+                k2,
+                Some("svc3"),
+                &app,
+                late,
+            ),
+            &mut out,
+        );
+        asm.tick(late + LINK_WAIT_NS + 1, &mut out);
+        assert_eq!(out.spans.len(), 4);
+        assert_eq!((out.unmerged_emitted, out.unlinked), (1, 0));
+        let fc = by_service(&out.spans, "svc2", Kind::Client);
+        let be = by_service(&out.spans, "svc3", Kind::Server);
+        assert_eq!(
+            (
+                fc.trace_id.as_str(),
+                fc.id.as_str(),
+                fc.parent_id.as_deref()
+            ),
+            (APP_TRACE, APP_SPAN, None)
+        );
+        assert_eq!(
+            (be.trace_id.as_str(), be.parent_id.as_deref()),
+            (APP_TRACE, Some(APP_SPAN))
+        );
+        assert!(asm.asm.instrumented.contains_key(&2));
+    }
+
+    /// An application without a SERVER span of its own starts a trace for every call it makes
+    /// (client instrumentation only): the first call's trace takes the held spans above, the
+    /// second call stays a root of its own trace, counted as unmerged.
+    #[test]
+    fn a_trace_per_outgoing_call_keeps_the_first_and_cuts_the_second() {
+        let second_trace = "80f198ee56343ba864fe8b2a57d3eff7";
+        let (one, two) = (
+            format!("00-{APP_TRACE}-{APP_SPAN}-01"),
+            format!("00-{second_trace}-{APP_SERVER}-01"),
+        );
+        let (one, two) = (
+            [("traceparent", one.as_str())],
+            [("traceparent", two.as_str())],
+        );
+        let k1 = ("10.0.0.1:40000", "10.0.0.2:8080");
+        let (ka, kb) = (
+            ("10.0.0.2:40001", "10.0.0.3:9090"),
+            ("10.0.0.2:40002", "10.0.0.3:9090"),
+        );
+        let mut asm = Asm::new(59, 1.0, false);
+        let mut out = empty();
+        asm.add(
+            input(
+                Side::Server,
+                3,
+                30,
+                (12 * MS, 14 * MS),
+                ka,
+                Some("svc2"),
+                &one,
+                15 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Client,
+                2,
+                20,
+                (11 * MS, 15 * MS),
+                ka,
+                Some("svc3"),
+                &one,
+                16 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Server,
+                3,
+                31,
+                (22 * MS, 24 * MS),
+                kb,
+                Some("svc2"),
+                &two,
+                25 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Client,
+                2,
+                20,
+                (21 * MS, 25 * MS),
+                kb,
+                Some("svc3"),
+                &two,
+                26 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (10 * MS, 40 * MS),
+                k1,
+                Some("svc1"),
+                &[],
+                41 * MS,
+            ),
+            &mut out,
+        );
+        let mut curl = input(
+            Side::Client,
+            1,
+            10,
+            (9 * MS, 41 * MS),
+            k1,
+            Some("svc2"),
+            &[],
+            42 * MS,
+        );
+        curl.in_server_process = false;
+        asm.add(curl, &mut out);
+        assert_eq!(out.spans.len(), 6);
+        assert_eq!((out.unmerged_other_trace, out.unlinked), (1, 0));
+        let in_first = out.spans.iter().filter(|s| s.trace_id == APP_TRACE).count();
+        let in_second: Vec<&Span> = out
+            .spans
+            .iter()
+            .filter(|s| s.trace_id == second_trace)
+            .collect();
+        assert_eq!((in_first, in_second.len()), (4, 2));
+        let cut = in_second
+            .iter()
+            .find(|s| s.kind == Some(Kind::Client))
+            .unwrap();
+        assert_eq!(
+            (cut.id.as_str(), cut.parent_id.as_deref()),
+            (APP_SERVER, None)
+        );
+    }
+
+    /// With `skip`, a call the instrumented process makes without a context (its SDK does not
+    /// see it) stays meshtap's, under the span above the skipped SERVER span.
+    #[test]
+    fn skip_puts_a_call_without_context_under_the_span_above() {
+        let app = format!("00-{APP_TRACE}-{APP_SPAN}-01");
+        let app = [("traceparent", app.as_str())];
+        let k1 = ("10.0.0.1:40000", "10.0.0.2:8080");
+        let ka = ("10.0.0.2:40001", "10.0.0.3:9090");
+        let kb = ("10.0.0.2:40002", "192.0.2.1:6379");
+        let mut asm = skipping(Asm::new(61, 1.0, false));
+        let mut out = empty();
+        asm.add(
+            input(
+                Side::Server,
+                3,
+                30,
+                (12 * MS, 14 * MS),
+                ka,
+                Some("svc2"),
+                &app,
+                15 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Client,
+                2,
+                20,
+                (11 * MS, 15 * MS),
+                ka,
+                Some("svc3"),
+                &app,
+                16 * MS,
+            ),
+            &mut out,
+        );
+        // A call to a server elsewhere (192.0.2.1), without a context.
+        asm.add(
+            input(
+                Side::Client,
+                2,
+                20,
+                (21 * MS, 25 * MS),
+                kb,
+                None,
+                &[],
+                26 * MS,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (10 * MS, 40 * MS),
+                k1,
+                Some("svc1"),
+                &[],
+                41 * MS,
+            ),
+            &mut out,
+        );
+        let mut curl = input(
+            Side::Client,
+            1,
+            10,
+            (9 * MS, 41 * MS),
+            k1,
+            Some("svc2"),
+            &[],
+            42 * MS,
+        );
+        curl.in_server_process = false;
+        asm.add(curl, &mut out);
+        assert_eq!(out.spans.len(), 3);
+        assert_eq!(out.instrumented_skipped, 2);
+        assert!(out.spans.iter().all(|s| s.trace_id == APP_TRACE));
+        let curl = by_service(&out.spans, "svc1", Kind::Client);
+        let plain_call = out
+            .spans
+            .iter()
+            .find(|s| s.kind == Some(Kind::Client) && s.id != curl.id)
+            .unwrap();
+        assert_eq!(plain_call.parent_id.as_ref(), Some(&curl.id));
+        let be = by_service(&out.spans, "svc3", Kind::Server);
+        assert_eq!(be.parent_id.as_deref(), Some(APP_SPAN));
     }
 }

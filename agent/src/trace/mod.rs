@@ -6,7 +6,10 @@ pub mod admission;
 pub mod assembly;
 pub mod span;
 
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+};
 
 use crate::{
     exchange::Paired,
@@ -14,7 +17,7 @@ use crate::{
     protocol::SpanOptions,
     trace::{
         admission::StoreAdmission,
-        assembly::{Assembled, SpanAssembler},
+        assembly::{Assembled, InstrumentedSpans, SpanAssembler},
         span::Span,
     },
 };
@@ -37,6 +40,14 @@ pub mod name {
     pub const TRACE_CONTEXT_INVALID: &str = "meshtap_trace_context_invalid";
     pub const SPANS_NOT_SAMPLED: &str = "meshtap_spans_not_sampled";
     pub const STORE_DECLINED: &str = "meshtap_trace_store_declined_spans";
+    pub const SPANS_UNMERGED: &str = "meshtap_spans_unmerged";
+    pub const INSTRUMENTED_SKIPPED: &str = "meshtap_spans_instrumented_skipped";
+    pub const INSTRUMENTED_UNTRACKED: &str = "meshtap_instrumented_processes_untracked";
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnmergedLabels {
+    pub reason: &'static str,
 }
 
 /// What the tracer counts.
@@ -48,6 +59,11 @@ pub struct TraceCounters {
     pub not_sampled: Counter,
     /// Sampled, but above the store's admission rate (exported all the same to a collector).
     pub store_declined: Counter,
+    /// Application traces not joined: `emitted`, `other_trace` (see `assembly`).
+    pub unmerged_emitted: Counter,
+    pub unmerged_other_trace: Counter,
+    pub instrumented_skipped: Counter,
+    pub instrumented_untracked: Counter,
 }
 
 impl TraceCounters {
@@ -73,6 +89,29 @@ impl TraceCounters {
             "Sampled spans the built-in trace store did not take: their trace came above its admission rate (--trace-store-rate); a collector still gets them",
             c.store_declined.clone(),
         );
+        let unmerged: Family<UnmergedLabels, Counter> = Family::default();
+        registry.register(
+            name::SPANS_UNMERGED,
+            "Requests whose application started a trace of its own that meshtap's spans could not join, by reason (emitted: the SERVER span they were under had been emitted already; other_trace: the spans above belong to another trace, which keeps them)",
+            unmerged.clone(),
+        );
+        let c = TraceCounters {
+            unmerged_emitted: unmerged.get_or_create_owned(&UnmergedLabels { reason: "emitted" }),
+            unmerged_other_trace: unmerged.get_or_create_owned(&UnmergedLabels {
+                reason: "other_trace",
+            }),
+            ..c
+        };
+        registry.register(
+            name::INSTRUMENTED_SKIPPED,
+            "Spans not emitted because their process's own tracer reports them (--instrumented-spans skip)",
+            c.instrumented_skipped.clone(),
+        );
+        registry.register(
+            name::INSTRUMENTED_UNTRACKED,
+            "Processes seen sending trace contexts they created but not remembered as instrumented: 4096 were",
+            c.instrumented_untracked.clone(),
+        );
         c
     }
 }
@@ -85,6 +124,7 @@ pub struct TracerConfig {
     /// Traces per second the store admits after its burst; 0 = every trace.
     pub store_rate: u64,
     pub span_options: SpanOptions,
+    pub instrumented_spans: InstrumentedSpans,
 }
 
 pub struct Tracer {
@@ -109,7 +149,8 @@ impl Tracer {
                 !collectors.is_empty(),
                 StoreAdmission::new(config.store_rate),
             )
-            .with_span_options(config.span_options);
+            .with_span_options(config.span_options)
+            .with_instrumented_spans(config.instrumented_spans);
         assembler.set_epoch_offset(crate::clock::epoch_offset_ns());
         Tracer {
             assembler,
@@ -140,6 +181,19 @@ impl Tracer {
             (&self.counters.context_invalid, out.invalid_context),
             (&self.counters.not_sampled, out.not_sampled),
             (&self.counters.store_declined, out.store_declined),
+            (&self.counters.unmerged_emitted, out.unmerged_emitted),
+            (
+                &self.counters.unmerged_other_trace,
+                out.unmerged_other_trace,
+            ),
+            (
+                &self.counters.instrumented_skipped,
+                out.instrumented_skipped,
+            ),
+            (
+                &self.counters.instrumented_untracked,
+                out.instrumented_untracked,
+            ),
         ] {
             if n > 0 {
                 counter.inc_by(n);
