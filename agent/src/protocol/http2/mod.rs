@@ -611,7 +611,9 @@ impl Parser {
         let Some(stream) = self.streams.get_mut(&block.stream) else {
             // Trailers after a reset, or an answer after the GOAWAY that ended the stream: not
             // a stream this observer missed.
-            if !self.finished.contains(&block.stream) {
+            // A pushed response (an even, server-initiated stream, §8.4) is not a request the
+            // client made: not counted either.
+            if block.stream % 2 == 1 && !self.finished.contains(&block.stream) {
                 self.count(reason::STREAM_NOT_SEEN);
             }
             return;

@@ -625,3 +625,29 @@ fn trailers_after_a_reset_are_not_a_missed_stream() {
     assert_eq!(out.len(), 1);
     assert_eq!(grpc(&out[0]).status, Some(4));
 }
+
+#[test]
+fn server_push_is_decoded_for_the_table_and_is_no_exchange() {
+    let req = preface_and(&[headers(1, true, &request("/page"))]);
+    // PUSH_PROMISE on stream 1 for stream 2 (its block inserts into the table), the pushed
+    // response on stream 2, then stream 1's response using the inserted entry.
+    let mut promised = vec![0, 0, 0, 2];
+    promised.extend(request("/style.css"));
+    promised.extend(lit_indexed("x-pushed", "yes"));
+    let resp = [
+        frame(
+            frame::kind::PUSH_PROMISE,
+            frame::flag::END_HEADERS,
+            1,
+            &promised,
+        ),
+        headers(2, false, &[STATUS_200]),
+        data(2, true, b"css"),
+        headers(1, true, &[STATUS_200, 0xbe]),
+    ]
+    .concat();
+    let (out, errors) = run(Side::Client, &[(Egress, 1, req), (Ingress, 2, resp)], false);
+    assert_eq!(errors, vec![]);
+    let paths: Vec<_> = out.iter().map(|e| http(e).path.as_str()).collect();
+    assert_eq!(paths, vec!["/page"]);
+}
