@@ -1259,6 +1259,7 @@ mod tests {
             Box::new(Pipeline::new(
                 metrics.clone(),
                 red,
+                crate::aggregate::operations::Operations::new(metrics, &DEFAULT_DURATION_BUCKETS),
                 graph,
                 None,
                 series_ttl_ns,
