@@ -27,6 +27,7 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 ///   for the PostgreSQL tests, run in a temporary directory.
 /// - `mariadb-server`, `mariadb-client`: the MySQL protocol tests' server (`mariadbd`,
 ///   `mariadb-install-db`) and the CLI that creates their tables.
+/// - `chromium`: the headless browser that opens the agent's web page (tests/tests/web.rs).
 const DEBIAN_PACKAGES: &[&str] = &[
     "nginx",
     "curl",
@@ -45,6 +46,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "mariadb-server",
     "mariadb-client",
     "openssl",
+    "chromium",
 ];
 
 /// Packages whose install starts a service that would hold a port the tests use:
@@ -97,6 +99,13 @@ const PYTHON_PACKAGES: &[&str] = &[
 const DEBIAN_KUBECTL_DIR: &str = "/usr/local/lib/meshtap/kubernetes-client";
 const DEBIAN_KUBECTL_PACKAGE: &str = "kubernetes-client";
 
+/// The npm module that drives Debian's chromium in tests/tests/web.rs, pinned, installed into
+/// [`BROWSER_DIR`] (outside the repository; `npx playwright install` is not used: the tests run
+/// the system's `/usr/bin/chromium`).
+const PLAYWRIGHT_CORE: &str = "playwright-core";
+const PLAYWRIGHT_CORE_VERSION: &str = "1.65.1";
+const BROWSER_DIR: &str = "/usr/local/lib/meshtap/browser";
+
 /// Runs the whole setup; `packages == false` (`--no-packages`) skips the apt and pip steps.
 pub fn setup(ctx: &Ctx, packages: bool) -> Result<()> {
     let start = Instant::now();
@@ -106,6 +115,7 @@ pub fn setup(ctx: &Ctx, packages: bool) -> Result<()> {
         debian_packages(ctx, &mut apt)?;
         debian_kubectl(ctx, &mut apt)?;
         python_modules(ctx, &mut apt)?;
+        browser_driver(ctx, &mut apt)?;
     } else {
         step("debian packages", "skipped (--no-packages)");
         step(
@@ -113,6 +123,7 @@ pub fn setup(ctx: &Ctx, packages: bool) -> Result<()> {
             "skipped (--no-packages)",
         );
         step("python modules", "skipped (--no-packages)");
+        step("npm playwright-core", "skipped (--no-packages)");
     }
     eprintln!("[setup] done in {:.2}s", start.elapsed().as_secs_f64());
     Ok(())
@@ -481,4 +492,58 @@ fn externally_managed(ctx: &Ctx, py: &str) -> bool {
         "import sysconfig; print(sysconfig.get_path('stdlib'))",
     ]))
     .is_some_and(|stdlib| Path::new(stdlib.trim()).join("EXTERNALLY-MANAGED").exists())
+}
+
+/// Step 6: playwright-core for Node, pinned, under [`BROWSER_DIR`]: the web-page test loads it
+/// with `NODE_PATH=<BROWSER_DIR>/node_modules`. Node itself comes from the machine image, else
+/// from Debian (`nodejs`, `npm`).
+fn browser_driver(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
+    let name = format!("npm {PLAYWRIGHT_CORE}@{PLAYWRIGHT_CORE_VERSION} in {BROWSER_DIR}");
+    let manifest = Path::new(BROWSER_DIR)
+        .join("node_modules")
+        .join(PLAYWRIGHT_CORE)
+        .join("package.json");
+    let installed = || {
+        std::fs::read_to_string(&manifest)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .is_some_and(|v| v["version"] == PLAYWRIGHT_CORE_VERSION)
+    };
+    if installed() {
+        step(&name, "already installed");
+        return Ok(());
+    }
+    if !exists_on_path(ctx, "npm") || !exists_on_path(ctx, "node") {
+        step("nodejs, npm", "missing, installing");
+        apt.install(ctx, &["nodejs", "npm"])?;
+    }
+    step(&name, "installing");
+    std::fs::create_dir_all(BROWSER_DIR).with_context(|| format!("create {BROWSER_DIR}"))?;
+    let package = Path::new(BROWSER_DIR).join("package.json");
+    if !package.exists() {
+        std::fs::write(
+            &package,
+            "{\"name\": \"meshtap-browser\", \"private\": true}\n",
+        )
+        .with_context(|| format!("write {}", package.display()))?;
+    }
+    run(ctx
+        .cmd("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--save-exact",
+            "--prefix",
+            BROWSER_DIR,
+        ])
+        .arg(format!("{PLAYWRIGHT_CORE}@{PLAYWRIGHT_CORE_VERSION}"))
+        .stdin(Stdio::null()))?;
+    if !installed() {
+        bail!(
+            "{} is not {PLAYWRIGHT_CORE_VERSION} after npm install",
+            manifest.display()
+        );
+    }
+    Ok(())
 }

@@ -174,7 +174,11 @@ impl<K: Hash + Eq + Clone> Windowed<K> {
         let (first, _) = self.span(now_ns, minutes);
         let mut sums: Map<G, (u64, u64, Vec<u64>)> = Map::default();
         for (key, cells) in &self.series {
-            let mut in_window = cells.iter().rev().take_while(|c| c.step >= first).peekable();
+            let mut in_window = cells
+                .iter()
+                .rev()
+                .take_while(|c| c.step >= first)
+                .peekable();
             if in_window.peek().is_none() {
                 continue;
             }

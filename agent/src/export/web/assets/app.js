@@ -49,7 +49,7 @@ function setStatus(text, error) {
 // ------------------------------------------------------------------------------------------
 // Service map: services in columns by their depth from the callers, edges as curves.
 
-const COL = 300, ROW = 78, NODE_W = 190, NODE_H = 46, PAD = 30;
+const COL = 520, ROW = 84, NODE_W = 220, NODE_H = 46, PAD = 30;
 
 function layout(nodes, edges) {
   const level = new Map(nodes.map((n) => [n.name, 0]));
@@ -89,10 +89,12 @@ function nodeStat(n) {
   return fmtRate(s.rate) + "/s · " + fmtPct(s.error_ratio) + " err · p99 " + fmtSec(s.p99_seconds);
 }
 
-function edgeLabel(e) {
-  return e.requests + " req · " + fmtRate(e.rate) + "/s · " + fmtPct(e.error_ratio) + " err · p50 " +
-    fmtSec(e.p50_seconds) + " · p99 " + fmtSec(e.p99_seconds);
+function edgeLines(e) {
+  return [e.requests + " req · " + fmtRate(e.rate) + "/s · " + fmtPct(e.error_ratio) + " err",
+    "p50 " + fmtSec(e.p50_seconds) + " · p99 " + fmtSec(e.p99_seconds)];
 }
+
+function edgeLabel(e) { return edgeLines(e).join(" · "); }
 
 async function loadMap() {
   const g = await getJson("api/v1/graph?window=" + state.window);
@@ -113,33 +115,36 @@ async function loadMap() {
   svg.append(edgeLayer, nodeLayer);
   g.edges.forEach((e, i) => {
     const a = pos.get(e.client), b = pos.get(e.server);
+    const label = edgeLabel(e), lines = edgeLines(e);
     let d, lx, ly;
     if (e.client === e.server) {
       const x = a.x + NODE_W, y = a.y + NODE_H / 2;
       d = `M${x} ${y - 8} C${x + 60} ${y - 40}, ${x + 60} ${y + 40}, ${x} ${y + 8}`;
-      lx = x + 50; ly = y - 20;
+      lx = x + 70; ly = y - 30;
     } else if (b.x > a.x) {
       const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x, y2 = b.y + NODE_H / 2;
       d = `M${x1} ${y1} C${(x1 + x2) / 2} ${y1}, ${(x1 + x2) / 2} ${y2}, ${x2} ${y2}`;
-      lx = (x1 + x2) / 2 - 90; ly = (y1 + y2) / 2 - 6;
+      // Next to the server's end, where edges into one server fan out by their client's row.
+      // On the curve at t = 0.7: edges that cross in the middle have their labels apart.
+      lx = 0.342 * x1 + 0.658 * x2; ly = 0.216 * y1 + 0.784 * y2 - 22;
     } else {
       // Back or sideways edge: a curve below both nodes.
       const x1 = a.x + NODE_W / 2, y1 = a.y + NODE_H, x2 = b.x + NODE_W / 2, y2 = b.y + NODE_H;
       const low = Math.max(y1, y2) + 36;
       d = `M${x1} ${y1} C${x1} ${low}, ${x2} ${low}, ${x2} ${y2}`;
-      lx = (x1 + x2) / 2 - 90; ly = low - 4;
+      lx = (x1 + x2) / 2; ly = low - 4;
     }
     const cls = "edge" + (e.connection_type === "virtual_node" ? " virtual" : "") +
       (e.failed > 0 ? " failing" : "") + (state.edge && state.edge.client === e.client && state.edge.server === e.server ? " selected" : "");
-    const label = edgeLabel(e);
     const group = el("g", {
       class: cls, "data-client": e.client, "data-server": e.server, "data-requests": e.requests,
       "data-failed": e.failed, id: "edge-" + i, onclick: () => selectEdge(e),
     },
     el("title", {}, e.client + " → " + e.server + ": " + label),
     el("path", { d, "marker-end": "url(#arrow)" }),
-    el("rect", { class: "bg", x: lx - 2, y: ly - 11, width: label.length * 6 + 4, height: 14 }),
-    el("text", { x: lx, y: ly, class: "edge-label" }, label));
+    el("rect", { class: "bg", x: lx - 95, y: ly - 12, width: 190, height: 30 }),
+    el("text", { x: lx, y: ly, class: "edge-label", "text-anchor": "middle" }, lines[0]),
+    el("text", { x: lx, y: ly + 14, class: "edge-label", "text-anchor": "middle" }, lines[1]));
     edgeLayer.append(group);
   });
   svg.prepend(el("defs", {}, el("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
@@ -150,7 +155,7 @@ async function loadMap() {
       transform: `translate(${p.x},${p.y})`, onclick: () => { state.service = n.name; go("services"); } },
       el("title", {}, n.name),
       el("rect", { width: NODE_W, height: NODE_H }),
-      el("text", { x: 10, y: 19, class: "name" }, n.name.length > 26 ? n.name.slice(0, 25) + "…" : n.name),
+      el("text", { x: 10, y: 19, class: "name" }, n.name.length > 30 ? n.name.slice(0, 29) + "…" : n.name),
       el("text", { x: 10, y: 36, class: "stat" }, nodeStat(n))));
   }
   canvas.append(svg);
@@ -373,7 +378,13 @@ async function loadHealth() {
     el("thead", {}, el("tr", {}, el("th", {}, "counter"), el("th", {}, "labels"), el("th", {}, "value"))));
   const body = el("tbody");
   for (const f of h.families) {
-    const samples = f.samples.length ? f.samples : [{ labels: {}, value: null }];
+    let samples = f.samples.length ? f.samples : [{ labels: {}, value: null }];
+    // Many series all at zero: one row says so.
+    if (samples.length > 3 && samples.every((s) => s.value === 0)) {
+      body.append(el("tr", { "data-family": f.name }, el("td", {}, f.name),
+        el("td", { class: "muted" }, samples.length + " series"), el("td", { class: "num" }, "all 0")));
+      continue;
+    }
     for (const s of samples) {
       const labels = Object.entries(s.labels).map(([k, v]) => k + "=" + v).join(", ");
       const bad = s.value > 0 && !/programs_attached|connections_tracked|trace_store_(spans|traces)$/.test(f.name);
