@@ -203,12 +203,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         Some(tracer),
         series_ttl_ns,
     );
+    let l4_metrics = L4Metrics::new(
+        &registry,
+        kernel_metrics.insert_failures("agent_connections"),
+    );
+    let web_state = web_state.with_tcp(l4_metrics.live.clone());
     let table = Arc::new(Mutex::new(ConnTable::new(
         registry.clone(),
-        L4Metrics::new(
-            &registry,
-            kernel_metrics.insert_failures("agent_connections"),
-        ),
+        l4_metrics,
         services,
         Box::new(pipeline),
         TableSettings {

@@ -13,10 +13,15 @@ const path = require("path");
 const { chromium } = require("playwright-core");
 
 const [base, artifacts, ...edgeArgs] = process.argv.slice(2);
-const expected = edgeArgs.map((a) => {
-  const [client, server, requests] = a.split(",");
-  return { client, server, requests: Number(requests) };
-});
+// `client,server,requests` for an edge with requests, `tcp:client,server,connections` for a
+// TCP-only one.
+const parse = (a) => {
+  const [client, server, n] = a.replace(/^tcp:/, "").split(",");
+  return { client, server, n: Number(n), tcp: a.startsWith("tcp:") };
+};
+const all = edgeArgs.map(parse);
+const expected = all.filter((e) => !e.tcp).map((e) => ({ client: e.client, server: e.server, requests: e.n }));
+const expectedTcp = all.filter((e) => e.tcp);
 const DEADLINE_MS = 120000;
 
 async function main() {
@@ -40,11 +45,15 @@ async function main() {
 
     await page.goto(base + "/?window=15#map");
     // The map, once it shows every expected edge with its count.
-    const want = JSON.stringify(expected);
+    const want = JSON.stringify(all);
     await page.waitForFunction((want) => JSON.parse(want).every((e) =>
-      [...document.querySelectorAll("#map-svg .edge")].some((g) => g.dataset.client === e.client &&
-        g.dataset.server === e.server && Number(g.dataset.requests) === e.requests)), want,
+      [...document.querySelectorAll(e.tcp ? "#map-svg .tcp-edge" : "#map-svg .edge")].some((g) =>
+        g.dataset.client === e.client && g.dataset.server === e.server &&
+        Number(e.tcp ? g.dataset.connections : g.dataset.requests) === e.n)), want,
       { timeout: 60000, polling: 500 }).catch(() => {});
+    out.tcp_edges = await page.$$eval("#map-svg .tcp-edge", (gs) => gs.map((g) => ({
+      client: g.dataset.client, server: g.dataset.server, port: g.dataset.port,
+      connections: Number(g.dataset.connections) })));
     out.edges = await page.$$eval("#map-svg .edge", (gs) => gs.map((g) => ({
       client: g.dataset.client, server: g.dataset.server, requests: Number(g.dataset.requests),
       failed: Number(g.dataset.failed), label: [...g.querySelectorAll("text")].map((t) => t.textContent).join(" · ") })));
@@ -53,7 +62,9 @@ async function main() {
 
     // The last expected edge: its slowest traces, and the first one's waterfall.
     const last = expected[expected.length - 1];
-    await page.locator(`#map-svg .edge[data-client="${last.client}"][data-server="${last.server}"] path`).first().click({ force: true });
+    // A click on the edge's curve (dispatched: the middle of a curve's box may be off the curve).
+    await page.$eval(`#map-svg .edge[data-client="${last.client}"][data-server="${last.server}"] path`,
+      (p) => p.dispatchEvent(new MouseEvent("click", { bubbles: true })));
     await page.click("#edge-slowest");
     await page.waitForSelector("#trace-table tr[data-trace-id]", { timeout: 20000 });
     out.trace_rows = await page.$$eval("#trace-table tr[data-trace-id]", (rs) => rs.map((r) => r.dataset.traceId));

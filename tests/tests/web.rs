@@ -77,13 +77,18 @@ fn artifacts() -> PathBuf {
     target.join("web")
 }
 
-fn browse(agent: &Agent, edges: &[(&str, &str, u64)]) -> Value {
+/// Opens the page; `edges` are (client, server, requests), `tcp` (client, server, connections)
+/// for TCP-only edges.
+fn browse(agent: &Agent, edges: &[(&str, &str, u64)], tcp: &[(&str, &str, u64)]) -> Value {
     let script = meshtap_tests::process::scripts_dir().join("web_page.js");
     let mut cmd = Command::new("node");
     cmd.env("NODE_PATH", BROWSER_MODULES)
         .arg(script)
         .arg(format!("http://{}", agent.addr()))
         .arg(artifacts());
+    for (client, server, n) in tcp {
+        cmd.arg(format!("tcp:{client},{server},{n}"));
+    }
     for (client, server, n) in edges {
         cmd.arg(format!("{client},{server},{n}"));
     }
@@ -128,10 +133,30 @@ fn the_page_shows_the_map_a_waterfall_and_health_of_real_traffic() {
         "{served}"
     );
     let total = USERS + SLOW + FAILS;
+    // And TCP connections that carry no protocol: three connects a server closes at once.
+    const CONNECTS: u64 = 3;
+    let (tcp_server, tcp_client) = ("mt-web-tcpsrv", "mt-web-tcpcli");
+    let mut server = Script::new("tcp_server.py", tcp_server)
+        .named()
+        .opt("--bind", "127.0.0.1")
+        .opt("--mode", "close")
+        .opt("--count", CONNECTS)
+        .spawn();
+    let listening = server.expect_event("listening", Duration::from_secs(10));
+    let done = Script::new("tcp_client.py", tcp_client)
+        .named()
+        .opt("--host", "127.0.0.1")
+        .opt("--port", &listening["port"])
+        .opt("--mode", "connect-close")
+        .opt("--count", CONNECTS)
+        .run(RUN);
+    assert_eq!(done["opened"], CONNECTS, "{done}");
+    server.finish(RUN);
 
     let seen = browse(
         &agent,
         &[("curl", "nginx", total), ("nginx", service, total)],
+        &[(tcp_client, tcp_server, CONNECTS)],
     );
     nginx.stop();
 
@@ -142,7 +167,7 @@ fn the_page_shows_the_map_a_waterfall_and_health_of_real_traffic() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    for name in ["curl", "nginx", service] {
+    for name in ["curl", "nginx", service, tcp_client, tcp_server] {
         assert!(
             nodes.contains(&name),
             "no node {name} on the map: {nodes:?}"
@@ -166,6 +191,27 @@ fn the_page_shows_the_map_a_waterfall_and_health_of_real_traffic() {
             "{label}"
         );
     }
+
+    // The TCP-only edge, drawn apart, with its exact connection count.
+    let tcp: Vec<&Value> = seen["tcp_edges"]
+        .as_array()
+        .expect("tcp edges")
+        .iter()
+        .filter(|e| e["client"] == tcp_client && e["server"] == tcp_server)
+        .collect();
+    assert_eq!(tcp.len(), 1, "{}", seen["tcp_edges"]);
+    assert_eq!(tcp[0]["connections"], CONNECTS, "{}", tcp[0]);
+    assert_eq!(tcp[0]["port"], listening["port"].to_string(), "{}", tcp[0]);
+    // No TCP-only edge where requests were counted.
+    assert!(
+        seen["tcp_edges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|e| e["server"] != service && e["server"] != "nginx"),
+        "{}",
+        seen["tcp_edges"]
+    );
 
     // The waterfall of the edge's slowest trace: every span of the trace as the API has it,
     // each row right under its parent's, siblings by start time, and the chain of a request

@@ -32,6 +32,7 @@ use serde::Serialize;
 
 use crate::{
     aggregate::{graph::EdgeTable, operations::OperationTable},
+    conntrack::metrics::L4Table,
     metrics::{
         Registry,
         window::{Summary, WINDOWS_MIN},
@@ -75,6 +76,8 @@ pub const HEALTH_FAMILIES: &[&str] = &[
 #[derive(Clone)]
 pub struct WebState {
     pub edges: EdgeTable,
+    /// TCP connections per edge: the map draws those without requests apart.
+    pub tcp: Option<L4Table>,
     pub operations: OperationTable,
     pub registry: Arc<Registry>,
     /// The monotonic clock the exchanges' times are on (the app owns the clock).
@@ -91,10 +94,20 @@ impl WebState {
     ) -> Self {
         WebState {
             edges,
+            tcp: None,
             operations,
             registry,
             now_ns,
             health: Arc::new(Mutex::new(None)),
+        }
+    }
+}
+
+impl WebState {
+    pub fn with_tcp(self, tcp: L4Table) -> Self {
+        WebState {
+            tcp: Some(tcp),
+            ..self
         }
     }
 }
@@ -238,6 +251,23 @@ struct Node {
     client: Option<Red>,
 }
 
+/// A TCP edge without requests between its two ends in the window (nothing parsed on it).
+#[derive(Serialize)]
+struct TcpEdge {
+    client: String,
+    server: String,
+    server_port: String,
+    /// Connections opened, as the client counted them (the server when the client is not on
+    /// this node).
+    connections: u64,
+    /// Connects that failed.
+    failed: u64,
+    /// Connections per second.
+    rate: f64,
+    connect_p50_seconds: Option<f64>,
+    connect_p99_seconds: Option<f64>,
+}
+
 #[derive(Serialize)]
 struct Graph {
     window_minutes: u64,
@@ -245,8 +275,57 @@ struct Graph {
     seconds: f64,
     nodes: Vec<Node>,
     edges: Vec<Edge>,
+    tcp_edges: Vec<TcpEdge>,
     /// Edges left out beyond `limit` (the busiest are kept).
     truncated: bool,
+}
+
+/// The TCP edges of the window that carried no request the service graph counted.
+fn tcp_edges(tcp: &L4Table, now: u64, minutes: u64, l7: &[Edge]) -> Vec<TcpEdge> {
+    let table = tcp.lock().unwrap_or_else(|e| e.into_inner());
+    let (_, seconds) = table.span(now, minutes);
+    let by_role = table.grouped(now, minutes, |k| {
+        let l7_pair = l7
+            .iter()
+            .any(|e| e.client == k.client && e.server == k.server);
+        (!l7_pair).then(|| {
+            (
+                k.client.clone(),
+                k.server.clone(),
+                k.server_port.clone(),
+                k.role == "client",
+            )
+        })
+    });
+    drop(table);
+    let mut edges: BTreeMap<(String, String, String), (bool, Summary)> = BTreeMap::new();
+    for ((client, server, port, client_role), s) in by_role {
+        let entry = edges.entry((client, server, port));
+        // Both ends on this node count each connection once per role: the client's count wins.
+        match entry {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert((client_role, s));
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                if client_role {
+                    o.insert((client_role, s));
+                }
+            }
+        }
+    }
+    edges
+        .into_iter()
+        .map(|((client, server, server_port), (_, s))| TcpEdge {
+            client,
+            server,
+            server_port,
+            connections: s.requests,
+            failed: s.failed,
+            rate: s.requests as f64 / seconds,
+            connect_p50_seconds: s.p50_seconds,
+            connect_p99_seconds: s.p99_seconds,
+        })
+        .collect()
 }
 
 /// Sorts by requests (busiest first, then by name) and keeps `limit`.
@@ -279,12 +358,26 @@ async fn graph(State(state): State<WebState>, Query(params): Params) -> Result<R
     let served = table.grouped(now, minutes, |k| Some(k.server.clone()));
     let sent = table.grouped(now, minutes, |k| Some(k.client.clone()));
     drop(table);
-    let truncated = busiest(&mut edges, limit, |e| {
+    let mut truncated = busiest(&mut edges, limit, |e| {
         (e.red.requests, format!("{}\u{0}{}", e.client, e.server))
     });
+    let mut tcp = match &state.tcp {
+        Some(table) => tcp_edges(table, now, minutes, &edges),
+        None => Vec::new(),
+    };
+    truncated |= busiest(&mut tcp, limit, |e| {
+        (
+            e.connections,
+            format!("{}\u{0}{}\u{0}{}", e.client, e.server, e.server_port),
+        )
+    });
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
-    for e in &edges {
-        for name in [&e.client, &e.server] {
+    let ends = edges
+        .iter()
+        .map(|e| (&e.client, &e.server))
+        .chain(tcp.iter().map(|e| (&e.client, &e.server)));
+    for (client, server) in ends {
+        for name in [client, server] {
             nodes.entry(name.clone()).or_insert_with(|| Node {
                 name: name.clone(),
                 server: None,
@@ -307,6 +400,7 @@ async fn graph(State(state): State<WebState>, Query(params): Params) -> Result<R
         seconds,
         nodes: nodes.into_values().collect(),
         edges,
+        tcp_edges: tcp,
         truncated,
     })
     .into_response())

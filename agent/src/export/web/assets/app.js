@@ -15,7 +15,7 @@ function el(tag, attrs, ...children) {
     else if (k === "style") e.style.cssText = v;
     else e.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null) continue;
     e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -100,52 +100,59 @@ async function loadMap() {
   const g = await getJson("api/v1/graph?window=" + state.window);
   const summary = document.getElementById("map-summary");
   clear(summary).append(el("p", { class: "muted" },
-    g.nodes.length + " services, " + g.edges.length + " edges over the last " +
+    g.nodes.length + " services, " + g.edges.length + " edges with requests and " + g.tcp_edges.length + " TCP-only edges over the last " +
     Math.round(g.seconds) + " s" + (g.truncated ? " (the busiest edges only)" : "")));
   const canvas = clear(document.getElementById("map-canvas"));
   if (g.nodes.length === 0) {
     canvas.append(el("p", { class: "muted", style: "padding:1em" }, "No requests between services in this window yet."));
     return;
   }
-  const external = new Set(g.nodes.map((n) => n.name));
-  for (const e of g.edges) if (e.connection_type !== "virtual_node") { external.delete(e.client); external.delete(e.server); }
-  const { pos, width, height } = layout(g.nodes, g.edges);
+  // A peer outside this node that has no other name is named by its address: drawn grey.
+  const external = new Set(g.nodes.map((n) => n.name).filter((n) => /^[0-9.]+$|:/.test(n)));
+  const { pos, width, height } = layout(g.nodes, g.edges.concat(g.tcp_edges));
   const svg = el("svg", { width, height, viewBox: "0 0 " + width + " " + height, id: "map-svg" });
   const edgeLayer = el("g", { class: "edges" }), nodeLayer = el("g", { class: "nodes" });
   svg.append(edgeLayer, nodeLayer);
-  g.edges.forEach((e, i) => {
-    const a = pos.get(e.client), b = pos.get(e.server);
-    const label = edgeLabel(e), lines = edgeLines(e);
-    let d, lx, ly;
-    if (e.client === e.server) {
+  const geometry = (a, b, self) => {
+    if (self) {
       const x = a.x + NODE_W, y = a.y + NODE_H / 2;
-      d = `M${x} ${y - 8} C${x + 60} ${y - 40}, ${x + 60} ${y + 40}, ${x} ${y + 8}`;
-      lx = x + 70; ly = y - 30;
-    } else if (b.x > a.x) {
-      const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x, y2 = b.y + NODE_H / 2;
-      d = `M${x1} ${y1} C${(x1 + x2) / 2} ${y1}, ${(x1 + x2) / 2} ${y2}, ${x2} ${y2}`;
-      // Next to the server's end, where edges into one server fan out by their client's row.
-      // On the curve at t = 0.7: edges that cross in the middle have their labels apart.
-      lx = 0.342 * x1 + 0.658 * x2; ly = 0.216 * y1 + 0.784 * y2 - 22;
-    } else {
-      // Back or sideways edge: a curve below both nodes.
-      const x1 = a.x + NODE_W / 2, y1 = a.y + NODE_H, x2 = b.x + NODE_W / 2, y2 = b.y + NODE_H;
-      const low = Math.max(y1, y2) + 36;
-      d = `M${x1} ${y1} C${x1} ${low}, ${x2} ${low}, ${x2} ${y2}`;
-      lx = (x1 + x2) / 2; ly = low - 4;
+      return { d: `M${x} ${y - 8} C${x + 60} ${y - 40}, ${x + 60} ${y + 40}, ${x} ${y + 8}`, lx: x + 70, ly: y - 30 };
     }
+    if (b.x > a.x) {
+      const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x, y2 = b.y + NODE_H / 2;
+      // The label on the curve at t = 0.7: edges that cross in the middle have theirs apart.
+      return { d: `M${x1} ${y1} C${(x1 + x2) / 2} ${y1}, ${(x1 + x2) / 2} ${y2}, ${x2} ${y2}`,
+        lx: 0.342 * x1 + 0.658 * x2, ly: 0.216 * y1 + 0.784 * y2 - 22 };
+    }
+    // Back or sideways edge: a curve below both nodes.
+    const x1 = a.x + NODE_W / 2, y1 = a.y + NODE_H, x2 = b.x + NODE_W / 2, y2 = b.y + NODE_H;
+    const low = Math.max(y1, y2) + 36;
+    return { d: `M${x1} ${y1} C${x1} ${low}, ${x2} ${low}, ${x2} ${y2}`, lx: (x1 + x2) / 2, ly: low - 4 };
+  };
+  const labelled = (lines, lx, ly) => [
+    el("rect", { class: "bg", x: lx - 95, y: ly - 12, width: 190, height: lines.length * 14 + 2 }),
+    lines.map((line, k) => el("text", { x: lx, y: ly + 14 * k, class: "edge-label", "text-anchor": "middle" }, line))];
+  g.edges.forEach((e, i) => {
+    const label = edgeLabel(e), lines = edgeLines(e);
+    const { d, lx, ly } = geometry(pos.get(e.client), pos.get(e.server), e.client === e.server);
     const cls = "edge" + (e.connection_type === "virtual_node" ? " virtual" : "") +
       (e.failed > 0 ? " failing" : "") + (state.edge && state.edge.client === e.client && state.edge.server === e.server ? " selected" : "");
-    const group = el("g", {
+    edgeLayer.append(el("g", {
       class: cls, "data-client": e.client, "data-server": e.server, "data-requests": e.requests,
       "data-failed": e.failed, id: "edge-" + i, onclick: () => selectEdge(e),
     },
     el("title", {}, e.client + " → " + e.server + ": " + label),
     el("path", { d, "marker-end": "url(#arrow)" }),
-    el("rect", { class: "bg", x: lx - 95, y: ly - 12, width: 190, height: 30 }),
-    el("text", { x: lx, y: ly, class: "edge-label", "text-anchor": "middle" }, lines[0]),
-    el("text", { x: lx, y: ly + 14, class: "edge-label", "text-anchor": "middle" }, lines[1]));
-    edgeLayer.append(group);
+    labelled(lines, lx, ly)));
+  });
+  g.tcp_edges.forEach((e) => {
+    const { d, lx, ly } = geometry(pos.get(e.client), pos.get(e.server), e.client === e.server);
+    const line = e.connections + " conn · :" + e.server_port + (e.failed ? " · " + e.failed + " failed" : "") +
+      " · connect p99 " + fmtSec(e.connect_p99_seconds);
+    edgeLayer.append(el("g", { class: "tcp-edge" + (e.failed > 0 ? " failing" : ""), "data-client": e.client, "data-server": e.server,
+      "data-port": e.server_port, "data-connections": e.connections },
+    el("title", {}, "TCP only (no parsed protocol) " + e.client + " → " + e.server + ":" + e.server_port + ": " + line),
+    el("path", { d }), labelled([line], lx, ly)));
   });
   svg.prepend(el("defs", {}, el("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
     el("path", { d: "M0 0 L10 5 L0 10 z", fill: "#3b82c4" }))));
