@@ -249,20 +249,19 @@ fn the_page_shows_the_map_a_waterfall_and_health_of_real_traffic() {
             _ => assert_eq!(depth, 0, "row {i} is a root: {rows:?}"),
         }
         // Start times never go back among the rows of one parent.
-        if let Some(prev) = rows[..i]
+        let sibling = rows[..i]
             .iter()
             .rev()
             .find(|r| r["depth"].as_u64() <= Some(depth))
-        {
-            if prev["depth"].as_u64() == Some(depth) {
-                let ts =
-                    |r: &Value| span_of(r["id"].as_str().unwrap_or_default())["timestamp"].as_u64();
-                assert!(
-                    ts(prev) <= ts(row),
-                    "row {i} starts before its sibling: {}",
-                    dump()
-                );
-            }
+            .filter(|r| r["depth"].as_u64() == Some(depth));
+        if let Some(prev) = sibling {
+            let ts =
+                |r: &Value| span_of(r["id"].as_str().unwrap_or_default())["timestamp"].as_u64();
+            assert!(
+                ts(prev) <= ts(row),
+                "row {i} starts before its sibling: {}",
+                dump()
+            );
         }
     }
     let chain: Vec<(&str, &str, u64)> = rows

@@ -73,6 +73,9 @@ pub const HEALTH_FAMILIES: &[&str] = &[
     "meshtap_trace_store_declined_spans_total",
 ];
 
+/// The last reading of the health counters, and when it was taken.
+type HealthReading = (Instant, Arc<Health>);
+
 #[derive(Clone)]
 pub struct WebState {
     pub edges: EdgeTable,
@@ -82,7 +85,7 @@ pub struct WebState {
     pub registry: Arc<Registry>,
     /// The monotonic clock the exchanges' times are on (the app owns the clock).
     pub now_ns: fn() -> u64,
-    health: Arc<Mutex<Option<(Instant, Arc<Health>)>>>,
+    health: Arc<Mutex<Option<HealthReading>>>,
 }
 
 impl WebState {
