@@ -84,7 +84,7 @@ pub const MAX_LIVE_EDGES: usize = 4096;
 
 /// TCP connections of every edge and role over the last minutes (opened: a request, failed
 /// connects: a failed one, with the connect time), shared with the web page that reads it.
-pub type L4Table = Arc<Mutex<Windowed<Arc<EdgeLabels>>>>;
+pub type L4Table = Arc<Mutex<Windowed<EdgeLabels>>>;
 
 /// The L4 families.
 pub struct L4Metrics {

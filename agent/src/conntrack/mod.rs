@@ -645,7 +645,8 @@ impl ConnTable {
                 .live
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .record(labels, meta.ts_ns, connect_s, false);
+                // A copy: the edge's expiry counts the references to its labels.
+                .record((*labels).clone(), meta.ts_ns, connect_s, false);
         }
     }
 
@@ -666,7 +667,7 @@ impl ConnTable {
             .live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .record(Arc::new(edge.clone()), meta.ts_ns, None, true);
+            .record(edge.clone(), meta.ts_ns, None, true);
         let labels = FailedLabels {
             client: edge.client,
             server: edge.server,

@@ -644,6 +644,234 @@ fn parse_labels(s: &str) -> Option<(BTreeMap<String, String>, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        aggregate::{graph::EdgeKey, operations::OperationKey},
+        conntrack::metrics::EdgeLabels,
+        metrics::{EdgeNamespaces, window::Windowed},
+    };
+    use axum::{body::Body, http::Request};
+    use prometheus_client::metrics::counter::Counter;
+    use tower::ServiceExt as _;
+
+    const S: u64 = 1_000_000_000;
+    /// The clock of these tests: 100 s after boot.
+    fn now() -> u64 {
+        100 * S
+    }
+
+    fn state() -> WebState {
+        let buckets = [0.01, 0.1, 1.0];
+        let mut edges = Windowed::new(&buckets, 10, Counter::default());
+        let edge = |c: &str, s: &str, t| EdgeKey {
+            client: c.into(),
+            server: s.into(),
+            connection_type: t,
+        };
+        for i in 0..10 {
+            edges.record(edge("front", "api", ""), 90 * S, Some(0.05), i < 2);
+        }
+        edges.record(
+            edge("api", "10.0.0.9", "virtual_node"),
+            95 * S,
+            Some(0.5),
+            false,
+        );
+        let mut ops = Windowed::new(&buckets, 10, Counter::default());
+        let op = |protocol, side, operation: &str| OperationKey {
+            service: "api".into(),
+            protocol,
+            side,
+            operation: operation.into(),
+        };
+        for _ in 0..3 {
+            ops.record(
+                op("http", Side::Server, "get /users/*"),
+                90 * S,
+                Some(0.05),
+                false,
+            );
+        }
+        ops.record(
+            op("postgresql", Side::Client, "SELECT users"),
+            91 * S,
+            Some(0.005),
+            true,
+        );
+        // A protocol the page has never heard of shows up all the same.
+        ops.record(
+            op("grpc", Side::Server, "pkg.Svc/Call"),
+            92 * S,
+            Some(0.05),
+            false,
+        );
+        let mut tcp = Windowed::new(&buckets, 10, Counter::default());
+        let l4 = |client: &str, server: &str, role: &str| EdgeLabels {
+            client: client.into(),
+            server: server.into(),
+            server_port: "6000".into(),
+            role: role.into(),
+            namespaces: EdgeNamespaces::default(),
+        };
+        // Seen from both ends: counted once. And the edge with requests is not TCP-only.
+        for role in ["client", "server"] {
+            tcp.record(l4("batch", "store", role), 93 * S, None, false);
+            tcp.record(l4("front", "api", role), 93 * S, None, false);
+        }
+        WebState::new(
+            Arc::new(Mutex::new(edges)),
+            Arc::new(Mutex::new(ops)),
+            Arc::new(Registry::default()),
+            now,
+        )
+        .with_tcp(Arc::new(Mutex::new(tcp)))
+    }
+
+    async fn get(uri: &str) -> (StatusCode, serde_json::Value) {
+        let response = router(state())
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
+        (status, value)
+    }
+
+    #[tokio::test]
+    async fn graph_edges_nodes_and_tcp_only_edges() {
+        let (status, g) = get("/api/v1/graph?window=1").await;
+        assert_eq!(status, StatusCode::OK);
+        // The agent's first record was at 90 s: the window covers 10 s of it.
+        assert_eq!(g["seconds"], 10.0);
+        let edges = g["edges"].as_array().unwrap();
+        assert_eq!(edges.len(), 2);
+        assert_eq!(
+            (
+                &edges[0]["client"],
+                &edges[0]["server"],
+                &edges[0]["requests"],
+                &edges[0]["failed"]
+            ),
+            (&"front".into(), &"api".into(), &10.into(), &2.into())
+        );
+        assert_eq!(edges[0]["rate"], 1.0);
+        assert_eq!(edges[0]["error_ratio"], 0.2);
+        assert_eq!(edges[1]["connection_type"], "virtual_node");
+        let tcp = g["tcp_edges"].as_array().unwrap();
+        assert_eq!(tcp.len(), 1, "{tcp:?}");
+        assert_eq!(
+            (&tcp[0]["client"], &tcp[0]["connections"]),
+            (&"batch".into(), &1.into())
+        );
+        let nodes: Vec<&str> = g["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(nodes, ["10.0.0.9", "api", "batch", "front", "store"]);
+        let api = &g["nodes"][1];
+        assert_eq!(
+            (&api["server"]["requests"], &api["client"]["requests"]),
+            (&10.into(), &1.into())
+        );
+        let (_, g) = get("/api/v1/graph?window=15&limit=1").await;
+        assert_eq!(
+            (g["edges"].as_array().unwrap().len(), &g["truncated"]),
+            (1, &true.into())
+        );
+    }
+
+    #[tokio::test]
+    async fn services_and_operations_of_every_protocol() {
+        let (status, s) = get("/api/v1/services?window=5").await;
+        assert_eq!(status, StatusCode::OK);
+        let api = &s["services"][0];
+        assert_eq!(api["name"], "api");
+        assert_eq!(
+            api["protocols"],
+            serde_json::json!(["grpc", "http", "postgresql"])
+        );
+        assert_eq!(
+            (&api["server"]["requests"], &api["client"]["failed"]),
+            (&4.into(), &1.into())
+        );
+        let (_, o) = get("/api/v1/operations?service=api").await;
+        let ops: Vec<(String, u64)> = o["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    format!(
+                        "{} {} {}",
+                        o["protocol"].as_str().unwrap(),
+                        o["side"].as_str().unwrap(),
+                        o["operation"].as_str().unwrap()
+                    ),
+                    o["requests"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                ("http server get /users/*".to_string(), 3),
+                ("grpc server pkg.Svc/Call".to_string(), 1),
+                ("postgresql client SELECT users".to_string(), 1),
+            ]
+        );
+        assert_eq!(
+            get("/api/v1/operations?service=nobody").await.1["operations"],
+            serde_json::json!([])
+        );
+        assert_eq!(get("/api/v1/operations").await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            get("/api/v1/graph?window=7").await.0,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[tokio::test]
+    async fn the_page_and_its_assets_are_served_with_their_policy() {
+        for (path, kind) in [
+            ("/", "text/html"),
+            ("/ui/app.js", "text/javascript"),
+            ("/ui/style.css", "text/css"),
+        ] {
+            let response = router(state())
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            let header = |h| {
+                response
+                    .headers()
+                    .get(h)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            assert!(header(header::CONTENT_TYPE).starts_with(kind), "{path}");
+            assert!(
+                header(header::CONTENT_SECURITY_POLICY).starts_with("default-src 'self'"),
+                "{path}"
+            );
+        }
+        // Nothing on the page names a host: every URL is relative to the agent (the SVG
+        // namespace is a name, not a request).
+        for asset in [INDEX_HTML, APP_JS, STYLE_CSS] {
+            let asset = asset.replace("\"http://www.w3.org/2000/svg\"", "");
+            assert!(
+                !asset.contains("http://")
+                    && !asset.contains("https://")
+                    && !asset.contains("//cdn")
+            );
+        }
+    }
 
     #[test]
     fn health_picks_its_families_and_parses_labels() {
