@@ -10,7 +10,9 @@
 //!
 //! Bounded: at most `max_keys` keys; an observation of a new key beyond that is turned away and
 //! counted (`meshtap_window_rejected_total{table}`). A key with no cell left is removed.
-//! Memory at most `max_keys * STEPS * (12 + 4 * (buckets + 1))` bytes.
+//! Memory: a cell is about `32 + 4 * (buckets + 1)` bytes, so at most `max_keys * STEPS` of
+//! them (with the 14 default buckets and 4,096 keys, 23 MB, reached only when every key sees
+//! traffic in every 15-second step for 15 minutes); a key seen once holds one cell.
 
 use std::{
     collections::{VecDeque, hash_map::Entry},
