@@ -286,8 +286,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     crate::alloc::release_freed_memory();
     ready.store(true, Ordering::Release);
     log::info!(
-        "meshtap ready: {} programs attached, serving http://{}/metrics",
+        "meshtap ready: {} programs attached, serving http://{}/metrics and the web page at http://{}/",
         probes.attached,
+        config.listen,
         config.listen
     );
 
