@@ -83,6 +83,7 @@ fn browse(agent: &Agent, edges: &[(&str, &str, u64)], tcp: &[(&str, &str, u64)])
     let script = meshtap_tests::process::scripts_dir().join("web_page.js");
     let mut cmd = Command::new("node");
     cmd.env("NODE_PATH", BROWSER_MODULES)
+        .env("WEB_TRACE_ROOT", "get /api/slow")
         .arg(script)
         .arg(format!("http://{}", agent.addr()))
         .arg(artifacts());
@@ -213,7 +214,21 @@ fn the_page_shows_the_map_a_waterfall_and_health_of_real_traffic() {
         seen["tcp_edges"]
     );
 
-    // The waterfall of the edge's slowest trace: every span of the trace as the API has it,
+    // The list of the edge's slowest traces, slowest first; the slowest of those rooted in a
+    // /api/slow request opened.
+    let listed = seen["trace_rows"].as_array().expect("trace rows");
+    let durations: Vec<u64> = listed
+        .iter()
+        .filter_map(|r| r["duration"].as_u64())
+        .collect();
+    assert!(durations.windows(2).all(|w| w[0] >= w[1]), "{durations:?}");
+    let chosen = listed
+        .iter()
+        .find(|r| r["root"] == "get /api/slow")
+        .expect("a trace rooted in /api/slow is listed");
+    assert_eq!(chosen["id"], seen["trace_id"]);
+
+    // The waterfall of that trace: every span of the trace as the API has it,
     // each row right under its parent's, siblings by start time, and the chain of a request
     // first: curl -> nginx -> nginx's call -> the backend.
     let trace_id = seen["trace_id"].as_str().expect("a trace was opened");
@@ -286,8 +301,8 @@ fn the_page_shows_the_map_a_waterfall_and_health_of_real_traffic() {
         "{rows:?}\n{}",
         dump()
     );
-    // The /api/slow requests are the slowest (the backend sleeps 100 ms): the trace opened is
-    // one of them, and its backend span's tags say so.
+    // The backend span of the opened trace's request (the backend sleeps 100 ms on /api/slow):
+    // its tags say which request it served.
     let tags: BTreeMap<String, String> = seen["span_tags"]
         .as_array()
         .expect("span tags")

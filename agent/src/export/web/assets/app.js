@@ -293,7 +293,8 @@ async function loadTraces() {
   table.append(el("thead", {}, el("tr", {}, ["start", "root", "services", "spans", "duration", ""].map((h) => el("th", {}, h)))));
   const body = el("tbody");
   for (const r of rows.slice(0, limit)) {
-    body.append(el("tr", { class: "clickable" + (r.id === state.trace ? " selected" : ""), "data-trace-id": r.id, onclick: () => showTrace(r.id) },
+    body.append(el("tr", { class: "clickable" + (r.id === state.trace ? " selected" : ""), "data-trace-id": r.id,
+      "data-root": r.root.name || "", "data-duration": r.duration, onclick: () => showTrace(r.id) },
       el("td", {}, new Date(r.start / 1000).toLocaleTimeString()),
       el("td", {}, (r.root.localEndpoint ? r.root.localEndpoint.serviceName + ": " : "") + (r.root.name || "")),
       el("td", {}, r.services.join(", ")), el("td", { class: "num" }, r.spans),
