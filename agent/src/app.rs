@@ -17,7 +17,7 @@ use tokio::{signal::unix::SignalKind, sync::mpsc};
 use crate::clock::monotonic_ns;
 
 use crate::{
-    aggregate::graph::ServiceGraph,
+    aggregate::{graph::ServiceGraph, operations::Operations},
     config::{Config, Kubernetes},
     conntrack::{ConnTable, ConnectionView, Listener, TableSettings, metrics::L4Metrics},
     ebpf::{
@@ -29,6 +29,7 @@ use crate::{
     export::{
         http::{ConnectionsQuery, Endpoint, router},
         otlp::sink::{OtlpMetrics, OtlpSink},
+        web::{self, WebState},
         zipkin::{
             api as zipkin_api,
             convert::StoreExporter,
@@ -176,7 +177,19 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         TraceCounters::new(&registry),
     );
 
-    // Exchanges: request metrics, pairing, service graph, tracer.
+    // Exchanges: request metrics, pairing, service graph, tracer; and what the web page reads.
+    let graph = ServiceGraph::new(
+        &registry,
+        &config.duration_buckets,
+        config.max_series as usize,
+    );
+    let operations = Operations::new(&registry, &config.duration_buckets);
+    let web_state = WebState::new(
+        graph.live(),
+        operations.table(),
+        registry.clone(),
+        monotonic_ns,
+    );
     let pipeline = Pipeline::new(
         registry.clone(),
         Red::new(
@@ -186,20 +199,19 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 max_series: config.max_series as usize,
             },
         ),
-        ServiceGraph::new(
-            &registry,
-            &config.duration_buckets,
-            config.max_series as usize,
-        ),
+        operations,
+        graph,
         Some(tracer),
         series_ttl_ns,
     );
+    let l4_metrics = L4Metrics::new(
+        &registry,
+        kernel_metrics.insert_failures("agent_connections"),
+    );
+    let web_state = web_state.with_tcp(l4_metrics.live.clone());
     let table = Arc::new(Mutex::new(ConnTable::new(
         registry.clone(),
-        L4Metrics::new(
-            &registry,
-            kernel_metrics.insert_failures("agent_connections"),
-        ),
+        l4_metrics,
         services,
         Box::new(pipeline),
         TableSettings {
@@ -217,7 +229,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(async move {
-        axum::serve(listener, router(endpoint).merge(zipkin_api::router(store)))
+        let routes = router(endpoint)
+            .merge(zipkin_api::router(store))
+            .merge(web::router(web_state));
+        axum::serve(listener, routes)
             .with_graceful_shutdown(async move {
                 let _ = shutdown_rx.changed().await;
             })
@@ -272,8 +287,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     crate::alloc::release_freed_memory();
     ready.store(true, Ordering::Release);
     log::info!(
-        "meshtap ready: {} programs attached, serving http://{}/metrics",
+        "meshtap ready: {} programs attached, serving http://{}/metrics and the web page at http://{}/",
         probes.attached,
+        config.listen,
         config.listen
     );
 

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! Observed ─► protocol::Red (RED per protocol)
+//!          ├► aggregate::operations (per service and operation, last minutes: the web page)
 //!          └► exchange::Pairing ─► aggregate::graph::ServiceGraph
 //!                                └► trace::Tracer ─► exporters (store, Zipkin, OTLP)
 //! ```
@@ -11,7 +12,7 @@
 use std::sync::Arc;
 
 use crate::{
-    aggregate::graph::ServiceGraph,
+    aggregate::{graph::ServiceGraph, operations::Operations},
     exchange::{ConnectFailure, ExchangeSink, Observed, Paired, Pairing},
     metrics::Registry,
     protocol::{Observation, Red},
@@ -20,6 +21,7 @@ use crate::{
 
 pub struct Pipeline {
     red: Red,
+    operations: Operations,
     pairing: Pairing,
     graph: ServiceGraph,
     tracer: Option<Tracer>,
@@ -33,6 +35,7 @@ impl Pipeline {
     pub fn new(
         registry: Arc<Registry>,
         red: Red,
+        operations: Operations,
         graph: ServiceGraph,
         tracer: Option<Tracer>,
         series_ttl_ns: u64,
@@ -40,6 +43,7 @@ impl Pipeline {
         Pipeline {
             pairing: Pairing::new(&registry),
             red,
+            operations,
             graph,
             tracer,
             registry,
@@ -71,6 +75,7 @@ impl ExchangeSink for Pipeline {
                 now_ns: end.now_ns,
             },
         );
+        self.operations.observe(&end);
         let now_ns = end.now_ns;
         self.pairing.add(end, &mut self.paired);
         self.deliver(now_ns);
@@ -84,6 +89,7 @@ impl ExchangeSink for Pipeline {
         self.pairing.tick(now_ns, &mut self.paired);
         self.deliver(now_ns);
         self.red.expire(now_ns, self.series_ttl_ns, &self.registry);
+        self.operations.expire(now_ns);
         self.graph
             .expire(now_ns, self.series_ttl_ns, &self.registry);
         if let Some(tracer) = &mut self.tracer {

@@ -13,7 +13,8 @@
 //!
 //! Needs: root (BPF, namespaces, `/proc/sys/kernel/ns_last_pid`), `ip` (iproute2), Debian's
 //! `/usr/bin/python3` (or `$MESHTAP_PYTHON`), `bpftool`, `promtool` (package prometheus), and
-//! the agent binary (`$MESHTAP_BIN`, else `target/release/meshtap`).
+//! the agent binary (`$MESHTAP_BIN`, else `target/release/meshtap`); for `tests/web.rs`, Debian's
+//! `chromium` and `playwright-core` under `/usr/local/lib/meshtap/node` (`cargo xtask setup`).
 //!
 //! What several test files of one suite share lives here too: [`kube`] (the Kubernetes tests'
 //! cluster, node and fake API server), [`traces`], [`zipkin`] and [`spans`] (the trace tests'

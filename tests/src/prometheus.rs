@@ -105,6 +105,20 @@ impl Prometheus {
         first["value"][1].as_str()?.parse().ok()
     }
 
+    /// An instant query's result vector, or Prometheus' error (a query that does not parse,
+    /// or fails to evaluate) as text. Panics on a transport error.
+    pub fn query_result(&self, promql: &str) -> Result<Vec<Value>, String> {
+        let path = format!("/api/v1/query?query={}", url_encode(promql));
+        let r = http::get(self.addr, &path, HTTP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("GET {path} from prometheus: {e}"));
+        let v: Value = serde_json::from_slice(&r.body)
+            .unwrap_or_else(|e| panic!("bad JSON from prometheus ({e}): {}", r.text()));
+        if v["status"] != "success" {
+            return Err(format!("{}: {}", v["errorType"], v["error"]));
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+
     /// Queries every 500 ms until `promql` returns `expected`; panics after `timeout` with the
     /// last result.
     pub fn wait_for(&self, promql: &str, expected: f64, timeout: Duration) {

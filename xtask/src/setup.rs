@@ -32,6 +32,7 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 ///   clients (nghttp2 1.52).
 /// - `nodejs`: Node for `@grpc/grpc-js` (see [`NPM_PACKAGES`]); a machine image may already
 ///   carry a `node` of its own on PATH, which is then used.
+/// - `chromium`: the headless browser that opens the agent's web page (tests/tests/web.rs).
 const DEBIAN_PACKAGES: &[&str] = &[
     "nginx",
     "curl",
@@ -53,6 +54,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nghttp2-server",
     "nghttp2-client",
     "nghttp2-proxy",
+    "chromium",
 ];
 
 /// Packages whose install starts a service that would hold a port the tests use:
@@ -113,8 +115,10 @@ const PYTHON_PACKAGES: &[&str] = &[
 
 /// npm packages the tests use, pinned, installed into [`NPM_PREFIX`] (outside the repository):
 /// `@grpc/grpc-js`, Node's pure-JavaScript gRPC (tests/scripts/grpc_node.js, through
-/// grpc_node.py, which looks for it there).
-const NPM_PACKAGES: &[(&str, &str)] = &[("@grpc/grpc-js", "1.14.7")];
+/// grpc_node.py, which looks for it there), and `playwright-core`, which drives Debian's
+/// chromium in tests/tests/web.rs (`npx playwright install` is not used: the tests run the
+/// system's `/usr/bin/chromium`).
+const NPM_PACKAGES: &[(&str, &str)] = &[("@grpc/grpc-js", "1.14.7"), ("playwright-core", "1.65.1")];
 const NPM_PREFIX: &str = "/usr/local/lib/meshtap/node";
 
 /// Debian 12's kubectl (package kubernetes-client, 1.20: its built-in kustomize is v2.0.3, the

@@ -6,7 +6,11 @@
 //! Service in Kubernetes, or its address (`connection_type="virtual_node"` when it is not a
 //! process on this node).
 
-use std::{borrow::Cow, net::SocketAddr, sync::Arc};
+use std::{
+    borrow::Cow,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -19,6 +23,7 @@ use crate::{
     metrics::{
         Buckets, EdgeNamespaces, Histograms, OVERFLOW, Registry,
         series::{Admitted, SeriesGuard, SeriesKey, same_str},
+        window::{Windowed, rejected_counter},
     },
     protocol::Side,
 };
@@ -32,6 +37,21 @@ pub mod name {
     /// How the series cap and expiry name this family.
     pub const SERIES: &str = "traces_service_graph_request_total";
 }
+
+/// Edges the web page's windowed table keeps at most.
+pub const MAX_LIVE_EDGES: usize = 4096;
+
+/// An edge of the web page's service map: the labels of its `traces_service_graph_*` series
+/// without the namespaces.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct EdgeKey {
+    pub client: Arc<str>,
+    pub server: Arc<str>,
+    pub connection_type: &'static str,
+}
+
+/// The requests of every edge over the last minutes, shared with the endpoint that reads it.
+pub type EdgeTable = Arc<Mutex<Windowed<EdgeKey>>>;
 
 /// Destinations known to speak a parsed protocol (for counting connect failures), at most.
 const MAX_DESTINATIONS: usize = 16384;
@@ -148,6 +168,8 @@ pub struct ServiceGraph {
     series: SeriesGuard<GraphLabels, GraphHandles>,
     /// Servers seen answering a parsed protocol.
     destinations: Set<SocketAddr>,
+    /// Each request again, by time, for the web page: the same counts as the series.
+    live: EdgeTable,
 }
 
 impl ServiceGraph {
@@ -160,6 +182,11 @@ impl ServiceGraph {
             client_seconds: Histograms::new_with_constructor(durations),
             series: SeriesGuard::new(max_series, registry.overflow_counter(name::SERIES)),
             destinations: Set::default(),
+            live: Arc::new(Mutex::new(Windowed::new(
+                duration_buckets,
+                MAX_LIVE_EDGES,
+                rejected_counter(registry, "edges"),
+            ))),
         };
         registry.register(
             name::REQUESTS,
@@ -182,6 +209,11 @@ impl ServiceGraph {
             g.client_seconds.clone(),
         );
         g
+    }
+
+    /// The edges' requests over the last minutes.
+    pub fn live(&self) -> EdgeTable {
+        self.live.clone()
     }
 
     /// Counts one request.
@@ -291,6 +323,16 @@ impl ServiceGraph {
             client_namespace: namespaces.client.as_deref(),
             server_namespace: namespaces.server.as_deref(),
         };
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).record(
+            EdgeKey {
+                client: client.clone(),
+                server: server.clone(),
+                connection_type,
+            },
+            now_ns,
+            server_seconds.or(client_seconds),
+            failed,
+        );
         let admitted = self.series.admit(
             view,
             now_ns,
@@ -342,6 +384,10 @@ impl ServiceGraph {
 
     /// Removes the edges not updated for `ttl_ns`.
     pub fn expire(&mut self, now_ns: u64, ttl_ns: u64, registry: &Registry) {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .expire(now_ns);
         let stale = self.series.expire(now_ns, ttl_ns);
         for l in &stale {
             self.requests.remove(l);

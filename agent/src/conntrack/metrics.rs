@@ -6,7 +6,12 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
 };
 
-use crate::metrics::{EdgeNamespaces, OVERFLOW, Registry};
+use std::sync::{Arc, Mutex};
+
+use crate::metrics::{
+    EdgeNamespaces, OVERFLOW, Registry,
+    window::{Windowed, rejected_counter},
+};
 
 /// Metric names (without the `_total` suffix prometheus-client appends to counters).
 pub mod name {
@@ -69,6 +74,18 @@ fn connect_histogram() -> Histogram {
 
 pub type ConnectHistograms = Family<EdgeLabels, Histogram, fn() -> Histogram>;
 
+/// Connect-time buckets of [`connect_histogram`], for the windowed table.
+fn connect_buckets() -> Vec<f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 18).collect()
+}
+
+/// Edges the web page's windowed table of TCP connections keeps at most.
+pub const MAX_LIVE_EDGES: usize = 4096;
+
+/// TCP connections of every edge and role over the last minutes (opened: a request, failed
+/// connects: a failed one, with the connect time), shared with the web page that reads it.
+pub type L4Table = Arc<Mutex<Windowed<EdgeLabels>>>;
+
 /// The L4 families.
 pub struct L4Metrics {
     pub opened: Family<EdgeLabels, Counter>,
@@ -83,6 +100,8 @@ pub struct L4Metrics {
     /// `meshtap_map_insert_failures_total{map="agent_connections"}`: connections the full
     /// table turned away (the family is the kernel side's, see `ebpf::telemetry`).
     pub table_full: Counter,
+    /// The connections of the last minutes, for the web page's map.
+    pub live: L4Table,
 }
 
 impl L4Metrics {
@@ -98,6 +117,11 @@ impl L4Metrics {
             connect_duration: Family::new_with_constructor(connect_histogram),
             connections_tracked: Gauge::default(),
             table_full,
+            live: Arc::new(Mutex::new(Windowed::new(
+                &connect_buckets(),
+                MAX_LIVE_EDGES,
+                rejected_counter(registry, "tcp_edges"),
+            ))),
         };
         registry.register(
             name::TCP_OPENED,

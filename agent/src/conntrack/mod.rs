@@ -639,12 +639,19 @@ impl ConnTable {
         };
         if !pre_existing {
             self.metrics.opened.get_or_create(&labels).inc();
-            if observer_role == Side::Client {
+            let connect_s = (observer_role == Side::Client).then(|| connect_ns as f64 / 1e9);
+            if let Some(s) = connect_s {
                 self.metrics
                     .connect_duration
                     .get_or_create(&labels)
-                    .observe(connect_ns as f64 / 1e9);
+                    .observe(s);
             }
+            self.metrics
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                // A copy: the edge's expiry counts the references to its labels.
+                .record((*labels).clone(), meta.ts_ns, connect_s, false);
         }
     }
 
@@ -661,6 +668,11 @@ impl ConnTable {
             now_ns: meta.ts_ns,
         });
         let edge = self.edge_labels(meta, Side::Client);
+        self.metrics
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(edge.clone(), meta.ts_ns, None, true);
         let labels = FailedLabels {
             client: edge.client,
             server: edge.server,
@@ -906,6 +918,11 @@ impl ConnTable {
         // Before the aggregator's tick: a closing connection's last exchange is still in time to
         // pair with the other side's (`CLOSE_WAIT_NS` is shorter than the pairing wait).
         self.end_close_waits(now_ns);
+        self.metrics
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .expire(now_ns);
         if now_ns.saturating_sub(self.edges_expired_ns) >= EDGE_EXPIRY_EVERY_NS {
             self.edges_expired_ns = now_ns;
             self.expire_edges(now_ns);
@@ -1265,6 +1282,7 @@ mod tests {
             Box::new(Pipeline::new(
                 metrics.clone(),
                 red,
+                crate::aggregate::operations::Operations::new(metrics, &DEFAULT_DURATION_BUCKETS),
                 graph,
                 None,
                 series_ttl_ns,

@@ -7,6 +7,7 @@
 //! sets) and registers them here once, when the app builds it; this module names no component.
 
 pub mod series;
+pub mod window;
 
 use std::sync::{
     Mutex,

@@ -310,6 +310,13 @@ macro_rules! registry {
                 self.as_dyn().span_name()
             }
 
+            /// The protocol these attributes are of.
+            pub fn protocol(&self) -> Protocol {
+                match self {
+                    $(Attributes::$variant(_) => Protocol::$variant),+
+                }
+            }
+
             pub fn span_attributes(&self, options: &SpanOptions, out: &mut Vec<Attribute>) {
                 self.as_dyn().span_attributes(options, out)
             }
