@@ -97,6 +97,7 @@ mod tests {
                 response_bytes: 0,
                 context: Found::None,
                 attributes: Attributes::Http1(http1::Attributes {
+                    version: http1::Version::Http11,
                     method: "GET".into(),
                     path: path.into(),
                     status: Some(status),
