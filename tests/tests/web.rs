@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use meshtap_tests::process::run_command;
+use meshtap_tests::process::{STARTUP, port_of, run_command};
 use meshtap_tests::{Agent, Nginx, NginxConfig, Script, ScriptChild, free_port, serial};
 use serde_json::Value;
 
@@ -480,6 +480,21 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         );
         assert!(out.status.success(), "redis-cli {args:?}: {}", out.stderr);
     }
+    // gRPC calls on grpcio, OK and with errors (INTERNAL is a server error).
+    let mut grpc = Script::new("grpc_app.py", "mt-dash-grpc")
+        .named()
+        .arg("server")
+        .spawn();
+    let grpc_port = port_of(&grpc.expect_event("listening", STARTUP));
+    Script::new("grpc_app.py", "mt-dash-grpccli")
+        .named()
+        .arg("client")
+        .opt("--port", grpc_port)
+        .opt("--unary", 5)
+        .opt("--codes", "13,5")
+        .run(RUN);
+    grpc.send_line("stop");
+    grpc.finish(RUN);
     // A refused connect.
     let closed = localhost(free_port());
     let out = run_command(
@@ -502,6 +517,11 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     prometheus.wait_for(
         "count(db_client_operation_duration_seconds_count{db_system_name=\"redis\"}) > bool 0",
         1.0,
+        timeout,
+    );
+    prometheus.wait_for(
+        "sum(rpc_server_duration_seconds_count{service_name=\"mt-dash-grpc\"})",
+        7.0,
         timeout,
     );
     std::thread::sleep(Duration::from_secs(3));
