@@ -66,7 +66,9 @@ use crate::{
 pub const LINK_WAIT_NS: u64 = 2_000_000_000;
 /// Spans waiting at once; beyond, the oldest are emitted unlinked.
 const MAX_WAITING: usize = 20_000;
-/// Slack when checking that a child lies inside its parent's time window.
+/// Slack when checking that a child lies inside its parent's time window. A child must still
+/// start before its parent ends: on a keep-alive connection an event-loop proxy (nginx) answers
+/// one request and sends the next one's upstream call within the slack.
 const WINDOW_SLACK_NS: u64 = 1_000_000;
 /// How long an emitted SERVER span is remembered for the CLIENT spans of its thread: an end can
 /// wait `PAIR_WAIT_NS` in the pairing before it reaches the assembler.
@@ -409,6 +411,7 @@ impl SpanAssembler {
             }
             if c.parent.is_none()
                 && c.input.exchange.start_ns + WINDOW_SLACK_NS >= start
+                && c.input.exchange.start_ns < end
                 && c.input.exchange.end_ns <= end + WINDOW_SLACK_NS
             {
                 adopted.push(*k);
@@ -536,7 +539,9 @@ impl SpanAssembler {
             return;
         };
         let inside = |s: &&EmittedServer| {
-            start + WINDOW_SLACK_NS >= s.start_ns && end <= s.end_ns + WINDOW_SLACK_NS
+            start + WINDOW_SLACK_NS >= s.start_ns
+                && start < s.end_ns
+                && end <= s.end_ns + WINDOW_SLACK_NS
         };
         let Some(server) = recent
             .iter()
@@ -1133,6 +1138,73 @@ mod tests {
         assert_eq!(be_server.parent_id.as_ref(), Some(&fe_client.id));
         assert_eq!(be_server.name, "get /users/*");
         assert!(be_server.duration >= 1);
+    }
+
+    /// An event-loop proxy on a keep-alive connection answers a request and sends the next
+    /// one's upstream call less than the window slack later: that call belongs to the next
+    /// request, not the one that just ended.
+    #[test]
+    fn a_call_started_after_a_request_ended_is_not_its_child() {
+        let mut asm = Asm::new(7, 1.0, false);
+        let mut out = empty();
+        let front = ("10.0.0.1:40000", "10.0.0.2:8080");
+        let upstream = ("10.0.0.2:40001", "10.0.0.3:9090");
+        let us = 1_000;
+        // Request 1, answered at 20 ms (its own upstream call is not observed).
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (10 * MS, 20 * MS),
+                front,
+                Some("svc1"),
+                &[],
+                20 * MS + us,
+            ),
+            &mut out,
+        );
+        // Request 2 arrives at 20.1 ms; its upstream call runs 20.2 to 20.8 ms.
+        asm.add(
+            input(
+                Side::Client,
+                2,
+                20,
+                (20 * MS + 200 * us, 20 * MS + 800 * us),
+                upstream,
+                Some("svc3"),
+                &[],
+                20 * MS + 900 * us,
+            ),
+            &mut out,
+        );
+        asm.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (20 * MS + 100 * us, 21 * MS),
+                front,
+                Some("svc1"),
+                &[],
+                21 * MS + us,
+            ),
+            &mut out,
+        );
+        asm.tick(22 * MS + LINK_WAIT_NS + RECENT_SERVER_NS, &mut out);
+        let call = by_service(&out.spans, "svc2", Kind::Client);
+        let servers: Vec<_> = out
+            .spans
+            .iter()
+            .filter(|s| s.kind == Some(Kind::Server))
+            .collect();
+        assert_eq!(servers.len(), 2);
+        let later = servers
+            .iter()
+            .max_by_key(|s| s.timestamp)
+            .expect("two servers");
+        assert_eq!(call.parent_id.as_ref(), Some(&later.id));
+        assert_eq!(call.trace_id, later.trace_id);
     }
 
     /// The store takes a burst of 10 traces at 1 per second: the rest are not built without a
