@@ -803,8 +803,9 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
     Ok(0)
 }
 
-/// The rest of an HTTP/2 syscall could not be copied: one last event without payload says how
-/// many bytes moved unseen, so that the parser knows its framing is lost (counted).
+/// The rest of an HTTP/2 syscall is not copied (it could not be, or the ring is filling): one
+/// last event without payload says how many bytes moved unseen, so that the parser skips them by
+/// count (its framing is lost, and counted, only if a frame header was among them).
 #[inline(always)]
 fn end_uncaptured(scratch: &mut crate::maps::DataScratch, sk: u64, base_flags: u8, rest: u64) {
     count(stat::CONTINUATION_FAILED);
@@ -841,6 +842,15 @@ fn try_continue(ctx: &TracePointContext) -> Result<u32, u32> {
     let scratch = unsafe { &mut *scratch };
     let (bytes, offset, sk) = (cont.bytes, cont.offset, cont.args.sk);
     if cont.chunk >= HTTP2_CHUNKS || offset >= bytes {
+        return Ok(0);
+    }
+    // Back-pressure: when the next chunk would not fit the ring's data share, the rest of the
+    // syscall goes uncaptured (one small event says how much) instead of being lost as events.
+    // A lost event loses both header tables' state; uncaptured bytes are mostly DATA payload,
+    // which the parser skips by count anyway (if a frame header is among them, the parser
+    // counts its framing lost).
+    if pending_bytes() + (2 * HEADER + MAX_CAPTURE) as u64 > global!(CONFIG.data_limit_bytes) {
+        end_uncaptured(scratch, sk, cont.flags, bytes - offset);
         return Ok(0);
     }
     let args = cont.args;

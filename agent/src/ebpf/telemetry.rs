@@ -106,7 +106,7 @@ impl KernelMetrics {
         );
         registry.register(
             name::HTTP2_CONTINUATIONS_FAILED,
-            "HTTP/2 syscalls whose capture stopped early: the next chunk's tail call failed or its bytes could not be read (the parser finds its framing again at a later syscall)",
+            "HTTP/2 syscalls whose capture stopped early: the ring buffer was full (back-pressure), the next chunk's tail call failed, or its bytes could not be read. The rest of the syscall is skipped by count (DATA payload, mostly); a frame header in it loses the parser's framing, counted in meshtap_parse_errors_total{protocol=\"http2\"}",
             m.http2_continuations_failed.clone(),
         );
         registry.register(
