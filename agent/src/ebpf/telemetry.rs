@@ -19,6 +19,8 @@ pub mod name {
     pub const MAP_ENTRIES: &str = "meshtap_map_entries";
     pub const RETRANSMITS_UNTRACKED: &str = "meshtap_retransmits_untracked";
     pub const TLS_PAYLOAD_SKIPPED: &str = "meshtap_tls_payload_skipped_events";
+    pub const TLS_PLAINTEXT_UNTIED: &str = "meshtap_tls_plaintext_untied_events";
+    pub const TLS_UNMATCHED_RETURNS: &str = "meshtap_tls_unmatched_returns";
     pub const PROGRAMS_ATTACHED: &str = "meshtap_programs_attached";
     pub const PROGRAM_MISSES: &str = "meshtap_ebpf_program_misses";
     pub const PROGRAM_RUNS: &str = "meshtap_ebpf_program_runs";
@@ -56,6 +58,8 @@ pub struct KernelMetrics {
     pub map_entries: Family<MapLabels, Gauge>,
     pub retransmits_untracked: Counter,
     pub tls_payload_skipped: Counter,
+    pub tls_plaintext_untied: Counter,
+    pub tls_unmatched_returns: Counter,
     pub programs_attached: Gauge,
     pub program_misses: Family<ProgramLabels, Counter>,
     pub program_runs: Family<ProgramLabels, Counter>,
@@ -101,6 +105,16 @@ impl KernelMetrics {
             name::TLS_PAYLOAD_SKIPPED,
             "Data events of TLS connections the kernel sent without payload: after the first TLS record nothing can be parsed, so nothing is copied (their bytes are still counted)",
             m.tls_payload_skipped.clone(),
+        );
+        registry.register(
+            name::TLS_PLAINTEXT_UNTIED,
+            "TLS reads and writes that moved plaintext the kernel did not report: no socket syscall was seen inside a call on their SSL object (a memory BIO), or their connection was not tracked",
+            m.tls_plaintext_untied.clone(),
+        );
+        registry.register(
+            name::TLS_UNMATCHED_RETURNS,
+            "Returns of probed TLS calls whose entry was not seen (probes attached during the call, or the call table full)",
+            m.tls_unmatched_returns.clone(),
         );
         registry.register(
             name::PROGRAMS_ATTACHED,
