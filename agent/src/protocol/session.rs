@@ -264,6 +264,21 @@ impl Session {
         metrics.exchanges(protocol, out.len() - before);
     }
 
+    /// A TLS library's plaintext follows (see `conntrack`): it is numbered from 0, and what was
+    /// seen before it was a handshake. A running parser keeps its state (a protocol that
+    /// negotiated TLS in plaintext continues in it); otherwise detection starts afresh.
+    pub fn plaintext_begins(&mut self) {
+        self.next_seq = 0;
+        if !matches!(self.state, State::Parsing(..)) {
+            self.state = State::Detecting {
+                chunks: 0,
+                held: Vec::new(),
+                held_dir: None,
+                held_ts: 0,
+            };
+        }
+    }
+
     /// The connection closed at `closed_ns`: what the close completes.
     pub fn close(&mut self, closed_ns: u64, metrics: &mut SessionMetrics, out: &mut Vec<Exchange>) {
         if let State::Parsing(protocol, parser) = &mut self.state {
