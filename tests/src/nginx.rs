@@ -38,6 +38,8 @@ pub struct NginxConfig {
     pub for_load: bool,
     /// `location /`: every path not listed below answers 200 `ok` (no newline).
     pub ok_everywhere: bool,
+    /// Serve HTTPS (`listen ... ssl`) with this certificate and key (PEM files).
+    pub tls: Option<(String, String)>,
 }
 
 impl NginxConfig {
@@ -50,7 +52,14 @@ impl NginxConfig {
             single_process: false,
             for_load: false,
             ok_everywhere: false,
+            tls: None,
         }
+    }
+
+    /// HTTPS with the certificate and key in these PEM files (see [`crate::tls::Certificate`]).
+    pub fn tls(mut self, cert: &str, key: &str) -> Self {
+        self.tls = Some((cert.to_string(), key.to_string()));
+        self
     }
 
     pub fn backend(mut self, backend: SocketAddr) -> Self {
@@ -128,11 +137,18 @@ impl NginxConfig {
             let _ = writeln!(conf, "    {key} {d}/{sub};");
         }
         let backlog = if self.for_load { " backlog=4096" } else { "" };
+        let ssl = if self.tls.is_some() { " ssl" } else { "" };
         let _ = writeln!(
             conf,
-            "    server {{\n        listen {}{backlog};",
+            "    server {{\n        listen {}{ssl}{backlog};",
             self.listen
         );
+        if let Some((cert, key)) = &self.tls {
+            let _ = writeln!(
+                conf,
+                "        ssl_certificate {cert};\n        ssl_certificate_key {key};"
+            );
+        }
         conf.push_str(
             "        location = /ok { return 200 \"ok\\n\"; }\n\
              \x20       location = /missing { return 404; }\n\
