@@ -514,7 +514,7 @@ mod tests {
                 captured: 4,
                 direction: direction::INGRESS,
                 syscall: 0,
-                _pad: 0,
+                library: 0,
             },
             payload: [0; MAX_CAPTURE],
         };
@@ -559,7 +559,7 @@ mod tests {
             captured: 100,
             direction: 0,
             syscall: 0,
-            _pad: 0,
+            library: 0,
         });
         assert!(matches!(
             decode(&d, &mut payloads),
