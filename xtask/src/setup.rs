@@ -25,6 +25,7 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 ///   and as a packet to another node's pod looks to this node (the Kubernetes tests);
 /// - `postgresql`, `postgresql-contrib`: PostgreSQL 15 (`initdb`, `pg_ctl`, `psql`, `pgbench`)
 ///   for the PostgreSQL tests, run in a temporary directory.
+/// - `libcap2-bin` (`capsh`): the TLS test runs the agent without CAP_SYS_ADMIN;
 /// - `mariadb-server`, `mariadb-client`: the MySQL protocol tests' server (`mariadbd`,
 ///   `mariadb-install-db`) and the CLI that creates their tables.
 const DEBIAN_PACKAGES: &[&str] = &[
@@ -45,6 +46,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "mariadb-server",
     "mariadb-client",
     "openssl",
+    "libcap2-bin",
 ];
 
 /// Packages whose install starts a service that would hold a port the tests use:
