@@ -856,3 +856,100 @@ fn postgres_over_tls_counts_every_statement() {
     ]);
     assert_settled(&agent, &checks);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. OpenSSL linked statically into an executable (as in Node's): the executable is probed
+
+/// A child process killed and reaped on drop (also while a failing test unwinds).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn statically_linked_openssl_in_an_executable_is_probed() {
+    use std::io::{BufRead as _, Write as _};
+    let agent = Agent::start(&[]);
+    let cert = Certificate::new();
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let nginx = Nginx::start(
+        NginxConfig::new(listen)
+            .ok_everywhere()
+            .tls(&cert.cert(), &cert.key()),
+        None,
+    );
+    // tests/c/static_https_client.c with libssl.a and libcrypto.a: SSL_read and SSL_write are
+    // in the executable's own symbol table. Its name is its comm and its service name.
+    let name = "mt-static-tls";
+    let dir = TempDir::new("static-tls");
+    let exe = dir.path().join(name);
+    let source = meshtap_tests::workspace_root().join("tests/c/static_https_client.c");
+    let out = run_command(
+        Command::new("gcc")
+            .arg("-O1")
+            .arg("-o")
+            .arg(&exe)
+            .arg(&source)
+            .args([
+                "/usr/lib/x86_64-linux-gnu/libssl.a",
+                "/usr/lib/x86_64-linux-gnu/libcrypto.a",
+                "-lpthread",
+                "-ldl",
+            ]),
+        RUN,
+    );
+    assert!(out.status.success(), "gcc: {}{}", out.stdout, out.stderr);
+    let mut child = Killed(
+        Command::new(&exe)
+            .args([&listen.port().to_string(), "/static", "7"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the static client"),
+    );
+    // Found by the agent's scan of new processes (once a second), before it connects.
+    agent.wait_until(
+        DISCOVERY,
+        |m| m.value(LIBRARIES_PROBED, &[("library", name)]) == 1.0,
+        |m| format!("{}\n{}", m.describe(LIBRARIES_PROBED), agent.log()),
+    );
+    writeln!(child.0.stdin.take().expect("stdin"), "go").expect("write go");
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the client's result");
+    let done: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(
+        (done["responses"].as_u64(), done["ok"].as_u64()),
+        (Some(7), Some(7))
+    );
+    let mut checks = vec![
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &server_series("nginx", "/static", "200"),
+            7,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(name, Some("200"), listen),
+            7,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &labels(&[("service_name", name)]),
+            7,
+        ),
+    ];
+    checks.extend(local_edge(name, "nginx", 7, 0));
+    let m = assert_settled(&agent, &checks);
+    assert!(
+        m.value(PLAINTEXT_EVENTS, &[("library", name)]) >= 14.0,
+        "{}",
+        m.describe(PLAINTEXT_EVENTS)
+    );
+    nginx.stop();
+}
