@@ -66,7 +66,7 @@ pub mod flags {
     /// The connection's ciphertext moved inside a call of a probed TLS library: its plaintext
     /// comes in plaintext events (syscall [`super::syscall::TLS_READ`] / `TLS_WRITE`), and its
     /// syscall data events only count bytes.
-    pub const TLS_PROBED: u8 = 4;
+    pub const TLS_PROBED: u8 = 32;
 }
 
 /// The syscall a data event came from.

@@ -8,7 +8,9 @@
 //! payload. The return probe remembers `SSL *` -> socket (`TLS_SOCKETS`: a read served from
 //! the library's buffer makes no syscall) and sends the plaintext as a data event of that
 //! connection (syscall [`syscall::TLS_READ`] / `TLS_WRITE`), with its own sequence numbers and
-//! no byte accounting. Plaintext that no tracked connection owns is counted, not sent.
+//! no byte accounting. Plaintext whose socket is unknown is counted, not sent; plaintext on a
+//! socket past TCP_CLOSE (the peer hung up) is sent without a connection id, as the syscalls'
+//! late bytes are.
 //!
 //! `SSL_free` takes the `SSL *` out of `TLS_SOCKETS`.
 //!
@@ -28,14 +30,14 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use meshtap_common::{
-    ConnState, DataEventHeader, MAX_CAPTURE, MAX_TLS_LIBRARIES, TlsCall, direction, flags, kind,
-    map_id, stat, syscall, tls_call,
+    ConnState, DataEventHeader, MAX_CAPTURE, MAX_TLS_LIBRARIES, TlsCall, Tuple, direction, flags,
+    kind, map_id, role, stat, syscall, tls_call,
 };
 
 use crate::{
     maps::{CONNS, DATA_SCRATCH, EVENTS, count, global, pending_bytes, wakeup_flags_for},
     probes::{copy_words, now},
-    sock::current_identity,
+    sock::{current_identity, sock_tuple},
 };
 
 /// TLS calls in flight, keyed by pid_tgid. LRU: a thread that died inside a call leaves its
@@ -181,18 +183,11 @@ fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
     if bytes == 0 {
         return Ok(0);
     }
-    let state = if sk != 0 {
-        CONNS.get_ptr_mut(&sk)
-    } else {
-        None
-    };
-    let Some(state) = state else {
+    if sk == 0 {
         count(stat::TLS_UNTIED);
         return Ok(0);
-    };
-    // SAFETY: valid map value pointer for the duration of the program.
-    let state = unsafe { &mut *state };
-    state.flags |= flags::TLS | flags::TLS_PROBED;
+    }
+    let state = CONNS.get_ptr_mut(&sk);
 
     let scratch = DATA_SCRATCH.get_ptr_mut(0).ok_or(0u32)?;
     // SAFETY: per-CPU scratch value, valid for the whole program run and not shared (a uprobe
@@ -200,23 +195,43 @@ fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
     let scratch = unsafe { &mut *scratch };
     let head = &mut scratch.event.head;
     head.header.kind = kind::DATA;
-    head.header.role = state.role;
-    head.header.flags = state.flags;
     head.header._pad = 0;
     head.header.netns = 0;
     head.header.ts_ns = now();
-    head.header.conn_id = state.conn_id;
     head.header.sk = sk;
-    copy_words(&mut head.header.tuple, &state.tuple);
-    if state.owner.tgid == (key >> 32) as u32 {
-        copy_words(&mut head.header.who, &state.owner);
-        head.header.who.tid = key as u32;
-    } else {
-        current_identity(&mut head.header.who);
+    match state {
+        Some(state) => {
+            // SAFETY: valid map value pointer for the duration of the program.
+            let state = unsafe { &mut *state };
+            state.flags |= flags::TLS | flags::TLS_PROBED;
+            head.header.role = state.role;
+            head.header.flags = state.flags;
+            head.header.conn_id = state.conn_id;
+            copy_words(&mut head.header.tuple, &state.tuple);
+            if state.owner.tgid == (key >> 32) as u32 {
+                copy_words(&mut head.header.who, &state.owner);
+                head.header.who.tid = key as u32;
+            } else {
+                current_identity(&mut head.header.who);
+            }
+            head.seq = u64::from(state.plaintext_events);
+            state.plaintext_events = state.plaintext_events.wrapping_add(1);
+        }
+        None => {
+            // The connection reached TCP_CLOSE (its peer hung up) while its process still
+            // writes or reads: sent without a connection id, as the syscalls' late bytes are;
+            // the agent ties it by socket to the connection's wait after its close.
+            head.header.role = role::UNKNOWN;
+            head.header.flags = flags::TLS | flags::TLS_PROBED;
+            head.header.conn_id = 0;
+            let mut tuple = Tuple::ZERO;
+            sock_tuple(sk, &mut tuple);
+            copy_words(&mut head.header.tuple, &tuple);
+            current_identity(&mut head.header.who);
+            head.seq = 0;
+        }
     }
     head.bytes = bytes;
-    head.seq = u64::from(state.plaintext_events);
-    state.plaintext_events = state.plaintext_events.wrapping_add(1);
     let (dir, call_kind) = if call.op == tls_call::WRITE {
         (direction::EGRESS, syscall::TLS_WRITE)
     } else {

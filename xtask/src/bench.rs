@@ -260,8 +260,8 @@ pub fn bench(ctx: &Ctx, opts: Opts) -> Result<()> {
     if wanted("B8") {
         record("B8", b8(&env, &plan), &mut results);
     }
-    if wanted("B9") {
-        record("B9", b9(&env, &plan), &mut results);
+    if wanted("B10") {
+        record("B10", b10(&env, &plan), &mut results);
     }
     drop(nginx);
     if let Some(meta) = results.get_mut("meta") {
@@ -465,10 +465,10 @@ fn b1(env: &Env, plan: &Plan) -> Result<Value> {
     Ok(Value::Object(v))
 }
 
-/// B9: B1 over HTTPS. Its own nginx with `ssl` (a self-signed certificate; TLS 1.3 through
+/// B10: B1 over HTTPS. Its own nginx with `ssl` (a self-signed certificate; TLS 1.3 through
 /// the system's libssl.so.3, whose SSL_read/SSL_write the agent probes) and wrk over HTTPS;
 /// the coverage counts the exchanges the agent parsed from the plaintext.
-fn b9(env: &Env, plan: &Plan) -> Result<Value> {
+fn b10(env: &Env, plan: &Plan) -> Result<Value> {
     let cert = meshtap_tests::tls::Certificate::try_new()?;
     let nginx = Nginx::try_start(
         NginxConfig::new(SocketAddr::from(([127, 0, 0, 1], try_free_port()?)))
@@ -988,18 +988,18 @@ fn markdown(r: &Map<String, Value>, plan: &Plan) -> String {
         g("B1", "ratio").map(|x| x >= 0.95),
     );
     row(
-        "B9",
+        "B10",
         format!(
             "HTTPS: agent / none, req/s ratio {} ({} vs {} req/s); coverage {}; agent {} CPU-s/M requests",
-            range("B9", "ratio", 3),
-            range("B9", "agent_rps", 0),
-            range("B9", "baseline_rps", 0),
-            range("B9", "coverage", 4),
-            range("B9", "agent_cpu_s_per_million", 2),
+            range("B10", "ratio", 3),
+            range("B10", "agent_rps", 0),
+            range("B10", "baseline_rps", 0),
+            range("B10", "coverage", 4),
+            range("B10", "agent_cpu_s_per_million", 2),
         ),
         ">= 0.95, coverage 1",
-        g("B9", "ratio")
-            .zip(g("B9", "coverage"))
+        g("B10", "ratio")
+            .zip(g("B10", "coverage"))
             .map(|(r, c)| r >= 0.95 && c >= 0.999),
     );
     row(

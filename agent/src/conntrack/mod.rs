@@ -324,7 +324,7 @@ impl ConnTable {
                     if meta.tls_probed {
                         // Ciphertext: its plaintext comes from the TLS probes.
                     } else if meta.conn_id == 0 && !self.closing.is_empty() {
-                        self.parse_after_close(meta, bytes, direction, payload);
+                        self.parse_after_close(meta, bytes, direction, payload, false);
                     } else {
                         self.parse(meta, meta.conn_id, Some(*seq), bytes, direction, payload);
                     }
@@ -745,13 +745,22 @@ impl ConnTable {
     }
 
     /// Parses a data chunk moved after its connection's close (see `closing`).
-    fn parse_after_close(&mut self, meta: &Meta, bytes: u64, dir: Direction, payload: &[u8]) {
+    /// `plaintext`: the chunk is a TLS library's plaintext (else a syscall's bytes).
+    fn parse_after_close(
+        &mut self,
+        meta: &Meta,
+        bytes: u64,
+        dir: Direction,
+        payload: &[u8],
+        plaintext: bool,
+    ) {
         let Some(waiting) = self.closing.take(meta.sk) else {
             return;
         };
         // A probed TLS connection's late syscall bytes are ciphertext (the close_notify its
-        // library writes at shutdown): counted, not parsed.
-        let matches = late_event_of(waiting.conn.remote, meta) && !waiting.conn.tls_plaintext;
+        // library writes at shutdown): counted, not parsed; its late plaintext is parsed.
+        let matches =
+            late_event_of(waiting.conn.remote, meta) && waiting.conn.tls_plaintext == plaintext;
         let Waiting {
             conn,
             id,
@@ -787,6 +796,11 @@ impl ConnTable {
     /// events have their own) and, unless a parser already runs (a protocol that started in
     /// plaintext, such as PostgreSQL's SSLRequest), its detection.
     fn plaintext(&mut self, meta: &Meta, seq: u64, bytes: u64, dir: Direction, payload: &[u8]) {
+        if meta.conn_id == 0 && self.closing.contains(meta.sk) {
+            // Moved after its connection's close (a response to a client that hung up).
+            self.parse_after_close(meta, bytes, dir, payload, true);
+            return;
+        }
         let Some(conn) = self.conns.get_mut(&meta.conn_id) else {
             self.metrics.tls_plaintext_untracked.inc();
             return;

@@ -339,6 +339,11 @@ impl<T> CloseWaits<T> {
         self.waiting.is_empty()
     }
 
+    /// Whether the connection of socket `sk` is waiting.
+    pub fn contains(&self, sk: u64) -> bool {
+        self.waiting.contains_key(&sk)
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.waiting.len()
