@@ -16,6 +16,10 @@ pub const DEFAULT_CAPTURE: u32 = 1024;
 /// that would not fit in the capture anyway once `MAX_CAPTURE` is reached.
 pub const MAX_IOV: u32 = 64;
 
+/// TLS library files the agent probes at most (each one's index, from 1, is its uprobes'
+/// attach cookie and sizes the per-library plaintext counters).
+pub const MAX_TLS_LIBRARIES: u32 = 64;
+
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
@@ -69,6 +73,10 @@ pub mod flags {
     /// `captured` onwards; its `bytes` are those left of the syscall from its first byte, and
     /// were already counted by the first event.
     pub const CONTINUATION: u8 = 16;
+    /// The connection's ciphertext moved inside a call of a probed TLS library: its plaintext
+    /// comes in plaintext events (syscall [`super::syscall::TLS_READ`] / `TLS_WRITE`), and its
+    /// syscall data events only count bytes.
+    pub const TLS_PROBED: u8 = 32;
 }
 
 /// Most events one syscall of an HTTP/2 connection is captured in (see [`flags::HTTP2`]):
@@ -87,6 +95,11 @@ pub mod syscall {
     pub const RECVMSG: u8 = 6;
     pub const SENDMSG: u8 = 7;
     pub const SENDFILE: u8 = 8;
+    /// Plaintext a TLS library returned from a read (`SSL_read`, `SSL_read_ex`): not bytes on
+    /// the wire (the ciphertext's syscalls count those), the payload the protocols parse.
+    pub const TLS_READ: u8 = 9;
+    /// Plaintext handed to a TLS library's write (`SSL_write`, `SSL_write_ex`).
+    pub const TLS_WRITE: u8 = 10;
 }
 
 /// Indices into the per-CPU `STATS` array.
@@ -103,15 +116,23 @@ pub mod stat {
     /// An HTTP/2 syscall whose next chunk could not be sent: the tail call failed, or its
     /// bytes could not be read.
     pub const CONTINUATION_FAILED: u32 = TLS_PAYLOAD_SKIPPED + 1;
-    pub const COUNT: u32 = CONTINUATION_FAILED + 1;
+    /// Plaintext of TLS library calls tied to no tracked connection (no socket syscall seen in
+    /// a call on that `SSL *`, or its connection no longer tracked): not reported.
+    pub const TLS_UNTIED: u32 = CONTINUATION_FAILED + 1;
+    /// TLS library calls whose return was seen without their entry (the entry's map was full,
+    /// or the probes were attached during the call).
+    pub const TLS_UNMATCHED_RETURN: u32 = TLS_UNTIED + 1;
+    pub const COUNT: u32 = TLS_UNMATCHED_RETURN + 1;
 }
 
 /// Maps that count failed inserts.
 pub mod map_id {
     pub const CONNS: u32 = 0;
     pub const CONNECT_ARGS: u32 = 1;
-    pub const COUNT: u32 = 2;
-    pub const NAMES: [&str; COUNT as usize] = ["conns", "connect_args"];
+    pub const TLS_CALLS: u32 = 2;
+    pub const TLS_SOCKETS: u32 = 3;
+    pub const COUNT: u32 = 4;
+    pub const NAMES: [&str; COUNT as usize] = ["conns", "connect_args", "tls_calls", "tls_sockets"];
 }
 
 /// A TCP 4-tuple as seen from the observed socket: `local` is this socket's end.
@@ -225,7 +246,9 @@ pub struct DataEventHeader {
     pub direction: u8,
     /// One of [`syscall`].
     pub syscall: u8,
-    pub _pad: u16,
+    /// Plaintext events: the TLS library's index in the agent's table of probed libraries (the
+    /// attach cookie); 0 for syscall events.
+    pub library: u16,
 }
 const _: () = assert!(size_of::<DataEventHeader>() == 112 + 24);
 
@@ -320,7 +343,10 @@ pub struct ConnState {
     pub flags: u8,
     /// 1 once CONN_OPEN was emitted (client: at ESTABLISHED).
     pub announced: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// Plaintext events produced for this connection: the sequence of the next one (the
+    /// plaintext has its own numbering, apart from the syscalls' `data_events`).
+    pub plaintext_events: u32,
 }
 const _: () = assert!(size_of::<ConnState>() == 8 + 40 + 40 + 8 * 6 + 8);
 
@@ -353,6 +379,36 @@ pub struct IoArgs {
     pub _pad: [u8; 6],
 }
 const _: () = assert!(size_of::<IoArgs>() == 32);
+
+/// TLS library calls: what the entry probe saw, kept per thread until the return.
+pub mod tls_call {
+    pub const READ: u8 = 0;
+    pub const WRITE: u8 = 1;
+    /// `SSL_do_handshake`: no plaintext, but the socket it moves bytes on is the `SSL *`'s.
+    pub const HANDSHAKE: u8 = 2;
+}
+
+/// A TLS library call in flight on one thread, keyed by pid_tgid in `TLS_CALLS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TlsCall {
+    /// The `SSL *`.
+    pub ssl: u64,
+    /// The plaintext buffer.
+    pub buf: u64,
+    /// `_ex` calls: where the library writes the byte count (`size_t *`); 0 for the others,
+    /// which return it.
+    pub count_ptr: u64,
+    /// The socket a syscall inside this call moved bytes on (0: none yet).
+    pub sk: u64,
+    /// One of [`tls_call`].
+    pub op: u8,
+    pub _pad: u8,
+    /// The library's index (attach cookie).
+    pub library: u16,
+    pub _pad2: u32,
+}
+const _: () = assert!(size_of::<TlsCall>() == 40);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -15,6 +15,8 @@ mod maps;
 mod probes;
 #[cfg(target_arch = "bpf")]
 mod sock;
+#[cfg(target_arch = "bpf")]
+mod tls;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -70,7 +70,7 @@ fn is_agent() -> bool {
 /// a call of compiler-builtins' `memmove`, which on BPF copies one byte per loop iteration
 /// (some 300 instructions for a tuple or an identity, on every data event).
 #[inline(always)]
-fn copy_words<T: Copy>(dst: &mut T, src: &T) {
+pub(crate) fn copy_words<T: Copy>(dst: &mut T, src: &T) {
     const {
         assert!(size_of::<T>() % 8 == 0 && core::mem::align_of::<T>() >= 8);
     }
@@ -89,7 +89,7 @@ fn copy_words<T: Copy>(dst: &mut T, src: &T) {
 }
 
 #[inline(always)]
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     // SAFETY: helper without preconditions.
     unsafe { bpf_ktime_get_ns() }
 }
@@ -162,7 +162,8 @@ fn track(sk: u64, conn_role: u8, conn_flags: u8, tuple: &Tuple) -> Option<ConnSt
         role: conn_role,
         flags: conn_flags,
         announced: 0,
-        _pad: [0; 5],
+        _pad: 0,
+        plaintext_events: 0,
     };
     current_identity(&mut state.owner);
     if CONNS.insert(&sk, &state, 0).is_err() {
@@ -669,7 +670,7 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
     head.bytes = bytes;
     head.direction = args.direction;
     head.syscall = args.syscall;
-    head._pad = 0;
+    head.library = 0;
 
     // Per-connection bookkeeping: exact byte totals even if this event is lost.
     let state_ptr = match CONNS.get_ptr_mut(&sk) {
@@ -710,6 +711,7 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
         // SAFETY: valid map value pointer for the duration of the program.
         let state = unsafe { &mut *state };
         state.announced = 1;
+        crate::tls::note_socket(sk, state);
         if args.direction == direction::EGRESS {
             state.bytes_sent += bytes;
         } else {

@@ -252,10 +252,21 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             capture_bytes: config.capture_bytes,
             ring_buffer_bytes: config.ring_buffer_bytes,
             max_connections: config.max_connections,
+            tls_plaintext: config.tls_plaintext,
         },
         &offsets,
     )?;
     kernel_metrics.programs_attached.set(probes.attached as i64);
+    let mut probes = probes;
+    let tls_on = config.tls_plaintext
+        && probes.start_tls(&config.proc_root, ebpf::tls::TlsMetrics::new(&registry));
+    if tls_on {
+        log::info!(
+            "TLS plaintext: {} TLS library files probed",
+            probes.tls_libraries()
+        );
+    }
+    let probes = Arc::new(Mutex::new(probes));
 
     // Listeners that existed before the programs were attached.
     seed_listeners(&table);
@@ -282,13 +293,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         maps.clone(),
         kernel_metrics.clone(),
         table.clone(),
+        tls_on.then(|| probes.clone()),
     ));
 
     crate::alloc::release_freed_memory();
     ready.store(true, Ordering::Release);
     log::info!(
         "meshtap ready: {} programs attached, serving http://{}/metrics and the web page at http://{}/",
-        probes.attached,
+        probes.lock().unwrap_or_else(|e| e.into_inner()).attached,
         config.listen,
         config.listen
     );
@@ -308,7 +320,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     ready.store(false, Ordering::Release);
     let _ = shutdown_tx.send(true);
     housekeeping.abort();
-    drop(probes);
+    // A scan running on a blocking thread holds the lock: detaching waits for it.
+    probes.lock().unwrap_or_else(|e| e.into_inner()).unload();
     drop(run_time_stats);
     stop.store(true, Ordering::Relaxed);
     let _ = reader.join();
@@ -413,12 +426,13 @@ async fn process(
     }
 }
 
-/// Once a second: kernel counters and map occupancy into metrics; every minute: end connections
-/// whose close event was lost.
+/// Once a second: kernel counters and map occupancy into metrics, new TLS libraries; every
+/// minute: end connections whose close event was lost.
 async fn housekeeping(
     maps: Arc<Mutex<KernelMaps>>,
     metrics: Arc<KernelMetrics>,
     table: Arc<Mutex<ConnTable>>,
+    tls: Option<Arc<Mutex<ebpf::Probes>>>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n: u64 = 0;
@@ -429,8 +443,12 @@ async fn housekeeping(
         let metrics_c = metrics.clone();
         let table_c = table.clone();
         let sweep = n.is_multiple_of(SWEEP_IDLE.as_secs());
+        let tls = tls.clone();
         // Map iteration is a syscall per key: keep it off the async workers.
         let _ = tokio::task::spawn_blocking(move || {
+            if let Some(probes) = tls {
+                probes.lock().unwrap_or_else(|e| e.into_inner()).scan_tls();
+            }
             let mut maps = maps.lock().unwrap_or_else(|e| e.into_inner());
             refresh_kernel_metrics(&mut maps, &metrics_c);
             if sweep {
@@ -472,6 +490,10 @@ fn refresh_kernel_metrics(maps: &mut KernelMaps, metrics: &KernelMetrics) {
     metrics.kernel_counter(slot, stats[slot], &metrics.tls_payload_skipped);
     let slot = stat::CONTINUATION_FAILED as usize;
     metrics.kernel_counter(slot, stats[slot], &metrics.http2_continuations_failed);
+    let slot = stat::TLS_UNTIED as usize;
+    metrics.kernel_counter(slot, stats[slot], &metrics.tls_plaintext_untied);
+    let slot = stat::TLS_UNMATCHED_RETURN as usize;
+    metrics.kernel_counter(slot, stats[slot], &metrics.tls_unmatched_returns);
 
     let entries = [
         ("conns", maps.conns.keys().count()),

@@ -60,6 +60,13 @@ pub struct Flags {
     #[arg(long, value_name = "BOOL")]
     pub ebpf_stats: Option<bool>,
 
+    /// Read the plaintext of TLS connections with uprobes on the TLS libraries (OpenSSL's
+    /// SSL_read/SSL_write in every libssl.so and in executables that export them): true or
+    /// false [default: true]. Needs CAP_SYS_ADMIN; without it the agent says so once and counts
+    /// TLS connections' bytes only.
+    #[arg(long, value_name = "BOOL")]
+    pub tls_plaintext: Option<bool>,
+
     /// Label sets allowed per metric family; further ones are folded into one
     /// "__overflow__" series and counted in meshtap_metric_series_overflow_total [default: 1000; a histogram label set is ~17 lines of /metrics].
     #[arg(long, value_name = "N")]
@@ -225,6 +232,7 @@ pub struct FileConfig {
     pub queue_events: Option<u32>,
     pub poll_interval_ms: Option<u64>,
     pub ebpf_stats: Option<bool>,
+    pub tls_plaintext: Option<bool>,
     pub max_series: Option<u32>,
     pub series_ttl_secs: Option<u64>,
     pub duration_buckets: Option<Vec<f64>>,
@@ -284,6 +292,7 @@ pub struct Config {
     pub queue_events: u32,
     pub poll_interval_ms: u64,
     pub ebpf_stats: bool,
+    pub tls_plaintext: bool,
     pub max_series: u32,
     pub series_ttl_secs: u64,
     pub duration_buckets: Vec<f64>,
@@ -515,6 +524,7 @@ impl Config {
                 .or(file.poll_interval_ms)
                 .unwrap_or(20),
             ebpf_stats: flags.ebpf_stats.or(file.ebpf_stats).unwrap_or(false),
+            tls_plaintext: flags.tls_plaintext.or(file.tls_plaintext).unwrap_or(true),
             max_series: flags.max_series.or(file.max_series).unwrap_or(1000),
             series_ttl_secs: flags
                 .series_ttl_secs

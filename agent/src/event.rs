@@ -139,6 +139,10 @@ pub struct Meta {
     pub role: Role,
     /// The connection was already open when the kernel side first saw it.
     pub pre_existing: bool,
+    /// The connection's TLS library is probed: its syscall data events carry ciphertext (bytes
+    /// only), its plaintext comes in [`Event::Data`] events whose `syscall` is a TLS call
+    /// ([`is_plaintext`]).
+    pub tls_probed: bool,
     pub netns: u32,
     pub process: Process,
     pub local: SocketAddr,
@@ -159,10 +163,6 @@ pub enum Event {
         meta: Meta,
         totals: ConnTotals,
     },
-    #[expect(
-        dead_code,
-        reason = "seq, syscall and payload feed the protocol parsers (HTTP/1.x, issue 3)"
-    )]
     Data {
         meta: Meta,
         /// Bytes the syscall moved; 0 in a continuation event (the first event counted them).
@@ -186,6 +186,15 @@ pub enum Event {
     ListenClose {
         meta: Meta,
     },
+}
+
+/// Whether a data event's `syscall` says it carries the plaintext of a TLS library call (not
+/// bytes on the wire: the ciphertext's syscall events count those).
+pub fn is_plaintext(syscall: u8) -> bool {
+    matches!(
+        syscall,
+        meshtap_common::syscall::TLS_READ | meshtap_common::syscall::TLS_WRITE
+    )
 }
 
 /// The kernel's exact per-connection totals, delivered with the close event.
@@ -393,6 +402,7 @@ fn meta(h: &EventHeader) -> Meta {
         sk: h.sk,
         role: Role::from_kernel(h.role),
         pre_existing: h.flags & meshtap_common::flags::PRE_EXISTING != 0,
+        tls_probed: h.flags & meshtap_common::flags::TLS_PROBED != 0,
         netns: h.netns,
         process: process(&h.who),
         local,
@@ -513,7 +523,7 @@ mod tests {
                 captured: 4,
                 direction: direction::INGRESS,
                 syscall: 0,
-                _pad: 0,
+                library: 0,
             },
             payload: [0; MAX_CAPTURE],
         };
@@ -558,7 +568,7 @@ mod tests {
             captured: 100,
             direction: 0,
             syscall: 0,
-            _pad: 0,
+            library: 0,
         });
         assert!(matches!(
             decode(&d, &mut payloads),

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """An HTTP/1.1 backend (http.server) for the meshtap integration tests.
 
-usage: http_backend.py COMM --bind ADDR [--port P]
+usage: http_backend.py COMM --bind ADDR [--port P] [--tls CERT,KEY]
 
 Give it OTEL_SERVICE_NAME in its environment to name its service. Prints
 `{"event":"listening","port":P}` once listening and serves, one thread per connection, with
-keep-alive and Content-Length responses, until stdin is closed or receives a line; then prints
+keep-alive and Content-Length responses (over TLS with Python's `ssl`, that is the system's
+libssl, given --tls), until stdin is closed or receives a line; then prints
 `{"event":"done","served":{"METHOD STATUS":count,...},"request_body":B,"response_body":B}`.
 
 routes:
@@ -87,10 +88,21 @@ def main():
     p.add_argument("comm")
     p.add_argument("--bind", required=True)
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--tls", help="CERT,KEY: serve HTTPS")
     a = p.parse_args()
     if ":" in a.bind:
         Server.address_family = mt_common.family_of(a.bind)
     server = Server((a.bind, a.port), Handler)
+    if a.tls:
+        import ssl
+
+        cert, key = a.tls.split(",")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        # The handshake runs in the connection's thread, at its first read.
+        server.socket = context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
     mt_common.emit("listening", port=server.server_address[1], comm=COMM)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

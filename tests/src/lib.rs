@@ -40,6 +40,7 @@ pub mod scrape;
 pub mod serial;
 pub mod spans;
 pub mod tempdir;
+pub mod tls;
 pub mod traces;
 pub mod zipkin;
 

@@ -41,6 +41,8 @@ pub struct NginxConfig {
     /// `listen ... http2`: HTTP/2 without TLS, by prior knowledge only (nginx 1.22 serves no
     /// HTTP/1.1 on such a listener and accepts no `Upgrade: h2c`).
     pub http2: bool,
+    /// Serve HTTPS (`listen ... ssl`) with this certificate and key (PEM files).
+    pub tls: Option<(String, String)>,
 }
 
 impl NginxConfig {
@@ -54,7 +56,14 @@ impl NginxConfig {
             for_load: false,
             ok_everywhere: false,
             http2: false,
+            tls: None,
         }
+    }
+
+    /// HTTPS with the certificate and key in these PEM files (see [`crate::tls::Certificate`]).
+    pub fn tls(mut self, cert: &str, key: &str) -> Self {
+        self.tls = Some((cert.to_string(), key.to_string()));
+        self
     }
 
     pub fn backend(mut self, backend: SocketAddr) -> Self {
@@ -138,11 +147,18 @@ impl NginxConfig {
         }
         let backlog = if self.for_load { " backlog=4096" } else { "" };
         let http2 = if self.http2 { " http2" } else { "" };
+        let ssl = if self.tls.is_some() { " ssl" } else { "" };
         let _ = writeln!(
             conf,
-            "    server {{\n        listen {}{http2}{backlog};",
+            "    server {{\n        listen {}{ssl}{http2}{backlog};",
             self.listen
         );
+        if let Some((cert, key)) = &self.tls {
+            let _ = writeln!(
+                conf,
+                "        ssl_certificate {cert};\n        ssl_certificate_key {key};"
+            );
+        }
         conf.push_str(
             "        location = /ok { return 200 \"ok\\n\"; }\n\
              \x20       location = /missing { return 404; }\n\

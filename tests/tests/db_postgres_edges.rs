@@ -233,7 +233,9 @@ fn midstream_and_tls_connections_invent_nothing() {
     let early = session("pge-early", pg.port, false);
     let early_tls = session("pge-early-tls", pg.port, true);
     let service_port = format!("{port}={SERVER}");
-    let agent = Agent::start(&["--service-port", &service_port]);
+    // TLS plaintext off: this is the agent on a node where the TLS libraries are not probed
+    // (tests/tests/tls.rs has the same TLS connections parsed from their plaintext).
+    let agent = Agent::start(&["--service-port", &service_port, "--tls-plaintext", "false"]);
 
     let mut early_counts = Counts::new();
     let mut server = Counts::new();

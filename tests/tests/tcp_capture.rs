@@ -970,8 +970,10 @@ fn tls_connections_are_counted_without_copying_their_payload() {
     agent.wait_for(TLS_SKIPPED, &[], before + skipped, SETTLE);
 }
 
-/// Every program the agent loads (attach list of agent/src/ebpf/mod.rs).
-const PROGRAMS: [&str; 17] = [
+/// Every program the agent loads (attach list of agent/src/ebpf/mod.rs, and the TLS uprobes of
+/// agent/src/ebpf/tls.rs, loaded when TLS plaintext is on: the default).
+const PROGRAMS: [&str; 25] = [
+    "data_continue",
     "inet_sock_set_state",
     "inet_sock_set_state_backup",
     "sched_process_exit",
@@ -989,6 +991,13 @@ const PROGRAMS: [&str; 17] = [
     "sys_exit_writev",
     "tcp_retransmit_skb",
     "tcp_retransmit_skb_backup",
+    "tls_free_enter",
+    "tls_handshake_enter",
+    "tls_read_enter",
+    "tls_read_ex_enter",
+    "tls_return",
+    "tls_write_enter",
+    "tls_write_ex_enter",
 ];
 
 const PROGRAM_MISSES: &str = "meshtap_ebpf_program_misses_total";

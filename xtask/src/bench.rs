@@ -273,6 +273,9 @@ pub fn bench(ctx: &Ctx, opts: Opts) -> Result<()> {
     if wanted("B9") {
         record("B9", b9(&env, &plan), &mut results);
     }
+    if wanted("B10") {
+        record("B10", b10(&env, &plan), &mut results);
+    }
     drop(nginx);
     if let Some(meta) = results.get_mut("meta") {
         meta["elapsed_s"] = json!(round(started.elapsed().as_secs_f64(), 1));
@@ -481,6 +484,34 @@ fn b1(env: &Env, plan: &Plan) -> Result<Value> {
     stats(&mut v, "agent_cpu_s_per_million", &cpu, 3);
     stats(&mut v, "server_sent_bytes_ratio", &bytes_ratio, 5);
     Ok(Value::Object(v))
+}
+
+/// B10: B1 over HTTPS. Its own nginx with `ssl` (a self-signed certificate; TLS 1.3 through
+/// the system's libssl.so.3, whose SSL_read/SSL_write the agent probes) and wrk over HTTPS;
+/// the coverage counts the exchanges the agent parsed from the plaintext.
+fn b10(env: &Env, plan: &Plan) -> Result<Value> {
+    let cert = meshtap_tests::tls::Certificate::try_new()?;
+    let nginx = Nginx::try_start(
+        NginxConfig::new(SocketAddr::from(([127, 0, 0, 1], try_free_port()?)))
+            .single_process()
+            .for_load()
+            .ok_everywhere()
+            .keepalive_requests(100_000_000)
+            .tls(&cert.cert(), &cert.key()),
+        None,
+    )?;
+    let tls = Env {
+        bin: env.bin.clone(),
+        tmp: env.tmp.clone(),
+        url: format!("https://{}/", nginx.addr()),
+        addr: nginx.addr(),
+    };
+    let mut v = b1(&tls, plan)?;
+    v["what"] = json!(
+        "B1 over HTTPS: wrk -t1 -c32 against nginx with ssl (libssl.so.3, probed by the agent) with the agent running vs not, interleaved; coverage = exchanges parsed from the plaintext / requests"
+    );
+    drop(nginx);
+    Ok(v)
 }
 
 /// B2: p50/p99 at a fixed rate (half the baseline saturation), agent vs none, interleaved.
@@ -1089,6 +1120,21 @@ fn markdown(r: &Map<String, Value>, plan: &Plan) -> String {
         ),
         ">= 0.95",
         g("B1", "ratio").map(|x| x >= 0.95),
+    );
+    row(
+        "B10",
+        format!(
+            "HTTPS: agent / none, req/s ratio {} ({} vs {} req/s); coverage {}; agent {} CPU-s/M requests",
+            range("B10", "ratio", 3),
+            range("B10", "agent_rps", 0),
+            range("B10", "baseline_rps", 0),
+            range("B10", "coverage", 4),
+            range("B10", "agent_cpu_s_per_million", 2),
+        ),
+        ">= 0.95, coverage 1",
+        g("B10", "ratio")
+            .zip(g("B10", "coverage"))
+            .map(|(r, c)| r >= 0.95 && c >= 0.999),
     );
     row(
         "B2",

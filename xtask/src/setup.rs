@@ -25,6 +25,9 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 ///   and as a packet to another node's pod looks to this node (the Kubernetes tests);
 /// - `postgresql`, `postgresql-contrib`: PostgreSQL 15 (`initdb`, `pg_ctl`, `psql`, `pgbench`)
 ///   for the PostgreSQL tests, run in a temporary directory.
+/// - `libcap2-bin` (`capsh`): the TLS test runs the agent without CAP_SYS_ADMIN;
+/// - `gcc`, `libssl-dev`: the TLS test builds an HTTPS client with OpenSSL linked statically
+///   (`libssl.a`), as executables such as Node's carry it;
 /// - `mariadb-server`, `mariadb-client`: the MySQL protocol tests' server (`mariadbd`,
 ///   `mariadb-install-db`) and the CLI that creates their tables.
 /// - `nghttp2-server` (`nghttpd`), `nghttp2-client` (`h2load`), `nghttp2-proxy` (`nghttpx`, which
@@ -55,6 +58,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nghttp2-client",
     "nghttp2-proxy",
     "chromium",
+    "libcap2-bin",
+    "gcc",
+    "libssl-dev",
 ];
 
 /// Packages whose install starts a service that would hold a port the tests use:

@@ -24,6 +24,7 @@ pub mod name {
     pub const TCP_RETRANSMITS: &str = "meshtap_tcp_retransmits";
     pub const TCP_CONNECT_DURATION: &str = "meshtap_tcp_connect_duration_seconds";
     pub const CONNECTIONS_TRACKED: &str = "meshtap_connections_tracked";
+    pub const TLS_PLAINTEXT_UNTRACKED: &str = "meshtap_tls_plaintext_untracked_events";
     /// How the series cap names the edge families.
     pub const TCP_SERIES: &str = "meshtap_tcp";
 }
@@ -102,6 +103,9 @@ pub struct L4Metrics {
     pub table_full: Counter,
     /// The connections of the last minutes, for the web page's map.
     pub live: L4Table,
+    /// TLS plaintext events of connections not in the table (turned away, or their open event
+    /// lost and no syscall event since): not parsed.
+    pub tls_plaintext_untracked: Counter,
 }
 
 impl L4Metrics {
@@ -122,6 +126,7 @@ impl L4Metrics {
                 MAX_LIVE_EDGES,
                 rejected_counter(registry, "tcp_edges"),
             ))),
+            tls_plaintext_untracked: Counter::default(),
         };
         registry.register(
             name::TCP_OPENED,
@@ -167,6 +172,11 @@ impl L4Metrics {
             name::CONNECTIONS_TRACKED,
             "Connections in the agent's connection table",
             m.connections_tracked.clone(),
+        );
+        registry.register(
+            name::TLS_PLAINTEXT_UNTRACKED,
+            "TLS plaintext events of connections the agent's table does not hold (turned away by the full table, or first seen through their plaintext): not parsed",
+            m.tls_plaintext_untracked.clone(),
         );
         m
     }

@@ -21,7 +21,7 @@ use metrics::{EdgeLabels, FailedLabels, L4Metrics};
 use tombstones::Tombstones;
 
 use crate::{
-    event::{ConnTotals, Direction, Event, Meta, Process, Role},
+    event::{ConnTotals, Direction, Event, Meta, Process, Role, is_plaintext},
     exchange::{ConnectFailure, ExchangeNames, ExchangeSink, Observed},
     fast::Map,
     metadata::{
@@ -59,6 +59,8 @@ pub struct Connection {
     k8s_checked_ns: u64,
     /// The protocol session of this side: detection, parsing, what a close completes.
     session: Session,
+    /// TLS plaintext has reached the session: from then on only plaintext is parsed.
+    tls_plaintext: bool,
     /// The thread that last moved request bytes: the one serving (server) or sending (client)
     /// the request in a thread-per-request process.
     request_tid: u32,
@@ -312,19 +314,32 @@ impl ConnTable {
                 seq,
                 direction,
                 payload,
-                ..
+                syscall,
             } => {
                 let direction = *direction;
-                // A continuation event's bytes were counted with its syscall's first event.
-                if *bytes > 0 {
-                    self.data(meta, *bytes, direction);
-                }
-                let bytes = *parse_bytes;
+                let parse_bytes = *parse_bytes;
                 let payload = payload.of(payloads);
-                if meta.conn_id == 0 && !self.closing.is_empty() {
-                    self.parse_after_close(meta, bytes, direction, payload);
+                if is_plaintext(*syscall) {
+                    self.plaintext(meta, *seq, parse_bytes, direction, payload);
                 } else {
-                    self.parse(meta, meta.conn_id, Some(*seq), bytes, direction, payload);
+                    // A continuation event's bytes were counted with its syscall's first event.
+                    if *bytes > 0 {
+                        self.data(meta, *bytes, direction);
+                    }
+                    if meta.tls_probed {
+                        // Ciphertext: its plaintext comes from the TLS probes.
+                    } else if meta.conn_id == 0 && !self.closing.is_empty() {
+                        self.parse_after_close(meta, parse_bytes, direction, payload, false);
+                    } else {
+                        self.parse(
+                            meta,
+                            meta.conn_id,
+                            Some(*seq),
+                            parse_bytes,
+                            direction,
+                            payload,
+                        );
+                    }
                 }
             }
             Event::Retransmit { meta } => {
@@ -593,6 +608,7 @@ impl ConnTable {
             k8s_checked_ns: meta.ts_ns,
             request_tid: meta.process.tid,
             session: Session::new(observer_role, pre_existing),
+            tls_plaintext: false,
             sk: meta.sk,
             role: observer_role,
             netns: meta.netns,
@@ -753,11 +769,22 @@ impl ConnTable {
     }
 
     /// Parses a data chunk moved after its connection's close (see `closing`).
-    fn parse_after_close(&mut self, meta: &Meta, bytes: u64, dir: Direction, payload: &[u8]) {
+    /// `plaintext`: the chunk is a TLS library's plaintext (else a syscall's bytes).
+    fn parse_after_close(
+        &mut self,
+        meta: &Meta,
+        bytes: u64,
+        dir: Direction,
+        payload: &[u8],
+        plaintext: bool,
+    ) {
         let Some(waiting) = self.closing.take(meta.sk) else {
             return;
         };
-        let matches = late_event_of(waiting.conn.remote, meta);
+        // A probed TLS connection's late syscall bytes are ciphertext (the close_notify its
+        // library writes at shutdown): counted, not parsed; its late plaintext is parsed.
+        let matches =
+            late_event_of(waiting.conn.remote, meta) && waiting.conn.tls_plaintext == plaintext;
         let Waiting {
             conn,
             id,
@@ -785,6 +812,29 @@ impl ConnTable {
             // Answered: nothing left to wait for.
             self.finish_close(waiting, meta.ts_ns);
         }
+    }
+
+    /// A TLS library's plaintext on connection `meta.conn_id`: parsed as the syscalls' payload
+    /// of a plain connection is, its bytes not counted (the ciphertext's syscalls count the
+    /// connection's bytes). The first plaintext restarts the session's numbering (plaintext
+    /// events have their own) and, unless a parser already runs (a protocol that started in
+    /// plaintext, such as PostgreSQL's SSLRequest), its detection.
+    fn plaintext(&mut self, meta: &Meta, seq: u64, bytes: u64, dir: Direction, payload: &[u8]) {
+        if meta.conn_id == 0 && self.closing.contains(meta.sk) {
+            // Moved after its connection's close (a response to a client that hung up).
+            self.parse_after_close(meta, bytes, dir, payload, true);
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&meta.conn_id) else {
+            self.metrics.tls_plaintext_untracked.inc();
+            return;
+        };
+        conn.last_seen_ns = conn.last_seen_ns.max(meta.ts_ns);
+        if !conn.tls_plaintext {
+            conn.tls_plaintext = true;
+            conn.session.plaintext_begins();
+        }
+        self.parse(meta, meta.conn_id, Some(seq), bytes, dir, payload);
     }
 
     /// Hands one data chunk of connection `conn_id` to its session; `seq` is the kernel's
@@ -1211,6 +1261,7 @@ mod tests {
             sk: conn_id * 10,
             role: r,
             pre_existing: false,
+            tls_probed: false,
             netns,
             process: Process {
                 tgid: 100 + conn_id as u32,
@@ -1366,6 +1417,99 @@ mod tests {
             0.0
         );
         assert_eq!(table.conns.len(), 1);
+    }
+
+    /// A probed TLS connection: its ciphertext events count bytes and are not parsed, its
+    /// plaintext events are parsed (numbered on their own) and count no bytes.
+    #[test]
+    fn tls_plaintext_is_parsed_and_its_ciphertext_only_counted() {
+        let metrics = Arc::new(Metrics::default());
+        let mut table = table_for(&metrics, 100, 100);
+        let mut client = meta(1, Role::Client, "10.0.0.1:5000", "10.0.0.2:443", "cli", 1);
+        table.handle(Event::ConnOpen {
+            meta: client.clone(),
+            connect_ns: 1,
+        });
+        client.tls_probed = true;
+        // The handshake and the request's record: 300 and 90 bytes of ciphertext.
+        for (seq, (dir, bytes)) in [(Direction::Egress, 300), (Direction::Ingress, 90)]
+            .into_iter()
+            .enumerate()
+        {
+            table.handle(Event::Data {
+                meta: client.clone(),
+                bytes,
+                parse_bytes: bytes,
+                seq: seq as u64,
+                direction: dir,
+                syscall: 1,
+                payload: PayloadRange::default(),
+            });
+        }
+        let plaintext = |seq: u64, direction, payload: &[u8], syscall| Event::Data {
+            meta: client.clone(),
+            bytes: payload.len() as u64,
+            parse_bytes: payload.len() as u64,
+            seq,
+            direction,
+            syscall,
+            payload: PayloadRange::whole(payload),
+        };
+        table.handle_in(
+            &plaintext(
+                0,
+                Direction::Egress,
+                REQUEST,
+                meshtap_common::syscall::TLS_WRITE,
+            ),
+            REQUEST,
+        );
+        table.handle_in(
+            &plaintext(
+                1,
+                Direction::Ingress,
+                RESPONSE,
+                meshtap_common::syscall::TLS_READ,
+            ),
+            RESPONSE,
+        );
+        let edge = r#"client="cli",server="10.0.0.2",server_port="443",role="client""#;
+        assert_eq!(value(&metrics, "meshtap_tcp_sent_bytes_total", edge), 300.0);
+        assert_eq!(
+            value(&metrics, "meshtap_tcp_received_bytes_total", edge),
+            90.0
+        );
+        assert_eq!(
+            value(
+                &metrics,
+                "http_client_request_duration_seconds_count",
+                r#"http_response_status_code="200""#
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(&metrics, "meshtap_protocol_detected_total", "http"),
+            1.0
+        );
+        // Plaintext of a connection the table does not hold: counted, not parsed.
+        let mut stray = meta(9, Role::Client, "10.0.0.1:5009", "10.0.0.2:443", "cli", 1);
+        stray.tls_probed = true;
+        table.handle_in(
+            &Event::Data {
+                meta: stray,
+                bytes: REQUEST.len() as u64,
+                parse_bytes: REQUEST.len() as u64,
+                seq: 0,
+                direction: Direction::Egress,
+                syscall: meshtap_common::syscall::TLS_WRITE,
+                payload: PayloadRange::whole(REQUEST),
+            },
+            REQUEST,
+        );
+        assert_eq!(
+            value(&metrics, "meshtap_tls_plaintext_untracked_events_total", ""),
+            1.0
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod btf;
 pub mod offsets;
 pub mod reader;
 pub mod telemetry;
+pub mod tls;
 pub mod tracefs;
 
 use std::{
@@ -15,7 +16,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{RawTracePoint, TracePoint, UProbe},
 };
 use meshtap_common::{ConnState, ConnectArgs, KernelOffsets, ProbeConfig, stat};
 
@@ -208,12 +209,49 @@ fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-/// The loaded, attached programs and the maps the agent reads. Dropping it detaches and unloads
-/// everything (nothing is pinned).
+/// The loaded, attached programs and the maps the agent reads. Dropping it (or [`Probes::unload`])
+/// detaches and unloads everything (nothing is pinned), the TLS uprobes included.
 pub struct Probes {
-    /// Owns programs and links; kept alive until shutdown.
-    _ebpf: Ebpf,
+    /// Owns programs and links; kept until shutdown.
+    ebpf: Option<Ebpf>,
     pub attached: usize,
+    /// The TLS libraries probed, when TLS plaintext is on.
+    tls: Option<tls::TlsProbes>,
+}
+
+impl Probes {
+    /// Finds the TLS libraries on the node and attaches the TLS uprobes to them. Returns false
+    /// when the kernel refused uprobes (no privilege): TLS plaintext is then off.
+    pub fn start_tls(&mut self, proc_root: &std::path::Path, metrics: tls::TlsMetrics) -> bool {
+        let Some(ebpf) = self.ebpf.as_mut() else {
+            return false;
+        };
+        let mut probes = tls::TlsProbes::new(proc_root, metrics);
+        probes.start(ebpf);
+        let refused = probes.refused();
+        self.tls = Some(probes);
+        !refused
+    }
+
+    /// The periodic look for new TLS libraries (processes started or executed since the last),
+    /// and the TLS counters.
+    pub fn scan_tls(&mut self) {
+        if let (Some(ebpf), Some(tls)) = (self.ebpf.as_mut(), self.tls.as_mut()) {
+            tls.scan(ebpf);
+            tls.refresh_metrics(ebpf);
+        }
+    }
+
+    /// The TLS library files probed.
+    pub fn tls_libraries(&self) -> usize {
+        self.tls.as_ref().map_or(0, |t| t.libraries().len())
+    }
+
+    /// Detaches and unloads every program now.
+    pub fn unload(&mut self) {
+        self.tls = None;
+        self.ebpf = None;
+    }
 }
 
 /// What the agent reads from the kernel periodically: maps, and its programs' counters.
@@ -352,6 +390,9 @@ pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     /// Entries of the kernel's connection map.
     pub max_connections: u32,
+    /// Load the TLS uprobe programs (attached later, per library file, by
+    /// [`Probes::start_tls`]).
+    pub tls_plaintext: bool,
 }
 
 pub fn load(
@@ -371,6 +412,7 @@ pub fn load(
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", offsets, true)
         .override_global("CONFIG", &probe_config, true)
+        .override_global("TLS_ENABLED", &u32::from(config.tls_plaintext), true)
         .map_max_entries("EVENTS", config.ring_buffer_bytes)
         .map_max_entries("CONNS", config.max_connections)
         .load(OBJECT)
@@ -448,6 +490,19 @@ pub fn load(
         attached += 1;
     }
 
+    if config.tls_plaintext {
+        for program in tls::PROGRAMS {
+            let prog: &mut UProbe = ebpf
+                .program_mut(program)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(LoadError::MissingProgram { program })?;
+            prog.load().map_err(|source| LoadError::Verify {
+                program,
+                source: Box::new(source),
+            })?;
+        }
+    }
+
     let ring = RingBuf::try_from(
         ebpf.take_map("EVENTS")
             .ok_or(LoadError::MissingMap { map: "EVENTS" })?,
@@ -485,8 +540,9 @@ pub fn load(
     };
     Ok((
         Probes {
-            _ebpf: ebpf,
+            ebpf: Some(ebpf),
             attached,
+            tls: None,
         },
         ring,
         maps,

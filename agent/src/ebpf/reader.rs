@@ -197,6 +197,7 @@ mod tests {
             netns: 1,
             role: Role::Client,
             pre_existing: false,
+            tls_probed: false,
             local: "127.0.0.1:5000".parse().unwrap(),
             remote: "127.0.0.1:80".parse().unwrap(),
             process: Process {

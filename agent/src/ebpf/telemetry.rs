@@ -20,6 +20,8 @@ pub mod name {
     pub const RETRANSMITS_UNTRACKED: &str = "meshtap_retransmits_untracked";
     pub const TLS_PAYLOAD_SKIPPED: &str = "meshtap_tls_payload_skipped_events";
     pub const HTTP2_CONTINUATIONS_FAILED: &str = "meshtap_http2_capture_continuations_failed";
+    pub const TLS_PLAINTEXT_UNTIED: &str = "meshtap_tls_plaintext_untied_events";
+    pub const TLS_UNMATCHED_RETURNS: &str = "meshtap_tls_unmatched_returns";
     pub const PROGRAMS_ATTACHED: &str = "meshtap_programs_attached";
     pub const PROGRAM_MISSES: &str = "meshtap_ebpf_program_misses";
     pub const PROGRAM_RUNS: &str = "meshtap_ebpf_program_runs";
@@ -58,6 +60,8 @@ pub struct KernelMetrics {
     pub retransmits_untracked: Counter,
     pub tls_payload_skipped: Counter,
     pub http2_continuations_failed: Counter,
+    pub tls_plaintext_untied: Counter,
+    pub tls_unmatched_returns: Counter,
     pub programs_attached: Gauge,
     pub program_misses: Family<ProgramLabels, Counter>,
     pub program_runs: Family<ProgramLabels, Counter>,
@@ -108,6 +112,16 @@ impl KernelMetrics {
             name::HTTP2_CONTINUATIONS_FAILED,
             "HTTP/2 syscalls whose capture stopped early: the ring buffer was full (back-pressure), the next chunk's tail call failed, or its bytes could not be read. The rest of the syscall is skipped by count (DATA payload, mostly); a frame header in it loses the parser's framing, counted in meshtap_parse_errors_total{protocol=\"http2\"}",
             m.http2_continuations_failed.clone(),
+        );
+        registry.register(
+            name::TLS_PLAINTEXT_UNTIED,
+            "TLS reads and writes that moved plaintext the kernel did not report: no socket syscall was seen inside a call on their SSL object (a memory BIO), or their connection was not tracked",
+            m.tls_plaintext_untied.clone(),
+        );
+        registry.register(
+            name::TLS_UNMATCHED_RETURNS,
+            "Returns of probed TLS calls whose entry was not seen (probes attached during the call, or the call table full)",
+            m.tls_unmatched_returns.clone(),
         );
         registry.register(
             name::PROGRAMS_ATTACHED,

@@ -285,6 +285,21 @@ impl Session {
         metrics.exchanges(protocol, out.len() - before);
     }
 
+    /// A TLS library's plaintext follows (see `conntrack`): it is numbered from 0, and what was
+    /// seen before it was a handshake. A running parser keeps its state (a protocol that
+    /// negotiated TLS in plaintext continues in it); otherwise detection starts afresh.
+    pub fn plaintext_begins(&mut self) {
+        self.next_seq = 0;
+        if !matches!(self.state, State::Parsing(..)) {
+            self.state = State::Detecting {
+                chunks: 0,
+                held: Vec::new(),
+                held_dir: None,
+                held_ts: 0,
+            };
+        }
+    }
+
     /// The connection closed at `closed_ns`: what the close completes.
     pub fn close(&mut self, closed_ns: u64, metrics: &mut SessionMetrics, out: &mut Vec<Exchange>) {
         if let State::Parsing(protocol, parser) = &mut self.state {
@@ -344,6 +359,11 @@ impl<T> Default for CloseWaits<T> {
 impl<T> CloseWaits<T> {
     pub fn is_empty(&self) -> bool {
         self.waiting.is_empty()
+    }
+
+    /// Whether the connection of socket `sk` is waiting.
+    pub fn contains(&self, sk: u64) -> bool {
+        self.waiting.contains_key(&sk)
     }
 
     #[cfg(test)]

@@ -6,10 +6,13 @@
 //! server message with the head of that queue, in order (the server answers in order):
 //!
 //! - **Startup**: `StartupMessage` gives `db.namespace` (its `database`, else its `user`). An
-//!   `SSLRequest`/`GSSENCRequest` answered `N` continues in plaintext; answered `S`/`G` the
-//!   connection is TLS: the parser stops (parse error `tls`; the L4 layer still counts the
-//!   bytes). Authentication, `ParameterStatus`, `BackendKeyData`, `NoticeResponse`,
-//!   `NotificationResponse` and the `ReadyForQuery` that ends the startup are not exchanges.
+//!   `SSLRequest`/`GSSENCRequest` answered `N` continues in plaintext; answered `G` the
+//!   connection is encrypted: the parser stops (parse error `tls`; the L4 layer still counts
+//!   the bytes). Answered `S`, the client's next bytes decide: a TLS record stops the parser
+//!   the same way, a `StartupMessage` (the connection's plaintext, read from its TLS library,
+//!   see `conntrack`) continues as after `N`. Authentication, `ParameterStatus`,
+//!   `BackendKeyData`, `NoticeResponse`, `NotificationResponse` and the `ReadyForQuery` that
+//!   ends the startup are not exchanges.
 //! - **Simple query** `Q`: one exchange per statement answered by `CommandComplete`,
 //!   `EmptyQueryResponse` or `ErrorResponse`. The text is split on `;` outside quotes,
 //!   comments and dollar quotes; empty statements are dropped (the server skips them too). The
@@ -232,6 +235,10 @@ pub struct Parser {
     /// and the last server syscall seen since.
     lost_before: Option<u64>,
     lost_end_ns: u64,
+    /// The server answered `S` to an `SSLRequest`: the client's next bytes are a TLS record
+    /// (the connection is TLS: nothing more to parse) or, when the agent reads the connection's
+    /// plaintext from its TLS library, the `StartupMessage`.
+    tls_answered: bool,
     dead: bool,
     frames: Vec<Frame>,
 }
@@ -252,6 +259,7 @@ impl Parser {
             response_bytes: 0,
             lost_before: None,
             lost_end_ns: 0,
+            tls_answered: false,
             dead: false,
             frames: Vec::new(),
         }
@@ -676,7 +684,11 @@ impl Parser {
                 Frame::Typed(m) => self.backend(m, out),
                 Frame::Answer { byte, .. } => match byte {
                     b'N' => self.front.mode = Mode::Startup,
-                    b'S' | b'G' => {
+                    b'S' => {
+                        self.front.mode = Mode::Startup;
+                        self.tls_answered = true;
+                    }
+                    b'G' => {
                         self.dead = true;
                         first_err.get_or_insert(error("tls"));
                     }
@@ -728,6 +740,11 @@ impl super::Parser for Parser {
             return Ok(());
         }
         let front = dir == self.side.request_direction();
+        if front && std::mem::take(&mut self.tls_answered) && payload.starts_with(&[0x16, 0x03]) {
+            // A TLS handshake record (the ClientHello): its plaintext is not ours to read.
+            self.dead = true;
+            return Err(error("tls"));
+        }
         if front && self.front.mode == Mode::Start && payload.first().is_some_and(|b| *b != 0) {
             // Found mid-stream: the server's answers pair only from a plausible boundary on.
             self.back.lost = true;

@@ -277,6 +277,26 @@ fn tls_accepted_stops_parsing() {
     }
 }
 
+/// `sslmode=require` with the TLS library probed: after `S` the parser is fed the connection's
+/// plaintext (the ciphertext never reaches it), which starts with the `StartupMessage`.
+#[test]
+fn tls_accepted_then_plaintext_from_the_library_is_parsed() {
+    for side in [Side::Client, Side::Server] {
+        let ios = vec![
+            (true, 1, hex("0000000804d2162f")),
+            (false, 2, vec![b'S']),
+            (true, 3, startup()),
+            (false, 4, [msg(b'R', &[0; 4]), ready()].concat()),
+            (true, 5, query("SELECT 1")),
+            (false, 6, [row(1), complete("SELECT 1"), ready()].concat()),
+        ];
+        let run = replay(side, &ios, None, Mode::Whole);
+        assert!(run.errors.is_empty(), "{:?}", run.errors);
+        assert_eq!(summaries(&run).len(), 1, "{:?}", summaries(&run));
+        assert!(!run.parser.is_dead());
+    }
+}
+
 #[test]
 fn database_defaults_to_the_user_and_long_queries_are_cut() {
     let long = format!("SELECT * FROM orders WHERE note = '{}'", "y".repeat(3000));

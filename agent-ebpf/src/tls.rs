@@ -1,0 +1,292 @@
+//! TLS plaintext: uprobes on a TLS library's read and write calls (OpenSSL's `SSL_read`,
+//! `SSL_write`, `SSL_read_ex`, `SSL_write_ex`, and `SSL_do_handshake` for the socket alone).
+//!
+//! The entry probe parks the call's arguments per thread (`TLS_CALLS`); a socket syscall made
+//! while the call runs (the library reading or writing its records) names the call's socket
+//! ([`note_socket`], from the syscall exit programs) and marks the connection
+//! [`flags::TLS_PROBED`]: its syscall events keep counting the ciphertext's bytes and carry no
+//! payload. The return probe remembers `SSL *` -> socket (`TLS_SOCKETS`: a read served from
+//! the library's buffer makes no syscall) and sends the plaintext as a data event of that
+//! connection (syscall [`syscall::TLS_READ`] / `TLS_WRITE`), with its own sequence numbers and
+//! no byte accounting. Plaintext whose socket is unknown is counted, not sent; plaintext on a
+//! socket past TCP_CLOSE (the peer hung up) is sent without a connection id, as the syscalls'
+//! late bytes are.
+//!
+//! `SSL_free` takes the `SSL *` out of `TLS_SOCKETS`.
+//!
+//! One program per entry point and one return program for all: each attachment's cookie is
+//! the library's index in the agent's table, copied into the events.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        generated::{
+            bpf_get_attach_cookie, bpf_probe_read_user as probe_read_user_raw, bpf_ringbuf_output,
+        },
+    },
+    macros::{map, uprobe, uretprobe},
+    maps::{LruHashMap, PerCpuArray},
+    programs::{ProbeContext, RetProbeContext},
+};
+use meshtap_common::{
+    ConnState, DataEventHeader, MAX_CAPTURE, MAX_TLS_LIBRARIES, TlsCall, Tuple, direction, flags,
+    kind, map_id, role, stat, syscall, tls_call,
+};
+
+use crate::{
+    maps::{CONNS, DATA_SCRATCH, EVENTS, count, global, pending_bytes, wakeup_flags_for},
+    probes::{copy_words, now},
+    sock::{current_identity, sock_tuple},
+};
+
+/// TLS calls in flight, keyed by pid_tgid. LRU: a thread that died inside a call leaves its
+/// entry to be evicted.
+#[map]
+pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// `SSL *` -> `struct sock *` of the last syscall made inside a call on it.
+#[map]
+pub static TLS_SOCKETS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Plaintext events sent, per library index (the attach cookie).
+#[map]
+pub static TLS_PLAINTEXT: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_TLS_LIBRARIES, 0);
+
+/// Nonzero when the agent attached TLS probes (written at load time): the syscall programs
+/// then look for a TLS call in flight on their thread.
+#[unsafe(no_mangle)]
+pub static TLS_ENABLED: u32 = 0;
+
+const HEADER: usize = size_of::<DataEventHeader>();
+
+/// Called by the syscall exit programs for every data syscall on a tracked connection: if the
+/// thread is inside a probed TLS call, that call's socket is `sk`, and the connection's
+/// plaintext comes from the probes.
+#[inline(always)]
+pub fn note_socket(sk: u64, state: &mut ConnState) {
+    // SAFETY: a valid static; volatile keeps the loader's value from being folded away.
+    if unsafe { core::ptr::read_volatile(&TLS_ENABLED) } == 0 {
+        return;
+    }
+    if let Some(call) = TLS_CALLS.get_ptr_mut(&bpf_get_current_pid_tgid()) {
+        // SAFETY: valid map value pointer for the duration of the program.
+        unsafe { (*call).sk = sk };
+        state.flags |= flags::TLS | flags::TLS_PROBED;
+    }
+}
+
+macro_rules! entry_program {
+    ($name:ident, $op:expr, $ex:expr) => {
+        #[uprobe]
+        pub fn $name(ctx: ProbeContext) -> u32 {
+            match try_enter(&ctx, $op, $ex) {
+                Ok(r) | Err(r) => r,
+            }
+        }
+    };
+}
+
+// int SSL_read(SSL *ssl, void *buf, int num)
+entry_program!(tls_read_enter, tls_call::READ, false);
+// int SSL_write(SSL *ssl, const void *buf, int num)
+entry_program!(tls_write_enter, tls_call::WRITE, false);
+// int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)
+entry_program!(tls_read_ex_enter, tls_call::READ, true);
+// int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)
+entry_program!(tls_write_ex_enter, tls_call::WRITE, true);
+// int SSL_do_handshake(SSL *s)
+entry_program!(tls_handshake_enter, tls_call::HANDSHAKE, false);
+
+#[inline(always)]
+fn try_enter(ctx: &ProbeContext, op: u8, ex: bool) -> Result<u32, u32> {
+    let ssl: u64 = ctx.arg(0).ok_or(0u32)?;
+    let buf: u64 = if op == tls_call::HANDSHAKE {
+        0
+    } else {
+        ctx.arg(1).ok_or(0u32)?
+    };
+    let count_ptr: u64 = if ex { ctx.arg(3).ok_or(0u32)? } else { 0 };
+    // SAFETY: helper without preconditions on a uprobe context (0 when no cookie was set).
+    let library = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u16;
+    let call = TlsCall {
+        ssl,
+        buf,
+        count_ptr,
+        sk: 0,
+        op,
+        _pad: 0,
+        library,
+        _pad2: 0,
+    };
+    if TLS_CALLS
+        .insert(&bpf_get_current_pid_tgid(), &call, 0)
+        .is_err()
+    {
+        count(stat::MAP_FAIL_BASE + map_id::TLS_CALLS);
+    }
+    Ok(0)
+}
+
+/// `void SSL_free(SSL *ssl)`: the `SSL *` is forgotten, so that a later `SSL` object at the
+/// same address (a memory-BIO one, say, whose calls make no syscalls) is not tied to this one's
+/// socket.
+#[uprobe]
+pub fn tls_free_enter(ctx: ProbeContext) -> u32 {
+    if let Some(ssl) = ctx.arg::<u64>(0) {
+        let _ = TLS_SOCKETS.remove(&ssl);
+    }
+    0
+}
+
+/// The return of every probed call.
+#[uretprobe]
+pub fn tls_return(ctx: RetProbeContext) -> u32 {
+    match try_return(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(call) = (unsafe { TLS_CALLS.get(&key) }).copied() else {
+        count(stat::TLS_UNMATCHED_RETURN);
+        return Ok(0);
+    };
+    let _ = TLS_CALLS.remove(&key);
+    let rc = ctx.ret::<u64>() as i32;
+
+    let mut sk = call.sk;
+    if sk != 0 {
+        if TLS_SOCKETS.insert(&call.ssl, &sk, 0).is_err() {
+            count(stat::MAP_FAIL_BASE + map_id::TLS_SOCKETS);
+        }
+    } else if let Some(known) = TLS_SOCKETS.get_ptr(&call.ssl) {
+        // SAFETY: valid map value pointer for the duration of the program.
+        sk = unsafe { *known };
+    }
+    if call.op == tls_call::HANDSHAKE {
+        return Ok(0);
+    }
+    let bytes: u64 = if call.count_ptr != 0 {
+        if rc != 1 {
+            return Ok(0);
+        }
+        // SAFETY: probe reads of user memory fail cleanly on bad pointers.
+        unsafe { bpf_probe_read_user(call.count_ptr as *const u64) }.unwrap_or(0)
+    } else if rc > 0 {
+        rc as u64
+    } else {
+        0
+    };
+    if bytes == 0 {
+        return Ok(0);
+    }
+    if sk == 0 {
+        count(stat::TLS_UNTIED);
+        return Ok(0);
+    }
+    let state = CONNS.get_ptr_mut(&sk);
+
+    let scratch = DATA_SCRATCH.get_ptr_mut(0).ok_or(0u32)?;
+    // SAFETY: per-CPU scratch value, valid for the whole program run and not shared (a uprobe
+    // runs in process context, like the syscall programs, which it cannot interrupt).
+    let scratch = unsafe { &mut *scratch };
+    let head = &mut scratch.event.head;
+    head.header.kind = kind::DATA;
+    head.header._pad = 0;
+    head.header.netns = 0;
+    head.header.ts_ns = now();
+    head.header.sk = sk;
+    match state {
+        Some(state) => {
+            // SAFETY: valid map value pointer for the duration of the program.
+            let state = unsafe { &mut *state };
+            state.flags |= flags::TLS | flags::TLS_PROBED;
+            head.header.role = state.role;
+            head.header.flags = state.flags;
+            head.header.conn_id = state.conn_id;
+            copy_words(&mut head.header.tuple, &state.tuple);
+            if state.owner.tgid == (key >> 32) as u32 {
+                copy_words(&mut head.header.who, &state.owner);
+                head.header.who.tid = key as u32;
+            } else {
+                current_identity(&mut head.header.who);
+            }
+            head.seq = u64::from(state.plaintext_events);
+            state.plaintext_events = state.plaintext_events.wrapping_add(1);
+        }
+        None => {
+            // The connection reached TCP_CLOSE (its peer hung up) while its process still
+            // writes or reads: sent without a connection id, as the syscalls' late bytes are;
+            // the agent ties it by socket to the connection's wait after its close.
+            head.header.role = role::UNKNOWN;
+            head.header.flags = flags::TLS | flags::TLS_PROBED;
+            head.header.conn_id = 0;
+            let mut tuple = Tuple::ZERO;
+            sock_tuple(sk, &mut tuple);
+            copy_words(&mut head.header.tuple, &tuple);
+            current_identity(&mut head.header.who);
+            head.seq = 0;
+        }
+    }
+    head.bytes = bytes;
+    let (dir, call_kind) = if call.op == tls_call::WRITE {
+        (direction::EGRESS, syscall::TLS_WRITE)
+    } else {
+        (direction::INGRESS, syscall::TLS_READ)
+    };
+    head.direction = dir;
+    head.syscall = call_kind;
+    head.library = call.library;
+
+    let mut cap = global!(CONFIG.capture_bytes) as u64;
+    if cap > MAX_CAPTURE as u64 {
+        cap = MAX_CAPTURE as u64;
+    }
+    if cap > bytes {
+        cap = bytes;
+    }
+    let n = cap as u32 & (MAX_CAPTURE as u32 * 2 - 1);
+    let captured = if n == 0 || n as u64 > cap {
+        0
+    } else {
+        // SAFETY: `n <= MAX_CAPTURE` bytes into the payload array; a bad user pointer makes the
+        // helper fail without side effects.
+        let rc = unsafe {
+            probe_read_user_raw(
+                scratch.event.payload.as_mut_ptr() as *mut _,
+                n,
+                call.buf as *const _,
+            )
+        };
+        if rc == 0 { n } else { 0 }
+    };
+    scratch.event.head.captured = captured;
+
+    let len = (HEADER + captured as usize) as u64;
+    let pending = pending_bytes();
+    let rc = if pending + len > global!(CONFIG.data_limit_bytes) {
+        -1
+    } else {
+        // SAFETY: `len` is at most HEADER + MAX_CAPTURE, inside the scratch value; the ring
+        // buffer copies it out before this program returns.
+        unsafe {
+            bpf_ringbuf_output(
+                &EVENTS as *const _ as *mut _,
+                scratch as *mut _ as *mut _,
+                len,
+                wakeup_flags_for(pending, pending + len),
+            )
+        }
+    };
+    if rc != 0 {
+        count(stat::LOST_BASE + kind::DATA as u32);
+    } else if let Some(counter) = TLS_PLAINTEXT.get_ptr_mut(u32::from(call.library)) {
+        // SAFETY: a valid per-CPU map value; uprobes run in process context and cannot nest on
+        // one CPU with another run of this program.
+        unsafe { *counter += 1 };
+    }
+    Ok(0)
+}

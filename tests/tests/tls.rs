@@ -1,0 +1,955 @@
+//! TLS plaintext through uprobes on the TLS libraries, end to end: the real agent, real nginx
+//! with `ssl`, curl and wrk over HTTPS, Python's `ssl` at both ends of a keep-alive connection,
+//! a copy of the system's `libssl.so.3` that only a process started after the agent maps,
+//! PostgreSQL with `ssl=on` and `psql` with `sslmode=require`, and the agent without
+//! CAP_SYS_ADMIN.
+//!
+//! Every count asserted is a truth the test knows without the agent: what curl, wrk and the
+//! Python programs report, what nginx logged. The Python programs have service names of their
+//! own (`OTEL_SERVICE_NAME`); nginx, curl and wrk go by their executable names, so their checks
+//! are narrowed by a route or a port only this file uses.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use meshtap_tests::db::{PG_BIN, Postgres, run};
+use meshtap_tests::metrics::{
+    GRAPH_CLIENT_SECONDS, GRAPH_FAILED, GRAPH_REQUESTS, GRAPH_SERVER_SECONDS, HTTP_CLIENT_DURATION,
+    HTTP_CLIENT_RESPONSE_BODY, HTTP_SERVER_DURATION, HTTP_SERVER_RESPONSE_BODY, RECEIVED, SENT,
+    count, sum,
+};
+use meshtap_tests::process::run_command;
+use meshtap_tests::spans::{id, kind, parent, service, trace_id};
+use meshtap_tests::tls::Certificate;
+use meshtap_tests::{Agent, Metrics, Nginx, NginxConfig, Script, ScriptChild, TempDir, free_port};
+use serde_json::Value;
+
+/// How long one client program may run.
+const RUN: Duration = Duration::from_secs(60);
+/// How long a program may take to start and report it is listening.
+const STARTUP: Duration = Duration::from_secs(10);
+/// How long the agent may take to turn what a test did into metrics.
+const SETTLE: Duration = Duration::from_secs(20);
+/// How long the agent may take to find a new TLS library (it looks every second).
+const DISCOVERY: Duration = Duration::from_secs(10);
+
+const LIBRARIES_PROBED: &str = "meshtap_tls_libraries_probed";
+const ATTACH_FAILURES: &str = "meshtap_tls_attach_failures_total";
+const PLAINTEXT_EVENTS: &str = "meshtap_tls_plaintext_events_total";
+const PLAINTEXT_UNTRACKED: &str = "meshtap_tls_plaintext_untracked_events_total";
+const SYSTEM_LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+
+// ---------------------------------------------------------------------------------------------
+// Expected values
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[derive(Clone, Debug)]
+struct Expect {
+    name: String,
+    labels: Labels,
+    value: f64,
+}
+
+fn expect(name: impl Into<String>, labels: &Labels, value: impl Into<f64>) -> Expect {
+    Expect {
+        name: name.into(),
+        labels: labels.clone(),
+        value: value.into(),
+    }
+}
+
+fn value_of(m: &Metrics, name: &str, labels: &Labels) -> f64 {
+    let borrowed: Vec<(&str, &str)> = labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    m.value(name, &borrowed)
+}
+
+fn mismatches(m: &Metrics, checks: &[Expect]) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|c| value_of(m, &c.name, &c.labels) != c.value)
+        .map(|c| {
+            format!(
+                "{}{:?} = {}, expected {}",
+                c.name,
+                c.labels,
+                value_of(m, &c.name, &c.labels),
+                c.value
+            )
+        })
+        .collect()
+}
+
+fn report(m: &Metrics, checks: &[Expect]) -> String {
+    let mut names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let series: Vec<String> = names.iter().map(|n| m.describe(n)).collect();
+    format!(
+        "{}\nseries:\n{}\n{}\n{}\n{}\n{}",
+        mismatches(m, checks).join("\n"),
+        series.join("\n"),
+        m.describe("meshtap_events_lost_total"),
+        m.describe("meshtap_parse_errors_total"),
+        m.describe(PLAINTEXT_EVENTS),
+        m.describe("meshtap_tls_plaintext_untied_events_total"),
+    )
+}
+
+/// Waits until every check holds in one scrape, then checks again a moment later (nothing is
+/// counted late or twice). Returns the last scrape.
+fn assert_settled(agent: &Agent, checks: &[Expect]) -> Metrics {
+    agent.wait_until(
+        SETTLE,
+        |m| mismatches(m, checks).is_empty(),
+        |m| report(m, checks),
+    );
+    thread::sleep(Duration::from_millis(1500));
+    let m = agent.metrics();
+    assert!(
+        mismatches(&m, checks).is_empty(),
+        "the values held, then changed: {}",
+        report(&m, checks)
+    );
+    m
+}
+
+fn server_series(service: &str, route: &str, status: &str) -> Labels {
+    labels(&[
+        ("service_name", service),
+        ("http_request_method", "GET"),
+        ("http_route", route),
+        ("http_response_status_code", status),
+    ])
+}
+
+fn client_series(service: &str, status: Option<&str>, dest: SocketAddr) -> Labels {
+    let mut l = labels(&[
+        ("service_name", service),
+        ("server_address", &dest.ip().to_string()),
+        ("server_port", &dest.port().to_string()),
+    ]);
+    if let Some(status) = status {
+        l.push(("http_response_status_code".into(), status.into()));
+    }
+    l
+}
+
+/// The service-graph checks of an edge whose ends are both processes on this node.
+fn local_edge(client: &str, server: &str, total: u64, failed: u64) -> Vec<Expect> {
+    let e = labels(&[
+        ("client", client),
+        ("server", server),
+        ("connection_type", ""),
+    ]);
+    let (total, failed) = (total as f64, failed as f64);
+    vec![
+        expect(GRAPH_REQUESTS, &e, total),
+        expect(GRAPH_FAILED, &e, failed),
+        expect(count(GRAPH_SERVER_SECONDS), &e, total),
+        expect(count(GRAPH_CLIENT_SECONDS), &e, total),
+    ]
+}
+
+/// The TCP byte counters of the edge `client` -> `server`:`port`, both roles, as (client sent,
+/// server received, server sent, client received).
+fn edge_bytes(m: &Metrics, client: &str, server: &str, port: u16) -> (f64, f64, f64, f64) {
+    let port = port.to_string();
+    let at = |name: &str, role: &str| {
+        m.value(
+            name,
+            &[
+                ("client", client),
+                ("server", server),
+                ("server_port", &port),
+                ("role", role),
+            ],
+        )
+    };
+    (
+        at(SENT, "client"),
+        at(RECEIVED, "server"),
+        at(SENT, "server"),
+        at(RECEIVED, "client"),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Programs
+
+/// One `curl` process fetching every URL in turn over HTTPS (one keep-alive connection),
+/// certificate not checked. Returns (status, body bytes) per URL.
+fn curl(urls: &[String]) -> Vec<(u16, u64)> {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sk",
+        "--max-time",
+        "60",
+        "-w",
+        "%{http_code} %{size_download}\\n",
+    ]);
+    for url in urls {
+        cmd.args(["-o", "/dev/null", url]);
+    }
+    let out = run_command(&mut cmd, RUN);
+    assert!(
+        out.status.success(),
+        "curl failed ({}): {}{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    let results: Vec<(u16, u64)> = out
+        .stdout
+        .lines()
+        .map(|l| {
+            let (code, size) = l.split_once(' ').expect("curl -w line has 2 fields");
+            (
+                code.parse().expect("http_code"),
+                size.parse().expect("size_download"),
+            )
+        })
+        .collect();
+    assert_eq!(results.len(), urls.len(), "curl output:\n{}", out.stdout);
+    results
+}
+
+/// `wrk` over HTTPS for 2 s on 4 connections; returns the responses it completed.
+fn wrk(url: &str) -> u64 {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", "-c4", "-d2s", url]);
+    let out = run_command(&mut cmd, RUN);
+    assert!(
+        out.status.success(),
+        "wrk failed ({}): {}{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    eprintln!("{}", out.stdout);
+    out.stdout
+        .lines()
+        .find_map(|l| {
+            let (n, rest) = l.trim().split_once(' ')?;
+            rest.starts_with("requests in").then(|| n.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no \"N requests in\" line in wrk's output:\n{}", out.stdout))
+}
+
+/// Waits until nginx's access log stops growing and returns it (status -> requests).
+fn settled_access_log(nginx: &Nginx) -> BTreeMap<String, u64> {
+    let mut last = nginx.access_log();
+    for _ in 0..50 {
+        thread::sleep(Duration::from_millis(200));
+        let now = nginx.access_log();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("nginx's access log is still growing after 10 s: {last:?}");
+}
+
+/// The Python HTTPS server (`http_backend.py --tls`), named `name`, with `ld_path` as its
+/// `LD_LIBRARY_PATH` if given. Returns it and its port.
+fn python_server(name: &str, cert: &Certificate, ld_path: Option<&str>) -> (ScriptChild, u16) {
+    let mut script = Script::new("http_backend.py", name)
+        .named()
+        .opt("--bind", "127.0.0.1")
+        .opt("--tls", format!("{},{}", cert.cert(), cert.key()));
+    if let Some(dir) = ld_path {
+        script = script.env("LD_LIBRARY_PATH", dir);
+    }
+    let mut server = script.spawn();
+    let listening = server.expect_event("listening", STARTUP);
+    let port = listening["port"].as_u64().expect("port") as u16;
+    (server, port)
+}
+
+/// The Python HTTPS client (`https_client.py`): `rounds` rounds of `paths` on each of
+/// `connections` keep-alive connections. Returns its statuses (status -> responses).
+fn python_client(
+    name: &str,
+    port: u16,
+    paths: &str,
+    rounds: u32,
+    connections: u32,
+    ld_path: Option<&str>,
+) -> BTreeMap<String, u64> {
+    let mut script = Script::new("https_client.py", name)
+        .named()
+        .opt("--port", port)
+        .opt("--paths", paths)
+        .opt("--rounds", rounds)
+        .opt("--connections", connections);
+    if let Some(dir) = ld_path {
+        script = script.env("LD_LIBRARY_PATH", dir);
+    }
+    let done = script.run(RUN);
+    done["statuses"]
+        .as_object()
+        .expect("statuses")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().expect("count")))
+        .collect()
+}
+
+/// The spans of every trace in the agent's store that has a span of `svc`.
+fn spans_of(agent: &Agent, svc: &str) -> Vec<Value> {
+    let response = agent.get(&format!("/api/v2/traces?serviceName={svc}&limit=1000"));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let traces: Value = serde_json::from_str(&response.text()).expect("traces JSON");
+    traces
+        .as_array()
+        .expect("traces")
+        .iter()
+        .flat_map(|t| t.as_array().expect("trace").clone())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. nginx with `ssl` (its libssl.so.3), curl and wrk over HTTPS
+
+#[test]
+fn nginx_https_driven_by_curl_and_wrk() {
+    let agent = Agent::start(&[]);
+    let m = agent.metrics();
+    assert!(
+        m.value(LIBRARIES_PROBED, &[("library", "libssl.so.3")]) >= 1.0,
+        "the system's libssl.so.3 is probed at start:\n{}\n{}",
+        m.describe(LIBRARIES_PROBED),
+        agent.log()
+    );
+    let cert = Certificate::new();
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let nginx = Nginx::start(
+        NginxConfig::new(listen)
+            .access_log()
+            .ok_everywhere()
+            .tls(&cert.cert(), &cert.key()),
+        None,
+    );
+    let base = format!("https://{listen}");
+
+    // One curl with 10 + 4 requests on one keep-alive connection, then 3 curls of one each.
+    let mut urls: Vec<String> = (0..10).map(|_| format!("{base}/tlsok")).collect();
+    urls.extend((0..4).map(|_| format!("{base}/missing")));
+    let mut results = curl(&urls);
+    for _ in 0..3 {
+        results.extend(curl(&[format!("{base}/tlsok")]));
+    }
+    let ok = results.iter().filter(|r| *r == &(200, 2)).count() as u64;
+    let missing = results.iter().filter(|r| r.0 == 404).count() as u64;
+    assert_eq!((ok, missing), (13, 4), "curl's results: {results:?}");
+    let mut checks = vec![
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &server_series("nginx", "/tlsok", "200"),
+            13,
+        ),
+        expect(
+            sum(HTTP_SERVER_RESPONSE_BODY),
+            &server_series("nginx", "/tlsok", "200"),
+            26,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series("curl", Some("200"), listen),
+            13,
+        ),
+        expect(
+            sum(HTTP_CLIENT_RESPONSE_BODY),
+            &client_series("curl", Some("200"), listen),
+            26,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series("curl", Some("404"), listen),
+            4,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series("curl", None, listen),
+            17,
+        ),
+    ];
+    checks.extend(local_edge("curl", "nginx", 17, 0));
+    let m = assert_settled(&agent, &checks);
+    // The ciphertext is counted once per side: what one end sent, the other received. Plus one
+    // byte per connection on nginx's side: it peeks at each new connection's first byte
+    // (`recv(fd, buf, 1, MSG_PEEK)` in ngx_http_ssl_handshake, to tell TLS from plain HTTP),
+    // and the agent counts a peek as bytes read (known, not TLS-specific: recvfrom's flags are
+    // not read).
+    let (client_sent, server_received, server_sent, client_received) =
+        edge_bytes(&m, "curl", "nginx", listen.port());
+    assert!(
+        client_sent > 0.0 && server_sent > 0.0,
+        "{}",
+        m.describe(SENT)
+    );
+    assert_eq!(
+        (client_sent + 4.0, server_sent),
+        (server_received, client_received),
+        "{}\n{}",
+        m.describe(SENT),
+        m.describe(RECEIVED)
+    );
+    assert!(
+        m.value(PLAINTEXT_EVENTS, &[("library", "libssl.so.3")]) >= 4.0 * 17.0,
+        "each request and response is written and read through libssl:\n{}",
+        m.describe(PLAINTEXT_EVENTS)
+    );
+    assert_eq!(m.value(PLAINTEXT_UNTRACKED, &[]), 0.0);
+
+    // wrk over HTTPS: its own count of completed responses, and nginx's access log. A request
+    // in flight when wrk stops was answered by nginx but never read by wrk: status "" on the
+    // client side, a failed request on the graph.
+    let completed = wrk(&format!("{base}/tlsok"));
+    let log = settled_access_log(&nginx);
+    let logged = |s: &str| log.get(s).copied().unwrap_or(0);
+    assert_eq!(logged("404"), 4, "nginx access log: {log:?}");
+    let served = logged("200") - 13;
+    let abandoned = logged("499");
+    assert!(
+        served >= completed && served - completed <= 4,
+        "wrk completed {completed}, nginx served {served} (log {log:?})"
+    );
+    let unanswered = served - completed + abandoned;
+    let wrk_client = |status: &str| client_series("wrk", Some(status), listen);
+    checks.retain(|c| {
+        !c.labels
+            .contains(&("http_route".to_owned(), "/tlsok".to_owned()))
+    });
+    checks.extend([
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &server_series("nginx", "/tlsok", "200"),
+            (13 + served) as f64,
+        ),
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &server_series("nginx", "/tlsok", ""),
+            abandoned as f64,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &wrk_client("200"),
+            completed as f64,
+        ),
+        expect(
+            sum(HTTP_CLIENT_RESPONSE_BODY),
+            &wrk_client("200"),
+            (2 * completed) as f64,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &wrk_client(""),
+            unanswered as f64,
+        ),
+    ]);
+    checks.extend(local_edge("wrk", "nginx", served + abandoned, unanswered));
+    assert_settled(&agent, &checks);
+    nginx.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Python's ssl at both ends, HTTP/1.1 keep-alive, spans linked across the two ends
+
+#[test]
+fn python_https_keepalive_both_ends() {
+    // With BPF run-time statistics: the TLS programs' cost is reported like the others'.
+    let agent = Agent::start(&["--ebpf-stats", "true"]);
+    let cert = Certificate::new();
+    let (srv, cli) = ("mt-tls-py-srv", "mt-tls-py-cli");
+    let (server, port) = python_server(srv, &cert, None);
+    // 2 connections x 5 rounds of 3 requests: 10 each of 200, 500 and 404.
+    let statuses = python_client(cli, port, "/api/users/7,/api/fail,/nope", 5, 2, None);
+    assert_eq!(
+        statuses,
+        BTreeMap::from([("200".into(), 10), ("404".into(), 10), ("500".into(), 10)]),
+        "client's statuses"
+    );
+    let dest: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut checks = vec![
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &server_series(srv, "/api/users/*", "200"),
+            10,
+        ),
+        expect(
+            sum(HTTP_SERVER_RESPONSE_BODY),
+            &server_series(srv, "/api/users/*", "200"),
+            70,
+        ),
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &server_series(srv, "/api/fail", "500"),
+            10,
+        ),
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &labels(&[("service_name", srv)]),
+            30,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(cli, Some("200"), dest),
+            10,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(cli, Some("404"), dest),
+            10,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(cli, Some("500"), dest),
+            10,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &labels(&[("service_name", cli)]),
+            30,
+        ),
+    ];
+    checks.extend(local_edge(cli, srv, 30, 10));
+    let m = assert_settled(&agent, &checks);
+    let (client_sent, server_received, server_sent, client_received) =
+        edge_bytes(&m, cli, srv, port);
+    assert!(client_sent > 0.0, "{}", m.describe(SENT));
+    assert_eq!(
+        (client_sent, server_sent),
+        (server_received, client_received)
+    );
+    // Python writes with SSL_write_ex and reads with SSL_read_ex: 30 requests written by the
+    // client and read by the server, 30 responses the other way, at least.
+    let m = agent.wait_until(
+        Duration::from_secs(5),
+        |m| {
+            ["tls_write_ex_enter", "tls_read_ex_enter"]
+                .iter()
+                .all(|p| m.value("meshtap_ebpf_program_runs_total", &[("program", p)]) >= 60.0)
+                && m.value(
+                    "meshtap_ebpf_program_runs_total",
+                    &[("program", "tls_return")],
+                ) >= 120.0
+        },
+        |m| m.describe("meshtap_ebpf_program_runs_total"),
+    );
+    assert!(
+        m.value(
+            "meshtap_ebpf_program_run_seconds_total",
+            &[("program", "tls_return")]
+        ) > 0.0
+    );
+
+    // Spans: 30 of each kind, every server span the child of a client span of its trace.
+    let spans = spans_of(&agent, srv);
+    let of = |svc: &str, k: &str| -> Vec<&Value> {
+        spans
+            .iter()
+            .filter(|s| service(s) == svc && kind(s) == k)
+            .collect()
+    };
+    let (servers, clients) = (of(srv, "SERVER"), of(cli, "CLIENT"));
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (30, 30),
+        "{}",
+        meshtap_tests::spans::describe(&spans)
+    );
+    for s in &servers {
+        let p = parent(s).unwrap_or_else(|| panic!("server span without parent: {s}"));
+        let c = clients
+            .iter()
+            .find(|c| id(c) == p)
+            .unwrap_or_else(|| panic!("server span's parent is not a client span: {s}"));
+        assert_eq!(trace_id(c), trace_id(s));
+    }
+    server.kill();
+}
+
+/// The ids of the `perf_event` BPF links (uprobes, here) whose program is one of the TLS
+/// programs (`tls_*`), from `bpftool`. One agent runs at a time (`serial`, and the integration
+/// lock): they are its.
+fn tls_probe_links() -> BTreeSet<u64> {
+    let list = |kind: &str| -> Vec<Value> {
+        let out = Command::new("bpftool")
+            .args(["-j", kind, "list"])
+            .output()
+            .unwrap_or_else(|e| panic!("bpftool: {e}"));
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    };
+    let programs: BTreeSet<u64> = list("prog")
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("tls_")))
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    list("link")
+        .iter()
+        .filter(|l| l["type"] == "perf_event")
+        .filter(|l| {
+            l["prog_id"]
+                .as_u64()
+                .is_some_and(|id| programs.contains(&id))
+        })
+        .filter_map(|l| l["id"].as_u64())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. A library file no process mapped when the agent started; the agent leaves no probe behind
+
+#[test]
+fn library_loaded_after_start_is_probed_and_released() {
+    let agent = Agent::start(&[]);
+    let probes_at_start = tls_probe_links();
+    let log_at_start = agent.log().lines().count();
+    assert!(!probes_at_start.is_empty(), "the system's libssl is probed");
+    let library = |m: &Metrics| m.value(LIBRARIES_PROBED, &[("library", "libssl.so.3")]);
+    let before = library(&agent.metrics());
+    // A copy of the system's libssl: a file (an inode) of its own, which only the processes
+    // below map, through LD_LIBRARY_PATH.
+    let dir = TempDir::new("libssl-copy");
+    std::fs::copy(SYSTEM_LIBSSL, dir.path().join("libssl.so.3")).expect("copy libssl.so.3");
+    let ld_path = dir.path().to_string_lossy().into_owned();
+    let cert = Certificate::new();
+    let (srv, cli) = ("mt-tls-late-srv", "mt-tls-late-cli");
+    let (server, port) = python_server(srv, &cert, Some(&ld_path));
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
+    assert!(
+        maps.contains(&format!("{ld_path}/libssl.so.3")),
+        "the server maps the copy:\n{maps}"
+    );
+    agent.wait_until(
+        DISCOVERY,
+        |m| library(m) == before + 1.0,
+        |m| format!("{}\n{}", m.describe(LIBRARIES_PROBED), agent.log()),
+    );
+    let statuses = python_client(cli, port, "/api/users/1,/nope", 4, 1, Some(&ld_path));
+    assert_eq!(
+        statuses,
+        BTreeMap::from([("200".into(), 4), ("404".into(), 4)])
+    );
+    let dest: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut checks = vec![
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &labels(&[("service_name", srv)]),
+            8,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(cli, Some("200"), dest),
+            4,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(cli, Some("404"), dest),
+            4,
+        ),
+    ];
+    checks.extend(local_edge(cli, srv, 8, 0));
+    assert_settled(&agent, &checks);
+    let copy = format!("{ld_path}/libssl.so.3");
+    // SSL_read, SSL_write, SSL_read_ex, SSL_write_ex, SSL_do_handshake: entry and return;
+    // SSL_free: entry. Each a perf_event link to one of the TLS programs.
+    let probes_now = tls_probe_links();
+    // The files probed since: the copy, with 11 uprobes, and whatever else started meanwhile
+    // on this shared machine (a `cargo`, which links OpenSSL statically, say).
+    let log = agent.log();
+    let probed_since: Vec<(&str, usize)> = log
+        .lines()
+        .skip(log_at_start)
+        .filter_map(|l| {
+            let rest = l.split("TLS plaintext: probing ").nth(1)?;
+            let (path, counts) = rest.split_once(" (")?;
+            let uprobes = counts.split(", ").nth(1)?.strip_suffix(" uprobes)")?;
+            Some((path, uprobes.parse().ok()?))
+        })
+        .collect();
+    assert!(
+        probed_since
+            .iter()
+            .any(|(path, n)| path.ends_with(&copy) && *n == 11),
+        "{copy} probed with 11 uprobes:\n{log}"
+    );
+    assert_eq!(
+        probes_now.difference(&probes_at_start).count(),
+        probed_since.iter().map(|(_, n)| n).sum::<usize>(),
+        "uprobe links of the TLS programs added since {probed_since:?}: before {probes_at_start:?}, now {probes_now:?}"
+    );
+    let exited = agent.stop_with(libc::SIGTERM);
+    assert_eq!(exited.status.and_then(|s| s.code()), Some(0));
+    assert!(
+        tls_probe_links().is_empty(),
+        "uprobe links of TLS programs left after the agent stopped: {:?}",
+        tls_probe_links()
+    );
+    let events = std::fs::read_to_string("/sys/kernel/tracing/uprobe_events").unwrap_or_default();
+    assert!(
+        !events.contains(&copy),
+        "uprobe_events still names {copy}:\n{events}"
+    );
+    server.kill();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Without CAP_SYS_ADMIN: one line says so, TLS connections count bytes only
+
+#[test]
+fn without_cap_sys_admin_tls_connections_count_bytes_only() {
+    // The agent through `capsh --drop=cap_sys_admin` (every other capability of root kept),
+    // exec'd so that the agent keeps the wrapper's pid.
+    let dir = TempDir::new("capsh");
+    let wrapper = dir.path().join("meshtap-no-sys-admin");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec capsh --drop=cap_sys_admin -- -c 'exec \"$0\" \"$@\"' {} \"$@\"\n",
+            meshtap_tests::agent::binary().display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&wrapper)
+        .status()
+        .unwrap();
+    let agent = Agent::start_binary(&wrapper, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let log = agent.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("TLS plaintext needs CAP_SYS_ADMIN"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line says what is missing:\n{log}");
+    let m = agent.metrics();
+    assert_eq!(
+        m.value(ATTACH_FAILURES, &[("reason", "permission")]),
+        1.0,
+        "{}",
+        m.describe(ATTACH_FAILURES)
+    );
+    assert_eq!(m.value(LIBRARIES_PROBED, &[]), 0.0);
+
+    let cert = Certificate::new();
+    let (srv, cli) = ("mt-tls-nocap-s", "mt-tls-nocap-c");
+    let (server, port) = python_server(srv, &cert, None);
+    let statuses = python_client(cli, port, "/api/users/1", 3, 1, None);
+    assert_eq!(statuses, BTreeMap::from([("200".into(), 3)]));
+    agent.wait_until(
+        SETTLE,
+        |m| {
+            let (a, b, c, d) = edge_bytes(m, cli, srv, port);
+            a > 0.0 && c > 0.0 && (a, c) == (b, d)
+        },
+        |m| format!("{}\n{}", m.describe(SENT), m.describe(RECEIVED)),
+    );
+    thread::sleep(Duration::from_millis(1500));
+    let m = agent.metrics();
+    assert_eq!(
+        m.value(
+            count(HTTP_SERVER_DURATION).as_str(),
+            &[("service_name", srv)]
+        ),
+        0.0
+    );
+    assert_eq!(
+        m.value(
+            count(HTTP_CLIENT_DURATION).as_str(),
+            &[("service_name", cli)]
+        ),
+        0.0
+    );
+    server.kill();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. PostgreSQL with ssl=on and psql with sslmode=require: both ends through libssl
+
+#[test]
+fn postgres_over_tls_counts_every_statement() {
+    let pg = Postgres::start_tls();
+    run(pg
+        .client("psql")
+        .args(["-X", "-q", "-c", "CREATE TABLE tlsdb (id int)"]));
+    let port = pg.port.to_string();
+    let server = "mt-tls-pg";
+    let agent = Agent::start(&["--service-port", &format!("{port}={server}")]);
+    // psql by a name of its own: a symbolic link, so that its comm is the name too (a process
+    // that exits at once may be gone before the agent reads its environment).
+    let client = "mt-tls-psql";
+    let link = pg.file(client);
+    std::os::unix::fs::symlink(format!("{PG_BIN}/psql"), &link).expect("link psql");
+    let conninfo = format!(
+        "sslmode=require gssencmode=disable host=127.0.0.1 port={port} user=postgres dbname=postgres"
+    );
+    let out = run(Command::new(&link)
+        .env("OTEL_SERVICE_NAME", client)
+        .args(["-X", "-q", "-t", "-A", "-d", &conninfo])
+        .args(["-c", "INSERT INTO tlsdb VALUES (1)"])
+        .args(["-c", "SELECT count(*) FROM tlsdb"])
+        .args(["-c", "SELECT count(*) FROM tlsdb"])
+        .args([
+            "-c",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ]));
+    assert_eq!(
+        out.lines().last(),
+        Some("t"),
+        "psql's connection is TLS: {out}"
+    );
+    let mut checks = Vec::new();
+    for (family, service) in [
+        ("db_client_operation_duration_seconds_count", client),
+        ("db_server_operation_duration_seconds_count", server),
+    ] {
+        let series = |op: &str, table: &str| {
+            labels(&[
+                ("service_name", service),
+                ("server_port", &port),
+                ("db_system_name", "postgresql"),
+                ("db_operation_name", op),
+                ("db_collection_name", table),
+                ("error_type", ""),
+            ])
+        };
+        checks.extend([
+            expect(family, &series("INSERT", "tlsdb"), 1),
+            expect(family, &series("SELECT", "tlsdb"), 2),
+            expect(family, &series("SELECT", "pg_stat_ssl"), 1),
+            expect(family, &labels(&[("service_name", service)]), 4),
+        ]);
+    }
+    checks.extend([
+        expect(
+            "meshtap_protocol_detected_total",
+            &labels(&[("protocol", "postgresql")]),
+            2,
+        ),
+        expect(
+            "meshtap_exchanges_total",
+            &labels(&[("protocol", "postgresql")]),
+            8,
+        ),
+        expect(
+            "meshtap_parse_errors_total",
+            &labels(&[("protocol", "postgresql")]),
+            0,
+        ),
+    ]);
+    assert_settled(&agent, &checks);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. OpenSSL linked statically into an executable (as in Node's): the executable is probed
+
+/// A child process killed and reaped on drop (also while a failing test unwinds).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn statically_linked_openssl_in_an_executable_is_probed() {
+    use std::io::{BufRead as _, Write as _};
+    let agent = Agent::start(&[]);
+    let cert = Certificate::new();
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let nginx = Nginx::start(
+        NginxConfig::new(listen)
+            .ok_everywhere()
+            .tls(&cert.cert(), &cert.key()),
+        None,
+    );
+    // tests/c/static_https_client.c with libssl.a and libcrypto.a: SSL_read and SSL_write are
+    // in the executable's own symbol table. Its name is its comm and its service name.
+    let name = "mt-static-tls";
+    let dir = TempDir::new("static-tls");
+    let exe = dir.path().join(name);
+    let source = meshtap_tests::workspace_root().join("tests/c/static_https_client.c");
+    let out = run_command(
+        Command::new("gcc")
+            .arg("-O1")
+            .arg("-o")
+            .arg(&exe)
+            .arg(&source)
+            .args([
+                "/usr/lib/x86_64-linux-gnu/libssl.a",
+                "/usr/lib/x86_64-linux-gnu/libcrypto.a",
+                "-lpthread",
+                "-ldl",
+            ]),
+        RUN,
+    );
+    assert!(out.status.success(), "gcc: {}{}", out.stdout, out.stderr);
+    let mut child = Killed(
+        Command::new(&exe)
+            .args([&listen.port().to_string(), "/static", "7"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the static client"),
+    );
+    // Found by the agent's scan of new processes (once a second), before it connects.
+    agent.wait_until(
+        DISCOVERY,
+        |m| m.value(LIBRARIES_PROBED, &[("library", name)]) == 1.0,
+        |m| format!("{}\n{}", m.describe(LIBRARIES_PROBED), agent.log()),
+    );
+    writeln!(child.0.stdin.take().expect("stdin"), "go").expect("write go");
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the client's result");
+    let done: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(
+        (done["responses"].as_u64(), done["ok"].as_u64()),
+        (Some(7), Some(7))
+    );
+    let mut checks = vec![
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &server_series("nginx", "/static", "200"),
+            7,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(name, Some("200"), listen),
+            7,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &labels(&[("service_name", name)]),
+            7,
+        ),
+    ];
+    checks.extend(local_edge(name, "nginx", 7, 0));
+    let m = assert_settled(&agent, &checks);
+    assert!(
+        m.value(PLAINTEXT_EVENTS, &[("library", name)]) >= 14.0,
+        "{}",
+        m.describe(PLAINTEXT_EVENTS)
+    );
+    nginx.stop();
+}
