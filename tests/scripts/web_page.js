@@ -76,7 +76,7 @@ async function main() {
     out.trace_id = chosen.id;
     out.waterfall = await page.$$eval("#waterfall .span-row", (rs) => rs.map((r) => ({
       id: r.dataset.spanId, depth: Number(r.dataset.depth), service: r.dataset.service, kind: r.dataset.kind })));
-    await page.click('#waterfall .span-row[data-index="3"]');
+    await page.click(`#waterfall .span-row[data-index="${Math.min(3, out.waterfall.length - 1)}"]`);
     await page.waitForSelector("#span-tags tr");
     out.span_tags = await page.$$eval("#span-tags tr", (rs) => rs.map((r) => [r.cells[0].textContent, r.cells[1].textContent]));
     await page.screenshot({ path: path.join(artifacts, "trace.png"), fullPage: true });

@@ -557,3 +557,128 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     );
     assert!(checked >= 30, "only {checked} queries");
 }
+
+/// "Stays usable with 200 services and 10,000 stored traces": 200 services (one process
+/// serving 200 ports, each named with `--service-port`) each called once by curl, then 10,000
+/// more requests to the first one, each its own trace in the built-in store. The page shows
+/// every service and every edge with its exact count, the API lists all 200 edges untruncated,
+/// the slowest-trace list and a waterfall open, and nothing errs in the console.
+#[test]
+fn the_page_stays_usable_with_200_services_and_10000_traces() {
+    const SERVICES: usize = 200;
+    const TRACES: u64 = 10_000;
+    let _serial = serial();
+    let mut server = Script::new("many_ports.py", "mt-web-many")
+        .opt("--count", SERVICES)
+        .spawn();
+    let ports: Vec<u16> = server.expect_event("listening", STARTUP)["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| u16::try_from(p.as_u64().expect("port")).expect("port fits u16"))
+        .collect();
+    assert_eq!(ports.len(), SERVICES);
+    let names: Vec<String> = (0..SERVICES).map(|i| format!("svc-{i:03}")).collect();
+    let flags: Vec<String> = ports
+        .iter()
+        .zip(&names)
+        .map(|(p, n)| format!("{p}={n}"))
+        .collect();
+    let mut args: Vec<&str> = vec!["--trace-store-spans", "50000", "--trace-store-rate", "0"];
+    for f in &flags {
+        args.extend(["--service-port", f.as_str()]);
+    }
+    let agent = Agent::start(&args);
+
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}/hello"))
+        .collect();
+    assert_eq!(curl(&urls), BTreeMap::from([(200, SERVICES as u64)]));
+    // curl's URL globbing: 10,000 requests on one keep-alive connection.
+    let out = run_command(
+        Command::new("curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\\n",
+            &format!("http://127.0.0.1:{}/item/[1-{TRACES}]", ports[0]),
+        ]),
+        Duration::from_secs(300),
+    );
+    assert!(out.status.success(), "curl: {}", out.stderr);
+    assert_eq!(
+        out.stdout.lines().filter(|l| l.trim() == "200").count() as u64,
+        TRACES
+    );
+    server.send_line("stop");
+    let done = server.finish(RUN);
+    assert_eq!(done["served"].as_u64(), Some(SERVICES as u64 + TRACES));
+
+    let mut edges: Vec<(&str, &str, u64)> = names.iter().map(|n| ("curl", n.as_str(), 1)).collect();
+    edges[0].2 += TRACES;
+    // The first service last: the page opens the last edge's slowest traces.
+    edges.rotate_left(1);
+    let page = browse(&agent, &edges, &[]);
+    let errors = page["console_errors"].as_array().expect("console errors");
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    let base = format!("http://{}/", agent.addr());
+    for r in page["requests"].as_array().expect("requests") {
+        let url = r.as_str().expect("url");
+        assert!(url.starts_with(&base), "a request outside the agent: {url}");
+    }
+    let mut nodes: Vec<&str> = page["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|n| *n == "curl" || n.starts_with("svc-"))
+        .collect();
+    nodes.sort();
+    let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
+    want.push("curl");
+    want.sort();
+    assert_eq!(nodes, want);
+    let mut shown: Vec<(String, String, u64)> = page["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .map(|e| {
+            (
+                e["client"].as_str().expect("client").to_owned(),
+                e["server"].as_str().expect("server").to_owned(),
+                e["requests"].as_u64().expect("requests"),
+            )
+        })
+        .filter(|(c, _, _)| c == "curl")
+        .collect();
+    shown.sort();
+    let mut expected: Vec<(String, String, u64)> = edges
+        .iter()
+        .map(|(c, s, n)| (c.to_string(), s.to_string(), *n))
+        .collect();
+    expected.sort();
+    assert_eq!(shown, expected);
+    let traces = page["trace_rows"].as_array().expect("trace rows");
+    assert!(!traces.is_empty(), "the slowest traces of curl -> svc-000");
+    assert_eq!(
+        page["waterfall"].as_array().expect("waterfall").len(),
+        2,
+        "curl's CLIENT span and svc-000's SERVER span"
+    );
+
+    // The API behind the map: every edge, not truncated.
+    let graph: Value = serde_json::from_str(
+        &run_command(
+            Command::new("curl").args(["-s", &format!("{base}api/v1/graph?window=15")]),
+            RUN,
+        )
+        .stdout,
+    )
+    .expect("graph JSON");
+    assert_eq!(graph["truncated"], Value::Bool(false), "{graph}");
+    let api_edges = graph["edges"].as_array().expect("edges");
+    let from_curl = api_edges.iter().filter(|e| e["client"] == "curl").count();
+    assert_eq!(from_curl, SERVICES, "{graph}");
+}
