@@ -42,7 +42,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, required=True)
-    args = ap.parse_args()
+    args = ap.parse_args(sys.argv[2:])
     servers = []
     for _ in range(args.count):
         s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
