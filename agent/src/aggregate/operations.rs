@@ -162,41 +162,4 @@ mod tests {
             ]
         );
     }
-
-    /// What one observed end costs here (run it in release:
-    /// `cargo test --release -p meshtap --bin meshtap -- --ignored --nocapture cost_per`).
-    #[test]
-    #[ignore = "a timing, not a check: run it by hand"]
-    fn cost_per_observed_end() {
-        let ops = Operations::new(&Registry::default(), &DEFAULT_DURATION_BUCKETS);
-        let ends: Vec<Observed> = (0..64)
-            .map(|i| end(Side::Server, &format!("/r{}/{i}", i % 8), 200, 1))
-            .collect();
-        let n = 2_000_000u64;
-        let started = std::time::Instant::now();
-        for i in 0..n {
-            let mut e = ends[(i % 64) as usize].clone();
-            e.now_ns = 1_000_000_000 + i * 1000;
-            ops.observe(&e);
-        }
-        let with = started.elapsed();
-        let started = std::time::Instant::now();
-        for i in 0..n {
-            let mut e = ends[(i % 64) as usize].clone();
-            e.now_ns = 1_000_000_000 + i * 1000;
-            std::hint::black_box(&e);
-        }
-        let without = started.elapsed();
-        let started = std::time::Instant::now();
-        for i in 0..n {
-            let e = &ends[(i % 64) as usize];
-            std::hint::black_box(e.exchange.attributes.span_name());
-        }
-        let span_name = started.elapsed();
-        println!(
-            "operations: {:.0} ns per observed end, of which the span name {:.0} ns",
-            (with.saturating_sub(without)).as_nanos() as f64 / n as f64,
-            span_name.as_nanos() as f64 / n as f64
-        );
-    }
 }

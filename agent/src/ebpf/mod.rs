@@ -99,6 +99,12 @@ pub enum LoadError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("installing {program} as a tail-call target failed: {source}")]
+    TailCall {
+        program: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
     #[error("attaching {program} to tracepoint {category}:{name} failed: {source}")]
     Attach {
         program: &'static str,
@@ -107,6 +113,22 @@ pub enum LoadError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+}
+
+/// Loads (verifies) the tracepoint program `program` of the object.
+fn load_tracepoint<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+) -> Result<&'a mut TracePoint, LoadError> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(LoadError::MissingProgram { program })?;
+    prog.load().map_err(|source| LoadError::Verify {
+        program,
+        source: Box::new(source),
+    })?;
+    Ok(prog)
 }
 
 /// Checks what the kernel and our privileges must offer, with one actionable error for each.
@@ -420,14 +442,7 @@ pub fn load(
 
     let mut attached = 0;
     for (program, category, names) in ATTACH {
-        let prog: &mut TracePoint = ebpf
-            .program_mut(program)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(LoadError::MissingProgram { program })?;
-        prog.load().map_err(|source| LoadError::Verify {
-            program,
-            source: Box::new(source),
-        })?;
+        let prog = load_tracepoint(&mut ebpf, program)?;
         for name in *names {
             prog.attach(category, name)
                 .map_err(|source| LoadError::Attach {
@@ -443,31 +458,23 @@ pub fn load(
     // The tail-call target that sends the rest of an HTTP/2 syscall: loaded, not attached.
     {
         let program = "data_continue";
-        let prog: &mut TracePoint = ebpf
-            .program_mut(program)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(LoadError::MissingProgram { program })?;
-        prog.load().map_err(|source| LoadError::Verify {
+        let verify = |source| LoadError::Verify {
             program,
             source: Box::new(source),
-        })?;
-        let fd = prog
+        };
+        let fd = load_tracepoint(&mut ebpf, program)?
             .fd()
-            .map_err(|source| LoadError::Verify {
-                program,
-                source: Box::new(source),
-            })?
+            .map_err(verify)?
             .try_clone()
-            .map_err(|e| LoadError::Verify {
-                program,
-                source: Box::new(aya::programs::ProgramError::from(e)),
-            })?;
+            .map_err(|e| verify(aya::programs::ProgramError::from(e)))?;
         let mut tail: ProgramArray<&mut MapData> = ebpf
             .map_mut("TAIL")
             .and_then(|m| m.try_into().ok())
             .ok_or(LoadError::MissingMap { map: "TAIL" })?;
-        tail.set(0, &fd, 0)
-            .map_err(|_| LoadError::MissingMap { map: "TAIL" })?;
+        tail.set(0, &fd, 0).map_err(|source| LoadError::TailCall {
+            program,
+            source: Box::new(source),
+        })?;
     }
 
     // Softirq-side hooks are raw tracepoints (per-program recursion guard, see agent-ebpf).
