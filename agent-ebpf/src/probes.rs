@@ -901,10 +901,24 @@ fn try_continue(ctx: &TracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
-/// Sends the scratch data event with `captured` payload bytes; counts it lost if the ring (or
-/// its data share) is full. Returns whether it was sent.
+/// Sends the scratch data event with `captured` payload bytes; counts it lost (node-wide and on
+/// its connection) if the ring, or its data share, is full. Returns whether it was sent.
 #[inline(always)]
 fn emit_data(scratch: &mut crate::maps::DataScratch, sk: u64, captured: usize) -> bool {
+    if send_data(scratch, captured) {
+        return true;
+    }
+    if let Some(state) = CONNS.get_ptr_mut(&sk) {
+        // SAFETY: valid map value pointer for the duration of the program.
+        unsafe { (*state).data_events_lost += 1 };
+    }
+    false
+}
+
+/// Sends the scratch data event with `captured` payload bytes, or counts it lost node-wide if
+/// the ring, or its data share, is full. Returns whether it was sent.
+#[inline(always)]
+pub(crate) fn send_data(scratch: &mut crate::maps::DataScratch, captured: usize) -> bool {
     let len = (HEADER + (captured & (MAX_CAPTURE * 2 - 1))) as u64;
     if len > (HEADER + MAX_CAPTURE) as u64 {
         return false;
@@ -928,10 +942,6 @@ fn emit_data(scratch: &mut crate::maps::DataScratch, sk: u64, captured: usize) -
     };
     if rc != 0 {
         count(stat::LOST_BASE + kind::DATA as u32);
-        if let Some(state) = CONNS.get_ptr_mut(&sk) {
-            // SAFETY: valid map value pointer for the duration of the program.
-            unsafe { (*state).data_events_lost += 1 };
-        }
         return false;
     }
     true

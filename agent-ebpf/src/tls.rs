@@ -21,22 +21,20 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_user,
-        generated::{
-            bpf_get_attach_cookie, bpf_probe_read_user as probe_read_user_raw, bpf_ringbuf_output,
-        },
+        generated::{bpf_get_attach_cookie, bpf_probe_read_user as probe_read_user_raw},
     },
     macros::{map, uprobe, uretprobe},
     maps::{LruHashMap, PerCpuArray},
     programs::{ProbeContext, RetProbeContext},
 };
 use meshtap_common::{
-    ConnState, DataEventHeader, MAX_CAPTURE, MAX_TLS_LIBRARIES, TlsCall, Tuple, direction, flags,
-    kind, map_id, role, stat, syscall, tls_call,
+    ConnState, MAX_CAPTURE, MAX_TLS_LIBRARIES, TlsCall, Tuple, direction, flags, kind, map_id,
+    role, stat, syscall, tls_call,
 };
 
 use crate::{
-    maps::{CONNS, DATA_SCRATCH, EVENTS, count, global, pending_bytes, wakeup_flags_for},
-    probes::{copy_words, now},
+    maps::{CONNS, DATA_SCRATCH, count, global},
+    probes::{copy_words, now, send_data},
     sock::{current_identity, sock_tuple},
 };
 
@@ -57,8 +55,6 @@ pub static TLS_PLAINTEXT: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_T
 /// then look for a TLS call in flight on their thread.
 #[unsafe(no_mangle)]
 pub static TLS_ENABLED: u32 = 0;
-
-const HEADER: usize = size_of::<DataEventHeader>();
 
 /// Called by the syscall exit programs for every data syscall on a tracked connection: if the
 /// thread is inside a probed TLS call, that call's socket is `sk`, and the connection's
@@ -265,25 +261,10 @@ fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
     };
     scratch.event.head.captured = captured;
 
-    let len = (HEADER + captured as usize) as u64;
-    let pending = pending_bytes();
-    let rc = if pending + len > global!(CONFIG.data_limit_bytes) {
-        -1
-    } else {
-        // SAFETY: `len` is at most HEADER + MAX_CAPTURE, inside the scratch value; the ring
-        // buffer copies it out before this program returns.
-        unsafe {
-            bpf_ringbuf_output(
-                &EVENTS as *const _ as *mut _,
-                scratch as *mut _ as *mut _,
-                len,
-                wakeup_flags_for(pending, pending + len),
-            )
-        }
-    };
-    if rc != 0 {
-        count(stat::LOST_BASE + kind::DATA as u32);
-    } else if let Some(counter) = TLS_PLAINTEXT.get_ptr_mut(u32::from(call.library)) {
+    // A lost event is counted by `send_data`.
+    if send_data(scratch, captured as usize)
+        && let Some(counter) = TLS_PLAINTEXT.get_ptr_mut(u32::from(call.library))
+    {
         // SAFETY: a valid per-CPU map value; uprobes run in process context and cannot nest on
         // one CPU with another run of this program.
         unsafe { *counter += 1 };
