@@ -29,6 +29,7 @@ use crate::{
     export::{
         http::{ConnectionsQuery, Endpoint, router},
         otlp::sink::{OtlpMetrics, OtlpSink},
+        security::{self, Guard, Reloader, SecurityError, SecurityMetrics, TlsListener},
         web::{self, WebState},
         zipkin::{
             api as zipkin_api,
@@ -66,6 +67,10 @@ pub enum RunError {
     Zipkin(#[source] crate::export::zipkin::sink::SinkError),
     #[error("cannot start the OTLP exporter: {0}")]
     Otlp(#[source] crate::export::delivery::EndpointError),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    #[error("cannot set up TLS for the endpoint: {0}")]
+    Tls(#[source] rustls::Error),
     #[error("the HTTP endpoint failed: {0}")]
     Serve(#[source] std::io::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -77,6 +82,14 @@ const SWEEP_IDLE: Duration = Duration::from_secs(60);
 
 pub async fn run(config: Config) -> Result<(), RunError> {
     ebpf::preflight(&config.btf)?;
+    // The endpoint's certificate and token files, read before anything else starts.
+    let security_metrics = SecurityMetrics::default();
+    let reloader = Reloader::load(&config.security, security_metrics.clone())?;
+    let tls = reloader
+        .resolver()
+        .map(security::acceptor)
+        .transpose()
+        .map_err(RunError::Tls)?;
     // Bind before loading anything, so that a busy port fails fast and leaves nothing behind.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -86,6 +99,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         })?;
 
     let registry = Arc::new(Registry::default());
+    registry.register_with(|r| security_metrics.register(r));
     let kernel_metrics = Arc::new(KernelMetrics::new(&registry));
     let series_ttl_ns = config.series_ttl_secs.saturating_mul(1_000_000_000);
     let mut services =
@@ -228,16 +242,42 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         ready: ready.clone(),
     };
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(async move {
-        let routes = router(endpoint)
-            .merge(zipkin_api::router(store))
-            .merge(web::router(web_state));
-        axum::serve(listener, routes)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown_rx.changed().await;
+    let mut routes = router(endpoint)
+        .merge(zipkin_api::router(store))
+        .merge(web::router(web_state));
+    // Last, over every route: see `security::protect`.
+    if config.security.token_file.is_some() {
+        routes = security::protect(
+            routes,
+            Guard {
+                token: reloader.token(),
+                metrics_require_token: config.security.metrics_require_token,
+                metrics: security_metrics.clone(),
+            },
+        );
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let shutdown = async move {
+        let _ = shutdown_rx.changed().await;
+    };
+    let server = match tls {
+        Some(acceptor) => {
+            let listener = TlsListener::new(listener, acceptor, security_metrics.clone())
+                .map_err(RunError::Serve)?;
+            tokio::spawn(async move {
+                axum::serve(listener, routes)
+                    .with_graceful_shutdown(shutdown)
+                    .await
             })
-            .await
-    });
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listener, routes)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }),
+    };
+    let reloads = (config.security.tls.is_some() || config.security.token_file.is_some())
+        .then(|| reloader.spawn());
 
     let btf = ebpf::btf::KernelBtf::from_file(&config.btf).map_err(ebpf::LoadError::from)?;
     let offsets = ebpf::offsets::resolve(&btf).map_err(ebpf::LoadError::from)?;
@@ -299,10 +339,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     crate::alloc::release_freed_memory();
     ready.store(true, Ordering::Release);
     log::info!(
-        "meshtap ready: {} programs attached, serving http://{}/metrics and the web page at http://{}/",
+        "meshtap ready: {} programs attached, serving {scheme}://{}/metrics and the web page at {scheme}://{}/{}",
         probes.lock().unwrap_or_else(|e| e.into_inner()).attached,
         config.listen,
-        config.listen
+        config.listen,
+        if config.security.token_file.is_some() {
+            " (/api/ needs the token)"
+        } else {
+            ""
+        }
     );
 
     let mut sigterm =
@@ -320,6 +365,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     ready.store(false, Ordering::Release);
     let _ = shutdown_tx.send(true);
     housekeeping.abort();
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
     // A scan running on a blocking thread holds the lock: detaching waits for it.
     probes.lock().unwrap_or_else(|e| e.into_inner()).unload();
     drop(run_time_stats);

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use meshtap_common::{DEFAULT_CAPTURE, MAX_CAPTURE};
 
 use crate::export::otlp::config::{OtlpConfig, OtlpConfigError};
+use crate::export::security::{SecurityConfig, TlsFiles};
 use crate::protocol::db::QueryText;
 use crate::trace::assembly::InstrumentedSpans;
 
@@ -22,10 +23,36 @@ pub struct Flags {
     #[arg(long, value_name = "FILE", env = "MESHTAP_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// Address of the HTTP endpoint serving /metrics, /healthz, /readyz and
-    /// /api/v1/connections [default: 127.0.0.1:9464].
+    /// Address of the HTTP endpoint serving /metrics, /healthz, /readyz, the web page and the
+    /// /api/ routes (see --tls-cert and --token-file to protect it) [default: 127.0.0.1:9464].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+
+    /// Serve the endpoint over TLS with this PEM certificate chain (leaf first); needs --tls-key.
+    /// Plain HTTP to the port is then refused. The certificate and key files are read again
+    /// when they change (checked every 2 s): a rotated certificate is served to new connections
+    /// without a restart; files that do not load keep the previous certificate (logged, counted
+    /// in meshtap_endpoint_reloads_total{result="failed"}).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1, unencrypted).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require `Authorization: Bearer <token>` on every /api/ route (the web page's data, the
+    /// connections, the Zipkin query API), the token being this file's content (surrounding
+    /// whitespace ignored; e.g. a Kubernetes Secret's key, read again when it changes). The page
+    /// asks for the token; /healthz, /readyz and, unless --metrics-require-token, /metrics stay
+    /// open. Refusals answer 401 and are counted in meshtap_endpoint_unauthorized_total.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Require the --token-file token on /metrics too (give Prometheus the token with
+    /// `authorization: {credentials_file: ...}`): true or false [default: false; the flag alone
+    /// means true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_require_token: Option<bool>,
 
     /// Payload bytes captured from each read/write for protocol parsing, 0..=4096 [default: 1024].
     /// Byte counts are always exact whatever this is. HTTP/2 connections are captured whole (up
@@ -226,6 +253,10 @@ pub struct Flags {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub metrics_require_token: Option<bool>,
     pub capture_bytes: Option<u32>,
     pub ring_buffer_bytes: Option<u32>,
     pub max_connections: Option<u32>,
@@ -286,6 +317,8 @@ pub enum Kubernetes {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// TLS and the bearer token of the endpoint.
+    pub security: SecurityConfig,
     pub capture_bytes: u32,
     pub ring_buffer_bytes: u32,
     pub max_connections: u32,
@@ -461,6 +494,41 @@ fn kubernetes(flags: &Flags, file: &FileConfig) -> Result<Kubernetes, ConfigErro
     })
 }
 
+/// The endpoint's TLS files and token: the certificate and the key go together, and /metrics can
+/// require a token only when there is one.
+fn security(flags: &Flags, file: &FileConfig) -> Result<SecurityConfig, ConfigError> {
+    let cert = flags.tls_cert.clone().or(file.tls_cert.clone());
+    let key = flags.tls_key.clone().or(file.tls_key.clone());
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(path), None) | (None, Some(path)) => {
+            return Err(ConfigError::Invalid {
+                setting: "tls_cert / tls_key (--tls-cert / --tls-key)",
+                value: path.display().to_string(),
+                expected: "the certificate and its key are given together",
+            });
+        }
+    };
+    let token_file = flags.token_file.clone().or(file.token_file.clone());
+    let metrics_require_token = flags
+        .metrics_require_token
+        .or(file.metrics_require_token)
+        .unwrap_or(false);
+    if metrics_require_token && token_file.is_none() {
+        return Err(ConfigError::Invalid {
+            setting: "metrics_require_token (--metrics-require-token)",
+            value: "true".to_string(),
+            expected: "needs a token: set token_file (--token-file) too",
+        });
+    }
+    Ok(SecurityConfig {
+        tls,
+        token_file,
+        metrics_require_token,
+    })
+}
+
 /// The OTLP exporter's section, when `--otlp-endpoint` is set (validated with the rest).
 fn otlp(flags: &Flags, file: &FileConfig) -> Option<OtlpConfig> {
     let endpoint = flags.otlp_endpoint.clone().or(file.otlp_endpoint.clone())?;
@@ -501,11 +569,13 @@ impl Config {
         };
         let kubernetes = kubernetes(&flags, &file)?;
         let otlp = otlp(&flags, &file);
+        let security = security(&flags, &file)?;
         let config = Config {
             listen: flags
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
+            security,
             capture_bytes: flags
                 .capture_bytes
                 .or(file.capture_bytes)
@@ -982,6 +1052,76 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("--otlp-batch-spans"), "{err}");
+    }
+
+    #[test]
+    fn endpoint_security_from_flags_and_file() {
+        assert_eq!(
+            Config::load(Flags::default()).unwrap().security,
+            SecurityConfig::default()
+        );
+        let dir = std::env::temp_dir().join(format!("meshtap-security-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("security.toml");
+        std::fs::write(
+            &path,
+            "tls_cert = \"/etc/meshtap/tls/tls.crt\"\ntls_key = \"/etc/meshtap/tls/tls.key\"\ntoken_file = \"/etc/meshtap/token/token\"\nmetrics_require_token = true\n",
+        )
+        .unwrap();
+        let config = Config::load(Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(
+            config.security,
+            SecurityConfig {
+                tls: Some(TlsFiles {
+                    cert: "/etc/meshtap/tls/tls.crt".into(),
+                    key: "/etc/meshtap/tls/tls.key".into(),
+                }),
+                token_file: Some("/etc/meshtap/token/token".into()),
+                metrics_require_token: true,
+            }
+        );
+        let config = Config::load(Flags {
+            config: Some(path),
+            token_file: Some("/run/token".into()),
+            metrics_require_token: Some(false),
+            ..Flags::default()
+        })
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(config.security.token_file, Some("/run/token".into()));
+        assert!(
+            !config.security.metrics_require_token,
+            "the flag beats the file"
+        );
+
+        let err = Config::load(Flags {
+            tls_cert: Some("/c.pem".into()),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--tls-key") && err.contains("together"),
+            "{err}"
+        );
+        let err = Config::load(Flags {
+            metrics_require_token: Some(true),
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--token-file"), "{err}");
+        // `--metrics-require-token` alone means true.
+        let flags =
+            Flags::try_parse_from(["meshtap", "--metrics-require-token", "--token-file", "/t"])
+                .unwrap();
+        assert_eq!(flags.metrics_require_token, Some(true));
+        let flags = Flags::try_parse_from(["meshtap", "--metrics-require-token", "false"]).unwrap();
+        assert_eq!(flags.metrics_require_token, Some(false));
     }
 
     #[test]
