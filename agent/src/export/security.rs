@@ -88,15 +88,15 @@ pub struct TlsFiles {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
-    #[error("cannot read the {what} {path}: {source}")]
+    #[error("cannot read the {file} {path}: {source} (check {})", .file.flag())]
     Read {
-        what: &'static str,
+        file: EndpointFile,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("the {what} {path} is larger than 1 MiB")]
-    TooLarge { what: &'static str, path: PathBuf },
+    #[error("the {file} {path} is larger than 1 MiB (check {})", .file.flag())]
+    TooLarge { file: EndpointFile, path: PathBuf },
     #[error(
         "the TLS certificate {path} holds no PEM certificate: {source} (give --tls-cert a PEM file, leaf certificate first)"
     )]
@@ -127,6 +127,35 @@ pub enum SecurityError {
         path: PathBuf,
         problem: TokenProblem,
     },
+}
+
+/// The files the endpoint reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointFile {
+    Certificate,
+    Key,
+    Token,
+}
+
+impl EndpointFile {
+    /// The option that names it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            EndpointFile::Certificate => "--tls-cert",
+            EndpointFile::Key => "--tls-key",
+            EndpointFile::Token => "--token-file",
+        }
+    }
+}
+
+impl fmt::Display for EndpointFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EndpointFile::Certificate => "TLS certificate",
+            EndpointFile::Key => "TLS key",
+            EndpointFile::Token => "token file",
+        })
+    }
 }
 
 /// What is wrong with a token file's content.
@@ -208,15 +237,15 @@ impl SecurityMetrics {
 // ---------------------------------------------------------------------------------------------
 // Files
 
-fn read_limited(what: &'static str, path: &Path) -> Result<Vec<u8>, SecurityError> {
+fn read_limited(file: EndpointFile, path: &Path) -> Result<Vec<u8>, SecurityError> {
     let read = |source| SecurityError::Read {
-        what,
+        file,
         path: path.to_path_buf(),
         source,
     };
     if std::fs::metadata(path).map_err(read)?.len() > MAX_PEM_BYTES {
         return Err(SecurityError::TooLarge {
-            what,
+            file,
             path: path.to_path_buf(),
         });
     }
@@ -502,8 +531,8 @@ impl Reloader {
         let tls = match &config.tls {
             Some(files) => {
                 let contents = vec![
-                    read_limited("TLS certificate", &files.cert)?,
-                    read_limited("TLS key", &files.key)?,
+                    read_limited(EndpointFile::Certificate, &files.cert)?,
+                    read_limited(EndpointFile::Key, &files.key)?,
                 ];
                 let key = certified_key(files, &contents[0], &contents[1])?;
                 Some((
@@ -518,7 +547,7 @@ impl Reloader {
         };
         let token = match &config.token_file {
             Some(path) => {
-                let bytes = read_limited("token file", path)?;
+                let bytes = read_limited(EndpointFile::Token, path)?;
                 let token = Token::new(Some(load_token(path, &bytes)?));
                 Some((
                     path.clone(),
@@ -552,8 +581,8 @@ impl Reloader {
     /// Looks at the files once; swaps in what changed and loads.
     pub fn check(&mut self) {
         if let Some((files, resolver, watched)) = &mut self.tls {
-            let read = read_limited("TLS certificate", &files.cert)
-                .and_then(|c| Ok(vec![c, read_limited("TLS key", &files.key)?]));
+            let read = read_limited(EndpointFile::Certificate, &files.cert)
+                .and_then(|c| Ok(vec![c, read_limited(EndpointFile::Key, &files.key)?]));
             let outcome = match read {
                 Ok(contents) => watched
                     .changed(contents)
@@ -577,7 +606,7 @@ impl Reloader {
             }
         }
         if let Some((path, token, watched)) = &mut self.token {
-            let outcome = match read_limited("token file", path) {
+            let outcome = match read_limited(EndpointFile::Token, path) {
                 Ok(bytes) => watched
                     .changed(vec![bytes])
                     .map(|b| load_token(path, &b[0])),
