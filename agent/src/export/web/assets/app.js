@@ -24,8 +24,26 @@ function el(tag, attrs, ...children) {
 
 function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
 
+// The agent's bearer token (--token-file), asked for when the API answers 401 and kept for this
+// tab only; sent with every API request.
+const TOKEN_KEY = "meshtap.token";
+
+function askForToken(wrong) {
+  const form = document.getElementById("token-form");
+  form.hidden = false;
+  document.getElementById("token-hint").textContent = wrong ? "wrong token, again:" : "token:";
+  form.elements.token.focus();
+}
+
 async function getJson(url) {
-  const r = await fetch(url, { headers: { Accept: "application/json" } });
+  const headers = { Accept: "application/json" };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = "Bearer " + token;
+  const r = await fetch(url, { headers });
+  if (r.status === 401) {
+    askForToken(Boolean(token));
+    throw new Error("the agent requires its token");
+  }
   if (!r.ok) throw new Error(url + ": " + r.status + " " + (await r.text()).trim());
   return r.json();
 }
@@ -440,6 +458,15 @@ document.querySelectorAll("#window button").forEach((b) => b.addEventListener("c
 document.querySelectorAll("#tabs a").forEach((a) => a.addEventListener("click", (ev) => { ev.preventDefault(); go(a.dataset.tab); }));
 filterForm().addEventListener("submit", (ev) => { ev.preventDefault(); state.trace = null; clear(document.getElementById("waterfall")); refresh(); });
 window.addEventListener("hashchange", () => go(location.hash.slice(1)));
+document.getElementById("token-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const token = ev.target.elements.token.value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  ev.target.elements.token.value = "";
+  ev.target.hidden = true;
+  go(state.tab);
+});
 const params = new URLSearchParams(location.search);
 setWindow([1, 5, 15].includes(Number(params.get("window"))) ? Number(params.get("window")) : 5);
 go(location.hash.slice(1) || "map");
