@@ -149,6 +149,8 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 pub struct Agent {
     child: Child,
     addr: SocketAddr,
+    /// Started with `--tls-cert`: its endpoint speaks HTTPS only.
+    tls: bool,
     log: LogFile,
     /// Set once the process has been reaped.
     exited: Option<Option<ExitStatus>>,
@@ -161,6 +163,29 @@ fn listen_arg(args: &[&str]) -> Option<SocketAddr> {
     let i = args.iter().position(|a| *a == "--listen")?;
     let addr = args.get(i + 1).expect("--listen needs a value");
     Some(addr.parse().expect("--listen value is ip:port"))
+}
+
+/// The status `curl --insecure` gets for `https://addr/path` (0 when none): the readiness probe
+/// of an agent serving TLS, whose certificate the tests check themselves.
+fn https_status(addr: SocketAddr, path: &str) -> io::Result<u16> {
+    let out = Command::new("curl")
+        .args([
+            "--silent",
+            "--insecure",
+            "--max-time",
+            "5",
+            "--output",
+            "/dev/null",
+        ])
+        .args(["--write-out", "%{http_code}"])
+        .arg(format!("https://{addr}{path}"))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("spawn curl: {e}")))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0))
 }
 
 fn command(bin: &Path, args: &[&str], addr: SocketAddr, log: &LogFile) -> io::Result<Command> {
@@ -178,7 +203,8 @@ fn command(bin: &Path, args: &[&str], addr: SocketAddr, log: &LogFile) -> io::Re
 
 impl Agent {
     /// Starts the agent with `args` (plus `--listen 127.0.0.1:<free port>` unless `args` has a
-    /// `--listen`) and waits until `/readyz` answers 200.
+    /// `--listen`) and waits until `/readyz` answers 200 (over HTTPS, certificate unchecked, when
+    /// `args` has `--tls-cert`).
     pub fn start(args: &[&str]) -> Self {
         Self::start_binary(&binary(), args).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -199,6 +225,7 @@ impl Agent {
         let mut agent = Self {
             child,
             addr,
+            tls: args.contains(&"--tls-cert"),
             log,
             exited: None,
             reported: false,
@@ -242,10 +269,17 @@ impl Agent {
                     "agent exited ({status}) before /readyz answered 200"
                 )));
             }
-            let last = match http::get(self.addr, "/readyz", HTTP_TIMEOUT) {
-                Ok(r) if r.status == 200 => return Ok(()),
-                Ok(r) => format!("HTTP {}: {}", r.status, r.text().trim()),
-                Err(e) => e.to_string(),
+            let last = if self.tls {
+                match https_status(self.addr, "/readyz")? {
+                    200 => return Ok(()),
+                    status => format!("HTTPS status {status}"),
+                }
+            } else {
+                match http::get(self.addr, "/readyz", HTTP_TIMEOUT) {
+                    Ok(r) if r.status == 200 => return Ok(()),
+                    Ok(r) => format!("HTTP {}: {}", r.status, r.text().trim()),
+                    Err(e) => e.to_string(),
+                }
             };
             if Instant::now() >= deadline {
                 return Err(io::Error::other(format!(
