@@ -9,7 +9,10 @@
 //!   PATH, to exactly the expected objects, which validate too;
 //! - the Dockerfile, the DaemonSet, the generated ConfigMap, the Service, the PodMonitor and
 //!   `meshtap --help` agree with each other (binary path, flags, ports, mounts, labels);
-//! - the agent gets ready with the ConfigMap's config file and the DaemonSet's flags.
+//! - the endpoint's token comes from a Secret volume, the optional TLS files from another, and
+//!   the NetworkPolicy admits to the agents' port only Prometheus and the agents themselves;
+//! - the agent gets ready with the ConfigMap's config file and the DaemonSet's flags (a token
+//!   file in place of the Secret's), and refuses /api/ without the token.
 //!
 //! Tools: `python3` with kubernetes-validate, and Debian's kubectl unpacked into
 //! `/usr/local/lib/meshtap/kubernetes-client`; `cargo xtask setup` installs both. A missing tool
@@ -298,6 +301,7 @@ fn expected_identities() -> Vec<(String, String, String)> {
         ("ConfigMap", "meshtap", "meshtap-config-<hash>"),
         ("DaemonSet", "meshtap", "meshtap"),
         ("Namespace", "", "meshtap"),
+        ("NetworkPolicy", "meshtap", "meshtap"),
         ("Service", "meshtap", "meshtap"),
         ("ServiceAccount", "meshtap", "meshtap"),
     ]
@@ -418,6 +422,7 @@ fn every_manifest_validates_strictly() {
         "clusterrolebinding.yaml",
         "daemonset.yaml",
         "namespace.yaml",
+        "networkpolicy.yaml",
         "podmonitor.yaml",
         "service.yaml",
         "serviceaccount.yaml",
@@ -437,6 +442,7 @@ fn every_manifest_validates_strictly() {
             "ClusterRoleBinding",
             "DaemonSet",
             "Namespace",
+            "NetworkPolicy",
             "PodMonitor",
             "Service",
             "ServiceAccount"
@@ -766,6 +772,132 @@ fn daemonset_is_least_privilege_and_consistent() {
     assert_eq!(endpoints[0]["path"], "/metrics");
 }
 
+/// The volume mounted at the directory holding `file`: (volume, mount).
+fn volume_of_file<'a>(ds: &'a Value, file: &str) -> (&'a Value, &'a Value) {
+    let dir = Path::new(file).parent().expect("a file in a directory");
+    volume_at(ds, dir.to_str().expect("UTF-8 path"))
+}
+
+/// The endpoint's token and TLS files come from Secrets (the token's required, TLS's optional),
+/// the config file's commented TLS keys point into the TLS volume, the PodMonitor sends the
+/// token's Secret, and the NetworkPolicy admits to the agents' port only Prometheus and the
+/// agents, and nothing else.
+#[test]
+fn endpoint_secrets_and_network_policy() {
+    let objects = rendered();
+    let ds = one(&objects, "DaemonSet");
+    let c = container(ds);
+    let args = parse_args(&strings(&c["args"]));
+    let token_file = args
+        .iter()
+        .find(|(f, _)| f == "--token-file")
+        .map(|(_, v)| v.as_str())
+        .expect("the DaemonSet passes --token-file");
+    let (volume, mount) = volume_of_file(ds, token_file);
+    assert_eq!(mount["readOnly"], true);
+    let secret = &volume["secret"];
+    assert_eq!(secret["secretName"], "meshtap-token");
+    assert!(
+        secret.get("optional").is_none_or(|o| o == false),
+        "the token is required"
+    );
+    let file_name = Path::new(token_file).file_name().unwrap().to_str().unwrap();
+    let items = secret["items"].as_array().expect("the Secret's items");
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["path"], file_name);
+    let token_key = items[0]["key"].as_str().expect("key");
+    assert!(
+        mount.get("subPath").is_none(),
+        "no subPath: Kubernetes updates a Secret's files only without it"
+    );
+
+    let toml = one(&objects, "ConfigMap")["data"]["meshtap.toml"]
+        .as_str()
+        .expect("meshtap.toml");
+    let commented = |key: &str| {
+        toml.lines()
+            .find_map(|l| {
+                let v = l
+                    .strip_prefix("# ")?
+                    .strip_prefix(key)?
+                    .trim_start()
+                    .strip_prefix('=')?;
+                Some(v.trim().split('"').nth(1)?.to_owned())
+            })
+            .unwrap_or_else(|| panic!("meshtap.toml shows `{key}` commented out"))
+    };
+    let (cert, key) = (commented("tls_cert"), commented("tls_key"));
+    let (tls_volume, _) = volume_of_file(ds, &cert);
+    assert_eq!(volume_of_file(ds, &key).0, tls_volume);
+    assert_eq!(tls_volume["secret"]["secretName"], "meshtap-tls");
+    assert_eq!(tls_volume["secret"]["optional"], true);
+    // A kubernetes.io/tls Secret's keys.
+    assert!(
+        cert.ends_with("/tls.crt") && key.ends_with("/tls.key"),
+        "{cert} {key}"
+    );
+
+    let monitors = validated(
+        &[deploy_dir().join("podmonitor.yaml")],
+        None,
+        "deploy/podmonitor.yaml",
+    );
+    let auth = &one(&monitors, "PodMonitor")["spec"]["podMetricsEndpoints"][0]["authorization"];
+    assert_eq!(auth["type"], "Bearer");
+    assert_eq!(auth["credentials"]["name"], "meshtap-token");
+    assert_eq!(auth["credentials"]["key"], token_key);
+
+    let policy = one(&objects, "NetworkPolicy");
+    assert_eq!(namespace(policy), namespace(ds));
+    let labels = &ds["spec"]["template"]["metadata"]["labels"];
+    let spec = &policy["spec"];
+    assert!(selects(&spec["podSelector"]["matchLabels"], labels));
+    assert_eq!(strings(&spec["policyTypes"]), ["Ingress"]);
+    let rules = spec["ingress"].as_array().expect("ingress rules");
+    assert_eq!(rules.len(), 1, "one rule: {rules:?}");
+    let port_name = c["ports"][0]["name"].as_str().expect("named port");
+    let ports = rules[0]["ports"]
+        .as_array()
+        .expect("the rule names its ports");
+    assert_eq!(ports.len(), 1);
+    assert!(ports[0]["port"] == port_name || ports[0]["port"] == c["ports"][0]["containerPort"]);
+    assert_eq!(ports[0]["protocol"], "TCP");
+    let peers = rules[0]["from"]
+        .as_array()
+        .expect("the rule names its peers");
+    assert_eq!(peers.len(), 2, "Prometheus and the agents: {peers:?}");
+    // Prometheus: pods of one namespace, both selected by labels (an empty selector would
+    // admit every pod or namespace).
+    let prometheus = &peers[0];
+    for selector in ["namespaceSelector", "podSelector"] {
+        assert!(
+            prometheus[selector]["matchLabels"]
+                .as_object()
+                .is_some_and(|m| !m.is_empty()),
+            "Prometheus's {selector} selects by labels: {prometheus}"
+        );
+    }
+    assert!(prometheus.get("ipBlock").is_none());
+    // The agents: this namespace's pods with the DaemonSet's labels, no namespaceSelector.
+    let agents = &peers[1];
+    assert_eq!(
+        agents.as_object().map(|o| o.len()),
+        Some(1),
+        "the agents' peer is a podSelector alone: {agents}"
+    );
+    assert_eq!(
+        &agents["podSelector"]["matchLabels"], &spec["podSelector"]["matchLabels"],
+        "the agents admit each other"
+    );
+
+    // The README tells how to create the token Secret the DaemonSet reads.
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README");
+    assert!(
+        readme.contains("create secret generic meshtap-token --from-literal=token="),
+        "README shows how to create the token Secret"
+    );
+}
+
 #[test]
 fn dockerfile_builds_the_binary_the_daemonset_runs() {
     let text = std::fs::read_to_string(deploy_dir().join("Dockerfile")).expect("deploy/Dockerfile");
@@ -919,10 +1051,14 @@ fn agent_gets_ready_with_the_daemonsets_config_and_flags() {
         })
         .expect("a cgroup2 mount on this machine");
 
+    let token_path = tmp.file("token");
+    std::fs::write(&token_path, "deploy-test-token\n").expect("write the token file");
     let mut args: Vec<String> = Vec::new();
     for (flag, value) in parse_args(&strings(&c["args"])) {
         let value = match flag.as_str() {
             "--config" => config_path.clone(),
+            // A file of a Secret volume (checked by the test of the Secrets).
+            "--token-file" => token_path.clone(),
             "--listen" => format!("127.0.0.1:{}", free_port()),
             "--cgroup-root" => cgroup2.clone(),
             _ => match c["volumeMounts"]
@@ -954,5 +1090,7 @@ fn agent_gets_ready_with_the_daemonsets_config_and_flags() {
         metrics.contains("meshtap_programs_attached"),
         "the agent serves its metrics"
     );
+    let api = agent.get("/api/v1/connections");
+    assert_eq!(api.status, 401, "/api/ without the token: {}", api.text());
     eprintln!("agent ready with {args:?}");
 }
