@@ -54,7 +54,8 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// A client has this long to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// TLS handshakes in progress at once; further connections wait in the kernel's accept queue.
+/// TLS handshakes in progress (or completed and not yet taken by the server) at once; further
+/// connections wait in the kernel's accept queue.
 pub const MAX_HANDSHAKES: usize = 256;
 /// The longest token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 4096;
@@ -709,9 +710,9 @@ async fn accept_loop(
         let failures = metrics.tls_handshake_failures.clone();
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-            drop(permit);
             match handshake {
                 Ok(Ok(tls)) => {
+                    // Still holding the permit: connections waiting for the server count too.
                     let _ = ready.send((tls, peer)).await;
                 }
                 Ok(Err(e)) => {
@@ -723,6 +724,7 @@ async fn accept_loop(
                     log::debug!("endpoint: TLS handshake with {peer} timed out");
                 }
             }
+            drop(permit);
         });
     }
 }
