@@ -45,11 +45,18 @@ impl Prometheus {
     /// Starts Prometheus on `127.0.0.1:<free port>` with its TSDB in a temp directory, scraping
     /// `target`'s `/metrics` every second, and waits until `/-/ready` answers 200.
     pub fn start(target: SocketAddr) -> Self {
+        Self::start_with_jobs(&format!(
+            "  - job_name: meshtap\n    scrape_interval: 1s\n    \
+             scrape_timeout: 1s\n    static_configs:\n      - targets: ['{target}']\n"
+        ))
+    }
+
+    /// [`Self::start`] with these `scrape_configs` entries (YAML, indented by two spaces).
+    pub fn start_with_jobs(jobs: &str) -> Self {
         let dir = TempDir::new("prometheus");
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: meshtap\n    scrape_interval: 1s\n    \
-             scrape_timeout: 1s\n    static_configs:\n      - targets: ['{target}']\n"
+             scrape_configs:\n{jobs}"
         );
         let config_path = dir.file("prometheus.yml");
         fs::write(&config_path, config).expect("write prometheus.yml");

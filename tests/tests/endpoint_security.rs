@@ -2,14 +2,17 @@
 //! `openssl req -x509` and a token file, laid out like a Kubernetes Secret volume (files behind a
 //! `..data` symlink that is swapped atomically on rotation), driven by `curl` and `openssl
 //! s_client`:
-//! - `curl --cacert` reads /metrics and the API with the token; plain HTTP to the port gets no
-//!   HTTP answer and is counted as a failed handshake; /healthz needs no token;
+//! - `curl --cacert` reads /metrics and the API with the token, while a silent client holds a
+//!   connection open; plain HTTP to the port gets no HTTP answer and is counted as a failed
+//!   handshake, like the silent client's; /healthz needs no token;
 //! - a missing or wrong token gets 401 on every /api/ route, with nothing of the data, and
 //!   `meshtap_endpoint_unauthorized_total` counts exactly those requests by route and reason;
 //! - a new certificate swapped in is served to new connections without a restart (its subject
 //!   and serial seen by `openssl s_client`, the old CA refused); a certificate that does not load
 //!   keeps the previous one, counted; a rotated token: the old one refused, the new one accepted;
 //! - `--metrics-require-token` (here from the config file) puts /metrics behind the token too;
+//!   a real Prometheus scrapes it over TLS with the README's `credentials_file`, `ca_file` and
+//!   `server_name`, and a job without the token gets nothing;
 //! - files that do not load at start stop the agent with one line naming the option;
 //! - the web page (headless Chromium through playwright-core, over HTTPS) asks for the token,
 //!   again after a wrong one, and with the right one shows the map of real traffic; each of its
@@ -22,7 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use meshtap_tests::process::{port_of, run_command, scripts_dir};
-use meshtap_tests::{Agent, Metrics, SETTLE, Script, TempDir};
+use meshtap_tests::{Agent, Metrics, Prometheus, SETTLE, Script, TempDir};
 use serde_json::Value;
 
 const CURL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -72,7 +75,7 @@ impl SecretVolume {
     }
 }
 
-/// A self-signed certificate for 127.0.0.1 and localhost with subject `CN=<cn>` (and a random
+/// A self-signed certificate for 127.0.0.1, localhost and meshtap.meshtap.svc with subject `CN=<cn>` (and a random
 /// serial, openssl's default), written as `tls.crt` and `tls.key` in `dir`.
 fn make_certificate(dir: &Path, cn: &str) {
     let out = run_command(
@@ -80,7 +83,10 @@ fn make_certificate(dir: &Path, cn: &str) {
             .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
             .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
             .args(["-subj", &format!("/CN={cn}")])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+            .args([
+                "-addext",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:meshtap.meshtap.svc",
+            ])
             .arg("-keyout")
             .arg(dir.join("tls.key"))
             .arg("-out")
@@ -241,6 +247,9 @@ fn tls_and_token_with_rotation() {
         token: TOKEN.to_string(),
     };
 
+    // A client that connects and says nothing holds up no one (its handshake waits on its own).
+    let idle = TcpStream::connect(addr).expect("connect");
+
     // With the CA and the token: the metrics and the API.
     let text = client.ok("/metrics");
     assert!(text.contains(HANDSHAKE_FAILURES), "{text}");
@@ -258,7 +267,9 @@ fn tls_and_token_with_rotation() {
         subject_and_serial(&v1.join("tls.crt"))
     );
 
-    // Plain HTTP: no HTTP answer, nothing served, counted as failed handshakes.
+    // The silent client hangs up: a failed handshake. Plain HTTP: no HTTP answer, nothing
+    // served, counted as failed handshakes.
+    drop(idle);
     let mut raw = TcpStream::connect(addr).expect("connect");
     raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     std::io::Write::write_all(
@@ -278,7 +289,7 @@ fn tls_and_token_with_rotation() {
         plain.exit != 0 && !plain.body.contains("meshtap_"),
         "curl over plain HTTP: {plain:?}"
     );
-    client.wait_for(HANDSHAKE_FAILURES, &[], 2.0);
+    client.wait_for(HANDSHAKE_FAILURES, &[], 3.0);
 
     // Missing and wrong tokens: 401 without the data, each counted by route and reason.
     let refusals: &[(&str, Auth<'_>)] = &[
@@ -388,7 +399,7 @@ fn tls_and_token_with_rotation() {
             4.0,
         ),
         // The s_client connections end after the handshake; the old CA's curl aborted its own.
-        (HANDSHAKE_FAILURES, &[], 3.0),
+        (HANDSHAKE_FAILURES, &[], 4.0),
         (RELOADS, &[("result", "failed")], 1.0),
         (RELOADS, &[("result", "ok")], 2.0),
     ]);
@@ -584,5 +595,63 @@ fn the_page_asks_for_the_token_then_shows_the_map() {
         f64::from(refused),
         "every refused request of the page counted, and only those\n{}",
         m.describe(UNAUTHORIZED)
+    );
+}
+
+/// The README's Prometheus configuration, for real: `authorization.credentials_file`,
+/// `tls_config.ca_file` and `server_name` (the certificate's DNS name, the target an address)
+/// scrape an agent that requires the token on /metrics; a job without the token is down, each of
+/// its scrapes refused and counted.
+#[test]
+fn prometheus_scrapes_with_the_token_file_and_the_ca() {
+    let dir = TempDir::new("endpoint-prometheus");
+    make_certificate(dir.path(), "meshtap-prometheus");
+    let token_file = dir.file("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let (cert, key) = (dir.file("tls.crt"), dir.file("tls.key"));
+    let agent = Agent::start(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--token-file",
+        &token_file,
+        "--metrics-require-token",
+    ]);
+    let target = agent.addr();
+    let job = |name: &str, auth: &str| {
+        format!(
+            "  - job_name: {name}\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    \
+             scheme: https\n{auth}    tls_config:\n      ca_file: {cert}\n      \
+             server_name: meshtap.meshtap.svc\n    static_configs:\n      - targets: ['{target}']\n"
+        )
+    };
+    let prometheus = Prometheus::start_with_jobs(&format!(
+        "{}{}",
+        job(
+            "meshtap",
+            &format!("    authorization:\n      credentials_file: {token_file}\n")
+        ),
+        job("meshtap-no-token", "")
+    ));
+    let timeout = Duration::from_secs(30);
+    prometheus.wait_for("up{job=\"meshtap\"}", 1.0, timeout);
+    prometheus.wait_for(
+        "meshtap_programs_attached{job=\"meshtap\"} > bool 0",
+        1.0,
+        timeout,
+    );
+    prometheus.wait_for("up{job=\"meshtap-no-token\"}", 0.0, timeout);
+    // The tokenless job's scrapes are refused and counted (as seen through the job with the
+    // token; how many exactly depends on when each job scraped); both jobs' handshakes succeed.
+    prometheus.wait_for(
+        "sum(meshtap_endpoint_unauthorized_total{job=\"meshtap\",route=\"/metrics\",reason=\"missing\"}) > bool 0",
+        1.0,
+        timeout,
+    );
+    prometheus.wait_for(
+        "meshtap_endpoint_tls_handshake_failures_total{job=\"meshtap\"}",
+        0.0,
+        timeout,
     );
 }
