@@ -29,6 +29,7 @@ use crate::{
     export::{
         http::{ConnectionsQuery, Endpoint, router},
         otlp::sink::{OtlpMetrics, OtlpSink},
+        peer,
         web::{self, WebState},
         zipkin::{
             api as zipkin_api,
@@ -45,7 +46,11 @@ use crate::{
     metrics::Registry,
     pipeline::Pipeline,
     protocol::{Red, RedSettings, SpanOptions},
-    trace::{SpanExporter, TraceCounters, Tracer, TracerConfig},
+    trace::{
+        SpanExporter, TraceCounters, Tracer, TracerConfig,
+        assembly::LINK_WAIT_NS,
+        remote::{MAX_PUBLISHED, PUBLISHED_TTL_NS, Published},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +181,33 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         collectors,
         TraceCounters::new(&registry),
     );
+    // Cross-node links: with peers, this agent asks them for its remote clients' contexts and
+    // answers theirs.
+    let cross_node = !config.peers.is_empty();
+    let mut peer_wake = None;
+    let mut peer_routes = None;
+    let tracer = if cross_node {
+        let published = Arc::new(Published::new(MAX_PUBLISHED, PUBLISHED_TTL_NS, &registry));
+        peer_routes = Some(peer::router(peer::Served::new(
+            published.clone(),
+            &registry,
+        )));
+        let link = peer::client::start(
+            config.peers.clone(),
+            None,
+            published,
+            Duration::from_nanos(LINK_WAIT_NS),
+            &registry,
+        );
+        peer_wake = Some(link.wake.clone());
+        log::info!(
+            "cross-node trace links with {} peer agent(s)",
+            config.peers.ranges.len()
+        );
+        tracer.with_remote(link)
+    } else {
+        tracer
+    };
 
     // Exchanges: request metrics, pairing, service graph, tracer; and what the web page reads.
     let graph = ServiceGraph::new(
@@ -218,6 +250,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             max_connections: config.max_connections as usize,
             max_series: config.max_series as usize,
             series_ttl_ns,
+            request_keys: cross_node,
         },
     )));
     let ready = Arc::new(AtomicBool::new(false));
@@ -229,9 +262,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(async move {
-        let routes = router(endpoint)
+        let mut routes = router(endpoint)
             .merge(zipkin_api::router(store))
             .merge(web::router(web_state));
+        if let Some(peer_routes) = peer_routes {
+            routes = routes.merge(peer_routes);
+        }
         axum::serve(listener, routes)
             .with_graceful_shutdown(async move {
                 let _ = shutdown_rx.changed().await;
@@ -287,7 +323,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         .name("ringbuf-reader".into())
         .spawn(move || reader.run())
         .map_err(RunError::Signals)?;
-    let processor = tokio::spawn(process(rx, queries, table.clone(), drained));
+    let processor = tokio::spawn(process(rx, queries, table.clone(), drained, peer_wake));
     let maps = Arc::new(Mutex::new(maps));
     let housekeeping = tokio::spawn(housekeeping(
         maps.clone(),
@@ -398,10 +434,17 @@ async fn process(
     mut queries: mpsc::Receiver<ConnectionsQuery>,
     table: Arc<Mutex<ConnTable>>,
     drained: Arc<Drained>,
+    peer_wake: Option<Arc<tokio::sync::Notify>>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let peer_wake = peer_wake.unwrap_or_default();
     loop {
         tokio::select! {
+            _ = peer_wake.notified() => {
+                // Other agents answered for spans held here: link them now.
+                let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
+                table.tick(monotonic_ns(), 0);
+            }
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
                 let mut table = table.lock().unwrap_or_else(|e| e.into_inner());

@@ -91,6 +91,15 @@ pub struct Flags {
     #[arg(long = "service-port", value_name = "PORT=NAME")]
     pub service_port: Vec<String>,
 
+    /// Link traces across nodes (repeatable): the meshtap agent at URL (its endpoint, e.g.
+    /// http://10.1.2.1:9464) serves the clients whose address is in CIDR. A SERVER span of a
+    /// request without trace headers from such a client waits (at most the 2 s link wait)
+    /// for that agent to give the context of the CLIENT span that sent it, and joins its
+    /// trace; CLIENT spans to other nodes are kept 30 s for the agents that ask. With
+    /// --token-file the same token is sent to the peers.
+    #[arg(long = "peer", value_name = "CIDR=URL")]
+    pub peer: Vec<String>,
+
     /// Export spans to this Zipkin v2 endpoint (e.g. http://zipkin:9411/api/v2/spans). Without
     /// it spans are only kept in the built-in store, served at /api/v2/* on --listen.
     #[arg(long, value_name = "URL")]
@@ -240,6 +249,8 @@ pub struct FileConfig {
     pub service_names: Option<std::collections::HashMap<String, String>>,
     /// `{ "8080" = "service" }`
     pub service_ports: Option<std::collections::HashMap<String, String>>,
+    /// `["10.1.2.0/24=http://10.1.2.1:9464"]`
+    pub peers: Option<Vec<String>>,
     pub btf: Option<PathBuf>,
     pub zipkin_endpoint: Option<String>,
     pub zipkin_batch_spans: Option<u32>,
@@ -298,6 +309,8 @@ pub struct Config {
     pub duration_buckets: Vec<f64>,
     pub service_names: std::collections::HashMap<String, String>,
     pub service_ports: std::collections::HashMap<u16, String>,
+    /// Agents of other nodes, for cross-node trace links.
+    pub peers: crate::export::peer::Peers,
     pub btf: PathBuf,
     pub zipkin_endpoint: Option<String>,
     pub zipkin_batch_spans: u32,
@@ -341,6 +354,8 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Otlp(#[from] OtlpConfigError),
+    #[error(transparent)]
+    Peer(#[from] crate::export::peer::PeerError),
 }
 
 fn split_pair(setting: &'static str, pair: &str) -> Result<(String, String), ConfigError> {
@@ -552,6 +567,15 @@ impl Config {
                     map.insert(parse_port("--service-port", &port)?, name);
                 }
                 map
+            },
+            peers: crate::export::peer::Peers {
+                ranges: file
+                    .peers
+                    .unwrap_or_default()
+                    .iter()
+                    .chain(&flags.peer)
+                    .map(|p| crate::export::peer::PeerRange::parse(p))
+                    .collect::<Result<_, _>>()?,
             },
             btf: flags
                 .btf

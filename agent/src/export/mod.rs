@@ -5,5 +5,6 @@
 pub mod delivery;
 pub mod http;
 pub mod otlp;
+pub mod peer;
 pub mod web;
 pub mod zipkin;
