@@ -96,6 +96,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let mut services =
         ServiceNames::new(config.service_names.clone(), config.service_ports.clone())
             .with_proc_root(config.proc_root.clone());
+    let mut kube_index = None;
     if let Kubernetes::On {
         api_url,
         node_name,
@@ -114,6 +115,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             index.clone(),
             KubeMetrics::new(&registry),
         )?;
+        kube_index = Some(index.clone());
         services = services.with_kubernetes(index, config.cgroup_root.clone());
     }
 
@@ -183,7 +185,17 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     );
     // Cross-node links: with peers, this agent asks them for its remote clients' contexts and
     // answers theirs.
-    let cross_node = !config.peers.is_empty();
+    let kube_peers = if config.peers_from_kubernetes {
+        if kube_index.is_none() {
+            log::warn!(
+                "--peers-from-kubernetes: Kubernetes metadata is off, so only --peer ranges link traces across nodes"
+            );
+        }
+        kube_index.clone()
+    } else {
+        None
+    };
+    let cross_node = !config.peers.is_empty() || kube_peers.is_some();
     let mut peer_wake = None;
     let mut peer_routes = None;
     let tracer = if cross_node {
@@ -192,8 +204,17 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             published.clone(),
             &registry,
         )));
+        let peers = config.peers.clone();
+        // The other agents listen on the same port as this one (a DaemonSet).
+        let peer_port = config.listen.port();
+        let resolve: peer::client::Resolve = Arc::new(move |ip| {
+            peers.url_for(ip).or_else(|| {
+                let agent = kube_peers.as_ref()?.agent_serving(ip)?;
+                Some(format!("http://{}", std::net::SocketAddr::new(agent, peer_port)).into())
+            })
+        });
         let link = peer::client::start(
-            config.peers.clone(),
+            resolve,
             None,
             published,
             Duration::from_nanos(LINK_WAIT_NS),
@@ -201,8 +222,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         );
         peer_wake = Some(link.wake.clone());
         log::info!(
-            "cross-node trace links with {} peer agent(s)",
-            config.peers.ranges.len()
+            "cross-node trace links: {} --peer range(s){}",
+            config.peers.ranges.len(),
+            if config.peers_from_kubernetes {
+                ", and the agents of the other nodes found through Kubernetes"
+            } else {
+                ""
+            }
         );
         tracer.with_remote(link)
     } else {

@@ -100,6 +100,14 @@ pub struct Flags {
     #[arg(long = "peer", value_name = "CIDR=URL")]
     pub peer: Vec<String>,
 
+    /// Link traces across nodes with the meshtap agents of the other nodes found through the
+    /// Kubernetes API: a client that is a pod of another node is served by the meshtap pod of
+    /// that node (labels app.kubernetes.io/name=meshtap, app.kubernetes.io/component=agent),
+    /// asked on this agent's own --listen port (https with --tls-cert): true or false
+    /// [default: false; the DaemonSet sets it].
+    #[arg(long, value_name = "BOOL")]
+    pub peers_from_kubernetes: Option<bool>,
+
     /// Export spans to this Zipkin v2 endpoint (e.g. http://zipkin:9411/api/v2/spans). Without
     /// it spans are only kept in the built-in store, served at /api/v2/* on --listen.
     #[arg(long, value_name = "URL")]
@@ -251,6 +259,7 @@ pub struct FileConfig {
     pub service_ports: Option<std::collections::HashMap<String, String>>,
     /// `["10.1.2.0/24=http://10.1.2.1:9464"]`
     pub peers: Option<Vec<String>>,
+    pub peers_from_kubernetes: Option<bool>,
     pub btf: Option<PathBuf>,
     pub zipkin_endpoint: Option<String>,
     pub zipkin_batch_spans: Option<u32>,
@@ -311,6 +320,8 @@ pub struct Config {
     pub service_ports: std::collections::HashMap<u16, String>,
     /// Agents of other nodes, for cross-node trace links.
     pub peers: crate::export::peer::Peers,
+    /// Also the agents found through the Kubernetes API.
+    pub peers_from_kubernetes: bool,
     pub btf: PathBuf,
     pub zipkin_endpoint: Option<String>,
     pub zipkin_batch_spans: u32,
@@ -568,6 +579,10 @@ impl Config {
                 }
                 map
             },
+            peers_from_kubernetes: flags
+                .peers_from_kubernetes
+                .or(file.peers_from_kubernetes)
+                .unwrap_or(false),
             peers: crate::export::peer::Peers {
                 ranges: file
                     .peers

@@ -97,9 +97,26 @@ impl PeerMetrics {
     }
 }
 
-/// Starts the peer tasks; returns the tracer's end of the link.
+/// Peer agents asked at once at most (each has a task and a connection); lookups for more are
+/// refused, counted.
+pub const MAX_PEERS: usize = 1024;
+
+/// The URL of the agent serving a client address, if any: the `--peer` ranges, then the
+/// Kubernetes caches (the meshtap pod of the node where the client's pod runs).
+pub type Resolve = Arc<dyn Fn(IpAddr) -> Option<Arc<str>> + Send + Sync>;
+
+impl Peers {
+    /// The URL of the configured peer serving `ip`.
+    pub fn url_for(&self, ip: IpAddr) -> Option<Arc<str>> {
+        self.peer_for(ip)
+            .map(|i| self.ranges[i].url.as_str().into())
+    }
+}
+
+/// Starts the task that hands lookups to one task per peer (started when first needed);
+/// returns the tracer's end of the link.
 pub fn start(
-    peers: Peers,
+    resolve: Resolve,
     token: Option<TokenSource>,
     published: Arc<Published>,
     wait: Duration,
@@ -109,48 +126,53 @@ pub fn start(
     let (lookups_tx, mut lookups) = mpsc::channel::<RequestKey>(QUEUE);
     let (answers_tx, answers) = mpsc::channel::<(RequestKey, RemoteContext)>(QUEUE);
     let wake = Arc::new(Notify::new());
-    let mut queues = Vec::new();
-    for range in &peers.ranges {
-        let (tx, rx) = mpsc::channel::<RequestKey>(QUEUE);
-        queues.push(tx);
-        let task = PeerTask {
-            url: range.url.clone(),
-            token: token.clone(),
-            answers: answers_tx.clone(),
-            wake: wake.clone(),
-            metrics: metrics.clone(),
-            wait,
-            pending: Map::default(),
-            conn: None,
-        };
-        tokio::spawn(task.run(rx));
-    }
-    let router_peers = peers.clone();
-    let router_metrics = metrics.clone();
+    let router_resolve = resolve.clone();
+    let router_wake = wake.clone();
     tokio::spawn(async move {
+        let mut queues: Map<Arc<str>, mpsc::Sender<RequestKey>> = Map::default();
         while let Some(key) = lookups.recv().await {
-            let Some(i) = router_peers.peer_for(key.client.ip()) else {
-                router_metrics
+            let url = router_resolve(key.client.ip());
+            let refused = |peer: &str| {
+                metrics
                     .dropped
                     .get_or_create(&PeerLabel {
-                        peer: String::new(),
+                        peer: peer.to_string(),
                     })
                     .inc();
+            };
+            let Some(url) = url else {
+                refused("");
                 continue;
             };
-            if queues[i].try_send(key).is_err() {
-                router_metrics
-                    .dropped
-                    .get_or_create(&PeerLabel {
-                        peer: router_peers.ranges[i].url.clone(),
-                    })
-                    .inc();
+            if !queues.contains_key(&url) {
+                if queues.len() >= MAX_PEERS {
+                    refused("");
+                    continue;
+                }
+                let (tx, rx) = mpsc::channel::<RequestKey>(QUEUE);
+                let task = PeerTask {
+                    url: url.to_string(),
+                    token: token.clone(),
+                    answers: answers_tx.clone(),
+                    wake: router_wake.clone(),
+                    metrics: metrics.clone(),
+                    wait,
+                    pending: Map::default(),
+                    conn: None,
+                };
+                tokio::spawn(task.run(rx));
+                queues.insert(url.clone(), tx);
+            }
+            if queues
+                .get(&url)
+                .is_none_or(|queue| queue.try_send(key).is_err())
+            {
+                refused(&url);
             }
         }
     });
-    let covers_peers = peers;
     RemoteLink {
-        covers: Arc::new(move |ip: IpAddr| covers_peers.peer_for(ip).is_some()),
+        covers: Arc::new(move |ip: IpAddr| resolve(ip).is_some()),
         lookups: lookups_tx,
         answers,
         wake,
