@@ -249,8 +249,13 @@ pub struct DataEventHeader {
     /// Plaintext events: the TLS library's index in the agent's table of probed libraries (the
     /// attach cookie); 0 for syscall events.
     pub library: u16,
+    /// TCP sequence number of the syscall's first byte (`tcp_sock.write_seq` after a write,
+    /// `tcp_sock.copied_seq` after a read, minus the bytes moved): the same number at both ends
+    /// of a connection, through NAT, for the same byte. 0 in plaintext events.
+    pub tcp_seq: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<DataEventHeader>() == 112 + 24);
+const _: () = assert!(size_of::<DataEventHeader>() == 112 + 32);
 
 /// The full data event as built in the per-CPU scratch buffer.
 #[repr(C)]
@@ -259,7 +264,7 @@ pub struct DataEvent {
     pub head: DataEventHeader,
     pub payload: [u8; MAX_CAPTURE],
 }
-const _: () = assert!(size_of::<DataEvent>() == 136 + MAX_CAPTURE);
+const _: () = assert!(size_of::<DataEvent>() == 144 + MAX_CAPTURE);
 
 /// Kernel structure member offsets (bytes), resolved by the agent from `/sys/kernel/btf/vmlinux`
 /// at load time and written into the programs as a global, because Rust eBPF gets no CO-RE
@@ -303,8 +308,12 @@ pub struct KernelOffsets {
     pub regs_arg0: u32,
     pub regs_arg1: u32,
     pub regs_arg2: u32,
+    /// `tcp_sock.write_seq` (the sequence number of the next byte queued) and
+    /// `tcp_sock.copied_seq` (of the next byte to be read).
+    pub tcp_write_seq: u32,
+    pub tcp_copied_seq: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 28 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 30 * 4);
 
 /// Run-time settings written into the programs as a global.
 #[repr(C)]

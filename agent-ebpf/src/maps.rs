@@ -150,6 +150,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     regs_arg0: 0,
     regs_arg1: 0,
     regs_arg2: 0,
+    tcp_write_seq: 0,
+    tcp_copied_seq: 0,
 };
 
 #[unsafe(no_mangle)]

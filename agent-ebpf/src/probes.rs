@@ -24,7 +24,7 @@ use crate::{
     },
     sock::{
         FdSocket, current_identity, is_tcp, sock_err, sock_netns, sock_of_fd, sock_protocol,
-        sock_sport, sock_state, sock_tuple, syscall_args, tcp_sock_of_fd,
+        sock_sport, sock_state, sock_tuple, syscall_args, tcp_first_seq, tcp_sock_of_fd,
     },
 };
 
@@ -707,9 +707,12 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
             }
         }
     };
+    head.tcp_seq = 0;
+    head._pad = 0;
     if let Some(state) = state_ptr {
         // SAFETY: valid map value pointer for the duration of the program.
         let state = unsafe { &mut *state };
+        head.tcp_seq = tcp_first_seq(sk, args.direction == direction::EGRESS, bytes);
         state.announced = 1;
         crate::tls::note_socket(sk, state);
         if args.direction == direction::EGRESS {

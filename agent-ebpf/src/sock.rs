@@ -166,6 +166,19 @@ pub fn sock_state(sk: u64) -> u8 {
     read(sk, global!(OFFSETS.sk_state)).unwrap_or(0)
 }
 
+/// The TCP sequence number of the first of the `bytes` a syscall that just returned moved:
+/// `tcp_sk(sk)->write_seq` after a write (the next byte to queue), `copied_seq` after a read
+/// (the next byte to read), minus `bytes`. 0 if it cannot be read.
+#[inline(always)]
+pub fn tcp_first_seq(sk: u64, egress: bool, bytes: u64) -> u32 {
+    let off = if egress {
+        global!(OFFSETS.tcp_write_seq)
+    } else {
+        global!(OFFSETS.tcp_copied_seq)
+    };
+    read::<u32>(sk, off).map_or(0, |next| next.wrapping_sub(bytes as u32))
+}
+
 /// `inet_sk(sk)->inet_sport`, host order.
 #[inline(always)]
 pub fn sock_sport(sk: u64) -> u16 {

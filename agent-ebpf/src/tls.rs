@@ -236,6 +236,8 @@ fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
     head.direction = dir;
     head.syscall = call_kind;
     head.library = call.library;
+    head.tcp_seq = 0;
+    head._pad = 0;
 
     let mut cap = global!(CONFIG.capture_bytes) as u64;
     if cap > MAX_CAPTURE as u64 {

@@ -29,6 +29,7 @@ use crate::{
     export::{
         http::{ConnectionsQuery, Endpoint, router},
         otlp::sink::{OtlpMetrics, OtlpSink},
+        peer,
         security::{self, Guard, Reloader, SecurityError, SecurityMetrics, TlsListener},
         web::{self, WebState},
         zipkin::{
@@ -46,7 +47,11 @@ use crate::{
     metrics::Registry,
     pipeline::Pipeline,
     protocol::{Red, RedSettings, SpanOptions},
-    trace::{SpanExporter, TraceCounters, Tracer, TracerConfig},
+    trace::{
+        SpanExporter, TraceCounters, Tracer, TracerConfig,
+        assembly::LINK_WAIT_NS,
+        remote::{MAX_PUBLISHED, PUBLISHED_TTL_NS, Published},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +110,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let mut services =
         ServiceNames::new(config.service_names.clone(), config.service_ports.clone())
             .with_proc_root(config.proc_root.clone());
+    let mut kube_index = None;
     if let Kubernetes::On {
         api_url,
         node_name,
@@ -123,6 +129,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             index.clone(),
             KubeMetrics::new(&registry),
         )?;
+        kube_index = Some(index.clone());
         services = services.with_kubernetes(index, config.cgroup_root.clone());
     }
 
@@ -190,6 +197,63 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         collectors,
         TraceCounters::new(&registry),
     );
+    // Cross-node links: with peers, this agent asks them for its remote clients' contexts and
+    // answers theirs.
+    let kube_peers = if config.peers_from_kubernetes {
+        if kube_index.is_none() {
+            log::warn!(
+                "--peers-from-kubernetes: Kubernetes metadata is off, so only --peer ranges link traces across nodes"
+            );
+        }
+        kube_index.clone()
+    } else {
+        None
+    };
+    let cross_node = !config.peers.is_empty() || kube_peers.is_some();
+    let mut peer_wake = None;
+    let mut peer_routes = None;
+    let tracer = if cross_node {
+        let published = Arc::new(Published::new(MAX_PUBLISHED, PUBLISHED_TTL_NS, &registry));
+        peer_routes = Some(peer::router(peer::Served::new(
+            published.clone(),
+            &registry,
+        )));
+        let peers = config.peers.clone();
+        // The other agents listen on the same port as this one (a DaemonSet).
+        let peer_port = config.listen.port();
+        let resolve: peer::client::Resolve = Arc::new(move |ip| {
+            peers.url_for(ip).or_else(|| {
+                let agent = kube_peers.as_ref()?.agent_serving(ip)?;
+                Some(format!("http://{}", std::net::SocketAddr::new(agent, peer_port)).into())
+            })
+        });
+        // The endpoint's token, as it is now, on every lookup (it follows the file's rotation).
+        let token: Option<peer::client::TokenSource> =
+            config.security.token_file.as_ref().map(|_| {
+                let token = reloader.token();
+                Arc::new(move || token.current()) as peer::client::TokenSource
+            });
+        let link = peer::client::start(
+            resolve,
+            token,
+            published,
+            Duration::from_nanos(LINK_WAIT_NS),
+            &registry,
+        );
+        peer_wake = Some(link.wake.clone());
+        log::info!(
+            "cross-node trace links: {} --peer range(s){}",
+            config.peers.ranges.len(),
+            if config.peers_from_kubernetes {
+                ", and the agents of the other nodes found through Kubernetes"
+            } else {
+                ""
+            }
+        );
+        tracer.with_remote(link)
+    } else {
+        tracer
+    };
 
     // Exchanges: request metrics, pairing, service graph, tracer; and what the web page reads.
     let graph = ServiceGraph::new(
@@ -232,6 +296,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             max_connections: config.max_connections as usize,
             max_series: config.max_series as usize,
             series_ttl_ns,
+            request_keys: cross_node,
         },
     )));
     let ready = Arc::new(AtomicBool::new(false));
@@ -245,6 +310,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let mut routes = router(endpoint)
         .merge(zipkin_api::router(store))
         .merge(web::router(web_state));
+    if let Some(peer_routes) = peer_routes {
+        routes = routes.merge(peer_routes);
+    }
     // Last, over every route: see `security::protect`.
     if config.security.token_file.is_some() {
         routes = security::protect(
@@ -327,7 +395,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         .name("ringbuf-reader".into())
         .spawn(move || reader.run())
         .map_err(RunError::Signals)?;
-    let processor = tokio::spawn(process(rx, queries, table.clone(), drained));
+    let processor = tokio::spawn(process(rx, queries, table.clone(), drained, peer_wake));
     let maps = Arc::new(Mutex::new(maps));
     let housekeeping = tokio::spawn(housekeeping(
         maps.clone(),
@@ -446,10 +514,17 @@ async fn process(
     mut queries: mpsc::Receiver<ConnectionsQuery>,
     table: Arc<Mutex<ConnTable>>,
     drained: Arc<Drained>,
+    peer_wake: Option<Arc<tokio::sync::Notify>>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let peer_wake = peer_wake.unwrap_or_default();
     loop {
         tokio::select! {
+            _ = peer_wake.notified() => {
+                // Other agents answered for spans held here: link them now.
+                let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
+                table.tick(monotonic_ns(), 0);
+            }
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
                 let mut table = table.lock().unwrap_or_else(|e| e.into_inner());

@@ -118,6 +118,23 @@ pub struct Flags {
     #[arg(long = "service-port", value_name = "PORT=NAME")]
     pub service_port: Vec<String>,
 
+    /// Link traces across nodes (repeatable): the meshtap agent at URL (its endpoint, e.g.
+    /// http://10.1.2.1:9464) serves the clients whose address is in CIDR. A SERVER span of a
+    /// request without trace headers from such a client waits (at most the 2 s link wait)
+    /// for that agent to give the context of the CLIENT span that sent it, and joins its
+    /// trace; CLIENT spans to other nodes are kept 30 s for the agents that ask. With
+    /// --token-file the same token is sent to the peers.
+    #[arg(long = "peer", value_name = "CIDR=URL")]
+    pub peer: Vec<String>,
+
+    /// Link traces across nodes with the meshtap agents of the other nodes found through the
+    /// Kubernetes API: a client that is a pod of another node is served by the meshtap pod of
+    /// that node (labels app.kubernetes.io/name=meshtap, app.kubernetes.io/component=agent),
+    /// asked on this agent's own --listen port (https with --tls-cert): true or false
+    /// [default: false; the DaemonSet sets it].
+    #[arg(long, value_name = "BOOL")]
+    pub peers_from_kubernetes: Option<bool>,
+
     /// Export spans to this Zipkin v2 endpoint (e.g. http://zipkin:9411/api/v2/spans). Without
     /// it spans are only kept in the built-in store, served at /api/v2/* on --listen.
     #[arg(long, value_name = "URL")]
@@ -271,6 +288,9 @@ pub struct FileConfig {
     pub service_names: Option<std::collections::HashMap<String, String>>,
     /// `{ "8080" = "service" }`
     pub service_ports: Option<std::collections::HashMap<String, String>>,
+    /// `["10.1.2.0/24=http://10.1.2.1:9464"]`
+    pub peers: Option<Vec<String>>,
+    pub peers_from_kubernetes: Option<bool>,
     pub btf: Option<PathBuf>,
     pub zipkin_endpoint: Option<String>,
     pub zipkin_batch_spans: Option<u32>,
@@ -331,6 +351,10 @@ pub struct Config {
     pub duration_buckets: Vec<f64>,
     pub service_names: std::collections::HashMap<String, String>,
     pub service_ports: std::collections::HashMap<u16, String>,
+    /// Agents of other nodes, for cross-node trace links.
+    pub peers: crate::export::peer::Peers,
+    /// Also the agents found through the Kubernetes API.
+    pub peers_from_kubernetes: bool,
     pub btf: PathBuf,
     pub zipkin_endpoint: Option<String>,
     pub zipkin_batch_spans: u32,
@@ -374,6 +398,8 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Otlp(#[from] OtlpConfigError),
+    #[error(transparent)]
+    Peer(#[from] crate::export::peer::PeerError),
 }
 
 fn split_pair(setting: &'static str, pair: &str) -> Result<(String, String), ConfigError> {
@@ -622,6 +648,19 @@ impl Config {
                     map.insert(parse_port("--service-port", &port)?, name);
                 }
                 map
+            },
+            peers_from_kubernetes: flags
+                .peers_from_kubernetes
+                .or(file.peers_from_kubernetes)
+                .unwrap_or(false),
+            peers: crate::export::peer::Peers {
+                ranges: file
+                    .peers
+                    .unwrap_or_default()
+                    .iter()
+                    .chain(&flags.peer)
+                    .map(|p| crate::export::peer::PeerRange::parse(p))
+                    .collect::<Result<_, _>>()?,
             },
             btf: flags
                 .btf

@@ -172,6 +172,9 @@ pub enum Event {
         /// syscall follow (HTTP/2 connections are captured whole, in chunks).
         parse_bytes: u64,
         seq: u64,
+        /// TCP sequence number of the syscall's first byte on the wire (the same at both ends
+        /// of the connection); 0 when unknown (plaintext events, continuations).
+        tcp_seq: u32,
         direction: Direction,
         syscall: u8,
         /// The captured prefix, in the payload buffer of the event's [`Batch`].
@@ -385,6 +388,7 @@ pub fn decode(bytes: &[u8], payloads: &mut Vec<u8>) -> Result<Event, DecodeError
                 bytes: if continuation { 0 } else { head.bytes },
                 parse_bytes: if more { captured as u64 } else { head.bytes },
                 seq: head.seq,
+                tcp_seq: if continuation { 0 } else { head.tcp_seq },
                 direction: Direction::from_kernel(head.direction),
                 syscall: head.syscall,
                 payload,
@@ -524,6 +528,8 @@ mod tests {
                 direction: direction::INGRESS,
                 syscall: 0,
                 library: 0,
+                tcp_seq: 0,
+                _pad: 0,
             },
             payload: [0; MAX_CAPTURE],
         };
@@ -569,6 +575,8 @@ mod tests {
             direction: 0,
             syscall: 0,
             library: 0,
+            tcp_seq: 0,
+            _pad: 0,
         });
         assert!(matches!(
             decode(&d, &mut payloads),

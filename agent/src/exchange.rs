@@ -65,8 +65,26 @@ pub struct Observed {
     pub connection: (SocketAddr, SocketAddr),
     /// Whether the process holds a server connection now (see `trace::assembly`).
     pub in_server_process: bool,
+    /// What both ends of the connection compute alike for this request, on any node (see
+    /// [`RequestKey`]); `None` unless cross-node linking is on, or when not known.
+    pub key: Option<RequestKey>,
     /// Arrival time, monotonic ns.
     pub now_ns: u64,
+}
+
+/// A request as both ends of its connection name it, wherever they run: the client's address
+/// and port, the TCP sequence number of the first byte of the syscall that carried the
+/// request's first byte (the client's write, the server's read: the same number at both ends,
+/// through destination NAT such as a Kubernetes ClusterIP, since the client's end and the
+/// sequence space are unchanged), and the request's rank among those starting in that syscall
+/// (pipelined requests). Two ends that split the byte stream differently (a server reading the
+/// tail of one request and the head of the next at once) compute different keys: no link, never
+/// a wrong one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct RequestKey {
+    pub client: SocketAddr,
+    pub seq: u32,
+    pub ordinal: u16,
 }
 
 impl Observed {
@@ -317,6 +335,7 @@ mod tests {
                 "10.0.0.2:80".parse().unwrap(),
             ),
             in_server_process: false,
+            key: None,
             now_ns,
         }
     }

@@ -121,6 +121,7 @@ mod tests {
                 "10.0.0.1:80".parse().unwrap(),
             ),
             in_server_process: true,
+            key: None,
             now_ns,
         }
     }

@@ -7,6 +7,7 @@
 //! accept in the ring buffer (the client's ESTABLISHED causes the server's), so both sides name
 //! each other consistently without waiting.
 
+pub mod keys;
 pub mod listeners;
 pub mod metrics;
 pub mod tombstones;
@@ -16,13 +17,14 @@ use std::{net::SocketAddr, sync::Arc};
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 
+use keys::RequestMarks;
 pub use listeners::{Listener, Listeners};
 use metrics::{EdgeLabels, FailedLabels, L4Metrics};
 use tombstones::Tombstones;
 
 use crate::{
     event::{ConnTotals, Direction, Event, Meta, Process, Role, is_plaintext},
-    exchange::{ConnectFailure, ExchangeNames, ExchangeSink, Observed},
+    exchange::{ConnectFailure, ExchangeNames, ExchangeSink, Observed, RequestKey},
     fast::Map,
     metadata::{
         kube::{Peer, PodMeta},
@@ -64,6 +66,9 @@ pub struct Connection {
     /// The thread that last moved request bytes: the one serving (server) or sending (client)
     /// the request in a thread-per-request process.
     request_tid: u32,
+    /// Sequence numbers of request-direction syscalls, for the exchanges' [`RequestKey`]s
+    /// (only with `TableSettings::request_keys`).
+    marks: RequestMarks,
     sent: Counter,
     received: Counter,
 }
@@ -217,6 +222,8 @@ pub struct ConnTable {
     event_clock: u64,
     max_connections: usize,
     max_series: usize,
+    /// See [`TableSettings::request_keys`].
+    request_keys: bool,
     /// Connections (id to socket) the kernel tracks but the full table turned away, at most
     /// [`MAX_TURNED_AWAY`]: their later events are neither retried nor counted again while the
     /// table stays full. Left at their close, or by the sweep once the kernel forgot them.
@@ -233,6 +240,8 @@ pub struct TableSettings {
     /// Edge label sets before overflow.
     pub max_series: usize,
     pub series_ttl_ns: u64,
+    /// Give exchanges their [`RequestKey`] (cross-node trace linking is on).
+    pub request_keys: bool,
 }
 
 impl ConnTable {
@@ -263,6 +272,7 @@ impl ConnTable {
             metrics,
             registry,
             max_connections: settings.max_connections,
+            request_keys: settings.request_keys,
             max_series: settings.max_series,
             turned_away: Map::default(),
         }
@@ -312,6 +322,7 @@ impl ConnTable {
                 bytes,
                 parse_bytes,
                 seq,
+                tcp_seq,
                 direction,
                 payload,
                 syscall,
@@ -331,6 +342,9 @@ impl ConnTable {
                     } else if meta.conn_id == 0 && !self.closing.is_empty() {
                         self.parse_after_close(meta, parse_bytes, direction, payload, false);
                     } else {
+                        if self.request_keys && *tcp_seq != 0 && *bytes > 0 {
+                            self.mark(meta, direction, *tcp_seq);
+                        }
                         self.parse(
                             meta,
                             meta.conn_id,
@@ -607,6 +621,7 @@ impl ConnTable {
             }),
             k8s_checked_ns: meta.ts_ns,
             request_tid: meta.process.tid,
+            marks: RequestMarks::default(),
             session: Session::new(observer_role, pre_existing),
             tls_plaintext: false,
             sk: meta.sk,
@@ -837,6 +852,15 @@ impl ConnTable {
         self.parse(meta, meta.conn_id, Some(seq), bytes, dir, payload);
     }
 
+    /// Remembers the sequence number of a request-direction syscall (see `keys`).
+    fn mark(&mut self, meta: &Meta, dir: Direction, tcp_seq: u32) {
+        if let Some(conn) = self.conns.get_mut(&meta.conn_id)
+            && dir == conn.role.request_direction()
+        {
+            conn.marks.push(meta.ts_ns, tcp_seq);
+        }
+    }
+
     /// Hands one data chunk of connection `conn_id` to its session; `seq` is the kernel's
     /// number of the event when it has one.
     fn parse(
@@ -921,6 +945,17 @@ impl ConnTable {
         {
             Arc::make_mut(&mut c.names).server_ip = Some(c.remote.ip().to_string().into());
         }
+        let request_keys = self.request_keys;
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let keys: Vec<Option<(u32, u16)>> = if request_keys {
+            out.iter()
+                .map(|ex| conn.marks.key(ex.start_ns, !ex.multiplexed()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let Some(conn) = self.conns.get(&conn_id) else {
             return;
         };
@@ -938,8 +973,18 @@ impl ConnTable {
         let (pid, tid) = (conn.process.tgid, conn.request_tid);
         let in_server_process = side == Side::Server || self.server_conns_by_pid.contains_key(&pid);
         let (local, remote) = (conn.local, conn.remote);
-        for exchange in out {
+        for (i, exchange) in out.into_iter().enumerate() {
+            let key = keys
+                .get(i)
+                .copied()
+                .flatten()
+                .map(|(seq, ordinal)| RequestKey {
+                    client,
+                    seq,
+                    ordinal,
+                });
             self.sink.exchange(Observed {
+                key,
                 exchange,
                 side,
                 names: names.clone(),
@@ -1285,6 +1330,7 @@ mod tests {
             bytes: payload.len() as u64,
             parse_bytes: payload.len() as u64,
             seq,
+            tcp_seq: 0,
             direction,
             syscall: 1,
             payload: PayloadRange::whole(payload),
@@ -1342,6 +1388,7 @@ mod tests {
                 max_connections,
                 max_series,
                 series_ttl_ns,
+                request_keys: false,
             },
         )
     }
@@ -1384,6 +1431,7 @@ mod tests {
             bytes: 10,
             parse_bytes: 10,
             seq: 0,
+            tcp_seq: 0,
             direction: Direction::Egress,
             syscall: 1,
             payload: PayloadRange::default(),
@@ -1441,6 +1489,7 @@ mod tests {
                 bytes,
                 parse_bytes: bytes,
                 seq: seq as u64,
+                tcp_seq: 0,
                 direction: dir,
                 syscall: 1,
                 payload: PayloadRange::default(),
@@ -1451,6 +1500,7 @@ mod tests {
             bytes: payload.len() as u64,
             parse_bytes: payload.len() as u64,
             seq,
+            tcp_seq: 0,
             direction,
             syscall,
             payload: PayloadRange::whole(payload),
@@ -1500,6 +1550,7 @@ mod tests {
                 bytes: REQUEST.len() as u64,
                 parse_bytes: REQUEST.len() as u64,
                 seq: 0,
+                tcp_seq: 0,
                 direction: Direction::Egress,
                 syscall: meshtap_common::syscall::TLS_WRITE,
                 payload: PayloadRange::whole(REQUEST),
@@ -1852,6 +1903,7 @@ mod tests {
                 bytes: 10,
                 parse_bytes: 10,
                 seq,
+                tcp_seq: 0,
                 direction: Direction::Egress,
                 syscall: 1,
                 payload: PayloadRange::default(),
@@ -1899,6 +1951,7 @@ mod tests {
             bytes: 7,
             parse_bytes: 7,
             seq: 0,
+            tcp_seq: 0,
             direction: Direction::Egress,
             syscall: 1,
             payload: PayloadRange::default(),
@@ -2006,6 +2059,7 @@ mod tests {
             bytes: 7,
             parse_bytes: 7,
             seq: 0,
+            tcp_seq: 0,
             direction: Direction::Ingress,
             syscall: 0,
             payload: PayloadRange::default(),

@@ -81,6 +81,9 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets, OffsetsError> {
         regs_arg0: member("pt_regs.di", 8)?,
         regs_arg1: member("pt_regs.si", 8)?,
         regs_arg2: member("pt_regs.dx", 8)?,
+        // include/linux/tcp.h; a `struct sock *` of a TCP socket is its `tcp_sock`.
+        tcp_write_seq: member("tcp_sock.write_seq", 4)?,
+        tcp_copied_seq: member("tcp_sock.copied_seq", 4)?,
     })
 }
 
@@ -163,6 +166,8 @@ mod tests {
             (offsets.regs_arg0, 112),
             (offsets.regs_arg1, 104),
             (offsets.regs_arg2, 96),
+            (offsets.tcp_write_seq, 1576),
+            (offsets.tcp_copied_seq, 1464),
         ];
         let (actual, expected): (Vec<u32>, Vec<u32>) = expected.into_iter().unzip();
         assert_eq!(actual, expected);

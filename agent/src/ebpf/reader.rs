@@ -216,6 +216,7 @@ mod tests {
             bytes: 3,
             parse_bytes: 3,
             seq: 0,
+            tcp_seq: 0,
             direction: Direction::Egress,
             syscall: 1,
             payload: PayloadRange::whole(b"abc"),

@@ -6,6 +6,7 @@
 pub mod delivery;
 pub mod http;
 pub mod otlp;
+pub mod peer;
 pub mod security;
 pub mod web;
 pub mod zipkin;

@@ -87,6 +87,48 @@ struct LocalPod {
 struct ClusterPod {
     meta: Arc<PodMeta>,
     ips: Vec<IpAddr>,
+    /// The node it runs on.
+    node: Option<Arc<str>>,
+    /// A meshtap agent (the DaemonSet's labels, [`AGENT_LABELS`]), running: its address.
+    agent: Option<IpAddr>,
+}
+
+/// The labels of meshtap's own agent pods (deploy/daemonset.yaml): how an agent finds the
+/// agent of another node to link traces across nodes.
+pub const AGENT_LABELS: [(&str, &str); 2] = [
+    ("app.kubernetes.io/name", "meshtap"),
+    ("app.kubernetes.io/component", "agent"),
+];
+
+impl ClusterPod {
+    fn new(pod: &Pod, meta: PodMeta) -> Self {
+        ClusterPod {
+            meta: Arc::new(meta),
+            ips: pod_ips(pod),
+            node: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .map(Into::into),
+            agent: agent_ip(pod),
+        }
+    }
+}
+
+/// The address of a running meshtap agent pod.
+fn agent_ip(pod: &Pod) -> Option<IpAddr> {
+    let labels = pod.metadata.labels.as_ref()?;
+    if !AGENT_LABELS
+        .iter()
+        .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+    {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Running") {
+        return None;
+    }
+    status.pod_ip.as_deref()?.parse().ok()
 }
 
 #[derive(Default)]
@@ -103,6 +145,10 @@ struct Index {
     /// (namespace, ReplicaSet) -> its Deployment, if any.
     replicasets: HashMap<(String, String), Option<String>>,
     replicasets_init: Option<HashMap<(String, String), Option<String>>>,
+    /// node -> (the uid of the meshtap agent pod there, its address).
+    agents: HashMap<Arc<str>, (String, IpAddr)>,
+    /// This node (its own agent is not a peer).
+    node_name: Option<Arc<str>>,
 }
 
 /// The shared index: written by the watches, read by the processing stage.
@@ -126,6 +172,24 @@ impl KubeIndex {
         container_id
             .and_then(|id| index.containers.get(id).cloned())
             .or_else(|| pod_uid.and_then(|uid| index.local.get(uid).map(|p| p.meta.clone())))
+    }
+
+    /// The address of the meshtap agent of the node where the pod owning `ip` runs, unless
+    /// that is this node.
+    pub fn agent_serving(&self, ip: IpAddr) -> Option<IpAddr> {
+        let index = self.read();
+        let uid = &index.pod_ips.get(&ip)?.uid;
+        let node = index.pods.get(uid)?.node.as_ref()?;
+        if index.node_name.as_ref() == Some(node) {
+            return None;
+        }
+        index.agents.get(node).map(|(_, ip)| *ip)
+    }
+
+    /// Meshtap agent pods known, one per node.
+    #[cfg(test)]
+    pub fn agents(&self) -> usize {
+        self.read().agents.len()
     }
 
     /// The pod that owns `ip` now, or the Service whose ClusterIP it is.
@@ -167,6 +231,7 @@ pub fn start(
     index: KubeIndex,
     metrics: KubeMetrics,
 ) -> Result<(), KubeError> {
+    index.write().node_name = Some(settings.node_name.as_str().into());
     let config = match &settings.api_url {
         Some(url) => {
             let uri = url.parse::<hyper::Uri>().map_err(|e| KubeError::Url {
@@ -516,6 +581,18 @@ fn release_ips(pod_ips: &mut HashMap<IpAddr, Arc<PodMeta>>, uid: &str, ips: &[Ip
     }
 }
 
+fn release_agent(
+    agents: &mut HashMap<Arc<str>, (String, IpAddr)>,
+    uid: &str,
+    node: Option<&Arc<str>>,
+) {
+    if let Some(node) = node
+        && agents.get(node).is_some_and(|(u, _)| u == uid)
+    {
+        agents.remove(node);
+    }
+}
+
 fn apply_pods(index: &mut Index, event: watcher::Event<Pod>, cap: usize) -> (usize, u64) {
     let mut rejected = 0;
     match event {
@@ -525,13 +602,7 @@ fn apply_pods(index: &mut Index, event: watcher::Event<Pod>, cap: usize) -> (usi
                 && let Some(init) = &mut index.pods_init
             {
                 if init.len() < cap {
-                    init.insert(
-                        meta.uid.clone(),
-                        ClusterPod {
-                            meta: Arc::new(meta),
-                            ips: pod_ips(&pod),
-                        },
-                    );
+                    init.insert(meta.uid.clone(), ClusterPod::new(&pod, meta));
                 } else {
                     rejected += 1;
                 }
@@ -545,6 +616,11 @@ fn apply_pods(index: &mut Index, event: watcher::Event<Pod>, cap: usize) -> (usi
                     .values()
                     .flat_map(|p| p.ips.iter().map(|ip| (*ip, p.meta.clone())))
                     .collect();
+                index.agents = index
+                    .pods
+                    .values()
+                    .filter_map(|p| Some((p.node.clone()?, (p.meta.uid.clone(), p.agent?))))
+                    .collect();
             }
         }
         watcher::Event::Apply(pod) => {
@@ -552,14 +628,17 @@ fn apply_pods(index: &mut Index, event: watcher::Event<Pod>, cap: usize) -> (usi
                 let uid = meta.uid.clone();
                 if let Some(old) = index.pods.remove(&uid) {
                     release_ips(&mut index.pod_ips, &uid, &old.ips);
+                    release_agent(&mut index.agents, &uid, old.node.as_ref());
                 }
                 if index.pods.len() < cap {
-                    let meta = Arc::new(meta);
-                    let ips = pod_ips(&pod);
-                    for ip in &ips {
-                        index.pod_ips.insert(*ip, meta.clone());
+                    let pod = ClusterPod::new(&pod, meta);
+                    for ip in &pod.ips {
+                        index.pod_ips.insert(*ip, pod.meta.clone());
                     }
-                    index.pods.insert(uid, ClusterPod { meta, ips });
+                    if let (Some(node), Some(ip)) = (&pod.node, pod.agent) {
+                        index.agents.insert(node.clone(), (uid.clone(), ip));
+                    }
+                    index.pods.insert(uid, pod);
                 } else {
                     rejected += 1;
                 }
@@ -570,6 +649,7 @@ fn apply_pods(index: &mut Index, event: watcher::Event<Pod>, cap: usize) -> (usi
                 && let Some(old) = index.pods.remove(uid)
             {
                 release_ips(&mut index.pod_ips, uid, &old.ips);
+                release_agent(&mut index.agents, uid, old.node.as_ref());
             }
         }
     }

@@ -377,3 +377,93 @@ fn backoff_doubles_to_its_ceiling_and_resets() {
     b.reset();
     assert!(b.next().unwrap() <= Duration::from_millis(500));
 }
+
+/// A meshtap agent pod on `node` at `ip`, and a pod of an application there.
+fn on_node(pod_json: Pod, node: &str, agent: bool) -> Pod {
+    let mut v = serde_json::to_value(pod_json).unwrap();
+    v["spec"]["nodeName"] = node.into();
+    if agent {
+        v["metadata"]["labels"] = serde_json::json!({
+            "app.kubernetes.io/name": "meshtap", "app.kubernetes.io/component": "agent"
+        });
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn the_agent_serving_a_pod_is_the_one_of_its_node() {
+    let mut index = Index {
+        node_name: Some("node-a".into()),
+        ..Index::default()
+    };
+    let pods = vec![
+        on_node(
+            pod("meshtap", "meshtap-a", "ua", None, "10.1.0.2", "ca"),
+            "node-a",
+            true,
+        ),
+        on_node(
+            pod("meshtap", "meshtap-b", "ub", None, "10.2.0.2", "cb"),
+            "node-b",
+            true,
+        ),
+        on_node(
+            pod("shop", "web-1", "u1", None, "10.1.0.9", "c1"),
+            "node-a",
+            false,
+        ),
+        on_node(
+            pod("shop", "api-1", "u2", None, "10.2.0.9", "c2"),
+            "node-b",
+            false,
+        ),
+        on_node(
+            pod("shop", "db-1", "u3", None, "10.3.0.9", "c3"),
+            "node-c",
+            false,
+        ),
+    ];
+    list(&mut index, apply_pods, pods);
+    let index = shared(index);
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert_eq!(index.agents(), 2);
+    assert_eq!(index.agent_serving(ip("10.2.0.9")), Some(ip("10.2.0.2")));
+    assert_eq!(index.agent_serving(ip("10.2.0.2")), Some(ip("10.2.0.2")));
+    assert_eq!(index.agent_serving(ip("10.1.0.9")), None, "this node's own");
+    assert_eq!(
+        index.agent_serving(ip("10.3.0.9")),
+        None,
+        "no agent on node-c"
+    );
+    assert_eq!(index.agent_serving(ip("10.9.9.9")), None, "not a pod");
+    // The agent of node-b replaced (a rollout), then deleted.
+    apply_pods(
+        &mut index.write(),
+        watcher::Event::Apply(on_node(
+            pod("meshtap", "meshtap-b2", "ub2", None, "10.2.0.3", "cb2"),
+            "node-b",
+            true,
+        )),
+        100,
+    );
+    apply_pods(
+        &mut index.write(),
+        watcher::Event::Delete(on_node(
+            pod("meshtap", "meshtap-b", "ub", None, "10.2.0.2", "cb"),
+            "node-b",
+            true,
+        )),
+        100,
+    );
+    assert_eq!(index.agent_serving(ip("10.2.0.9")), Some(ip("10.2.0.3")));
+    apply_pods(
+        &mut index.write(),
+        watcher::Event::Delete(on_node(
+            pod("meshtap", "meshtap-b2", "ub2", None, "10.2.0.3", "cb2"),
+            "node-b",
+            true,
+        )),
+        100,
+    );
+    assert_eq!(index.agent_serving(ip("10.2.0.9")), None);
+}

@@ -50,7 +50,7 @@
 use std::collections::VecDeque;
 
 use crate::{
-    exchange::{Observed, Paired},
+    exchange::{Observed, Paired, RequestKey},
     fast::Map,
     protocol::{
         Side, SpanOptions,
@@ -58,6 +58,7 @@ use crate::{
     },
     trace::{
         admission::StoreAdmission,
+        remote::{Covers, RemoteContext},
         span::{Remote, Resource, Span, SpanKind, Status},
     },
 };
@@ -124,6 +125,10 @@ struct Node {
     children: Vec<u64>,
     /// Whether this span may still get a parent by inference.
     awaits_parent: bool,
+    /// A SERVER span held for its context from the client's node (see `trace::remote`).
+    awaits_remote: bool,
+    /// A CLIENT span whose context is published for the server's node.
+    publish: bool,
     debug: bool,
     shared: bool,
     sampled: Option<bool>,
@@ -155,6 +160,15 @@ pub struct Assembled {
     pub instrumented_skipped: u64,
     /// Instrumented processes not remembered: `MAX_INSTRUMENTED` were.
     pub instrumented_untracked: u64,
+    /// SERVER spans whose client's node was asked for its context and did not give it within
+    /// the link wait: roots.
+    pub unlinked_remote: u64,
+    /// SERVER spans linked to a CLIENT span of another node.
+    pub linked_remote: u64,
+    /// Keys to look up on the clients' nodes (SERVER spans now held for the answer).
+    pub lookups: Vec<RequestKey>,
+    /// Contexts of CLIENT spans to other nodes, for their agents.
+    pub published: Vec<(RequestKey, RemoteContext)>,
 }
 
 pub struct SpanAssembler {
@@ -185,6 +199,10 @@ pub struct SpanAssembler {
     instrumented: Map<u32, u64>,
     /// Trees cut off by `join_application_trace`, to finish once the exchange is added.
     cut: Vec<u64>,
+    /// Cross-node linking: which clients' nodes can be asked, and the SERVER spans held for
+    /// an answer, by their request's key.
+    remote: Option<Covers>,
+    awaiting_remote: Map<RequestKey, u64>,
 }
 
 /// Where the spans of one emitted tree go.
@@ -219,7 +237,17 @@ impl SpanAssembler {
             instrumented_spans: InstrumentedSpans::Report,
             instrumented: Map::default(),
             cut: Vec::new(),
+            remote: None,
+            awaiting_remote: Map::default(),
         }
+    }
+
+    /// Links SERVER spans to the CLIENT spans of other nodes (see `trace::remote`): a SERVER
+    /// span of a request without context whose client `covers` accepts waits for
+    /// [`resolve_remote`](Self::resolve_remote); CLIENT spans whose server is not on this node
+    /// are published.
+    pub fn set_remote(&mut self, covers: Covers) {
+        self.remote = Some(covers);
     }
 
     /// What is emitted of instrumented processes.
@@ -285,6 +313,9 @@ impl SpanAssembler {
             } => {
                 let side = end.side;
                 let k = self.insert(end, out);
+                if !partner_expected {
+                    self.mark_remote(k);
+                }
                 if side == Side::Server {
                     // Its client end is a process on this node whose observation never paired:
                     // a parent was expected (unless a context names one).
@@ -328,6 +359,8 @@ impl SpanAssembler {
             parent: None,
             children: Vec::new(),
             awaits_parent: false,
+            awaits_remote: false,
+            publish: false,
             debug: false,
             shared: false,
             sampled: None,
@@ -508,7 +541,31 @@ impl SpanAssembler {
                 || matches!(node.input.exchange.context, Found::Valid(_)))
     }
 
-    /// A node that waits for its parent goes in its thread's queue; any other is final now.
+    /// An end whose other end is not on this node (see `trace::remote`): a SERVER span without
+    /// context whose client's node can be asked waits for its answer; a CLIENT span is
+    /// published when emitted.
+    fn mark_remote(&mut self, k: u64) {
+        let Some(covers) = &self.remote else {
+            return;
+        };
+        let Some(node) = self.nodes.get_mut(&k) else {
+            return;
+        };
+        let Some(key) = node.input.key else {
+            return;
+        };
+        match node.input.side {
+            Side::Client => node.publish = true,
+            Side::Server => {
+                node.awaits_remote = node.trace_id.is_none()
+                    && !self.awaiting_remote.contains_key(&key)
+                    && covers(key.client.ip());
+            }
+        }
+    }
+
+    /// A node that waits for its parent goes in its thread's queue, one that waits for its
+    /// client's node is looked up there; any other is final now.
     fn settle(&mut self, key: u64, out: &mut Assembled) {
         let Some(node) = self.nodes.get(&key) else {
             return;
@@ -519,6 +576,11 @@ impl SpanAssembler {
                 .entry(thread)
                 .or_default()
                 .push_back(key);
+        } else if node.awaits_remote {
+            if let Some(request) = node.input.key {
+                self.awaiting_remote.insert(request, key);
+                out.lookups.push(request);
+            }
         } else {
             self.finish(key, out);
         }
@@ -645,7 +707,11 @@ impl SpanAssembler {
         while let Some(p) = self.nodes.get(&root).and_then(|n| n.parent) {
             root = p;
         }
-        if self.nodes.get(&root).is_none_or(|n| n.awaits_parent) {
+        if self
+            .nodes
+            .get(&root)
+            .is_none_or(|n| n.awaits_parent || n.awaits_remote)
+        {
             return;
         }
         let trace_id = match self.nodes.get(&root).and_then(|n| n.trace_id) {
@@ -716,6 +782,22 @@ impl SpanAssembler {
         }
         if node.input.side == Side::Server {
             self.remember_server(&node, trace_id, parent_id, children_parent, outputs);
+        }
+        if node.publish
+            && let Some(request) = node.input.key
+        {
+            let sampled = outputs.debug
+                || outputs
+                    .sampled
+                    .unwrap_or_else(|| sampled_by_ratio(trace_id, self.sampling_ratio));
+            out.published.push((
+                request,
+                RemoteContext {
+                    trace_id,
+                    span_id: node.span_id,
+                    sampled,
+                },
+            ));
         }
         if skip {
             out.instrumented_skipped += 1;
@@ -801,6 +883,14 @@ impl SpanAssembler {
         let Some(node) = self.nodes.get_mut(&key) else {
             return;
         };
+        if node.awaits_remote {
+            // Its client's node did not answer in time.
+            node.awaits_remote = false;
+            out.unlinked_remote += 1;
+            if let Some(request) = node.input.key {
+                self.awaiting_remote.remove(&request);
+            }
+        }
         if node.awaits_parent {
             // Only CLIENT spans wait (rule 3): a process seen serving expected one.
             node.awaits_parent = false;
@@ -821,6 +911,33 @@ impl SpanAssembler {
                 }
             }
         }
+        self.finish(key, out);
+    }
+
+    /// The client's node answered for a SERVER span held for it: it joins the client's trace
+    /// as a child of the client's span, with the client's sampling decision, and is emitted
+    /// with what is linked under it. An answer for a span no longer held (emitted when its
+    /// wait ended, or never held here) changes nothing.
+    pub fn resolve_remote(
+        &mut self,
+        request: RequestKey,
+        context: RemoteContext,
+        out: &mut Assembled,
+    ) {
+        let Some(key) = self.awaiting_remote.remove(&request) else {
+            return;
+        };
+        let Some(node) = self.nodes.get_mut(&key) else {
+            return;
+        };
+        if !node.awaits_remote {
+            return;
+        }
+        node.awaits_remote = false;
+        node.trace_id = Some(context.trace_id);
+        node.external_parent = Some(context.span_id);
+        node.sampled = Some(context.sampled);
+        out.linked_remote += 1;
         self.finish(key, out);
     }
 
@@ -1037,6 +1154,7 @@ mod tests {
             remote,
             connection,
             in_server_process: true,
+            key: None,
             now_ns,
         }
     }
@@ -1056,6 +1174,249 @@ mod tests {
                         == Some(service)
             })
             .unwrap_or_else(|| panic!("no {kind:?} span of {service}"))
+    }
+
+    /// One agent per node, linked through `trace::remote`: what one node publishes, the other
+    /// looks up (the peer exchange, done by hand here).
+    struct Node3 {
+        asm: SpanAssembler,
+        out: Out,
+        lookups: Vec<RequestKey>,
+        published: Vec<(RequestKey, RemoteContext)>,
+        unlinked_remote: u64,
+        linked_remote: u64,
+    }
+
+    impl Node3 {
+        fn new(seed: u64) -> Self {
+            let mut asm = SpanAssembler::new(seed, 1.0, false);
+            asm.set_remote(Arc::new(|_| true));
+            Node3 {
+                asm,
+                out: empty(),
+                lookups: Vec::new(),
+                published: Vec::new(),
+                unlinked_remote: 0,
+                linked_remote: 0,
+            }
+        }
+
+        fn take(&mut self, mut a: Assembled) {
+            self.lookups.append(&mut a.lookups);
+            self.published.append(&mut a.published);
+            self.unlinked_remote += a.unlinked_remote;
+            self.linked_remote += a.linked_remote;
+            self.out.take(a);
+        }
+
+        /// An end whose other end is on another node.
+        fn add(&mut self, mut end: Observed, key: RequestKey) {
+            end.key = Some(key);
+            let mut a = Assembled::default();
+            self.asm.add(
+                Paired::Alone {
+                    end,
+                    partner_expected: false,
+                },
+                &mut a,
+            );
+            self.take(a);
+        }
+
+        /// Answers what `from` published for this node's lookups.
+        fn answer_from(&mut self, from: &Node3) {
+            let mut a = Assembled::default();
+            for key in std::mem::take(&mut self.lookups) {
+                match from.published.iter().find(|(k, _)| *k == key) {
+                    Some((k, c)) => self.asm.resolve_remote(*k, *c, &mut a),
+                    None => self.lookups.push(key),
+                }
+            }
+            self.take(a);
+        }
+
+        fn tick(&mut self, now_ns: u64) {
+            let mut a = Assembled::default();
+            self.asm.tick(now_ns, &mut a);
+            self.take(a);
+        }
+    }
+
+    fn request_key(client: &str, seq: u32) -> RequestKey {
+        RequestKey {
+            client: client.parse().unwrap(),
+            seq,
+            ordinal: 0,
+        }
+    }
+
+    /// client (node 1) -> frontend (node 2, thread 20) -> backend (node 3), no headers: the
+    /// backend's SERVER span waits for node 2, whose SERVER span waits for node 1; each joins
+    /// the trace above once its client's node answers.
+    #[test]
+    fn three_nodes_link_through_their_agents() {
+        let (mut n1, mut n2, mut n3) = (Node3::new(1), Node3::new(2), Node3::new(3));
+        let k1 = ("10.0.1.2:40000", "10.0.2.2:8080");
+        let k2 = ("10.0.2.2:40001", "10.0.3.2:9090");
+        let (key1, key2) = (request_key(k1.0, 1000), request_key(k2.0, 5000));
+        // Bottom-up, as the exchanges complete.
+        n3.add(
+            input(
+                Side::Server,
+                3,
+                30,
+                (20 * MS, 30 * MS),
+                k2,
+                None,
+                &[],
+                31 * MS,
+            ),
+            key2,
+        );
+        assert_eq!(n3.lookups, vec![key2]);
+        assert!(n3.out.spans.is_empty(), "held for node 2");
+        n2.add(
+            input(
+                Side::Client,
+                2,
+                20,
+                (19 * MS, 31 * MS),
+                k2,
+                None,
+                &[],
+                32 * MS,
+            ),
+            key2,
+        );
+        n2.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (10 * MS, 40 * MS),
+                k1,
+                None,
+                &[],
+                41 * MS,
+            ),
+            key1,
+        );
+        assert_eq!(n2.lookups, vec![key1]);
+        assert!(n2.out.spans.is_empty(), "held for node 1");
+        n3.answer_from(&n2);
+        assert!(
+            n3.out.spans.is_empty(),
+            "node 2 does not know its trace yet"
+        );
+        let mut curl = input(
+            Side::Client,
+            1,
+            10,
+            (9 * MS, 41 * MS),
+            k1,
+            None,
+            &[],
+            42 * MS,
+        );
+        curl.in_server_process = false;
+        n1.add(curl, key1);
+        assert_eq!(n1.out.spans.len(), 1, "a client serving nothing is a root");
+        n2.answer_from(&n1);
+        n3.answer_from(&n2);
+        assert!(n2.lookups.is_empty() && n3.lookups.is_empty());
+
+        let client = by_service(&n1.out.spans, "svc1", Kind::Client);
+        let front = by_service(&n2.out.spans, "svc2", Kind::Server);
+        let call = by_service(&n2.out.spans, "svc2", Kind::Client);
+        let back = by_service(&n3.out.spans, "svc3", Kind::Server);
+        for s in [front, call, back] {
+            assert_eq!(s.trace_id, client.trace_id, "{s:?}");
+        }
+        assert_eq!(client.parent_id, None);
+        assert_eq!(front.parent_id.as_deref(), Some(client.id.as_str()));
+        assert_eq!(call.parent_id.as_deref(), Some(front.id.as_str()));
+        assert_eq!(back.parent_id.as_deref(), Some(call.id.as_str()));
+        assert_eq!((n2.linked_remote, n3.linked_remote), (1, 1));
+        for n in [&n1, &n2, &n3] {
+            assert_eq!(n.unlinked_remote, 0);
+            assert_eq!(n.out.unlinked, 0);
+        }
+        assert_eq!(n1.published.len(), 1);
+        assert_eq!(n2.published.len(), 1);
+        assert!(n1.published[0].1.sampled);
+    }
+
+    /// A client's node that never answers: the SERVER span is a root once its wait ends,
+    /// with what is linked under it, counted; a late answer changes nothing.
+    #[test]
+    fn an_unanswered_lookup_ends_with_the_link_wait() {
+        let mut n2 = Node3::new(2);
+        let k1 = ("10.0.1.2:40000", "10.0.2.2:8080");
+        let key1 = request_key(k1.0, 1000);
+        n2.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (10 * MS, 40 * MS),
+                k1,
+                None,
+                &[],
+                41 * MS,
+            ),
+            key1,
+        );
+        n2.tick(41 * MS + LINK_WAIT_NS);
+        assert!(n2.out.spans.is_empty(), "still within its wait");
+        n2.tick(42 * MS + LINK_WAIT_NS);
+        assert_eq!(n2.out.spans.len(), 1);
+        assert_eq!(n2.out.spans[0].parent_id, None);
+        assert_eq!(n2.unlinked_remote, 1);
+        let mut a = Assembled::default();
+        n2.asm.resolve_remote(
+            key1,
+            RemoteContext {
+                trace_id: 5,
+                span_id: 6,
+                sampled: true,
+            },
+            &mut a,
+        );
+        assert!(a.spans.is_empty() && a.linked_remote == 0);
+    }
+
+    /// The sampling decision crosses the hop: a trace the client's node did not sample is not
+    /// sampled on the server's node either.
+    #[test]
+    fn the_clients_sampling_decision_is_kept() {
+        let mut n2 = Node3::new(2);
+        let k1 = ("10.0.1.2:40000", "10.0.2.2:8080");
+        let key1 = request_key(k1.0, 1000);
+        n2.add(
+            input(
+                Side::Server,
+                2,
+                20,
+                (10 * MS, 40 * MS),
+                k1,
+                None,
+                &[],
+                41 * MS,
+            ),
+            key1,
+        );
+        let mut a = Assembled::default();
+        n2.asm.resolve_remote(
+            key1,
+            RemoteContext {
+                trace_id: 5,
+                span_id: 6,
+                sampled: false,
+            },
+            &mut a,
+        );
+        assert!(a.spans.is_empty());
+        assert_eq!((a.not_sampled, a.linked_remote), (1, 1));
     }
 
     /// client (pid 1) -> frontend (pid 2, thread 20) -> backend (pid 3), no headers, all on

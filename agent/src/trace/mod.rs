@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod assembly;
+pub mod remote;
 pub mod span;
 
 use prometheus_client::{
@@ -43,6 +44,8 @@ pub mod name {
     pub const SPANS_UNMERGED: &str = "meshtap_spans_unmerged";
     pub const INSTRUMENTED_SKIPPED: &str = "meshtap_spans_instrumented_skipped";
     pub const INSTRUMENTED_UNTRACKED: &str = "meshtap_instrumented_processes_untracked";
+    pub const SPANS_LINKED_REMOTE: &str = "meshtap_spans_linked_remote";
+    pub const PEER_LOOKUPS_DROPPED: &str = "meshtap_peer_lookups_dropped";
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,10 +53,22 @@ pub struct UnmergedLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnlinkedLabels {
+    pub reason: &'static str,
+}
+
 /// What the tracer counts.
 #[derive(Clone, Default)]
 pub struct TraceCounters {
+    /// `reason="local"`: the parent expected on this node was not found.
     pub unlinked: Counter,
+    /// `reason="remote"`: the client's node did not give its context within the link wait.
+    pub unlinked_remote: Counter,
+    /// SERVER spans linked to the CLIENT span of another node.
+    pub linked_remote: Counter,
+    /// Lookups the queue to the peer client could not take.
+    pub lookups_dropped: Counter,
     pub context_invalid: Counter,
     /// Not kept: the context said not sampled, or the ratio sampler left the trace out.
     pub not_sampled: Counter,
@@ -69,10 +84,26 @@ pub struct TraceCounters {
 impl TraceCounters {
     pub fn new(registry: &Registry) -> Self {
         let c = TraceCounters::default();
+        let unlinked: Family<UnlinkedLabels, Counter> = Family::default();
         registry.register(
             name::SPANS_UNLINKED,
-            "Spans whose parent was expected but not found (async runtimes, worker pools, parents slower than the link window)",
-            c.unlinked.clone(),
+            "Spans whose parent was expected but not found, by reason (local: on this node: async runtimes, worker pools, parents slower than the link window; remote: the agent of the client's node did not give the client's context within the link window)",
+            unlinked.clone(),
+        );
+        let c = TraceCounters {
+            unlinked: unlinked.get_or_create_owned(&UnlinkedLabels { reason: "local" }),
+            unlinked_remote: unlinked.get_or_create_owned(&UnlinkedLabels { reason: "remote" }),
+            ..c
+        };
+        registry.register(
+            name::SPANS_LINKED_REMOTE,
+            "SERVER spans linked to the CLIENT span of another node through its agent (no trace context in the request)",
+            c.linked_remote.clone(),
+        );
+        registry.register(
+            name::PEER_LOOKUPS_DROPPED,
+            "SERVER spans not looked up on their client's node because the queue to the peer agents was full (they stay roots)",
+            c.lookups_dropped.clone(),
         );
         registry.register(
             name::TRACE_CONTEXT_INVALID,
@@ -134,6 +165,17 @@ pub struct Tracer {
     /// Collectors: every sampled span.
     collectors: Vec<Box<dyn SpanExporter>>,
     counters: TraceCounters,
+    /// Cross-node linking (see `remote`), when on.
+    remote: Option<Remote>,
+    /// The latest exchange arrival time seen (event time).
+    now_ns: u64,
+}
+
+/// The tracer's end of the link to the other agents.
+struct Remote {
+    lookups: tokio::sync::mpsc::Sender<crate::exchange::RequestKey>,
+    answers: tokio::sync::mpsc::Receiver<(crate::exchange::RequestKey, remote::RemoteContext)>,
+    published: std::sync::Arc<remote::Published>,
 }
 
 impl Tracer {
@@ -157,27 +199,67 @@ impl Tracer {
             store,
             collectors,
             counters,
+            remote: None,
+            now_ns: 0,
         }
     }
 
+    /// Links spans across nodes through `link` (see `remote`).
+    pub fn with_remote(mut self, link: remote::RemoteLink) -> Self {
+        self.assembler.set_remote(link.covers);
+        self.remote = Some(Remote {
+            lookups: link.lookups,
+            answers: link.answers,
+            published: link.published,
+        });
+        self
+    }
+
     pub fn add(&mut self, paired: Paired) {
+        self.now_ns = self.now_ns.max(match &paired {
+            Paired::Both { client, .. } => client.now_ns,
+            Paired::Alone { end, .. } => end.now_ns,
+        });
         let mut out = Assembled::default();
+        self.take_answers(&mut out);
         self.assembler.add(paired, &mut out);
         self.deliver(out);
     }
 
     pub fn tick(&mut self, now_ns: u64) {
+        self.now_ns = self.now_ns.max(now_ns);
         self.assembler
             .set_epoch_offset(crate::clock::epoch_offset_ns());
         let mut out = Assembled::default();
+        self.take_answers(&mut out);
         self.assembler.tick(now_ns, &mut out);
         self.deliver(out);
     }
 
+    /// What the other agents answered since the last call.
+    fn take_answers(&mut self, out: &mut Assembled) {
+        let Some(remote) = &mut self.remote else {
+            return;
+        };
+        while let Ok((key, context)) = remote.answers.try_recv() {
+            self.assembler.resolve_remote(key, context, out);
+        }
+    }
+
     fn deliver(&mut self, out: Assembled) {
+        if let Some(remote) = &self.remote {
+            for key in &out.lookups {
+                if remote.lookups.try_send(*key).is_err() {
+                    self.counters.lookups_dropped.inc();
+                }
+            }
+            remote.published.insert(&out.published, self.now_ns);
+        }
         // Skip the zeros: each is an atomic read-modify-write, and most exchanges add none.
         for (counter, n) in [
             (&self.counters.unlinked, out.unlinked),
+            (&self.counters.unlinked_remote, out.unlinked_remote),
+            (&self.counters.linked_remote, out.linked_remote),
             (&self.counters.context_invalid, out.invalid_context),
             (&self.counters.not_sampled, out.not_sampled),
             (&self.counters.store_declined, out.store_declined),
