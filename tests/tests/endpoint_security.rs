@@ -403,6 +403,19 @@ fn tls_and_token_with_rotation() {
         (RELOADS, &[("result", "failed")], 1.0),
         (RELOADS, &[("result", "ok")], 2.0),
     ]);
+    // The page's health tab lists them.
+    let health: Value =
+        serde_json::from_str(&client.ok("/api/v1/health")).expect("/api/v1/health is JSON");
+    let families: Vec<&str> = health["families"]
+        .as_array()
+        .expect("families")
+        .iter()
+        .filter(|f| f["samples"].as_array().is_some_and(|s| !s.is_empty()))
+        .map(|f| f["name"].as_str().expect("name"))
+        .collect();
+    for family in [UNAUTHORIZED, HANDSHAKE_FAILURES, RELOADS] {
+        assert!(families.contains(&family), "{family} in {families:?}");
+    }
 }
 
 /// `--metrics-require-token` (from the config file, with the token file): /metrics answers 401

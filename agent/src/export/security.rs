@@ -508,8 +508,8 @@ struct Watched {
 }
 
 impl Watched {
-    /// The files' bytes when they differ from the last look; None when unchanged or unreadable
-    /// (a file being replaced: the next look sees it; a read error is reported by the loader).
+    /// The files' bytes when they differ from the last look (or after an unreadable one); None
+    /// when unchanged.
     fn changed(&mut self, now: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
         if self.seen.as_ref() == Some(&now) {
             return None;

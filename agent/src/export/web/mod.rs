@@ -71,6 +71,9 @@ pub const HEALTH_FAMILIES: &[&str] = &[
     "meshtap_trace_store_rejected_spans_total",
     "meshtap_trace_store_evicted_spans_total",
     "meshtap_trace_store_declined_spans_total",
+    "meshtap_endpoint_unauthorized_total",
+    "meshtap_endpoint_tls_handshake_failures_total",
+    "meshtap_endpoint_reloads_total",
 ];
 
 /// The last reading of the health counters, and when it was taken.
