@@ -74,6 +74,8 @@ pub enum RunError {
     Otlp(#[source] crate::export::delivery::EndpointError),
     #[error(transparent)]
     Security(#[from] SecurityError),
+    #[error(transparent)]
+    PeerTls(#[from] peer::client::PeerTlsError),
     #[error("cannot set up TLS for the endpoint: {0}")]
     Tls(#[source] rustls::Error),
     #[error("the HTTP endpoint failed: {0}")]
@@ -221,10 +223,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         let peers = config.peers.clone();
         // The other agents listen on the same port as this one (a DaemonSet).
         let peer_port = config.listen.port();
+        let scheme = if config.security.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let resolve: peer::client::Resolve = Arc::new(move |ip| {
             peers.url_for(ip).or_else(|| {
                 let agent = kube_peers.as_ref()?.agent_serving(ip)?;
-                Some(format!("http://{}", std::net::SocketAddr::new(agent, peer_port)).into())
+                Some(format!("{scheme}://{}", std::net::SocketAddr::new(agent, peer_port)).into())
             })
         });
         // The endpoint's token, as it is now, on every lookup (it follows the file's rotation).
@@ -233,9 +240,17 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 let token = reloader.token();
                 Arc::new(move || token.current()) as peer::client::TokenSource
             });
+        let peer_tls = match &config.peer_ca {
+            Some(ca) => Some(peer::client::PeerTls::load(
+                ca,
+                config.peer_server_name.clone(),
+            )?),
+            None => None,
+        };
         let link = peer::client::start(
             resolve,
             token,
+            peer_tls,
             published,
             Duration::from_nanos(LINK_WAIT_NS),
             &registry,

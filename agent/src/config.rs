@@ -135,6 +135,17 @@ pub struct Flags {
     #[arg(long, value_name = "BOOL")]
     pub peers_from_kubernetes: Option<bool>,
 
+    /// CA certificates (PEM) that https peers' certificates must chain to: required when a
+    /// --peer URL is https, or with --peers-from-kubernetes and --tls-cert (the agents then
+    /// ask each other over https).
+    #[arg(long, value_name = "FILE")]
+    pub peer_ca: Option<PathBuf>,
+
+    /// The name https peers' certificates must carry, instead of the address in their URL
+    /// (one certificate shared by every agent, whose pod addresses it cannot list).
+    #[arg(long, value_name = "NAME")]
+    pub peer_server_name: Option<String>,
+
     /// Export spans to this Zipkin v2 endpoint (e.g. http://zipkin:9411/api/v2/spans). Without
     /// it spans are only kept in the built-in store, served at /api/v2/* on --listen.
     #[arg(long, value_name = "URL")]
@@ -291,6 +302,8 @@ pub struct FileConfig {
     /// `["10.1.2.0/24=http://10.1.2.1:9464"]`
     pub peers: Option<Vec<String>>,
     pub peers_from_kubernetes: Option<bool>,
+    pub peer_ca: Option<PathBuf>,
+    pub peer_server_name: Option<String>,
     pub btf: Option<PathBuf>,
     pub zipkin_endpoint: Option<String>,
     pub zipkin_batch_spans: Option<u32>,
@@ -355,6 +368,9 @@ pub struct Config {
     pub peers: crate::export::peer::Peers,
     /// Also the agents found through the Kubernetes API.
     pub peers_from_kubernetes: bool,
+    /// Trust for https peers, and the name to check instead of their address.
+    pub peer_ca: Option<PathBuf>,
+    pub peer_server_name: Option<String>,
     pub btf: PathBuf,
     pub zipkin_endpoint: Option<String>,
     pub zipkin_batch_spans: u32,
@@ -649,6 +665,8 @@ impl Config {
                 }
                 map
             },
+            peer_ca: flags.peer_ca.or(file.peer_ca),
+            peer_server_name: flags.peer_server_name.or(file.peer_server_name),
             peers_from_kubernetes: flags
                 .peers_from_kubernetes
                 .or(file.peers_from_kubernetes)
@@ -761,6 +779,19 @@ impl Config {
                 expected,
             })
         };
+        let https_peers = self
+            .peers
+            .ranges
+            .iter()
+            .any(|r| r.url.starts_with("https://"))
+            || (self.peers_from_kubernetes && self.security.tls.is_some());
+        if https_peers && self.peer_ca.is_none() {
+            return invalid(
+                "peer_ca (--peer-ca)",
+                "none".to_string(),
+                "https peers (an https --peer URL, or --peers-from-kubernetes with --tls-cert) need the CA their certificates chain to: set --peer-ca FILE",
+            );
+        }
         if self.capture_bytes as usize > MAX_CAPTURE {
             return invalid(
                 "capture_bytes (--capture-bytes)",

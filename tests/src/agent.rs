@@ -188,6 +188,35 @@ fn https_status(addr: SocketAddr, path: &str) -> io::Result<u16> {
         .unwrap_or(0))
 }
 
+/// `GET https://addr/path` with `curl --insecure`: status and body.
+fn https_get(addr: SocketAddr, path: &str) -> io::Result<http::Response> {
+    let out = Command::new("curl")
+        .args(["--silent", "--insecure", "--max-time", "10"])
+        .args(["--write-out", "\n%{http_code}"])
+        .arg(format!("https://{addr}{path}"))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("spawn curl: {e}")))?;
+    let mut body = out.stdout;
+    let split = body.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+    let status = String::from_utf8_lossy(&body[split..])
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    if status == 0 {
+        return Err(io::Error::other(format!(
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    body.truncate(split);
+    Ok(http::Response {
+        status,
+        headers: Vec::new(),
+        body,
+    })
+}
+
 fn command(bin: &Path, args: &[&str], addr: SocketAddr, log: &LogFile) -> io::Result<Command> {
     check_binary(bin)?;
     let mut cmd = Command::new(bin);
@@ -308,8 +337,13 @@ impl Agent {
         send_signal(self.pid(), signal);
     }
 
-    /// `GET path`; panics on a transport error.
+    /// `GET path` (over HTTPS, certificate unchecked, for an agent serving TLS: the tests that
+    /// check its certificate do so themselves); panics on a transport error.
     pub fn get(&self, path: &str) -> http::Response {
+        if self.tls {
+            return https_get(self.addr, path)
+                .unwrap_or_else(|e| panic!("GET {path} from the agent at {}: {e}", self.addr));
+        }
         http::get(self.addr, path, HTTP_TIMEOUT)
             .unwrap_or_else(|e| panic!("GET {path} from the agent at {}: {e}", self.addr))
     }

@@ -1,6 +1,7 @@
 //! Traces across nodes without trace headers: three "nodes" on this machine (network
 //! namespaces joined by veth pairs and routing), one agent per node scoped to it (`--netns`),
-//! the agents told of each other (`--peer`) and requiring a token (`--token-file`).
+//! the agents told of each other (`--peer`, over https: `--tls-cert`, `--peer-ca`) and
+//! requiring a token (`--token-file`).
 //!
 //! client (node 1) -> frontend (node 2) -> backend (node 3), `trace_service.py` and
 //! `trace_client.py`, no trace header anywhere: each request must be one trace of four spans,
@@ -83,9 +84,12 @@ impl Nodes {
     }
 }
 
-/// The agents' common settings: the token file and the peer of each node's addresses.
+/// The agents' common settings: the token file, one certificate for all of them (as a
+/// Kubernetes Secret would give them), and the peer of each node's addresses.
 struct Setup {
     dir: TempDir,
+    cert: String,
+    key: String,
     token: String,
     wrong_token: String,
     /// Each node's agent address, fixed before they start (each names the others).
@@ -98,11 +102,37 @@ impl Setup {
         let dir = TempDir::new("cross-node");
         let token = dir.file("token");
         std::fs::write(&token, "s3cret-token-for-the-agents\n").expect("token");
+        let (cert, key) = (dir.file("cert.pem"), dir.file("key.pem"));
+        let out = run_command(
+            Command::new("openssl").args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=meshtap-agents",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                &key,
+                "-out",
+                &cert,
+            ]),
+            RUN,
+        );
+        assert!(out.status.success(), "openssl: {}", out.stderr);
         let wrong_token = dir.file("wrong-token");
         std::fs::write(&wrong_token, "not-the-token\n").expect("token");
         let listen = [0, 1, 2].map(|_| format!("127.0.0.1:{}", meshtap_tests::free_port()));
         Setup {
             dir,
+            cert,
+            key,
             token,
             wrong_token,
             listen,
@@ -113,10 +143,10 @@ impl Setup {
     /// The agent of node `i` (0-based), with `token` as its token file.
     fn agent(&self, nodes: &Nodes, i: usize, token: &str) -> Agent {
         let peers = [
-            format!("{N1_12}/32=http://{}", self.listen[0]),
-            format!("{N2_12}/32=http://{}", self.listen[1]),
-            format!("{N2_23}/32=http://{}", self.listen[1]),
-            format!("{N3_23}/32=http://{}", self.listen[2]),
+            format!("{N1_12}/32=https://{}", self.listen[0]),
+            format!("{N2_12}/32=https://{}", self.listen[1]),
+            format!("{N2_23}/32=https://{}", self.listen[1]),
+            format!("{N3_23}/32=https://{}", self.listen[2]),
         ];
         let netns = nodes.path(i);
         let mut args = agent_args(
@@ -125,6 +155,9 @@ impl Setup {
                 ("--listen", &self.listen[i]),
                 ("--netns", &netns),
                 ("--token-file", token),
+                ("--tls-cert", &self.cert),
+                ("--tls-key", &self.key),
+                ("--peer-ca", &self.cert),
             ],
         );
         for p in &peers {

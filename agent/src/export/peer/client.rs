@@ -37,6 +37,62 @@ const MAX_ANSWER: usize = 4 << 20;
 /// The current bearer token to send, if any (read again for every request: rotated files).
 pub type TokenSource = Arc<dyn Fn() -> Option<Arc<str>> + Send + Sync>;
 
+/// How https peers are verified: their certificates must chain to the CA of `--peer-ca` and
+/// carry `server_name` (else the host of their URL).
+#[derive(Clone)]
+pub struct PeerTls {
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerTlsError {
+    #[error("cannot read --peer-ca {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--peer-ca {0}: no usable PEM certificate in it")]
+    NoCertificate(std::path::PathBuf),
+    #[error("--peer-server-name {0:?} is not a valid DNS name or IP address")]
+    ServerName(String),
+    #[error("TLS client configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+impl PeerTls {
+    /// From the `--peer-ca` file and `--peer-server-name`.
+    pub fn load(ca: &std::path::Path, server_name: Option<String>) -> Result<Self, PeerTlsError> {
+        use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+        let pem = std::fs::read(ca).map_err(|source| PeerTlsError::Read {
+            path: ca.to_path_buf(),
+            source,
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
+            let _ = roots.add(cert);
+        }
+        if roots.is_empty() {
+            return Err(PeerTlsError::NoCertificate(ca.to_path_buf()));
+        }
+        if let Some(name) = &server_name {
+            ServerName::try_from(name.clone())
+                .map_err(|_| PeerTlsError::ServerName(name.clone()))?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(PeerTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     peer: String,
@@ -70,7 +126,7 @@ impl PeerMetrics {
         };
         registry.register(
             "meshtap_peer_requests",
-            "Lookups sent to other agents, by peer and outcome (ok, unauthorized: the peer refused our token, status: another non-2xx answer, bad_answer: not the expected JSON, connect: no connection, timeout, error)",
+            "Lookups sent to other agents, by peer and outcome (ok, unauthorized: the peer refused our token, status: another non-2xx answer, bad_answer: not the expected JSON, connect: no connection, tls: the peer's certificate was not trusted or the handshake failed, timeout, error)",
             m.requests.clone(),
         );
         registry.register(
@@ -118,6 +174,7 @@ impl Peers {
 pub fn start(
     resolve: Resolve,
     token: Option<TokenSource>,
+    tls: Option<PeerTls>,
     published: Arc<Published>,
     wait: Duration,
     registry: &Registry,
@@ -153,6 +210,7 @@ pub fn start(
                 let task = PeerTask {
                     url: url.to_string(),
                     token: token.clone(),
+                    tls: tls.clone(),
                     answers: answers_tx.clone(),
                     wake: router_wake.clone(),
                     metrics: metrics.clone(),
@@ -180,9 +238,24 @@ pub fn start(
     }
 }
 
+/// HTTP/1.1 over `stream`, its connection driven by a task of its own.
+async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, &'static str>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| "connect")?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
 struct PeerTask {
     url: String,
     token: Option<TokenSource>,
+    tls: Option<PeerTls>,
     answers: mpsc::Sender<(RequestKey, RemoteContext)>,
     wake: Arc<Notify>,
     metrics: PeerMetrics,
@@ -302,18 +375,35 @@ impl PeerTask {
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, &'static str> {
-        let authority = self.url.strip_prefix("http://").ok_or("error")?.to_string();
-        let stream = tokio::net::TcpStream::connect(authority.as_str())
+        let (https, authority) = match self.url.split_once("://") {
+            Some(("http", a)) => (false, a),
+            Some(("https", a)) => (true, a),
+            _ => return Err("error"),
+        };
+        let stream = tokio::net::TcpStream::connect(authority)
             .await
             .map_err(|_| "connect")?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        if !https {
+            return handshake(stream).await;
+        }
+        let tls = self.tls.as_ref().ok_or("tls")?;
+        let host = match &tls.server_name {
+            Some(name) => name.clone(),
+            None => authority
+                .rsplit_once(':')
+                .map_or(authority, |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+        };
+        let name = rustls::pki_types::ServerName::try_from(host).map_err(|_| "tls")?;
+        let stream = tls
+            .connector
+            .connect(name, stream)
             .await
-            .map_err(|_| "connect")?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
+            .map_err(|_| "tls")?;
+        handshake(stream).await
     }
 
     async fn post(&mut self, keys: &[RequestKey]) -> Result<LookupAnswer, &'static str> {
