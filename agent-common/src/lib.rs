@@ -64,7 +64,8 @@ pub mod flags {
     /// (nothing in them can be parsed without the keys), only their byte counts.
     pub const TLS: u8 = 2;
     /// The connection carries HTTP/2 (its client preface was seen): its header blocks must be
-    /// seen whole to keep HPACK in step, so each of its syscalls is captured whole, in up to
+    /// seen whole to keep HPACK in step, so each of its syscalls (on a TLS connection whose
+    /// library is probed, each TLS call's plaintext) is captured whole, in up to
     /// [`super::HTTP2_CHUNKS`] events of up to [`super::MAX_CAPTURE`] bytes.
     pub const HTTP2: u8 = 4;
     /// Event flag: more events carrying the same syscall's following bytes come next.
@@ -370,7 +371,8 @@ const _: () = assert!(size_of::<ConnectArgs>() == 32);
 #[derive(Clone, Copy, Debug)]
 pub struct IoArgs {
     pub sk: u64,
-    /// User buffer (read/write/recvfrom/sendto) or iovec array (readv/writev/recvmsg/sendmsg).
+    /// User buffer (read/write/recvfrom/sendto; a TLS call's plaintext) or iovec array
+    /// (readv/writev/recvmsg/sendmsg).
     pub buf: u64,
     /// iovec count for vectored calls.
     pub iovcnt: u64,

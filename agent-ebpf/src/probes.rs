@@ -805,37 +805,91 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
     Ok(0)
 }
 
-/// The rest of an HTTP/2 syscall is not copied (it could not be, or the ring is filling): one
-/// last event without payload says how many bytes moved unseen, so that the parser skips them by
-/// count (its framing is lost, and counted, only if a frame header was among them).
+/// The rest of an HTTP/2 syscall (or TLS call) is not copied (it could not be, or the ring is
+/// filling): one last event without payload says how many bytes moved unseen, so that the parser
+/// skips them by count (its framing is lost, and counted, only if a frame header was among them).
 #[inline(always)]
-fn end_uncaptured(scratch: &mut crate::maps::DataScratch, sk: u64, base_flags: u8, rest: u64) {
+pub(crate) fn end_uncaptured(
+    scratch: &mut crate::maps::DataScratch,
+    sk: u64,
+    base_flags: u8,
+    rest: u64,
+) {
     count(stat::CONTINUATION_FAILED);
     let head = &mut scratch.event.head;
     head.header.flags = base_flags | flags::CONTINUATION;
     head.bytes = rest;
     head.captured = 0;
+    let plaintext = is_plaintext(head.syscall);
     if let Some(state) = CONNS.get_ptr_mut(&sk) {
         // SAFETY: valid map value pointer for the duration of the program.
-        unsafe {
-            head.seq = (*state).data_events;
-            (*state).data_events += 1;
-        }
+        head.seq = next_seq(unsafe { &mut *state }, plaintext);
     }
-    emit_data(scratch, sk, 0);
+    deliver(scratch, sk, 0, plaintext);
+}
+
+/// Whether a data event's syscall is a TLS library call (plaintext, numbered apart).
+#[inline(always)]
+fn is_plaintext(call: u8) -> bool {
+    call == syscall::TLS_READ || call == syscall::TLS_WRITE
+}
+
+/// The sequence number of the connection's next data event: plaintext events have their own
+/// numbering (`ConnState::plaintext_events`), apart from the syscalls'.
+#[inline(always)]
+fn next_seq(state: &mut ConnState, plaintext: bool) -> u64 {
+    if plaintext {
+        let seq = u64::from(state.plaintext_events);
+        state.plaintext_events = state.plaintext_events.wrapping_add(1);
+        seq
+    } else {
+        let seq = state.data_events;
+        state.data_events += 1;
+        seq
+    }
+}
+
+/// Sends a syscall's event as [`emit_data`] does, a plaintext event as [`send_data`] does (the
+/// connection's loss count is the syscalls'; a lost plaintext event shows as a gap in its own
+/// numbering).
+#[inline(always)]
+fn deliver(
+    scratch: &mut crate::maps::DataScratch,
+    sk: u64,
+    captured: usize,
+    plaintext: bool,
+) -> bool {
+    if plaintext {
+        let library = scratch.event.head.library;
+        let sent = send_data(scratch, captured);
+        if sent {
+            crate::tls::count_plaintext(library);
+        }
+        sent
+    } else {
+        emit_data(scratch, sk, captured)
+    }
 }
 
 /// Sends the next chunk of an HTTP/2 syscall whose first event `try_exit_io` sent, then tail-
 /// calls itself for the next one (see `flags::HTTP2`).
 #[tracepoint]
 pub fn data_continue(ctx: TracePointContext) -> u32 {
-    match try_continue(&ctx) {
+    match continue_capture(&ctx, &TAIL) {
         Ok(r) | Err(r) => r,
     }
 }
 
+/// The body of the continuation programs: `data_continue` for syscalls (a tracepoint program,
+/// tail-called through `TAIL`) and `tls::tls_continue` for TLS calls (a uprobe program, through
+/// its own program array: a program array holds programs of one type only). The state is in
+/// `CONTINUATION`; for a TLS call its `args` name a flat buffer (the call's plaintext) and
+/// syscall `TLS_READ`/`TLS_WRITE`.
 #[inline(always)]
-fn try_continue(ctx: &TracePointContext) -> Result<u32, u32> {
+pub(crate) fn continue_capture<C: EbpfContext>(
+    ctx: &C,
+    tail: &aya_ebpf::maps::ProgramArray,
+) -> Result<u32, u32> {
     let cont = CONTINUATION.get_ptr_mut(0).ok_or(0u32)?;
     // SAFETY: per-CPU value, valid for the whole program run and not shared.
     let cont = unsafe { &mut *cont };
@@ -856,6 +910,7 @@ fn try_continue(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let args = cont.args;
+    let plaintext = is_plaintext(args.syscall);
     let mut iov_at = IovAt {
         index: cont.iov_index,
         skip: cont.iov_skip,
@@ -882,12 +937,9 @@ fn try_continue(ctx: &TracePointContext) -> Result<u32, u32> {
     head.captured = n as u32;
     if let Some(state) = CONNS.get_ptr_mut(&sk) {
         // SAFETY: valid map value pointer for the duration of the program.
-        unsafe {
-            head.seq = (*state).data_events;
-            (*state).data_events += 1;
-        }
+        head.seq = next_seq(unsafe { &mut *state }, plaintext);
     }
-    if !emit_data(scratch, sk, n) || !more {
+    if !deliver(scratch, sk, n, plaintext) || !more {
         return Ok(0);
     }
     cont.offset = offset + n as u64;
@@ -895,7 +947,7 @@ fn try_continue(ctx: &TracePointContext) -> Result<u32, u32> {
     cont.iov_skip = iov_at.skip;
     cont.chunk += 1;
     // SAFETY: see `try_exit_io`.
-    unsafe { TAIL.tail_call(ctx, 0) };
+    unsafe { tail.tail_call(ctx, 0) };
     // Only reached when the tail call failed.
     end_uncaptured(scratch, sk, cont.flags, bytes - cont.offset);
     Ok(0)
@@ -948,11 +1000,11 @@ pub(crate) fn send_data(scratch: &mut crate::maps::DataScratch, captured: usize)
 }
 
 /// The first line of the HTTP/2 client connection preface (RFC 9113 §3.4).
-const HTTP2_PREFACE: &[u8; 16] = b"PRI * HTTP/2.0\r\n";
+pub(crate) const HTTP2_PREFACE: &[u8; 16] = b"PRI * HTTP/2.0\r\n";
 
 /// Whether `payload` starts with the HTTP/2 client preface.
 #[inline(always)]
-fn is_http2_preface(payload: &[u8; MAX_CAPTURE]) -> bool {
+pub(crate) fn is_http2_preface(payload: &[u8; MAX_CAPTURE]) -> bool {
     let mut i = 0;
     while i < HTTP2_PREFACE.len() {
         if payload[i] != HTTP2_PREFACE[i] {
@@ -984,7 +1036,7 @@ pub struct IovAt {
 /// the syscall moved (vectored syscalls: from `iov_at`, which it advances), into the scratch
 /// event; returns the count.
 #[inline(always)]
-fn copy_from(
+pub(crate) fn copy_from(
     scratch: &mut crate::maps::DataScratch,
     args: &IoArgs,
     bytes: u64,
@@ -1007,7 +1059,14 @@ fn copy_from(
     }
     let base = scratch.event.payload.as_mut_ptr();
     match args.syscall {
-        syscall::READ | syscall::WRITE | syscall::RECVFROM | syscall::SENDTO => {
+        // A TLS call's plaintext buffer is flat too (the continuation of an HTTP/2 connection's
+        // plaintext, see `tls`).
+        syscall::READ
+        | syscall::WRITE
+        | syscall::RECVFROM
+        | syscall::SENDTO
+        | syscall::TLS_READ
+        | syscall::TLS_WRITE => {
             let n = cap as u32 & (MAX_CAPTURE as u32 * 2 - 1);
             if n as u64 > cap {
                 return 0;

@@ -12,6 +12,11 @@
 //! socket past TCP_CLOSE (the peer hung up) is sent without a connection id, as the syscalls'
 //! late bytes are.
 //!
+//! A connection whose plaintext starts with the HTTP/2 client preface is marked
+//! [`flags::HTTP2`]: from then on each call's plaintext is sent whole, the first chunk by the
+//! return program and the rest by `tls_continue` (tail-called, the same body as the syscalls'
+//! `data_continue`, its per-CPU state naming the call's flat buffer).
+//!
 //! `SSL_free` takes the `SSL *` out of `TLS_SOCKETS`.
 //!
 //! One program per entry point and one return program for all: each attachment's cookie is
@@ -24,17 +29,20 @@ use aya_ebpf::{
         generated::{bpf_get_attach_cookie, bpf_probe_read_user as probe_read_user_raw},
     },
     macros::{map, uprobe, uretprobe},
-    maps::{LruHashMap, PerCpuArray},
+    maps::{LruHashMap, PerCpuArray, ProgramArray},
     programs::{ProbeContext, RetProbeContext},
 };
 use meshtap_common::{
-    ConnState, MAX_CAPTURE, MAX_TLS_LIBRARIES, TlsCall, Tuple, direction, flags, kind, map_id,
-    role, stat, syscall, tls_call,
+    ConnState, IoArgs, MAX_CAPTURE, MAX_TLS_LIBRARIES, TlsCall, Tuple, direction, flags, kind,
+    map_id, role, stat, syscall, tls_call,
 };
 
 use crate::{
-    maps::{CONNS, DATA_SCRATCH, count, global},
-    probes::{copy_words, now, send_data},
+    maps::{CONNS, CONTINUATION, DATA_SCRATCH, count, global},
+    probes::{
+        HTTP2_PREFACE, continue_capture, copy_words, end_uncaptured, is_http2_preface, now,
+        send_data,
+    },
     sock::{current_identity, sock_tuple},
 };
 
@@ -237,7 +245,15 @@ fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
     head.syscall = call_kind;
     head.library = call.library;
 
-    let mut cap = global!(CONFIG.capture_bytes) as u64;
+    // An HTTP/2 connection's plaintext is captured whole, as its syscalls are on a plain
+    // connection (see `flags::HTTP2`): the first event up to MAX_CAPTURE, the rest in
+    // continuation events sent by `tls_continue`.
+    let mut http2 = head.header.flags & flags::HTTP2 != 0;
+    let mut cap = if http2 {
+        MAX_CAPTURE as u64
+    } else {
+        global!(CONFIG.capture_bytes) as u64
+    };
     if cap > MAX_CAPTURE as u64 {
         cap = MAX_CAPTURE as u64;
     }
@@ -260,14 +276,81 @@ fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
         if rc == 0 { n } else { 0 }
     };
     scratch.event.head.captured = captured;
+    // The client preface in the plaintext (the client's first write, the server's first read
+    // after ALPN chose `h2`): from now on the connection's plaintext is captured whole.
+    if !http2
+        && captured as usize >= HTTP2_PREFACE.len()
+        && scratch.event.head.header.conn_id != 0
+        && is_http2_preface(&scratch.event.payload)
+        && let Some(state) = CONNS.get_ptr_mut(&sk)
+    {
+        // SAFETY: valid map value pointer for the duration of the program.
+        unsafe { (*state).flags |= flags::HTTP2 };
+        scratch.event.head.header.flags |= flags::HTTP2;
+        http2 = true;
+    }
+    let more = http2 && captured > 0 && u64::from(captured) < bytes;
+    if more {
+        scratch.event.head.header.flags |= flags::MORE;
+    }
 
     // A lost event is counted by `send_data`.
-    if send_data(scratch, captured as usize)
-        && let Some(counter) = TLS_PLAINTEXT.get_ptr_mut(u32::from(call.library))
-    {
+    if !send_data(scratch, captured as usize) {
+        return Ok(0);
+    }
+    count_plaintext(call.library);
+    if !more {
+        return Ok(0);
+    }
+    // The rest of an HTTP/2 connection's plaintext, chunk by chunk, in `tls_continue`.
+    let Some(cont) = CONTINUATION.get_ptr_mut(0) else {
+        return Ok(0);
+    };
+    // SAFETY: per-CPU value, valid for the whole program run and not shared.
+    let cont = unsafe { &mut *cont };
+    cont.args = IoArgs {
+        sk,
+        buf: call.buf,
+        iovcnt: 0,
+        syscall: call_kind,
+        direction: dir,
+        _pad: [0; 6],
+    };
+    cont.bytes = bytes;
+    cont.offset = u64::from(captured);
+    cont.iov_index = 0;
+    cont.iov_skip = 0;
+    cont.chunk = 1;
+    cont.flags = scratch.event.head.header.flags & !flags::MORE;
+    // SAFETY: a tail call replaces this program with `tls_continue` on the same CPU, which
+    // finds the state above; it returns only if the slot is empty (counted).
+    unsafe { TLS_TAIL.tail_call(ctx, 0) };
+    // Only reached when the tail call failed.
+    end_uncaptured(scratch, sk, cont.flags, bytes - u64::from(captured));
+    Ok(0)
+}
+
+/// Counts one plaintext event sent for library `library` (the attach cookie).
+#[inline(always)]
+pub(crate) fn count_plaintext(library: u16) {
+    if let Some(counter) = TLS_PLAINTEXT.get_ptr_mut(u32::from(library)) {
         // SAFETY: a valid per-CPU map value; uprobes run in process context and cannot nest on
-        // one CPU with another run of this program.
+        // one CPU with another run of these programs.
         unsafe { *counter += 1 };
     }
-    Ok(0)
+}
+
+/// Slot 0: `tls_continue`, installed by the agent at load time. Apart from the syscalls'
+/// `TAIL`: a program array holds programs of one type (these are uprobe programs).
+#[map]
+pub static TLS_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Sends the next chunk of an HTTP/2 connection's plaintext whose first event `tls_return`
+/// sent, then tail-calls itself for the next one (the same body as the syscalls'
+/// `data_continue`).
+#[uprobe]
+pub fn tls_continue(ctx: ProbeContext) -> u32 {
+    match continue_capture(&ctx, &TLS_TAIL) {
+        Ok(r) | Err(r) => r,
+    }
 }

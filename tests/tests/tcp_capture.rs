@@ -972,7 +972,7 @@ fn tls_connections_are_counted_without_copying_their_payload() {
 
 /// Every program the agent loads (attach list of agent/src/ebpf/mod.rs, and the TLS uprobes of
 /// agent/src/ebpf/tls.rs, loaded when TLS plaintext is on: the default).
-const PROGRAMS: [&str; 25] = [
+const PROGRAMS: [&str; 26] = [
     "data_continue",
     "inet_sock_set_state",
     "inet_sock_set_state_backup",
@@ -991,6 +991,7 @@ const PROGRAMS: [&str; 25] = [
     "sys_exit_writev",
     "tcp_retransmit_skb",
     "tcp_retransmit_skb_backup",
+    "tls_continue",
     "tls_free_enter",
     "tls_handshake_enter",
     "tls_read_enter",

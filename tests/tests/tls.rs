@@ -953,3 +953,188 @@ fn statically_linked_openssl_in_an_executable_is_probed() {
     );
     nginx.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. HTTP/2 over TLS: nginx `ssl http2`, curl `--http2` negotiating ALPN `h2`
+
+/// A header value of `len` bytes that HPACK's Huffman code cannot shorten (`X` is an 8-bit
+/// code, RFC 7541 Appendix B): it goes on the wire as long as it is.
+fn incompressible(len: usize) -> String {
+    "X".repeat(len)
+}
+
+/// nginx with `listen ... ssl http2` and curl `--http2` (ALPN `h2`): one curl multiplexing 11
+/// requests as concurrent streams of one connection (`--parallel`), and one curl whose 3
+/// requests each carry a header block of some 10 KB (three 3,400-byte headers, more than one
+/// capture of 4 KiB: the plaintext of an HTTP/2 connection is captured whole, in chunks, as
+/// its syscalls are on a plain connection). Exact server and client series with
+/// `network_protocol_version="2"`, the service graph, one span per stream per side, and no
+/// HTTP/2 parse error.
+#[test]
+fn nginx_http2_over_tls_driven_by_curl() {
+    use meshtap_tests::h2;
+    use meshtap_tests::metrics::{EXCHANGES, PARSE_ERRORS, PROTOCOL_DETECTED};
+    use meshtap_tests::spans::{by_trace, describe, tag, text};
+
+    let agent = Agent::start(&["--trace-store-rate", "0"]);
+    let cert = Certificate::new();
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let nginx = Nginx::start(
+        NginxConfig::new(listen)
+            .access_log()
+            .ok_everywhere()
+            .http2()
+            .tls(&cert.cert(), &cert.key()),
+        None,
+    );
+    let base = format!("https://{listen}");
+    // 6 x 200, 3 x 404, 2 x 500 as concurrent streams of one connection.
+    let multiplexed: Vec<(&str, u16)> = [("/h2ok", 200), ("/missing", 404), ("/boom", 500)]
+        .iter()
+        .cycle()
+        .take(8)
+        .chain([("/h2ok", 200), ("/h2ok", 200), ("/h2ok", 200)].iter())
+        .copied()
+        .collect();
+    let urls: Vec<String> = multiplexed
+        .iter()
+        .map(|(p, _)| format!("{base}{p}"))
+        .collect();
+    let got = h2::curl(&urls, &["-k", "--http2", "--parallel"]);
+    let mut got_statuses: Vec<u16> = got.iter().map(|r| r.status).collect();
+    got_statuses.sort_unstable();
+    let mut want_statuses: Vec<u16> = multiplexed.iter().map(|(_, s)| *s).collect();
+    want_statuses.sort_unstable();
+    assert_eq!(got_statuses, want_statuses, "curl: {got:?}");
+    assert!(
+        got.iter().all(|r| r.version == "2") && got.iter().map(|r| r.connects).sum::<u64>() == 1,
+        "one HTTP/2 connection: {got:?}"
+    );
+    // Three requests with a 10 KB header block each, one connection.
+    let pad = incompressible(3400);
+    let headers: Vec<String> = (1..=3).map(|i| format!("X-Pad-{i}: {pad}")).collect();
+    let mut extra = vec!["-k", "--http2"];
+    for h in &headers {
+        extra.extend(["-H", h.as_str()]);
+    }
+    let big: Vec<String> = (0..3).map(|_| format!("{base}/h2big")).collect();
+    let got = h2::curl(&big, &extra);
+    assert!(
+        got.iter()
+            .all(|r| (r.status, r.version.as_str()) == (200, "2"))
+            && got.iter().map(|r| r.connects).sum::<u64>() == 1,
+        "curl with large headers: {got:?}"
+    );
+    let log = settled_access_log(&nginx);
+    assert_eq!(
+        log,
+        BTreeMap::from([("200".into(), 9), ("404".into(), 3), ("500".into(), 2)]),
+        "nginx's access log"
+    );
+
+    let v2 = |mut l: Labels| {
+        l.push(("network_protocol_version".into(), "2".into()));
+        l
+    };
+    let routes = [
+        ("/h2ok", "200", 6),
+        ("/missing", "404", 3),
+        ("/boom", "500", 2),
+        ("/h2big", "200", 3),
+    ];
+    let mut checks = Vec::new();
+    for (route, status, n) in routes {
+        checks.push(expect(
+            count(HTTP_SERVER_DURATION),
+            &v2(server_series("nginx", route, status)),
+            n,
+        ));
+    }
+    checks.extend([
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &labels(&[("service_name", "nginx")]),
+            14,
+        ),
+        expect(
+            sum(HTTP_SERVER_RESPONSE_BODY),
+            &v2(server_series("nginx", "/h2ok", "200")),
+            12,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &v2(client_series("curl", Some("200"), listen)),
+            9,
+        ),
+        expect(
+            sum(HTTP_CLIENT_RESPONSE_BODY),
+            &v2(client_series("curl", Some("200"), listen)),
+            18,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &v2(client_series("curl", Some("404"), listen)),
+            3,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &v2(client_series("curl", Some("500"), listen)),
+            2,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &labels(&[("service_name", "curl")]),
+            14,
+        ),
+        expect(EXCHANGES, &labels(&[("protocol", "http2")]), 28),
+        expect(PROTOCOL_DETECTED, &labels(&[("protocol", "http2")]), 4),
+        expect(PARSE_ERRORS, &labels(&[("protocol", "http2")]), 0),
+        expect(
+            "meshtap_http2_capture_continuations_failed_total",
+            &labels(&[]),
+            0,
+        ),
+        expect(PLAINTEXT_UNTRACKED, &labels(&[]), 0),
+    ]);
+    checks.extend(local_edge("curl", "nginx", 14, 2));
+    assert_settled(&agent, &checks);
+
+    // One span per stream and side, HTTP/2, by (route, status); one request per trace.
+    let spans = spans_of(&agent, "nginx");
+    let all = describe(&spans);
+    for (side, svc) in [("SERVER", "nginx"), ("CLIENT", "curl")] {
+        let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for s in spans
+            .iter()
+            .filter(|s| kind(s) == side && service(s) == svc)
+        {
+            assert_eq!(
+                tag(s, "network.protocol.version"),
+                Some("2"),
+                "{side} span {s}\n{all}"
+            );
+            *got.entry((
+                tag(s, "http.path").unwrap_or_default().to_owned(),
+                tag(s, "http.status_code").unwrap_or_default().to_owned(),
+            ))
+            .or_default() += 1;
+        }
+        let want: BTreeMap<(String, String), u64> = routes
+            .iter()
+            .map(|(r, s, n)| (((*r).to_owned(), (*s).to_owned()), *n as u64))
+            .collect();
+        assert_eq!(got, want, "{side} spans of {svc}:\n{all}");
+    }
+    for (trace, t) in by_trace(&spans) {
+        let calls: BTreeSet<(String, Option<&str>)> = t
+            .iter()
+            .map(|s| (text(s, "name").to_lowercase(), tag(s, "http.status_code")))
+            .collect();
+        assert_eq!(
+            calls.len(),
+            1,
+            "trace {trace} holds more than one request:\n{all}"
+        );
+    }
+    nginx.stop();
+}
