@@ -304,8 +304,10 @@ pub struct KernelOffsets {
     pub regs_arg0: u32,
     pub regs_arg1: u32,
     pub regs_arg2: u32,
+    /// The fourth argument's register (x86_64: `r10`): `recvfrom`'s flags, for `MSG_PEEK`.
+    pub regs_arg3: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 28 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 29 * 4);
 
 /// Run-time settings written into the programs as a global.
 #[repr(C)]

@@ -150,6 +150,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     regs_arg0: 0,
     regs_arg1: 0,
     regs_arg2: 0,
+    regs_arg3: 0,
 };
 
 #[unsafe(no_mangle)]

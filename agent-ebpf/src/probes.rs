@@ -24,7 +24,7 @@ use crate::{
     },
     sock::{
         FdSocket, current_identity, is_tcp, sock_err, sock_netns, sock_of_fd, sock_protocol,
-        sock_sport, sock_state, sock_tuple, syscall_args, tcp_sock_of_fd,
+        sock_sport, sock_state, sock_tuple, syscall_arg3, syscall_args, tcp_sock_of_fd,
     },
 };
 
@@ -36,6 +36,8 @@ const TCP_LISTEN: i32 = 10;
 const IPPROTO_TCP: u16 = 6;
 
 const EINPROGRESS: i64 = 115;
+/// include/linux/socket.h
+const MSG_PEEK: u64 = 2;
 
 /// Syscall tracepoint layout (`/sys/kernel/tracing/events/syscalls/*/format`): the arguments of
 /// `sys_enter_*` start at 16, 8 bytes each; the return value of `sys_exit_*` is at 16.
@@ -546,7 +548,18 @@ enum Buffer {
 /// `try_exit_io` checks that it is a socket, and TCP, only when it is not a tracked connection).
 #[inline(always)]
 fn io_args(call: u8, dir: u8, buffer: Buffer) -> Option<(IoArgs, FdSocket)> {
-    let [fd, a1, a2] = syscall_args()?;
+    let ([fd, a1, a2], regs) = syscall_args()?;
+    // A peek (`MSG_PEEK`) returns bytes that stay queued: the read that takes them counts and
+    // parses them, the peek neither (nginx peeks at each new connection's first byte on a TLS
+    // listener, `ngx_http_ssl_handshake`).
+    let recv_flags = match call {
+        syscall::RECVFROM => syscall_arg3(regs),
+        syscall::RECVMSG => a2,
+        _ => 0,
+    };
+    if recv_flags & MSG_PEEK != 0 {
+        return None;
+    }
     let socket = sock_of_fd(fd)?;
     let mut args = IoArgs {
         sk: socket.sk,

@@ -388,11 +388,9 @@ fn nginx_https_driven_by_curl_and_wrk() {
     ];
     checks.extend(local_edge("curl", "nginx", 17, 0));
     let m = assert_settled(&agent, &checks);
-    // The ciphertext is counted once per side: what one end sent, the other received. Plus one
-    // byte per connection on nginx's side: it peeks at each new connection's first byte
-    // (`recv(fd, buf, 1, MSG_PEEK)` in ngx_http_ssl_handshake, to tell TLS from plain HTTP),
-    // and the agent counts a peek as bytes read (known, not TLS-specific: recvfrom's flags are
-    // not read).
+    // The ciphertext is counted once per side: what one end sent, the other received. nginx
+    // peeks at each new connection's first byte (`recv(fd, buf, 1, MSG_PEEK)` in
+    // ngx_http_ssl_handshake, to tell TLS from plain HTTP): a peek is not a read, not counted.
     let (client_sent, server_received, server_sent, client_received) =
         edge_bytes(&m, "curl", "nginx", listen.port());
     assert!(
@@ -401,7 +399,7 @@ fn nginx_https_driven_by_curl_and_wrk() {
         m.describe(SENT)
     );
     assert_eq!(
-        (client_sent + 4.0, server_sent),
+        (client_sent, server_sent),
         (server_received, client_received),
         "{}\n{}",
         m.describe(SENT),
@@ -1097,7 +1095,19 @@ fn nginx_http2_over_tls_driven_by_curl() {
         expect(PLAINTEXT_UNTRACKED, &labels(&[]), 0),
     ]);
     checks.extend(local_edge("curl", "nginx", 14, 2));
-    assert_settled(&agent, &checks);
+    let m = assert_settled(&agent, &checks);
+    // The ciphertext's bytes, once per side (nginx's peek at each connection's first byte is
+    // not a read).
+    let (client_sent, server_received, server_sent, client_received) =
+        edge_bytes(&m, "curl", "nginx", listen.port());
+    assert!(client_sent > 0.0, "{}", m.describe(SENT));
+    assert_eq!(
+        (client_sent, server_sent),
+        (server_received, client_received),
+        "{}\n{}",
+        m.describe(SENT),
+        m.describe(RECEIVED)
+    );
 
     // One span per stream and side, HTTP/2, by (route, status); one request per trace.
     let spans = spans_of(&agent, "nginx");
