@@ -1,8 +1,9 @@
 //! TLS plaintext through uprobes on the TLS libraries, end to end: the real agent, real nginx
 //! with `ssl`, curl and wrk over HTTPS, Python's `ssl` at both ends of a keep-alive connection,
 //! a copy of the system's `libssl.so.3` that only a process started after the agent maps,
-//! PostgreSQL with `ssl=on` and `psql` with `sslmode=require`, and the agent without
-//! CAP_SYS_ADMIN.
+//! PostgreSQL with `ssl=on` and `psql` with `sslmode=require` (against the same session in
+//! plaintext), an executable with OpenSSL linked in, nginx `ssl http2` with `curl --http2`
+//! (ALPN `h2`), and the agent without CAP_SYS_ADMIN.
 //!
 //! Every count asserted is a truth the test knows without the agent: what curl, wrk and the
 //! Python programs report, what nginx logged. The Python programs have service names of their
@@ -781,6 +782,10 @@ fn without_cap_sys_admin_tls_connections_count_bytes_only() {
 // ---------------------------------------------------------------------------------------------
 // 5. PostgreSQL with ssl=on and psql with sslmode=require: both ends through libssl
 
+/// The same psql session twice against one server with `ssl=on`: `sslmode=disable` (plaintext
+/// on the wire) and `sslmode=require` (the `SSLRequest`, the server's `S`, then TLS through
+/// libssl at both ends). Each client's series are the same exact counts, the server's are both
+/// sessions', no parse error, and each connection's bytes are counted once per side.
 #[test]
 fn postgres_over_tls_counts_every_statement() {
     let pg = Postgres::start_tls();
@@ -792,32 +797,39 @@ fn postgres_over_tls_counts_every_statement() {
     let agent = Agent::start(&["--service-port", &format!("{port}={server}")]);
     // psql by a name of its own: a symbolic link, so that its comm is the name too (a process
     // that exits at once may be gone before the agent reads its environment).
-    let client = "mt-tls-psql";
-    let link = pg.file(client);
-    std::os::unix::fs::symlink(format!("{PG_BIN}/psql"), &link).expect("link psql");
-    let conninfo = format!(
-        "sslmode=require gssencmode=disable host=127.0.0.1 port={port} user=postgres dbname=postgres"
-    );
-    let out = run(Command::new(&link)
-        .env("OTEL_SERVICE_NAME", client)
-        .args(["-X", "-q", "-t", "-A", "-d", &conninfo])
-        .args(["-c", "INSERT INTO tlsdb VALUES (1)"])
-        .args(["-c", "SELECT count(*) FROM tlsdb"])
-        .args(["-c", "SELECT count(*) FROM tlsdb"])
-        .args([
-            "-c",
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-        ]));
-    assert_eq!(
-        out.lines().last(),
-        Some("t"),
-        "psql's connection is TLS: {out}"
-    );
+    let sessions = [
+        ("disable", "mt-pln-psql", "f"),
+        ("require", "mt-tls-psql", "t"),
+    ];
+    for (sslmode, client, ssl) in sessions {
+        let link = pg.file(client);
+        std::os::unix::fs::symlink(format!("{PG_BIN}/psql"), &link).expect("link psql");
+        let conninfo = format!(
+            "sslmode={sslmode} gssencmode=disable host=127.0.0.1 port={port} user=postgres \
+             dbname=postgres"
+        );
+        let out = run(Command::new(&link)
+            .env("OTEL_SERVICE_NAME", client)
+            .args(["-X", "-q", "-t", "-A", "-d", &conninfo])
+            .args(["-c", "INSERT INTO tlsdb VALUES (1)"])
+            .args(["-c", "SELECT count(*) FROM tlsdb"])
+            .args(["-c", "SELECT count(*) FROM tlsdb"])
+            .args([
+                "-c",
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            ]));
+        assert_eq!(
+            out.lines().last(),
+            Some(ssl),
+            "psql's connection with sslmode={sslmode} is TLS: {ssl}: {out}"
+        );
+    }
     let mut checks = Vec::new();
-    for (family, service) in [
-        ("db_client_operation_duration_seconds_count", client),
-        ("db_server_operation_duration_seconds_count", server),
-    ] {
+    let mut ends = vec![("db_server_operation_duration_seconds_count", server, 2)];
+    for (_, client, _) in sessions {
+        ends.push(("db_client_operation_duration_seconds_count", client, 1));
+    }
+    for (family, service, sessions) in ends {
         let series = |op: &str, table: &str| {
             labels(&[
                 ("service_name", service),
@@ -829,22 +841,22 @@ fn postgres_over_tls_counts_every_statement() {
             ])
         };
         checks.extend([
-            expect(family, &series("INSERT", "tlsdb"), 1),
-            expect(family, &series("SELECT", "tlsdb"), 2),
-            expect(family, &series("SELECT", "pg_stat_ssl"), 1),
-            expect(family, &labels(&[("service_name", service)]), 4),
+            expect(family, &series("INSERT", "tlsdb"), sessions),
+            expect(family, &series("SELECT", "tlsdb"), 2 * sessions),
+            expect(family, &series("SELECT", "pg_stat_ssl"), sessions),
+            expect(family, &labels(&[("service_name", service)]), 4 * sessions),
         ]);
     }
     checks.extend([
         expect(
             "meshtap_protocol_detected_total",
             &labels(&[("protocol", "postgresql")]),
-            2,
+            4,
         ),
         expect(
             "meshtap_exchanges_total",
             &labels(&[("protocol", "postgresql")]),
-            8,
+            16,
         ),
         expect(
             "meshtap_parse_errors_total",
@@ -852,7 +864,25 @@ fn postgres_over_tls_counts_every_statement() {
             0,
         ),
     ]);
-    assert_settled(&agent, &checks);
+    let m = assert_settled(&agent, &checks);
+    // What one end wrote the other read, but for TLS's close_notify alerts: at the end each
+    // end writes one (`SSL_shutdown`: a TLS 1.3 record of 5 header bytes, the 2-byte alert,
+    // its content type and a 16-byte tag, 24 bytes) and exits without reading the other's
+    // (psql after its Terminate, the backend after reading that Terminate). OpenSSL reads
+    // one record at a time, so the backend's last read stops before the client's alert.
+    for (sslmode, client, _) in sessions {
+        let unread = if sslmode == "require" { 24.0 } else { 0.0 };
+        let (client_sent, server_received, server_sent, client_received) =
+            edge_bytes(&m, client, server, pg.port);
+        assert!(client_sent > 0.0, "{client}: {}", m.describe(SENT));
+        assert_eq!(
+            (client_sent - unread, server_sent - unread),
+            (server_received, client_received),
+            "{client}: {}\n{}",
+            m.describe(SENT),
+            m.describe(RECEIVED)
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
