@@ -118,7 +118,8 @@ pub mod stat {
     /// bytes could not be read.
     pub const CONTINUATION_FAILED: u32 = TLS_PAYLOAD_SKIPPED + 1;
     /// Plaintext of TLS library calls tied to no tracked connection (no socket syscall seen in
-    /// a call on that `SSL *`, or its connection no longer tracked): not reported.
+    /// a call on that `SSL *` nor a handshake tie, see `tls_call::HELLO_READ`, or its
+    /// connection no longer tracked): not reported.
     pub const TLS_UNTIED: u32 = CONTINUATION_FAILED + 1;
     /// TLS library calls whose return was seen without their entry (the entry's map was full,
     /// or the probes were attached during the call).
@@ -390,6 +391,15 @@ pub mod tls_call {
     pub const WRITE: u8 = 1;
     /// `SSL_do_handshake`: no plaintext, but the socket it moves bytes on is the `SSL *`'s.
     pub const HANDSHAKE: u8 = 2;
+    /// Not a call: the thread's last data syscall, outside any TLS call, read a server
+    /// connection's first bytes, a TLS handshake record (`sk`). If the thread's next event is
+    /// the first call on an `SSL *` tied to no socket, that `SSL` is this connection's (a
+    /// library fed from memory, Node's: it reads the ClientHello, then hands it to the `SSL`).
+    pub const HELLO_READ: u8 = 3;
+    /// Not a call: a call on an `SSL *` tied to no socket returned without a socket syscall
+    /// (`ssl`). If the thread's next event is a client connection's first write, a TLS
+    /// handshake record, that connection is this `SSL`'s (its ClientHello, from memory).
+    pub const UNTIED_RETURN: u8 = 4;
 }
 
 /// A TLS library call in flight on one thread, keyed by pid_tgid in `TLS_CALLS`.

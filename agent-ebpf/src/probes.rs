@@ -720,11 +720,12 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
             }
         }
     };
+    let mut thread = crate::tls::Thread::InsideCall;
     if let Some(state) = state_ptr {
         // SAFETY: valid map value pointer for the duration of the program.
         let state = unsafe { &mut *state };
         state.announced = 1;
-        crate::tls::note_socket(sk, state);
+        thread = crate::tls::note_socket(sk, state);
         if args.direction == direction::EGRESS {
             state.bytes_sent += bytes;
         } else {
@@ -766,16 +767,18 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
         copy_from(scratch, &args, bytes, 0, cap, &mut iov_at)
     };
     scratch.event.head.captured = captured as u32;
-    if !skip
+    let hello = !skip
         && scratch.event.head.seq == 0
         && scratch.event.head.header.flags & flags::PRE_EXISTING == 0
         && scratch.event.head.header.conn_id != 0
         && captured >= 3
-        && is_tls_record(&scratch.event.payload)
-        && let Some(state) = CONNS.get_ptr_mut(&sk)
-    {
+        && is_tls_record(&scratch.event.payload);
+    if hello && let Some(state) = CONNS.get_ptr_mut(&sk) {
         // SAFETY: valid map value pointer for the duration of the program.
         unsafe { (*state).flags |= flags::TLS };
+    }
+    if let crate::tls::Thread::Outside(pending) = thread {
+        crate::tls::outside_call(sk, args.direction, hello, pending);
     }
     if !skip
         && !http2

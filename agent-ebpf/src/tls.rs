@@ -12,6 +12,11 @@
 //! socket past TCP_CLOSE (the peer hung up) is sent without a connection id, as the syscalls'
 //! late bytes are.
 //!
+//! A library fed from memory (Node's `TLSWrap`) makes its socket syscalls between its calls:
+//! its `SSL *` is tied to its socket at the handshake, when a server's ClientHello read and the
+//! first call on a new `SSL`, or a client's first call on a new `SSL` and its ClientHello
+//! write, come back to back on one thread (see [`outside_call`]).
+//!
 //! A connection whose plaintext starts with the HTTP/2 client preface is marked
 //! [`flags::HTTP2`]: from then on each call's plaintext is sent whole, the first chunk by the
 //! return program and the rest by `tls_continue` (tail-called, the same body as the syscalls'
@@ -64,20 +69,107 @@ pub static TLS_PLAINTEXT: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_T
 #[unsafe(no_mangle)]
 pub static TLS_ENABLED: u32 = 0;
 
+/// Where a data syscall on a tracked connection ran, as far as the TLS probes know.
+pub enum Thread {
+    /// Inside a probed TLS call: the call's socket is this syscall's.
+    InsideCall,
+    /// Outside any: with the thread's pending tie if it has one (`tls_call::HELLO_READ`,
+    /// `tls_call::UNTIED_RETURN`).
+    Outside(Option<TlsCall>),
+}
+
 /// Called by the syscall exit programs for every data syscall on a tracked connection: if the
 /// thread is inside a probed TLS call, that call's socket is `sk`, and the connection's
 /// plaintext comes from the probes.
 #[inline(always)]
-pub fn note_socket(sk: u64, state: &mut ConnState) {
+pub fn note_socket(sk: u64, state: &mut ConnState) -> Thread {
     // SAFETY: a valid static; volatile keeps the loader's value from being folded away.
     if unsafe { core::ptr::read_volatile(&TLS_ENABLED) } == 0 {
+        return Thread::InsideCall;
+    }
+    let Some(call) = TLS_CALLS.get_ptr_mut(&bpf_get_current_pid_tgid()) else {
+        return Thread::Outside(None);
+    };
+    // SAFETY: valid map value pointer for the duration of the program.
+    let call = unsafe { &mut *call };
+    if call.op == tls_call::HELLO_READ || call.op == tls_call::UNTIED_RETURN {
+        return Thread::Outside(Some(*call));
+    }
+    call.sk = sk;
+    state.flags |= flags::TLS | flags::TLS_PROBED;
+    Thread::InsideCall
+}
+
+/// A data syscall made outside any TLS call on connection `sk`: ties a library that works from
+/// memory (Node's `TLSWrap`, Python's `SSLObject`: the socket I/O happens between the calls)
+/// to its connection at the handshake, when the order on one thread says which `SSL` is whose:
+/// a server reads a new connection's ClientHello and next makes the first call on a new `SSL`;
+/// a client makes the first call on a new `SSL` (which puts its ClientHello in memory) and next
+/// writes a new connection's first bytes. Only those two events back to back tie; anything
+/// else in between (another connection's syscall, another call) ends the chance, and that
+/// `SSL`'s plaintext stays untied (counted), never tied to a wrong connection. After the tie
+/// the `SSL *` names its socket (`TLS_SOCKETS`) for every later call, however the event loop
+/// interleaves connections. `hello`: this is the connection's first data event and a TLS
+/// handshake record.
+#[inline(always)]
+pub fn outside_call(sk: u64, dir: u8, hello: bool, pending: Option<TlsCall>) {
+    let key = bpf_get_current_pid_tgid();
+    match pending {
+        None => {
+            if hello && dir == direction::INGRESS {
+                expect_call(key, sk);
+            }
+        }
+        Some(pending) => {
+            if pending.op == tls_call::UNTIED_RETURN && hello && dir == direction::EGRESS {
+                tie(pending.ssl, sk, role::CLIENT);
+            }
+            if pending.op == tls_call::UNTIED_RETURN && hello && dir == direction::INGRESS {
+                expect_call(key, sk);
+            } else {
+                let _ = TLS_CALLS.remove(&key);
+            }
+        }
+    }
+}
+
+/// Parks `tls_call::HELLO_READ` for connection `sk` on thread `key`.
+#[inline(always)]
+fn expect_call(key: u64, sk: u64) {
+    let hello = TlsCall {
+        ssl: 0,
+        buf: 0,
+        count_ptr: 0,
+        sk,
+        op: tls_call::HELLO_READ,
+        _pad: 0,
+        library: 0,
+        _pad2: 0,
+    };
+    if TLS_CALLS.insert(&key, &hello, 0).is_err() {
+        count(stat::MAP_FAIL_BASE + map_id::TLS_CALLS);
+    }
+}
+
+/// Ties `ssl` to connection `sk` if neither is tied yet and the connection's role is `want`.
+#[inline(always)]
+fn tie(ssl: u64, sk: u64, want: u8) {
+    if TLS_SOCKETS.get_ptr(&ssl).is_some() {
         return;
     }
-    if let Some(call) = TLS_CALLS.get_ptr_mut(&bpf_get_current_pid_tgid()) {
-        // SAFETY: valid map value pointer for the duration of the program.
-        unsafe { (*call).sk = sk };
-        state.flags |= flags::TLS | flags::TLS_PROBED;
+    let Some(state) = CONNS.get_ptr_mut(&sk) else {
+        return;
+    };
+    // SAFETY: valid map value pointer for the duration of the program.
+    let state = unsafe { &mut *state };
+    if state.role != want || state.flags & flags::TLS_PROBED != 0 {
+        return;
     }
+    if TLS_SOCKETS.insert(&ssl, &sk, 0).is_err() {
+        count(stat::MAP_FAIL_BASE + map_id::TLS_SOCKETS);
+        return;
+    }
+    state.flags |= flags::TLS | flags::TLS_PROBED;
 }
 
 macro_rules! entry_program {
@@ -123,10 +215,16 @@ fn try_enter(ctx: &ProbeContext, op: u8, ex: bool) -> Result<u32, u32> {
         library,
         _pad2: 0,
     };
-    if TLS_CALLS
-        .insert(&bpf_get_current_pid_tgid(), &call, 0)
-        .is_err()
+    let key = bpf_get_current_pid_tgid();
+    // The thread's last event was a server connection's ClientHello, read outside any call:
+    // this is the first call on its `SSL` if that `SSL` is tied to nothing yet.
+    // SAFETY: the value is copied out at once.
+    if let Some(prev) = unsafe { TLS_CALLS.get(&key) }.copied()
+        && prev.op == tls_call::HELLO_READ
     {
+        tie(ssl, prev.sk, role::SERVER);
+    }
+    if TLS_CALLS.insert(&key, &call, 0).is_err() {
         count(stat::MAP_FAIL_BASE + map_id::TLS_CALLS);
     }
     Ok(0)
@@ -169,6 +267,16 @@ fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
     } else if let Some(known) = TLS_SOCKETS.get_ptr(&call.ssl) {
         // SAFETY: valid map value pointer for the duration of the program.
         sk = unsafe { *known };
+    } else {
+        // No socket syscall inside and none known: a library working from memory, whose
+        // client may write this `SSL`'s ClientHello next (see `outside_call`).
+        let untied = TlsCall {
+            op: tls_call::UNTIED_RETURN,
+            ..call
+        };
+        if TLS_CALLS.insert(&key, &untied, 0).is_err() {
+            count(stat::MAP_FAIL_BASE + map_id::TLS_CALLS);
+        }
     }
     if call.op == tls_call::HANDSHAKE {
         return Ok(0);

@@ -1178,3 +1178,202 @@ fn nginx_http2_over_tls_driven_by_curl() {
     }
     nginx.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. Node's `https` at both ends: OpenSSL in /usr/bin/node, fed from memory by TLSWrap
+
+/// `tests/scripts/https_node.js` as `name`, its service name `name` too; stdout and stdin
+/// piped (the server stops when a line comes).
+fn node_script(name: &str, args: &[&str]) -> Killed {
+    Killed(
+        Command::new(which("node"))
+            .arg(meshtap_tests::process::scripts_dir().join("https_node.js"))
+            .arg(name)
+            .args(args)
+            .env("OTEL_SERVICE_NAME", name)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn node"),
+    )
+}
+
+/// The path of `program` on PATH.
+fn which(program: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(program))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("{program} not found on PATH (cargo xtask setup)"))
+}
+
+/// The next JSON line the script printed.
+fn next_line(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> Value {
+    let line = lines
+        .next()
+        .expect("the script printed a line")
+        .expect("read the script's line");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+/// Node's TLSWrap feeds OpenSSL from memory: the socket syscalls happen between the TLS calls,
+/// never inside. The agent ties each `SSL` to its connection at the handshake (the server's
+/// ClientHello read right before the first call on a new `SSL`; the client's first call on a
+/// new `SSL` right before its ClientHello write), then by `SSL *` for every later call, however
+/// the event loop interleaves connections: 60 requests at once over 4 keep-alive connections
+/// of one client process. Exact series on both ends, the service graph, bytes once per side,
+/// every server span the child of a client span, no plaintext untied.
+#[test]
+fn node_https_server_and_client() {
+    use std::io::{BufRead as _, Write as _};
+    let agent = Agent::start(&[]);
+    let cert = Certificate::new();
+    let (srv, cli) = ("mt-node-srv", "mt-node-cli");
+    let mut server = node_script(
+        srv,
+        &["server", "--cert", &cert.cert(), "--key", &cert.key()],
+    );
+    let mut server_out = std::io::BufReader::new(server.0.stdout.take().expect("stdout")).lines();
+    let listening = next_line(&mut server_out);
+    let port = listening["port"].as_u64().expect("port") as u16;
+    // This machine's Node (20, /usr/bin/node) has OpenSSL linked in: the node executable is
+    // found in the running server's mappings (once a second). Debian's own `nodejs`, which
+    // `cargo xtask setup` installs where no node is, uses the system's libssl.so.3 instead,
+    // probed from the start.
+    let node = which("node");
+    let ldd = run_command(Command::new("ldd").arg(&node), RUN);
+    let library = if ldd.stdout.contains("libssl") {
+        "libssl.so.3"
+    } else {
+        "node"
+    };
+    agent.wait_until(
+        DISCOVERY,
+        |m| m.value(LIBRARIES_PROBED, &[("library", library)]) == 1.0,
+        |m| format!("{}\n{}", m.describe(LIBRARIES_PROBED), agent.log()),
+    );
+    let port_s = port.to_string();
+    let mut client = node_script(
+        cli,
+        &[
+            "client",
+            "--port",
+            &port_s,
+            "--requests",
+            "60",
+            "--connections",
+            "4",
+        ],
+    );
+    let mut client_out = std::io::BufReader::new(client.0.stdout.take().expect("stdout")).lines();
+    let done = next_line(&mut client_out);
+    assert_eq!(
+        (&done["statuses"], done["connections"].as_u64()),
+        (
+            &serde_json::json!({"200": 20, "404": 20, "500": 20}),
+            Some(4)
+        ),
+        "{done}"
+    );
+    writeln!(server.0.stdin.as_mut().expect("stdin"), "stop").expect("stop the server");
+    let served = next_line(&mut server_out);
+    assert_eq!(
+        served["served"],
+        serde_json::json!({"200": 20, "404": 20, "500": 20}),
+        "{served}"
+    );
+
+    let dest: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut checks = vec![
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &server_series(srv, "/api/users/*", "200"),
+            20,
+        ),
+        expect(
+            sum(HTTP_SERVER_RESPONSE_BODY),
+            &server_series(srv, "/api/users/*", "200"),
+            // "user 0\n" .. "user 57\n": 7 bytes for the 4 one-digit ids (0, 3, 6, 9), 8 for
+            // the other 16.
+            (4 * 7 + 16 * 8) as f64,
+        ),
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &server_series(srv, "/api/fail", "500"),
+            20,
+        ),
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &labels(&[("service_name", srv)]),
+            60,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(cli, Some("200"), dest),
+            20,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(cli, Some("404"), dest),
+            20,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(cli, Some("500"), dest),
+            20,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &labels(&[("service_name", cli)]),
+            60,
+        ),
+        expect("meshtap_tls_plaintext_untied_events_total", &labels(&[]), 0),
+        expect(PLAINTEXT_UNTRACKED, &labels(&[]), 0),
+    ];
+    checks.extend(local_edge(cli, srv, 60, 20));
+    let m = assert_settled(&agent, &checks);
+    assert!(
+        m.value(PLAINTEXT_EVENTS, &[("library", library)]) >= 240.0,
+        "each request and response written and read through node's OpenSSL:\n{}",
+        m.describe(PLAINTEXT_EVENTS)
+    );
+    // The ciphertext's bytes, once per side: what one end wrote the other read, but for the
+    // server's close_notify alerts (24 bytes each, see the PostgreSQL test), one per
+    // connection, written when the client closed its 4 connections (`agent.destroy()`) and
+    // never read by it.
+    let bytes_match = |m: &Metrics| {
+        let (client_sent, server_received, server_sent, client_received) =
+            edge_bytes(m, cli, srv, port);
+        client_sent > 0.0
+            && (client_sent, server_sent - 4.0 * 24.0) == (server_received, client_received)
+    };
+    agent.wait_until(SETTLE, bytes_match, |m| {
+        format!("{}\n{}", m.describe(SENT), m.describe(RECEIVED))
+    });
+
+    // Spans: 60 of each kind, every server span the child of a client span of its trace.
+    let spans = spans_of(&agent, srv);
+    let of = |svc: &str, k: &str| -> Vec<&Value> {
+        spans
+            .iter()
+            .filter(|s| service(s) == svc && kind(s) == k)
+            .collect()
+    };
+    let (servers, clients) = (of(srv, "SERVER"), of(cli, "CLIENT"));
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (60, 60),
+        "{}",
+        meshtap_tests::spans::describe(&spans)
+    );
+    for s in &servers {
+        let p = parent(s).unwrap_or_else(|| panic!("server span without parent: {s}"));
+        let c = clients
+            .iter()
+            .find(|c| id(c) == p)
+            .unwrap_or_else(|| panic!("server span's parent is not a client span: {s}"));
+        assert_eq!(trace_id(c), trace_id(s));
+    }
+}
