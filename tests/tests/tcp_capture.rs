@@ -332,8 +332,8 @@ fn keepalive_connection_with_2000_round_trips() {
 /// queued for the next read: counted and parsed by that read, not by the peek. A server that
 /// peeks before each read (recvfrom) and a client that does (recvmsg), 200 round trips: the
 /// exact bytes their own reads returned. Then an HTTP server that peeks at each request before
-/// reading it, driven by one curl with 12 keep-alive requests: 12 requests, no parse error,
-/// what one end sent is what the other received.
+/// reading it, driven by one curl with 12 keep-alive requests: 12 requests on each side, what
+/// one end sent is what the other received.
 #[test]
 fn peeks_are_neither_counted_nor_parsed() {
     const ROUNDS: u64 = 200;
@@ -406,14 +406,23 @@ fn peeks_are_neither_counted_nor_parsed() {
         edge("curl", srv, &port, "client"),
         edge("curl", srv, &port, "server"),
     );
+    let client_requests =
+        meshtap_tests::metrics::count(meshtap_tests::metrics::HTTP_CLIENT_DURATION);
+    let client_series = [
+        ("service_name", "curl"),
+        ("server_port", port.as_str()),
+        ("http_response_status_code", "200"),
+    ];
+    agent.wait_for(&client_requests, &client_series, 12.0, SETTLE);
     let m = agent.metrics();
     m.assert_values(&[
         (&requests, &server_series, 12.0),
         (&requests, &[("service_name", srv)], 12.0),
+        (&client_requests, &client_series, 12.0),
         (
-            meshtap_tests::metrics::PARSE_ERRORS,
-            &[("protocol", "http")],
-            0.0,
+            &client_requests,
+            &[("service_name", "curl"), ("server_port", port.as_str())],
+            12.0,
         ),
         (RECEIVED, &as_server, m.value(SENT, &as_client)),
         (RECEIVED, &as_client, m.value(SENT, &as_server)),
