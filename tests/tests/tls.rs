@@ -2,8 +2,9 @@
 //! with `ssl`, curl and wrk over HTTPS, Python's `ssl` at both ends of a keep-alive connection,
 //! a copy of the system's `libssl.so.3` that only a process started after the agent maps,
 //! PostgreSQL with `ssl=on` and `psql` with `sslmode=require` (against the same session in
-//! plaintext), an executable with OpenSSL linked in, nginx `ssl http2` with `curl --http2`
-//! (ALPN `h2`), and the agent without CAP_SYS_ADMIN.
+//! plaintext), an executable with OpenSSL linked in, nginx `ssl http2` with `curl --http2` and
+//! nghttpd with `h2load` (ALPN `h2`), Node's `https` at both ends (OpenSSL fed from memory),
+//! and the agent without CAP_SYS_ADMIN.
 //!
 //! Every count asserted is a truth the test knows without the agent: what curl, wrk and the
 //! Python programs report, what nginx logged. The Python programs have service names of their
@@ -1177,6 +1178,94 @@ fn nginx_http2_over_tls_driven_by_curl() {
         );
     }
     nginx.stop();
+}
+
+/// h2load over TLS (ALPN `h2`, libssl) against nghttpd with TLS (libssl): 400 streams on 2
+/// connections, 16 at once, over three files (13 bytes, 4 KiB, 70 KB: each 70 KB response is
+/// written in TLS calls far larger than one capture) and a missing path. Every stream counted
+/// on both sides from the plaintext, exactly as h2load reports, no HTTP/2 parse error, no
+/// continuation cut short. The ring is sized as the README advises for bulk HTTP/2.
+#[test]
+fn h2load_against_nghttpd_over_tls() {
+    use meshtap_tests::h2::{self, FILES, MISSING};
+    use meshtap_tests::metrics::{EXCHANGES, PARSE_ERRORS, PROTOCOL_DETECTED};
+    const N: u64 = 400;
+    const CLIENTS: u32 = 2;
+    let cert = Certificate::new();
+    let srv = h2::nghttpd_tls(&cert.key(), &cert.cert());
+    let name = "mt-h2-tls";
+    let port = srv.port().to_string();
+    let agent = Agent::start(&[
+        "--service-port",
+        &format!("{port}={name}"),
+        "--ring-buffer-bytes",
+        "33554432",
+    ]);
+    let mut paths: Vec<&str> = FILES.iter().map(|(p, _)| *p).collect();
+    paths.push(MISSING);
+    let urls: Vec<String> = paths
+        .iter()
+        .map(|p| format!("https://{}{p}", srv.addr))
+        .collect();
+    let per_path = N / paths.len() as u64;
+    let sum = h2::h2load(N, CLIENTS, 16, &urls);
+    assert_eq!(
+        (sum.total, sum.done, sum.succeeded, sum.errored, sum.timeout),
+        (N, N, N - per_path, 0, 0),
+        "h2load: {sum:?}"
+    );
+    assert_eq!(sum.classes, [N - per_path, 0, per_path, 0], "{sum:?}");
+    let v2 = |mut l: Labels| {
+        l.push(("network_protocol_version".into(), "2".into()));
+        l
+    };
+    let dest = srv.addr;
+    let mut checks = Vec::new();
+    for path in &paths {
+        let status = if *path == MISSING { "404" } else { "200" };
+        checks.push(expect(
+            count(HTTP_SERVER_DURATION),
+            &v2(server_series(name, path, status)),
+            per_path as f64,
+        ));
+    }
+    checks.extend([
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &labels(&[("service_name", name)]),
+            N as f64,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &v2(client_series("h2load", Some("200"), dest)),
+            (N - per_path) as f64,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &v2(client_series("h2load", Some("404"), dest)),
+            per_path as f64,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &labels(&[("service_name", "h2load")]),
+            N as f64,
+        ),
+        expect(EXCHANGES, &labels(&[("protocol", "http2")]), (2 * N) as f64),
+        expect(
+            PROTOCOL_DETECTED,
+            &labels(&[("protocol", "http2")]),
+            f64::from(2 * CLIENTS),
+        ),
+        expect(PARSE_ERRORS, &labels(&[("protocol", "http2")]), 0),
+        expect(
+            "meshtap_http2_capture_continuations_failed_total",
+            &labels(&[]),
+            0,
+        ),
+        expect("meshtap_events_lost_total", &labels(&[]), 0),
+    ]);
+    checks.extend(local_edge("h2load", name, N, 0));
+    assert_settled(&agent, &checks);
 }
 
 // ---------------------------------------------------------------------------------------------
