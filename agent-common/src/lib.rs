@@ -64,7 +64,8 @@ pub mod flags {
     /// (nothing in them can be parsed without the keys), only their byte counts.
     pub const TLS: u8 = 2;
     /// The connection carries HTTP/2 (its client preface was seen): its header blocks must be
-    /// seen whole to keep HPACK in step, so each of its syscalls is captured whole, in up to
+    /// seen whole to keep HPACK in step, so each of its syscalls (on a TLS connection whose
+    /// library is probed, each TLS call's plaintext) is captured whole, in up to
     /// [`super::HTTP2_CHUNKS`] events of up to [`super::MAX_CAPTURE`] bytes.
     pub const HTTP2: u8 = 4;
     /// Event flag: more events carrying the same syscall's following bytes come next.
@@ -117,7 +118,8 @@ pub mod stat {
     /// bytes could not be read.
     pub const CONTINUATION_FAILED: u32 = TLS_PAYLOAD_SKIPPED + 1;
     /// Plaintext of TLS library calls tied to no tracked connection (no socket syscall seen in
-    /// a call on that `SSL *`, or its connection no longer tracked): not reported.
+    /// a call on that `SSL *` nor a handshake tie, see `tls_call::HELLO_READ`, or its
+    /// connection no longer tracked): not reported.
     pub const TLS_UNTIED: u32 = CONTINUATION_FAILED + 1;
     /// TLS library calls whose return was seen without their entry (the entry's map was full,
     /// or the probes were attached during the call).
@@ -312,8 +314,10 @@ pub struct KernelOffsets {
     /// `tcp_sock.copied_seq` (of the next byte to be read).
     pub tcp_write_seq: u32,
     pub tcp_copied_seq: u32,
+    /// The fourth argument's register (x86_64: `r10`): `recvfrom`'s flags, for `MSG_PEEK`.
+    pub regs_arg3: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 30 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 31 * 4);
 
 /// Run-time settings written into the programs as a global.
 #[repr(C)]
@@ -379,7 +383,8 @@ const _: () = assert!(size_of::<ConnectArgs>() == 32);
 #[derive(Clone, Copy, Debug)]
 pub struct IoArgs {
     pub sk: u64,
-    /// User buffer (read/write/recvfrom/sendto) or iovec array (readv/writev/recvmsg/sendmsg).
+    /// User buffer (read/write/recvfrom/sendto; a TLS call's plaintext) or iovec array
+    /// (readv/writev/recvmsg/sendmsg).
     pub buf: u64,
     /// iovec count for vectored calls.
     pub iovcnt: u64,
@@ -395,6 +400,15 @@ pub mod tls_call {
     pub const WRITE: u8 = 1;
     /// `SSL_do_handshake`: no plaintext, but the socket it moves bytes on is the `SSL *`'s.
     pub const HANDSHAKE: u8 = 2;
+    /// Not a call: the thread's last data syscall, outside any TLS call, read a server
+    /// connection's first bytes, a TLS handshake record (`sk`). If the thread's next event is
+    /// the first call on an `SSL *` tied to no socket, that `SSL` is this connection's (a
+    /// library fed from memory, Node's: it reads the ClientHello, then hands it to the `SSL`).
+    pub const HELLO_READ: u8 = 3;
+    /// Not a call: a call on an `SSL *` tied to no socket returned without a socket syscall
+    /// (`ssl`). If the thread's next event is a client connection's first write, a TLS
+    /// handshake record, that connection is this `SSL`'s (its ClientHello, from memory).
+    pub const UNTIED_RETURN: u8 = 4;
 }
 
 /// A TLS library call in flight on one thread, keyed by pid_tgid in `TLS_CALLS`.

@@ -152,6 +152,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     regs_arg2: 0,
     tcp_write_seq: 0,
     tcp_copied_seq: 0,
+    regs_arg3: 0,
 };
 
 #[unsafe(no_mangle)]

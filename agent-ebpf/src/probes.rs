@@ -24,7 +24,8 @@ use crate::{
     },
     sock::{
         FdSocket, current_identity, is_tcp, sock_err, sock_netns, sock_of_fd, sock_protocol,
-        sock_sport, sock_state, sock_tuple, syscall_args, tcp_first_seq, tcp_sock_of_fd,
+        sock_sport, sock_state, sock_tuple, syscall_arg3, syscall_args, tcp_first_seq,
+        tcp_sock_of_fd,
     },
 };
 
@@ -36,6 +37,8 @@ const TCP_LISTEN: i32 = 10;
 const IPPROTO_TCP: u16 = 6;
 
 const EINPROGRESS: i64 = 115;
+/// include/linux/socket.h
+const MSG_PEEK: u64 = 2;
 
 /// Syscall tracepoint layout (`/sys/kernel/tracing/events/syscalls/*/format`): the arguments of
 /// `sys_enter_*` start at 16, 8 bytes each; the return value of `sys_exit_*` is at 16.
@@ -546,7 +549,18 @@ enum Buffer {
 /// `try_exit_io` checks that it is a socket, and TCP, only when it is not a tracked connection).
 #[inline(always)]
 fn io_args(call: u8, dir: u8, buffer: Buffer) -> Option<(IoArgs, FdSocket)> {
-    let [fd, a1, a2] = syscall_args()?;
+    let ([fd, a1, a2], regs) = syscall_args()?;
+    // A peek (`MSG_PEEK`) returns bytes that stay queued: the read that takes them counts and
+    // parses them, the peek neither (nginx peeks at each new connection's first byte on a TLS
+    // listener, `ngx_http_ssl_handshake`).
+    let recv_flags = match call {
+        syscall::RECVFROM => syscall_arg3(regs),
+        syscall::RECVMSG => a2,
+        _ => 0,
+    };
+    if recv_flags & MSG_PEEK != 0 {
+        return None;
+    }
     let socket = sock_of_fd(fd)?;
     let mut args = IoArgs {
         sk: socket.sk,
@@ -709,12 +723,13 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
     };
     head.tcp_seq = 0;
     head._pad = 0;
+    let mut thread = crate::tls::Thread::InsideCall;
     if let Some(state) = state_ptr {
         // SAFETY: valid map value pointer for the duration of the program.
         let state = unsafe { &mut *state };
         head.tcp_seq = tcp_first_seq(sk, args.direction == direction::EGRESS, bytes);
         state.announced = 1;
-        crate::tls::note_socket(sk, state);
+        thread = crate::tls::note_socket(sk, state);
         if args.direction == direction::EGRESS {
             state.bytes_sent += bytes;
         } else {
@@ -756,16 +771,18 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
         copy_from(scratch, &args, bytes, 0, cap, &mut iov_at)
     };
     scratch.event.head.captured = captured as u32;
-    if !skip
+    let hello = !skip
         && scratch.event.head.seq == 0
         && scratch.event.head.header.flags & flags::PRE_EXISTING == 0
         && scratch.event.head.header.conn_id != 0
         && captured >= 3
-        && is_tls_record(&scratch.event.payload)
-        && let Some(state) = CONNS.get_ptr_mut(&sk)
-    {
+        && is_tls_record(&scratch.event.payload);
+    if hello && let Some(state) = CONNS.get_ptr_mut(&sk) {
         // SAFETY: valid map value pointer for the duration of the program.
         unsafe { (*state).flags |= flags::TLS };
+    }
+    if let crate::tls::Thread::Outside(pending) = thread {
+        crate::tls::outside_call(sk, args.direction, hello, pending);
     }
     if !skip
         && !http2
@@ -808,37 +825,91 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
     Ok(0)
 }
 
-/// The rest of an HTTP/2 syscall is not copied (it could not be, or the ring is filling): one
-/// last event without payload says how many bytes moved unseen, so that the parser skips them by
-/// count (its framing is lost, and counted, only if a frame header was among them).
+/// The rest of an HTTP/2 syscall (or TLS call) is not copied (it could not be, or the ring is
+/// filling): one last event without payload says how many bytes moved unseen, so that the parser
+/// skips them by count (its framing is lost, and counted, only if a frame header was among them).
 #[inline(always)]
-fn end_uncaptured(scratch: &mut crate::maps::DataScratch, sk: u64, base_flags: u8, rest: u64) {
+pub(crate) fn end_uncaptured(
+    scratch: &mut crate::maps::DataScratch,
+    sk: u64,
+    base_flags: u8,
+    rest: u64,
+) {
     count(stat::CONTINUATION_FAILED);
     let head = &mut scratch.event.head;
     head.header.flags = base_flags | flags::CONTINUATION;
     head.bytes = rest;
     head.captured = 0;
+    let plaintext = is_plaintext(head.syscall);
     if let Some(state) = CONNS.get_ptr_mut(&sk) {
         // SAFETY: valid map value pointer for the duration of the program.
-        unsafe {
-            head.seq = (*state).data_events;
-            (*state).data_events += 1;
-        }
+        head.seq = next_seq(unsafe { &mut *state }, plaintext);
     }
-    emit_data(scratch, sk, 0);
+    deliver(scratch, sk, 0, plaintext);
+}
+
+/// Whether a data event's syscall is a TLS library call (plaintext, numbered apart).
+#[inline(always)]
+fn is_plaintext(call: u8) -> bool {
+    call == syscall::TLS_READ || call == syscall::TLS_WRITE
+}
+
+/// The sequence number of the connection's next data event: plaintext events have their own
+/// numbering (`ConnState::plaintext_events`), apart from the syscalls'.
+#[inline(always)]
+fn next_seq(state: &mut ConnState, plaintext: bool) -> u64 {
+    if plaintext {
+        let seq = u64::from(state.plaintext_events);
+        state.plaintext_events = state.plaintext_events.wrapping_add(1);
+        seq
+    } else {
+        let seq = state.data_events;
+        state.data_events += 1;
+        seq
+    }
+}
+
+/// Sends a syscall's event as [`emit_data`] does, a plaintext event as [`send_data`] does (the
+/// connection's loss count is the syscalls'; a lost plaintext event shows as a gap in its own
+/// numbering).
+#[inline(always)]
+fn deliver(
+    scratch: &mut crate::maps::DataScratch,
+    sk: u64,
+    captured: usize,
+    plaintext: bool,
+) -> bool {
+    if plaintext {
+        let library = scratch.event.head.library;
+        let sent = send_data(scratch, captured);
+        if sent {
+            crate::tls::count_plaintext(library);
+        }
+        sent
+    } else {
+        emit_data(scratch, sk, captured)
+    }
 }
 
 /// Sends the next chunk of an HTTP/2 syscall whose first event `try_exit_io` sent, then tail-
 /// calls itself for the next one (see `flags::HTTP2`).
 #[tracepoint]
 pub fn data_continue(ctx: TracePointContext) -> u32 {
-    match try_continue(&ctx) {
+    match continue_capture(&ctx, &TAIL) {
         Ok(r) | Err(r) => r,
     }
 }
 
+/// The body of the continuation programs: `data_continue` for syscalls (a tracepoint program,
+/// tail-called through `TAIL`) and `tls::tls_continue` for TLS calls (a uprobe program, through
+/// its own program array: a program array holds programs of one type only). The state is in
+/// `CONTINUATION`; for a TLS call its `args` name a flat buffer (the call's plaintext) and
+/// syscall `TLS_READ`/`TLS_WRITE`.
 #[inline(always)]
-fn try_continue(ctx: &TracePointContext) -> Result<u32, u32> {
+pub(crate) fn continue_capture<C: EbpfContext>(
+    ctx: &C,
+    tail: &aya_ebpf::maps::ProgramArray,
+) -> Result<u32, u32> {
     let cont = CONTINUATION.get_ptr_mut(0).ok_or(0u32)?;
     // SAFETY: per-CPU value, valid for the whole program run and not shared.
     let cont = unsafe { &mut *cont };
@@ -859,6 +930,7 @@ fn try_continue(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let args = cont.args;
+    let plaintext = is_plaintext(args.syscall);
     let mut iov_at = IovAt {
         index: cont.iov_index,
         skip: cont.iov_skip,
@@ -885,12 +957,9 @@ fn try_continue(ctx: &TracePointContext) -> Result<u32, u32> {
     head.captured = n as u32;
     if let Some(state) = CONNS.get_ptr_mut(&sk) {
         // SAFETY: valid map value pointer for the duration of the program.
-        unsafe {
-            head.seq = (*state).data_events;
-            (*state).data_events += 1;
-        }
+        head.seq = next_seq(unsafe { &mut *state }, plaintext);
     }
-    if !emit_data(scratch, sk, n) || !more {
+    if !deliver(scratch, sk, n, plaintext) || !more {
         return Ok(0);
     }
     cont.offset = offset + n as u64;
@@ -898,7 +967,7 @@ fn try_continue(ctx: &TracePointContext) -> Result<u32, u32> {
     cont.iov_skip = iov_at.skip;
     cont.chunk += 1;
     // SAFETY: see `try_exit_io`.
-    unsafe { TAIL.tail_call(ctx, 0) };
+    unsafe { tail.tail_call(ctx, 0) };
     // Only reached when the tail call failed.
     end_uncaptured(scratch, sk, cont.flags, bytes - cont.offset);
     Ok(0)
@@ -951,11 +1020,11 @@ pub(crate) fn send_data(scratch: &mut crate::maps::DataScratch, captured: usize)
 }
 
 /// The first line of the HTTP/2 client connection preface (RFC 9113 §3.4).
-const HTTP2_PREFACE: &[u8; 16] = b"PRI * HTTP/2.0\r\n";
+pub(crate) const HTTP2_PREFACE: &[u8; 16] = b"PRI * HTTP/2.0\r\n";
 
 /// Whether `payload` starts with the HTTP/2 client preface.
 #[inline(always)]
-fn is_http2_preface(payload: &[u8; MAX_CAPTURE]) -> bool {
+pub(crate) fn is_http2_preface(payload: &[u8; MAX_CAPTURE]) -> bool {
     let mut i = 0;
     while i < HTTP2_PREFACE.len() {
         if payload[i] != HTTP2_PREFACE[i] {
@@ -987,7 +1056,7 @@ pub struct IovAt {
 /// the syscall moved (vectored syscalls: from `iov_at`, which it advances), into the scratch
 /// event; returns the count.
 #[inline(always)]
-fn copy_from(
+pub(crate) fn copy_from(
     scratch: &mut crate::maps::DataScratch,
     args: &IoArgs,
     bytes: u64,
@@ -1010,7 +1079,14 @@ fn copy_from(
     }
     let base = scratch.event.payload.as_mut_ptr();
     match args.syscall {
-        syscall::READ | syscall::WRITE | syscall::RECVFROM | syscall::SENDTO => {
+        // A TLS call's plaintext buffer is flat too (the continuation of an HTTP/2 connection's
+        // plaintext, see `tls`).
+        syscall::READ
+        | syscall::WRITE
+        | syscall::RECVFROM
+        | syscall::SENDTO
+        | syscall::TLS_READ
+        | syscall::TLS_WRITE => {
             let n = cap as u32 & (MAX_CAPTURE as u32 * 2 - 1);
             if n as u64 > cap {
                 return 0;

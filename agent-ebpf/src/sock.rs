@@ -144,20 +144,31 @@ pub fn is_tcp(sk: u64) -> bool {
 /// The first three arguments of the current syscall, from the user registers the task saved on
 /// entry (`task_pt_regs`): a `sys_exit_*` program gets them without a `sys_enter_*` program
 /// parking them in a map. The kernel does not change these saved registers during a syscall;
-/// only the return value register is written on exit.
+/// only the return value register is written on exit. The last item is where the registers
+/// are, for [`syscall_arg3`].
 #[inline(always)]
-pub fn syscall_args() -> Option<[u64; 3]> {
+pub fn syscall_args() -> Option<([u64; 3], u64)> {
     // SAFETY: `bpf_task_pt_regs` takes the BTF task pointer and returns a BTF `pt_regs`
     // pointer, read with `load`.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     if regs == 0 {
         return None;
     }
-    Some([
-        load(regs, global!(OFFSETS.regs_arg0)),
-        load(regs, global!(OFFSETS.regs_arg1)),
-        load(regs, global!(OFFSETS.regs_arg2)),
-    ])
+    Some((
+        [
+            load(regs, global!(OFFSETS.regs_arg0)),
+            load(regs, global!(OFFSETS.regs_arg1)),
+            load(regs, global!(OFFSETS.regs_arg2)),
+        ],
+        regs,
+    ))
+}
+
+/// The fourth argument of the current syscall (`recvfrom`'s flags), from the registers
+/// [`syscall_args`] found.
+#[inline(always)]
+pub fn syscall_arg3(regs: u64) -> u64 {
+    load(regs, global!(OFFSETS.regs_arg3))
 }
 
 /// `sk->sk_state` (TCP_* values from include/net/tcp_states.h).

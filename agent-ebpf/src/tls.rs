@@ -12,6 +12,16 @@
 //! socket past TCP_CLOSE (the peer hung up) is sent without a connection id, as the syscalls'
 //! late bytes are.
 //!
+//! A library fed from memory (Node's `TLSWrap`) makes its socket syscalls between its calls:
+//! its `SSL *` is tied to its socket at the handshake, when a server's ClientHello read and the
+//! first call on a new `SSL`, or a client's first call on a new `SSL` and its ClientHello
+//! write, come back to back on one thread (see [`outside_call`]).
+//!
+//! A connection whose plaintext starts with the HTTP/2 client preface is marked
+//! [`flags::HTTP2`]: from then on each call's plaintext is sent whole, the first chunk by the
+//! return program and the rest by `tls_continue` (tail-called, the same body as the syscalls'
+//! `data_continue`, its per-CPU state naming the call's flat buffer).
+//!
 //! `SSL_free` takes the `SSL *` out of `TLS_SOCKETS`.
 //!
 //! One program per entry point and one return program for all: each attachment's cookie is
@@ -24,17 +34,20 @@ use aya_ebpf::{
         generated::{bpf_get_attach_cookie, bpf_probe_read_user as probe_read_user_raw},
     },
     macros::{map, uprobe, uretprobe},
-    maps::{LruHashMap, PerCpuArray},
+    maps::{LruHashMap, PerCpuArray, ProgramArray},
     programs::{ProbeContext, RetProbeContext},
 };
 use meshtap_common::{
-    ConnState, MAX_CAPTURE, MAX_TLS_LIBRARIES, TlsCall, Tuple, direction, flags, kind, map_id,
-    role, stat, syscall, tls_call,
+    ConnState, IoArgs, MAX_CAPTURE, MAX_TLS_LIBRARIES, TlsCall, Tuple, direction, flags, kind,
+    map_id, role, stat, syscall, tls_call,
 };
 
 use crate::{
-    maps::{CONNS, DATA_SCRATCH, count, global},
-    probes::{copy_words, now, send_data},
+    maps::{CONNS, CONTINUATION, DATA_SCRATCH, count, global},
+    probes::{
+        HTTP2_PREFACE, continue_capture, copy_words, end_uncaptured, is_http2_preface, now,
+        send_data,
+    },
     sock::{current_identity, sock_tuple},
 };
 
@@ -56,20 +69,107 @@ pub static TLS_PLAINTEXT: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_T
 #[unsafe(no_mangle)]
 pub static TLS_ENABLED: u32 = 0;
 
+/// Where a data syscall on a tracked connection ran, as far as the TLS probes know.
+pub enum Thread {
+    /// Inside a probed TLS call: the call's socket is this syscall's.
+    InsideCall,
+    /// Outside any: with the thread's pending tie if it has one (`tls_call::HELLO_READ`,
+    /// `tls_call::UNTIED_RETURN`).
+    Outside(Option<TlsCall>),
+}
+
 /// Called by the syscall exit programs for every data syscall on a tracked connection: if the
 /// thread is inside a probed TLS call, that call's socket is `sk`, and the connection's
 /// plaintext comes from the probes.
 #[inline(always)]
-pub fn note_socket(sk: u64, state: &mut ConnState) {
+pub fn note_socket(sk: u64, state: &mut ConnState) -> Thread {
     // SAFETY: a valid static; volatile keeps the loader's value from being folded away.
     if unsafe { core::ptr::read_volatile(&TLS_ENABLED) } == 0 {
+        return Thread::InsideCall;
+    }
+    let Some(call) = TLS_CALLS.get_ptr_mut(&bpf_get_current_pid_tgid()) else {
+        return Thread::Outside(None);
+    };
+    // SAFETY: valid map value pointer for the duration of the program.
+    let call = unsafe { &mut *call };
+    if call.op == tls_call::HELLO_READ || call.op == tls_call::UNTIED_RETURN {
+        return Thread::Outside(Some(*call));
+    }
+    call.sk = sk;
+    state.flags |= flags::TLS | flags::TLS_PROBED;
+    Thread::InsideCall
+}
+
+/// A data syscall made outside any TLS call on connection `sk`: ties a library that works from
+/// memory (Node's `TLSWrap`, Python's `SSLObject`: the socket I/O happens between the calls)
+/// to its connection at the handshake, when the order on one thread says which `SSL` is whose:
+/// a server reads a new connection's ClientHello and next makes the first call on a new `SSL`;
+/// a client makes the first call on a new `SSL` (which puts its ClientHello in memory) and next
+/// writes a new connection's first bytes. Only those two events back to back tie; anything
+/// else in between (another connection's syscall, another call) ends the chance, and that
+/// `SSL`'s plaintext stays untied (counted), never tied to a wrong connection. After the tie
+/// the `SSL *` names its socket (`TLS_SOCKETS`) for every later call, however the event loop
+/// interleaves connections. `hello`: this is the connection's first data event and a TLS
+/// handshake record.
+#[inline(always)]
+pub fn outside_call(sk: u64, dir: u8, hello: bool, pending: Option<TlsCall>) {
+    let key = bpf_get_current_pid_tgid();
+    match pending {
+        None => {
+            if hello && dir == direction::INGRESS {
+                expect_call(key, sk);
+            }
+        }
+        Some(pending) => {
+            if pending.op == tls_call::UNTIED_RETURN && hello && dir == direction::EGRESS {
+                tie(pending.ssl, sk, role::CLIENT);
+            }
+            if pending.op == tls_call::UNTIED_RETURN && hello && dir == direction::INGRESS {
+                expect_call(key, sk);
+            } else {
+                let _ = TLS_CALLS.remove(&key);
+            }
+        }
+    }
+}
+
+/// Parks `tls_call::HELLO_READ` for connection `sk` on thread `key`.
+#[inline(always)]
+fn expect_call(key: u64, sk: u64) {
+    let hello = TlsCall {
+        ssl: 0,
+        buf: 0,
+        count_ptr: 0,
+        sk,
+        op: tls_call::HELLO_READ,
+        _pad: 0,
+        library: 0,
+        _pad2: 0,
+    };
+    if TLS_CALLS.insert(&key, &hello, 0).is_err() {
+        count(stat::MAP_FAIL_BASE + map_id::TLS_CALLS);
+    }
+}
+
+/// Ties `ssl` to connection `sk` if neither is tied yet and the connection's role is `want`.
+#[inline(always)]
+fn tie(ssl: u64, sk: u64, want: u8) {
+    if TLS_SOCKETS.get_ptr(&ssl).is_some() {
         return;
     }
-    if let Some(call) = TLS_CALLS.get_ptr_mut(&bpf_get_current_pid_tgid()) {
-        // SAFETY: valid map value pointer for the duration of the program.
-        unsafe { (*call).sk = sk };
-        state.flags |= flags::TLS | flags::TLS_PROBED;
+    let Some(state) = CONNS.get_ptr_mut(&sk) else {
+        return;
+    };
+    // SAFETY: valid map value pointer for the duration of the program.
+    let state = unsafe { &mut *state };
+    if state.role != want || state.flags & flags::TLS_PROBED != 0 {
+        return;
     }
+    if TLS_SOCKETS.insert(&ssl, &sk, 0).is_err() {
+        count(stat::MAP_FAIL_BASE + map_id::TLS_SOCKETS);
+        return;
+    }
+    state.flags |= flags::TLS | flags::TLS_PROBED;
 }
 
 macro_rules! entry_program {
@@ -115,10 +215,16 @@ fn try_enter(ctx: &ProbeContext, op: u8, ex: bool) -> Result<u32, u32> {
         library,
         _pad2: 0,
     };
-    if TLS_CALLS
-        .insert(&bpf_get_current_pid_tgid(), &call, 0)
-        .is_err()
+    let key = bpf_get_current_pid_tgid();
+    // The thread's last event was a server connection's ClientHello, read outside any call:
+    // this is the first call on its `SSL` if that `SSL` is tied to nothing yet.
+    // SAFETY: the value is copied out at once.
+    if let Some(prev) = unsafe { TLS_CALLS.get(&key) }.copied()
+        && prev.op == tls_call::HELLO_READ
     {
+        tie(ssl, prev.sk, role::SERVER);
+    }
+    if TLS_CALLS.insert(&key, &call, 0).is_err() {
         count(stat::MAP_FAIL_BASE + map_id::TLS_CALLS);
     }
     Ok(0)
@@ -161,6 +267,16 @@ fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
     } else if let Some(known) = TLS_SOCKETS.get_ptr(&call.ssl) {
         // SAFETY: valid map value pointer for the duration of the program.
         sk = unsafe { *known };
+    } else {
+        // No socket syscall inside and none known: a library working from memory, whose
+        // client may write this `SSL`'s ClientHello next (see `outside_call`).
+        let untied = TlsCall {
+            op: tls_call::UNTIED_RETURN,
+            ..call
+        };
+        if TLS_CALLS.insert(&key, &untied, 0).is_err() {
+            count(stat::MAP_FAIL_BASE + map_id::TLS_CALLS);
+        }
     }
     if call.op == tls_call::HANDSHAKE {
         return Ok(0);
@@ -239,7 +355,15 @@ fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
     head.tcp_seq = 0;
     head._pad = 0;
 
-    let mut cap = global!(CONFIG.capture_bytes) as u64;
+    // An HTTP/2 connection's plaintext is captured whole, as its syscalls are on a plain
+    // connection (see `flags::HTTP2`): the first event up to MAX_CAPTURE, the rest in
+    // continuation events sent by `tls_continue`.
+    let mut http2 = head.header.flags & flags::HTTP2 != 0;
+    let mut cap = if http2 {
+        MAX_CAPTURE as u64
+    } else {
+        global!(CONFIG.capture_bytes) as u64
+    };
     if cap > MAX_CAPTURE as u64 {
         cap = MAX_CAPTURE as u64;
     }
@@ -262,14 +386,81 @@ fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
         if rc == 0 { n } else { 0 }
     };
     scratch.event.head.captured = captured;
+    // The client preface in the plaintext (the client's first write, the server's first read
+    // after ALPN chose `h2`): from now on the connection's plaintext is captured whole.
+    if !http2
+        && captured as usize >= HTTP2_PREFACE.len()
+        && scratch.event.head.header.conn_id != 0
+        && is_http2_preface(&scratch.event.payload)
+        && let Some(state) = CONNS.get_ptr_mut(&sk)
+    {
+        // SAFETY: valid map value pointer for the duration of the program.
+        unsafe { (*state).flags |= flags::HTTP2 };
+        scratch.event.head.header.flags |= flags::HTTP2;
+        http2 = true;
+    }
+    let more = http2 && captured > 0 && u64::from(captured) < bytes;
+    if more {
+        scratch.event.head.header.flags |= flags::MORE;
+    }
 
     // A lost event is counted by `send_data`.
-    if send_data(scratch, captured as usize)
-        && let Some(counter) = TLS_PLAINTEXT.get_ptr_mut(u32::from(call.library))
-    {
+    if !send_data(scratch, captured as usize) {
+        return Ok(0);
+    }
+    count_plaintext(call.library);
+    if !more {
+        return Ok(0);
+    }
+    // The rest of an HTTP/2 connection's plaintext, chunk by chunk, in `tls_continue`.
+    let Some(cont) = CONTINUATION.get_ptr_mut(0) else {
+        return Ok(0);
+    };
+    // SAFETY: per-CPU value, valid for the whole program run and not shared.
+    let cont = unsafe { &mut *cont };
+    cont.args = IoArgs {
+        sk,
+        buf: call.buf,
+        iovcnt: 0,
+        syscall: call_kind,
+        direction: dir,
+        _pad: [0; 6],
+    };
+    cont.bytes = bytes;
+    cont.offset = u64::from(captured);
+    cont.iov_index = 0;
+    cont.iov_skip = 0;
+    cont.chunk = 1;
+    cont.flags = scratch.event.head.header.flags & !flags::MORE;
+    // SAFETY: a tail call replaces this program with `tls_continue` on the same CPU, which
+    // finds the state above; it returns only if the slot is empty (counted).
+    unsafe { TLS_TAIL.tail_call(ctx, 0) };
+    // Only reached when the tail call failed.
+    end_uncaptured(scratch, sk, cont.flags, bytes - u64::from(captured));
+    Ok(0)
+}
+
+/// Counts one plaintext event sent for library `library` (the attach cookie).
+#[inline(always)]
+pub(crate) fn count_plaintext(library: u16) {
+    if let Some(counter) = TLS_PLAINTEXT.get_ptr_mut(u32::from(library)) {
         // SAFETY: a valid per-CPU map value; uprobes run in process context and cannot nest on
-        // one CPU with another run of this program.
+        // one CPU with another run of these programs.
         unsafe { *counter += 1 };
     }
-    Ok(0)
+}
+
+/// Slot 0: `tls_continue`, installed by the agent at load time. Apart from the syscalls'
+/// `TAIL`: a program array holds programs of one type (these are uprobe programs).
+#[map]
+pub static TLS_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Sends the next chunk of an HTTP/2 connection's plaintext whose first event `tls_return`
+/// sent, then tail-calls itself for the next one (the same body as the syscalls'
+/// `data_continue`).
+#[uprobe]
+pub fn tls_continue(ctx: ProbeContext) -> u32 {
+    match continue_capture(&ctx, &TLS_TAIL) {
+        Ok(r) | Err(r) => r,
+    }
 }

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """An HTTP/1.1 backend (http.server) for the meshtap integration tests.
 
-usage: http_backend.py COMM --bind ADDR [--port P] [--tls CERT,KEY]
+usage: http_backend.py COMM --bind ADDR [--port P] [--tls CERT,KEY] [--peek]
 
 Give it OTEL_SERVICE_NAME in its environment to name its service. Prints
 `{"event":"listening","port":P}` once listening and serves, one thread per connection, with
 keep-alive and Content-Length responses (over TLS with Python's `ssl`, that is the system's
-libssl, given --tls), until stdin is closed or receives a line; then prints
+libssl, given --tls; with --peek each request's first bytes are peeked at with
+recv(MSG_PEEK) before it is read), until stdin is closed or receives a line; then prints
 `{"event":"done","served":{"METHOD STATUS":count,...},"request_body":B,"response_body":B}`.
 
 routes:
@@ -24,6 +25,7 @@ COMM = mt_common.set_comm_from_argv()
 
 import argparse  # noqa: E402
 import http.server  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -31,6 +33,7 @@ import time  # noqa: E402
 LOCK = threading.Lock()
 SERVED = {}
 TOTALS = {"request_body": 0, "response_body": 0}
+PEEK = False
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -72,6 +75,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             TOTALS["request_body"] += len(body_in)
             TOTALS["response_body"] += len(body)
 
+    def handle_one_request(self):
+        if PEEK:
+            # recvfrom(2) with MSG_PEEK: the bytes stay queued for the read that follows.
+            try:
+                self.connection.recv(64, socket.MSG_PEEK)
+            except OSError:
+                pass
+        super().handle_one_request()
+
     do_GET = answer
     do_POST = answer
     do_PUT = answer
@@ -89,7 +101,10 @@ def main():
     p.add_argument("--bind", required=True)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--tls", help="CERT,KEY: serve HTTPS")
+    p.add_argument("--peek", action="store_true", help="peek at each request before reading it")
     a = p.parse_args()
+    global PEEK
+    PEEK = a.peek
     if ":" in a.bind:
         Server.address_family = mt_common.family_of(a.bind)
     server = Server((a.bind, a.port), Handler)

@@ -116,6 +116,16 @@ def recv_some(sock, api, chunk, counter):
         bufs = [bytearray(half), bytearray(chunk - half)]
         n, _, _, _ = sock.recvmsg_into(bufs)
         data = bytes((bufs[0] + bufs[1])[:n])
+    elif api == "peek-recv":
+        # recvfrom(2) with MSG_PEEK first (the bytes stay queued), then the read that takes
+        # them: only the second is counted.
+        sock.recv(chunk, socket.MSG_PEEK)
+        data = sock.recv(chunk)
+    elif api == "peek-recvmsg":
+        sock.recvmsg_into([bytearray(chunk)], 0, socket.MSG_PEEK)
+        bufs = [bytearray(chunk)]
+        n, _, _, _ = sock.recvmsg_into(bufs)
+        data = bytes(bufs[0][:n])
     else:
         raise SystemExit(f"unknown recv api {api}")
     counter.recv_calls += 1

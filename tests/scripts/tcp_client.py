@@ -47,7 +47,7 @@ def main():
     p.add_argument("--response", type=int, default=0)
     p.add_argument("--chunk", type=int, default=65536)
     p.add_argument("--send-api", default="send", choices=["write", "send", "sendmsg32"])
-    p.add_argument("--recv-api", default="recv", choices=["read", "recv", "recvmsg"])
+    p.add_argument("--recv-api", default="recv", choices=["read", "recv", "recvmsg", "peek-recv", "peek-recvmsg"])
     p.add_argument("--wait-go", action="store_true")
     a = p.parse_args()
 

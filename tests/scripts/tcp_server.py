@@ -38,7 +38,7 @@ def main():
     p.add_argument("--response", type=int, default=0)
     p.add_argument("--chunk", type=int, default=65536)
     p.add_argument("--send-api", default="send", choices=["write", "send", "sendmsg32"])
-    p.add_argument("--recv-api", default="recv", choices=["read", "recv", "recvmsg"])
+    p.add_argument("--recv-api", default="recv", choices=["read", "recv", "recvmsg", "peek-recv", "peek-recvmsg"])
     a = p.parse_args()
 
     family = mt_common.family_of(a.bind)

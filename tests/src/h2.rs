@@ -149,7 +149,17 @@ pub fn try_nghttpd() -> io::Result<Daemon> {
     try_nghttpd_with(&[])
 }
 
+/// `nghttpd` over TLS (its libssl.so.3; ALPN `h2`) with this key and certificate (PEM files),
+/// serving the same docroot as [`nghttpd`].
+pub fn nghttpd_tls(key: &str, cert: &str) -> Daemon {
+    try_nghttpd_serving(&[], Some((key, cert))).unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn try_nghttpd_with(extra: &[&str]) -> io::Result<Daemon> {
+    try_nghttpd_serving(extra, None)
+}
+
+fn try_nghttpd_serving(extra: &[&str], tls: Option<(&str, &str)>) -> io::Result<Daemon> {
     require("nghttpd", "nghttp2-server")?;
     let dir = TempDir::try_new("nghttpd")?;
     let root = dir.path().join("docroot");
@@ -160,11 +170,17 @@ fn try_nghttpd_with(extra: &[&str]) -> io::Result<Daemon> {
     }
     let addr = SocketAddr::from(([127, 0, 0, 1], try_free_port()?));
     let mut cmd = Command::new("nghttpd");
-    cmd.args(["--no-tls", "-a", "127.0.0.1"])
+    if tls.is_none() {
+        cmd.arg("--no-tls");
+    }
+    cmd.args(["-a", "127.0.0.1"])
         .args(extra)
         .arg("-d")
         .arg(&root)
         .arg(addr.port().to_string());
+    if let Some((key, cert)) = tls {
+        cmd.args([key, cert]);
+    }
     Daemon::start(cmd, "nghttpd", addr, dir)
 }
 

@@ -328,6 +328,108 @@ fn keepalive_connection_with_2000_round_trips() {
     assert_bytes(&agent, (cli, srv, port), &client, &server);
 }
 
+/// A peek (`recv(MSG_PEEK)`: recvfrom(2) or recvmsg(2) with the flag) returns bytes that stay
+/// queued for the next read: counted and parsed by that read, not by the peek. A server that
+/// peeks before each read (recvfrom) and a client that does (recvmsg), 200 round trips: the
+/// exact bytes their own reads returned. Then an HTTP server that peeks at each request before
+/// reading it, driven by one curl with 12 keep-alive requests: 12 requests on each side, what
+/// one end sent is what the other received.
+#[test]
+fn peeks_are_neither_counted_nor_parsed() {
+    const ROUNDS: u64 = 200;
+    let _serial = serial();
+    let agent = Agent::start(&[]);
+    let (cli, srv) = ("mt-cli-peek", "mt-srv-peek");
+    let net = Net::Loopback;
+    let mut server = net
+        .server(srv)
+        .opt("--mode", "rr")
+        .opt("--request", 100)
+        .opt("--response", 300)
+        .opt("--recv-api", "peek-recv")
+        .spawn();
+    let port = listening_port(&mut server);
+    let client = net
+        .client(cli, port)
+        .opt("--mode", "rr")
+        .opt("--rounds", ROUNDS)
+        .opt("--request", 100)
+        .opt("--response", 300)
+        .opt("--recv-api", "peek-recvmsg")
+        .run(RUN);
+    let server = server.finish(RUN);
+    assert_eq!(
+        (num(&client, "received"), num(&server, "received")),
+        (ROUNDS * 300, ROUNDS * 100)
+    );
+    assert_connections(&agent, cli, srv, port, 1);
+    assert_bytes(&agent, (cli, srv, port), &client, &server);
+
+    let srv = "mt-http-peek";
+    let mut server = Script::new("http_backend.py", srv)
+        .named()
+        .env("OTEL_SERVICE_NAME", srv)
+        .opt("--bind", "127.0.0.1")
+        .arg("--peek")
+        .spawn();
+    let port = listening_port(&mut server);
+    let mut curl = std::process::Command::new("curl");
+    curl.args(["-s", "-w", "%{http_code}\\n"]);
+    for i in 0..12 {
+        curl.args([
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{port}/api/users/{i}"),
+        ]);
+    }
+    let out = meshtap_tests::process::run_command(&mut curl, RUN);
+    assert_eq!(
+        out.stdout.lines().filter(|l| *l == "200").count(),
+        12,
+        "curl: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    server.send_line("done");
+    let done = server.finish(RUN);
+    assert_eq!(done["served"]["GET 200"].as_u64(), Some(12), "{done}");
+    let server_series = [
+        ("service_name", srv),
+        ("http_request_method", "GET"),
+        ("http_route", "/api/users/*"),
+        ("http_response_status_code", "200"),
+    ];
+    let requests = meshtap_tests::metrics::count(meshtap_tests::metrics::HTTP_SERVER_DURATION);
+    agent.wait_for(&requests, &server_series, 12.0, SETTLE);
+    let port = port.to_string();
+    let (as_client, as_server) = (
+        edge("curl", srv, &port, "client"),
+        edge("curl", srv, &port, "server"),
+    );
+    let client_requests =
+        meshtap_tests::metrics::count(meshtap_tests::metrics::HTTP_CLIENT_DURATION);
+    let client_series = [
+        ("service_name", "curl"),
+        ("server_port", port.as_str()),
+        ("http_response_status_code", "200"),
+    ];
+    agent.wait_for(&client_requests, &client_series, 12.0, SETTLE);
+    let m = agent.metrics();
+    m.assert_values(&[
+        (&requests, &server_series, 12.0),
+        (&requests, &[("service_name", srv)], 12.0),
+        (&client_requests, &client_series, 12.0),
+        (
+            &client_requests,
+            &[("service_name", "curl"), ("server_port", port.as_str())],
+            12.0,
+        ),
+        (RECEIVED, &as_server, m.value(SENT, &as_client)),
+        (RECEIVED, &as_client, m.value(SENT, &as_server)),
+    ]);
+    assert!(m.value(SENT, &as_client) > 0.0, "{}", m.describe(SENT));
+}
+
 /// `count` connects to `host:port` where nothing listens: all must fail with ECONNREFUSED, be
 /// counted as failed (reason refused, server label = the peer's IP since no process is
 /// there) and never as opened.
@@ -972,7 +1074,7 @@ fn tls_connections_are_counted_without_copying_their_payload() {
 
 /// Every program the agent loads (attach list of agent/src/ebpf/mod.rs, and the TLS uprobes of
 /// agent/src/ebpf/tls.rs, loaded when TLS plaintext is on: the default).
-const PROGRAMS: [&str; 25] = [
+const PROGRAMS: [&str; 26] = [
     "data_continue",
     "inet_sock_set_state",
     "inet_sock_set_state_backup",
@@ -991,6 +1093,7 @@ const PROGRAMS: [&str; 25] = [
     "sys_exit_writev",
     "tcp_retransmit_skb",
     "tcp_retransmit_skb_backup",
+    "tls_continue",
     "tls_free_enter",
     "tls_handshake_enter",
     "tls_read_enter",

@@ -1,8 +1,10 @@
 //! TLS plaintext through uprobes on the TLS libraries, end to end: the real agent, real nginx
 //! with `ssl`, curl and wrk over HTTPS, Python's `ssl` at both ends of a keep-alive connection,
 //! a copy of the system's `libssl.so.3` that only a process started after the agent maps,
-//! PostgreSQL with `ssl=on` and `psql` with `sslmode=require`, and the agent without
-//! CAP_SYS_ADMIN.
+//! PostgreSQL with `ssl=on` and `psql` with `sslmode=require` (against the same session in
+//! plaintext), an executable with OpenSSL linked in, nginx `ssl http2` with `curl --http2` and
+//! nghttpd with `h2load` (ALPN `h2`), Node's `https` at both ends (OpenSSL fed from memory),
+//! and the agent without CAP_SYS_ADMIN.
 //!
 //! Every count asserted is a truth the test knows without the agent: what curl, wrk and the
 //! Python programs report, what nginx logged. The Python programs have service names of their
@@ -388,11 +390,9 @@ fn nginx_https_driven_by_curl_and_wrk() {
     ];
     checks.extend(local_edge("curl", "nginx", 17, 0));
     let m = assert_settled(&agent, &checks);
-    // The ciphertext is counted once per side: what one end sent, the other received. Plus one
-    // byte per connection on nginx's side: it peeks at each new connection's first byte
-    // (`recv(fd, buf, 1, MSG_PEEK)` in ngx_http_ssl_handshake, to tell TLS from plain HTTP),
-    // and the agent counts a peek as bytes read (known, not TLS-specific: recvfrom's flags are
-    // not read).
+    // The ciphertext is counted once per side: what one end sent, the other received. nginx
+    // peeks at each new connection's first byte (`recv(fd, buf, 1, MSG_PEEK)` in
+    // ngx_http_ssl_handshake, to tell TLS from plain HTTP): a peek is not a read, not counted.
     let (client_sent, server_received, server_sent, client_received) =
         edge_bytes(&m, "curl", "nginx", listen.port());
     assert!(
@@ -401,7 +401,7 @@ fn nginx_https_driven_by_curl_and_wrk() {
         m.describe(SENT)
     );
     assert_eq!(
-        (client_sent + 4.0, server_sent),
+        (client_sent, server_sent),
         (server_received, client_received),
         "{}\n{}",
         m.describe(SENT),
@@ -783,6 +783,10 @@ fn without_cap_sys_admin_tls_connections_count_bytes_only() {
 // ---------------------------------------------------------------------------------------------
 // 5. PostgreSQL with ssl=on and psql with sslmode=require: both ends through libssl
 
+/// The same psql session twice against one server with `ssl=on`: `sslmode=disable` (plaintext
+/// on the wire) and `sslmode=require` (the `SSLRequest`, the server's `S`, then TLS through
+/// libssl at both ends). Each client's series are the same exact counts, the server's are both
+/// sessions', no parse error, and each connection's bytes are counted once per side.
 #[test]
 fn postgres_over_tls_counts_every_statement() {
     let pg = Postgres::start_tls();
@@ -794,32 +798,39 @@ fn postgres_over_tls_counts_every_statement() {
     let agent = Agent::start(&["--service-port", &format!("{port}={server}")]);
     // psql by a name of its own: a symbolic link, so that its comm is the name too (a process
     // that exits at once may be gone before the agent reads its environment).
-    let client = "mt-tls-psql";
-    let link = pg.file(client);
-    std::os::unix::fs::symlink(format!("{PG_BIN}/psql"), &link).expect("link psql");
-    let conninfo = format!(
-        "sslmode=require gssencmode=disable host=127.0.0.1 port={port} user=postgres dbname=postgres"
-    );
-    let out = run(Command::new(&link)
-        .env("OTEL_SERVICE_NAME", client)
-        .args(["-X", "-q", "-t", "-A", "-d", &conninfo])
-        .args(["-c", "INSERT INTO tlsdb VALUES (1)"])
-        .args(["-c", "SELECT count(*) FROM tlsdb"])
-        .args(["-c", "SELECT count(*) FROM tlsdb"])
-        .args([
-            "-c",
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-        ]));
-    assert_eq!(
-        out.lines().last(),
-        Some("t"),
-        "psql's connection is TLS: {out}"
-    );
+    let sessions = [
+        ("disable", "mt-pln-psql", "f"),
+        ("require", "mt-tls-psql", "t"),
+    ];
+    for (sslmode, client, ssl) in sessions {
+        let link = pg.file(client);
+        std::os::unix::fs::symlink(format!("{PG_BIN}/psql"), &link).expect("link psql");
+        let conninfo = format!(
+            "sslmode={sslmode} gssencmode=disable host=127.0.0.1 port={port} user=postgres \
+             dbname=postgres"
+        );
+        let out = run(Command::new(&link)
+            .env("OTEL_SERVICE_NAME", client)
+            .args(["-X", "-q", "-t", "-A", "-d", &conninfo])
+            .args(["-c", "INSERT INTO tlsdb VALUES (1)"])
+            .args(["-c", "SELECT count(*) FROM tlsdb"])
+            .args(["-c", "SELECT count(*) FROM tlsdb"])
+            .args([
+                "-c",
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            ]));
+        assert_eq!(
+            out.lines().last(),
+            Some(ssl),
+            "psql's connection with sslmode={sslmode} is TLS: {ssl}: {out}"
+        );
+    }
     let mut checks = Vec::new();
-    for (family, service) in [
-        ("db_client_operation_duration_seconds_count", client),
-        ("db_server_operation_duration_seconds_count", server),
-    ] {
+    let mut ends = vec![("db_server_operation_duration_seconds_count", server, 2)];
+    for (_, client, _) in sessions {
+        ends.push(("db_client_operation_duration_seconds_count", client, 1));
+    }
+    for (family, service, sessions) in ends {
         let series = |op: &str, table: &str| {
             labels(&[
                 ("service_name", service),
@@ -831,22 +842,22 @@ fn postgres_over_tls_counts_every_statement() {
             ])
         };
         checks.extend([
-            expect(family, &series("INSERT", "tlsdb"), 1),
-            expect(family, &series("SELECT", "tlsdb"), 2),
-            expect(family, &series("SELECT", "pg_stat_ssl"), 1),
-            expect(family, &labels(&[("service_name", service)]), 4),
+            expect(family, &series("INSERT", "tlsdb"), sessions),
+            expect(family, &series("SELECT", "tlsdb"), 2 * sessions),
+            expect(family, &series("SELECT", "pg_stat_ssl"), sessions),
+            expect(family, &labels(&[("service_name", service)]), 4 * sessions),
         ]);
     }
     checks.extend([
         expect(
             "meshtap_protocol_detected_total",
             &labels(&[("protocol", "postgresql")]),
-            2,
+            4,
         ),
         expect(
             "meshtap_exchanges_total",
             &labels(&[("protocol", "postgresql")]),
-            8,
+            16,
         ),
         expect(
             "meshtap_parse_errors_total",
@@ -854,7 +865,25 @@ fn postgres_over_tls_counts_every_statement() {
             0,
         ),
     ]);
-    assert_settled(&agent, &checks);
+    let m = assert_settled(&agent, &checks);
+    // What one end wrote the other read, but for TLS's close_notify alerts: at the end each
+    // end writes one (`SSL_shutdown`: a TLS 1.3 record of 5 header bytes, the 2-byte alert,
+    // its content type and a 16-byte tag, 24 bytes) and exits without reading the other's
+    // (psql after its Terminate, the backend after reading that Terminate). OpenSSL reads
+    // one record at a time, so the backend's last read stops before the client's alert.
+    for (sslmode, client, _) in sessions {
+        let unread = if sslmode == "require" { 24.0 } else { 0.0 };
+        let (client_sent, server_received, server_sent, client_received) =
+            edge_bytes(&m, client, server, pg.port);
+        assert!(client_sent > 0.0, "{client}: {}", m.describe(SENT));
+        assert_eq!(
+            (client_sent - unread, server_sent - unread),
+            (server_received, client_received),
+            "{client}: {}\n{}",
+            m.describe(SENT),
+            m.describe(RECEIVED)
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -952,4 +981,488 @@ fn statically_linked_openssl_in_an_executable_is_probed() {
         m.describe(PLAINTEXT_EVENTS)
     );
     nginx.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. HTTP/2 over TLS: nginx `ssl http2`, curl `--http2` negotiating ALPN `h2`
+
+/// A header value of `len` bytes that HPACK's Huffman code cannot shorten (`X` is an 8-bit
+/// code, RFC 7541 Appendix B): it goes on the wire as long as it is.
+fn incompressible(len: usize) -> String {
+    "X".repeat(len)
+}
+
+/// nginx with `listen ... ssl http2` and curl `--http2` (ALPN `h2`): one curl multiplexing 11
+/// requests as concurrent streams of one connection (`--parallel`), and one curl whose 3
+/// requests each carry a header block of some 10 KB (three 3,400-byte headers, more than one
+/// capture of 4 KiB: the plaintext of an HTTP/2 connection is captured whole, in chunks, as
+/// its syscalls are on a plain connection). Exact server and client series with
+/// `network_protocol_version="2"`, the service graph, one span per stream per side, and no
+/// HTTP/2 parse error.
+#[test]
+fn nginx_http2_over_tls_driven_by_curl() {
+    use meshtap_tests::h2;
+    use meshtap_tests::metrics::{EXCHANGES, PARSE_ERRORS, PROTOCOL_DETECTED};
+    use meshtap_tests::spans::{by_trace, describe, tag, text};
+
+    let agent = Agent::start(&["--trace-store-rate", "0"]);
+    let cert = Certificate::new();
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let nginx = Nginx::start(
+        NginxConfig::new(listen)
+            .access_log()
+            .ok_everywhere()
+            .http2()
+            .tls(&cert.cert(), &cert.key()),
+        None,
+    );
+    let base = format!("https://{listen}");
+    // 6 x 200, 3 x 404, 2 x 500 as concurrent streams of one connection.
+    let multiplexed: Vec<(&str, u16)> = [("/h2ok", 200), ("/missing", 404), ("/boom", 500)]
+        .iter()
+        .cycle()
+        .take(8)
+        .chain([("/h2ok", 200), ("/h2ok", 200), ("/h2ok", 200)].iter())
+        .copied()
+        .collect();
+    let urls: Vec<String> = multiplexed
+        .iter()
+        .map(|(p, _)| format!("{base}{p}"))
+        .collect();
+    let got = h2::curl(&urls, &["-k", "--http2", "--parallel"]);
+    let mut got_statuses: Vec<u16> = got.iter().map(|r| r.status).collect();
+    got_statuses.sort_unstable();
+    let mut want_statuses: Vec<u16> = multiplexed.iter().map(|(_, s)| *s).collect();
+    want_statuses.sort_unstable();
+    assert_eq!(got_statuses, want_statuses, "curl: {got:?}");
+    assert!(
+        got.iter().all(|r| r.version == "2") && got.iter().map(|r| r.connects).sum::<u64>() == 1,
+        "one HTTP/2 connection: {got:?}"
+    );
+    // Three requests with a 10 KB header block each, one connection.
+    let pad = incompressible(3400);
+    let headers: Vec<String> = (1..=3).map(|i| format!("X-Pad-{i}: {pad}")).collect();
+    let mut extra = vec!["-k", "--http2"];
+    for h in &headers {
+        extra.extend(["-H", h.as_str()]);
+    }
+    let big: Vec<String> = (0..3).map(|_| format!("{base}/h2big")).collect();
+    let got = h2::curl(&big, &extra);
+    assert!(
+        got.iter()
+            .all(|r| (r.status, r.version.as_str()) == (200, "2"))
+            && got.iter().map(|r| r.connects).sum::<u64>() == 1,
+        "curl with large headers: {got:?}"
+    );
+    let log = settled_access_log(&nginx);
+    assert_eq!(
+        log,
+        BTreeMap::from([("200".into(), 9), ("404".into(), 3), ("500".into(), 2)]),
+        "nginx's access log"
+    );
+
+    let v2 = |mut l: Labels| {
+        l.push(("network_protocol_version".into(), "2".into()));
+        l
+    };
+    let routes = [
+        ("/h2ok", "200", 6),
+        ("/missing", "404", 3),
+        ("/boom", "500", 2),
+        ("/h2big", "200", 3),
+    ];
+    let mut checks = Vec::new();
+    for (route, status, n) in routes {
+        checks.push(expect(
+            count(HTTP_SERVER_DURATION),
+            &v2(server_series("nginx", route, status)),
+            n,
+        ));
+    }
+    checks.extend([
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &labels(&[("service_name", "nginx")]),
+            14,
+        ),
+        expect(
+            sum(HTTP_SERVER_RESPONSE_BODY),
+            &v2(server_series("nginx", "/h2ok", "200")),
+            12,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &v2(client_series("curl", Some("200"), listen)),
+            9,
+        ),
+        expect(
+            sum(HTTP_CLIENT_RESPONSE_BODY),
+            &v2(client_series("curl", Some("200"), listen)),
+            18,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &v2(client_series("curl", Some("404"), listen)),
+            3,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &v2(client_series("curl", Some("500"), listen)),
+            2,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &labels(&[("service_name", "curl")]),
+            14,
+        ),
+        expect(EXCHANGES, &labels(&[("protocol", "http2")]), 28),
+        expect(PROTOCOL_DETECTED, &labels(&[("protocol", "http2")]), 4),
+        expect(PARSE_ERRORS, &labels(&[("protocol", "http2")]), 0),
+        expect(
+            "meshtap_http2_capture_continuations_failed_total",
+            &labels(&[]),
+            0,
+        ),
+        expect(PLAINTEXT_UNTRACKED, &labels(&[]), 0),
+    ]);
+    checks.extend(local_edge("curl", "nginx", 14, 2));
+    let m = assert_settled(&agent, &checks);
+    // The ciphertext's bytes, once per side (nginx's peek at each connection's first byte is
+    // not a read).
+    let (client_sent, server_received, server_sent, client_received) =
+        edge_bytes(&m, "curl", "nginx", listen.port());
+    assert!(client_sent > 0.0, "{}", m.describe(SENT));
+    assert_eq!(
+        (client_sent, server_sent),
+        (server_received, client_received),
+        "{}\n{}",
+        m.describe(SENT),
+        m.describe(RECEIVED)
+    );
+
+    // One span per stream and side, HTTP/2, by (route, status); one request per trace.
+    let spans = spans_of(&agent, "nginx");
+    let all = describe(&spans);
+    for (side, svc) in [("SERVER", "nginx"), ("CLIENT", "curl")] {
+        let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for s in spans
+            .iter()
+            .filter(|s| kind(s) == side && service(s) == svc)
+        {
+            assert_eq!(
+                tag(s, "network.protocol.version"),
+                Some("2"),
+                "{side} span {s}\n{all}"
+            );
+            *got.entry((
+                tag(s, "http.path").unwrap_or_default().to_owned(),
+                tag(s, "http.status_code").unwrap_or_default().to_owned(),
+            ))
+            .or_default() += 1;
+        }
+        let want: BTreeMap<(String, String), u64> = routes
+            .iter()
+            .map(|(r, s, n)| (((*r).to_owned(), (*s).to_owned()), *n as u64))
+            .collect();
+        assert_eq!(got, want, "{side} spans of {svc}:\n{all}");
+    }
+    for (trace, t) in by_trace(&spans) {
+        let calls: BTreeSet<(String, Option<&str>)> = t
+            .iter()
+            .map(|s| (text(s, "name").to_lowercase(), tag(s, "http.status_code")))
+            .collect();
+        assert_eq!(
+            calls.len(),
+            1,
+            "trace {trace} holds more than one request:\n{all}"
+        );
+    }
+    nginx.stop();
+}
+
+/// h2load over TLS (ALPN `h2`, libssl) against nghttpd with TLS (libssl): 400 streams on 2
+/// connections, 16 at once, over three files (13 bytes, 4 KiB, 70 KB: each 70 KB response is
+/// written in TLS calls far larger than one capture) and a missing path. Every stream counted
+/// on both sides from the plaintext, exactly as h2load reports, no HTTP/2 parse error, no
+/// continuation cut short. The ring is sized as the README advises for bulk HTTP/2.
+#[test]
+fn h2load_against_nghttpd_over_tls() {
+    use meshtap_tests::h2::{self, FILES, MISSING};
+    use meshtap_tests::metrics::{EXCHANGES, PARSE_ERRORS, PROTOCOL_DETECTED};
+    const N: u64 = 400;
+    const CLIENTS: u32 = 2;
+    let cert = Certificate::new();
+    let srv = h2::nghttpd_tls(&cert.key(), &cert.cert());
+    let name = "mt-h2-tls";
+    let port = srv.port().to_string();
+    let agent = Agent::start(&[
+        "--service-port",
+        &format!("{port}={name}"),
+        "--ring-buffer-bytes",
+        "33554432",
+    ]);
+    let mut paths: Vec<&str> = FILES.iter().map(|(p, _)| *p).collect();
+    paths.push(MISSING);
+    let urls: Vec<String> = paths
+        .iter()
+        .map(|p| format!("https://{}{p}", srv.addr))
+        .collect();
+    let per_path = N / paths.len() as u64;
+    let sum = h2::h2load(N, CLIENTS, 16, &urls);
+    assert_eq!(
+        (sum.total, sum.done, sum.succeeded, sum.errored, sum.timeout),
+        (N, N, N - per_path, 0, 0),
+        "h2load: {sum:?}"
+    );
+    assert_eq!(sum.classes, [N - per_path, 0, per_path, 0], "{sum:?}");
+    let v2 = |mut l: Labels| {
+        l.push(("network_protocol_version".into(), "2".into()));
+        l
+    };
+    let dest = srv.addr;
+    let mut checks = Vec::new();
+    for path in &paths {
+        let status = if *path == MISSING { "404" } else { "200" };
+        checks.push(expect(
+            count(HTTP_SERVER_DURATION),
+            &v2(server_series(name, path, status)),
+            per_path as f64,
+        ));
+    }
+    checks.extend([
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &labels(&[("service_name", name)]),
+            N as f64,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &v2(client_series("h2load", Some("200"), dest)),
+            (N - per_path) as f64,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &v2(client_series("h2load", Some("404"), dest)),
+            per_path as f64,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &labels(&[("service_name", "h2load")]),
+            N as f64,
+        ),
+        expect(EXCHANGES, &labels(&[("protocol", "http2")]), (2 * N) as f64),
+        expect(
+            PROTOCOL_DETECTED,
+            &labels(&[("protocol", "http2")]),
+            f64::from(2 * CLIENTS),
+        ),
+        expect(PARSE_ERRORS, &labels(&[("protocol", "http2")]), 0),
+        expect(
+            "meshtap_http2_capture_continuations_failed_total",
+            &labels(&[]),
+            0,
+        ),
+        expect("meshtap_events_lost_total", &labels(&[]), 0),
+    ]);
+    checks.extend(local_edge("h2load", name, N, 0));
+    assert_settled(&agent, &checks);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Node's `https` at both ends: OpenSSL in /usr/bin/node, fed from memory by TLSWrap
+
+/// `tests/scripts/https_node.js` as `name`, its service name `name` too; stdout and stdin
+/// piped (the server stops when a line comes).
+fn node_script(name: &str, args: &[&str]) -> Killed {
+    Killed(
+        Command::new(which("node"))
+            .arg(meshtap_tests::process::scripts_dir().join("https_node.js"))
+            .arg(name)
+            .args(args)
+            .env("OTEL_SERVICE_NAME", name)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn node"),
+    )
+}
+
+/// The path of `program` on PATH.
+fn which(program: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(program))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("{program} not found on PATH (cargo xtask setup)"))
+}
+
+/// The next JSON line the script printed.
+fn next_line(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> Value {
+    let line = lines
+        .next()
+        .expect("the script printed a line")
+        .expect("read the script's line");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+/// Node's TLSWrap feeds OpenSSL from memory: the socket syscalls happen between the TLS calls,
+/// never inside. The agent ties each `SSL` to its connection at the handshake (the server's
+/// ClientHello read right before the first call on a new `SSL`; the client's first call on a
+/// new `SSL` right before its ClientHello write), then by `SSL *` for every later call, however
+/// the event loop interleaves connections: 60 requests at once over 4 keep-alive connections
+/// of one client process. Exact series on both ends, the service graph, bytes once per side,
+/// every server span the child of a client span, no plaintext untied.
+#[test]
+fn node_https_server_and_client() {
+    use std::io::{BufRead as _, Write as _};
+    let agent = Agent::start(&[]);
+    let cert = Certificate::new();
+    let (srv, cli) = ("mt-node-srv", "mt-node-cli");
+    let mut server = node_script(
+        srv,
+        &["server", "--cert", &cert.cert(), "--key", &cert.key()],
+    );
+    let mut server_out = std::io::BufReader::new(server.0.stdout.take().expect("stdout")).lines();
+    let listening = next_line(&mut server_out);
+    let port = listening["port"].as_u64().expect("port") as u16;
+    // This machine's Node (20, /usr/bin/node) has OpenSSL linked in: the node executable is
+    // found in the running server's mappings (once a second). Debian's own `nodejs`, which
+    // `cargo xtask setup` installs where no node is, uses the system's libssl.so.3 instead,
+    // probed from the start.
+    let node = which("node");
+    let ldd = run_command(Command::new("ldd").arg(&node), RUN);
+    let library = if ldd.stdout.contains("libssl") {
+        "libssl.so.3"
+    } else {
+        "node"
+    };
+    agent.wait_until(
+        DISCOVERY,
+        |m| m.value(LIBRARIES_PROBED, &[("library", library)]) == 1.0,
+        |m| format!("{}\n{}", m.describe(LIBRARIES_PROBED), agent.log()),
+    );
+    let port_s = port.to_string();
+    let mut client = node_script(
+        cli,
+        &[
+            "client",
+            "--port",
+            &port_s,
+            "--requests",
+            "60",
+            "--connections",
+            "4",
+        ],
+    );
+    let mut client_out = std::io::BufReader::new(client.0.stdout.take().expect("stdout")).lines();
+    let done = next_line(&mut client_out);
+    assert_eq!(
+        (&done["statuses"], done["connections"].as_u64()),
+        (
+            &serde_json::json!({"200": 20, "404": 20, "500": 20}),
+            Some(4)
+        ),
+        "{done}"
+    );
+    writeln!(server.0.stdin.as_mut().expect("stdin"), "stop").expect("stop the server");
+    let served = next_line(&mut server_out);
+    assert_eq!(
+        served["served"],
+        serde_json::json!({"200": 20, "404": 20, "500": 20}),
+        "{served}"
+    );
+
+    let dest: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut checks = vec![
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &server_series(srv, "/api/users/*", "200"),
+            20,
+        ),
+        expect(
+            sum(HTTP_SERVER_RESPONSE_BODY),
+            &server_series(srv, "/api/users/*", "200"),
+            // "user 0\n" .. "user 57\n": 7 bytes for the 4 one-digit ids (0, 3, 6, 9), 8 for
+            // the other 16.
+            (4 * 7 + 16 * 8) as f64,
+        ),
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &server_series(srv, "/api/fail", "500"),
+            20,
+        ),
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &labels(&[("service_name", srv)]),
+            60,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(cli, Some("200"), dest),
+            20,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(cli, Some("404"), dest),
+            20,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(cli, Some("500"), dest),
+            20,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &labels(&[("service_name", cli)]),
+            60,
+        ),
+        expect("meshtap_tls_plaintext_untied_events_total", &labels(&[]), 0),
+        expect(PLAINTEXT_UNTRACKED, &labels(&[]), 0),
+    ];
+    checks.extend(local_edge(cli, srv, 60, 20));
+    let m = assert_settled(&agent, &checks);
+    assert!(
+        m.value(PLAINTEXT_EVENTS, &[("library", library)]) >= 240.0,
+        "each request and response written and read through node's OpenSSL:\n{}",
+        m.describe(PLAINTEXT_EVENTS)
+    );
+    // The ciphertext's bytes, once per side: what one end wrote the other read, but for the
+    // server's close_notify alerts (24 bytes each, see the PostgreSQL test), one per
+    // connection, written when the client closed its 4 connections (`agent.destroy()`) and
+    // never read by it.
+    let bytes_match = |m: &Metrics| {
+        let (client_sent, server_received, server_sent, client_received) =
+            edge_bytes(m, cli, srv, port);
+        client_sent > 0.0
+            && (client_sent, server_sent - 4.0 * 24.0) == (server_received, client_received)
+    };
+    agent.wait_until(SETTLE, bytes_match, |m| {
+        format!("{}\n{}", m.describe(SENT), m.describe(RECEIVED))
+    });
+
+    // Spans: 60 of each kind, every server span the child of a client span of its trace.
+    let spans = spans_of(&agent, srv);
+    let of = |svc: &str, k: &str| -> Vec<&Value> {
+        spans
+            .iter()
+            .filter(|s| service(s) == svc && kind(s) == k)
+            .collect()
+    };
+    let (servers, clients) = (of(srv, "SERVER"), of(cli, "CLIENT"));
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (60, 60),
+        "{}",
+        meshtap_tests::spans::describe(&spans)
+    );
+    for s in &servers {
+        let p = parent(s).unwrap_or_else(|| panic!("server span without parent: {s}"));
+        let c = clients
+            .iter()
+            .find(|c| id(c) == p)
+            .unwrap_or_else(|| panic!("server span's parent is not a client span: {s}"));
+        assert_eq!(trace_id(c), trace_id(s));
+    }
 }

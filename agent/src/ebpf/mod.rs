@@ -131,6 +131,23 @@ fn load_tracepoint<'a>(
     Ok(prog)
 }
 
+/// Puts `program` (loaded, its fd `fd`) in slot 0 of the program array `map`.
+fn install_tail_call(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+    program: &'static str,
+    fd: &aya::programs::ProgramFd,
+) -> Result<(), LoadError> {
+    let mut tail: ProgramArray<&mut MapData> = ebpf
+        .map_mut(map)
+        .and_then(|m| m.try_into().ok())
+        .ok_or(LoadError::MissingMap { map })?;
+    tail.set(0, fd, 0).map_err(|source| LoadError::TailCall {
+        program,
+        source: Box::new(source),
+    })
+}
+
 /// Checks what the kernel and our privileges must offer, with one actionable error for each.
 pub fn preflight(btf: &std::path::Path) -> Result<PathBuf, LoadError> {
     let caps = effective_capabilities();
@@ -467,14 +484,7 @@ pub fn load(
             .map_err(verify)?
             .try_clone()
             .map_err(|e| verify(aya::programs::ProgramError::from(e)))?;
-        let mut tail: ProgramArray<&mut MapData> = ebpf
-            .map_mut("TAIL")
-            .and_then(|m| m.try_into().ok())
-            .ok_or(LoadError::MissingMap { map: "TAIL" })?;
-        tail.set(0, &fd, 0).map_err(|source| LoadError::TailCall {
-            program,
-            source: Box::new(source),
-        })?;
+        install_tail_call(&mut ebpf, "TAIL", program, &fd)?;
     }
 
     // Softirq-side hooks are raw tracepoints (per-program recursion guard, see agent-ebpf).
@@ -508,6 +518,23 @@ pub fn load(
                 source: Box::new(source),
             })?;
         }
+        // The tail-call target that sends the rest of an HTTP/2 connection's plaintext.
+        let program = tls::CONTINUE_PROGRAM;
+        let verify = |source| LoadError::Verify {
+            program,
+            source: Box::new(source),
+        };
+        let prog: &mut UProbe = ebpf
+            .program_mut(program)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(LoadError::MissingProgram { program })?;
+        prog.load().map_err(verify)?;
+        let fd = prog
+            .fd()
+            .map_err(verify)?
+            .try_clone()
+            .map_err(|e| verify(aya::programs::ProgramError::from(e)))?;
+        install_tail_call(&mut ebpf, "TLS_TAIL", program, &fd)?;
     }
 
     let ring = RingBuf::try_from(

@@ -77,13 +77,14 @@ pub fn resolve(btf: &KernelBtf) -> Result<KernelOffsets, OffsetsError> {
         net_inum: member("net.ns.inum", 4)?,
         inet_sport: member("inet_sock.inet_sport", 2)?,
         // The syscall argument registers as saved on entry (arch/x86/include/asm/ptrace.h;
-        // the x86_64 syscall ABI passes arguments 0-2 in rdi, rsi, rdx).
+        // the x86_64 syscall ABI passes arguments 0-3 in rdi, rsi, rdx, r10).
         regs_arg0: member("pt_regs.di", 8)?,
         regs_arg1: member("pt_regs.si", 8)?,
         regs_arg2: member("pt_regs.dx", 8)?,
         // include/linux/tcp.h; a `struct sock *` of a TCP socket is its `tcp_sock`.
         tcp_write_seq: member("tcp_sock.write_seq", 4)?,
         tcp_copied_seq: member("tcp_sock.copied_seq", 4)?,
+        regs_arg3: member("pt_regs.r10", 8)?,
     })
 }
 
@@ -168,6 +169,7 @@ mod tests {
             (offsets.regs_arg2, 96),
             (offsets.tcp_write_seq, 1576),
             (offsets.tcp_copied_seq, 1464),
+            (offsets.regs_arg3, 56),
         ];
         let (actual, expected): (Vec<u32>, Vec<u32>) = expected.into_iter().unzip();
         assert_eq!(actual, expected);

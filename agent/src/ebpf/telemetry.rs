@@ -115,7 +115,7 @@ impl KernelMetrics {
         );
         registry.register(
             name::TLS_PLAINTEXT_UNTIED,
-            "TLS reads and writes that moved plaintext the kernel did not report: no socket syscall was seen inside a call on their SSL object (a memory BIO), or their connection was not tracked",
+            "TLS reads and writes that moved plaintext the kernel did not report: their SSL object was tied to no connection (no socket syscall inside a call on it, and a library fed from memory whose handshake was not seen back to back with its ClientHello), or their connection was not tracked",
             m.tls_plaintext_untied.clone(),
         );
         registry.register(

@@ -47,7 +47,10 @@ const FUNCTIONS: &[(&str, &str)] = &[
 /// `SSL_free` has an entry program only.
 const FREE_PROGRAM: &str = "tls_free_enter";
 const RETURN_PROGRAM: &str = "tls_return";
-/// Every program of this module, loaded when TLS plaintext is on.
+/// The tail-call target that sends the rest of an HTTP/2 connection's plaintext: loaded (with
+/// the others, not attached) and installed in `TLS_TAIL`.
+pub const CONTINUE_PROGRAM: &str = "tls_continue";
+/// Every attached program of this module, loaded when TLS plaintext is on.
 pub const PROGRAMS: &[&str] = &[
     "tls_read_enter",
     "tls_write_enter",
