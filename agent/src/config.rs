@@ -5,9 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 use serde::Deserialize;
 
-use meshtap_common::{DEFAULT_CAPTURE, MAX_CAPTURE};
+use meshtap_common::{DEFAULT_CAPTURE, MAX_CAPTURE, MAX_NETNS};
 
 use crate::export::otlp::config::{OtlpConfig, OtlpConfigError};
+use crate::metadata::netns::{NetnsFile, NetnsFileError, netns_file};
 use crate::protocol::db::QueryText;
 use crate::trace::assembly::InstrumentedSpans;
 
@@ -26,6 +27,15 @@ pub struct Flags {
     /// /api/v1/connections [default: 127.0.0.1:9464].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+
+    /// Watch only the sockets of this network namespace (repeatable, at most 64): a namespace
+    /// file such as /run/netns/<name> or /proc/<pid>/ns/net. Filtered in the kernel:
+    /// connections, listeners and payloads of other namespaces never reach the agent, which
+    /// then behaves as the node of these namespaces alone (their peers elsewhere are remote).
+    /// Several agents can run on one kernel at once, each with its own --netns and its own
+    /// --listen; nothing else needs to be told [default: every namespace of the node].
+    #[arg(long = "netns", value_name = "PATH")]
+    pub netns: Vec<PathBuf>,
 
     /// Payload bytes captured from each read/write for protocol parsing, 0..=4096 [default: 1024].
     /// Byte counts are always exact whatever this is. HTTP/2 connections are captured whole (up
@@ -226,6 +236,8 @@ pub struct Flags {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
+    /// `["/run/netns/a", "/proc/1234/ns/net"]`
+    pub netns: Option<Vec<PathBuf>>,
     pub capture_bytes: Option<u32>,
     pub ring_buffer_bytes: Option<u32>,
     pub max_connections: Option<u32>,
@@ -286,6 +298,8 @@ pub enum Kubernetes {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The network namespaces the agent is scoped to, distinct; empty: all of the node's.
+    pub netns: Vec<NetnsFile>,
     pub capture_bytes: u32,
     pub ring_buffer_bytes: u32,
     pub max_connections: u32,
@@ -339,8 +353,44 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
+    #[error(
+        "invalid netns (--netns) = {}: {source}; give a network namespace file such as /run/netns/<name> (ip netns add) or /proc/<pid>/ns/net",
+        path.display()
+    )]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: NetnsFileError,
+    },
     #[error(transparent)]
     Otlp(#[from] OtlpConfigError),
+}
+
+/// `--netns` (all of them; none given: the file's list) resolved to distinct namespaces.
+fn netns(flags: &Flags, file: &FileConfig) -> Result<Vec<NetnsFile>, ConfigError> {
+    let paths = if flags.netns.is_empty() {
+        file.netns.clone().unwrap_or_default()
+    } else {
+        flags.netns.clone()
+    };
+    let mut scope: Vec<NetnsFile> = Vec::new();
+    for path in paths {
+        let ns = netns_file(&path).map_err(|source| ConfigError::Netns {
+            path: path.clone(),
+            source,
+        })?;
+        if !scope.iter().any(|known| known.inode == ns.inode) {
+            scope.push(ns);
+        }
+    }
+    if scope.len() > MAX_NETNS as usize {
+        return Err(ConfigError::Invalid {
+            setting: "netns (--netns)",
+            value: format!("{} network namespaces", scope.len()),
+            expected: "at most 64 network namespaces per agent: run another agent for the rest",
+        });
+    }
+    Ok(scope)
 }
 
 fn split_pair(setting: &'static str, pair: &str) -> Result<(String, String), ConfigError> {
@@ -501,11 +551,13 @@ impl Config {
         };
         let kubernetes = kubernetes(&flags, &file)?;
         let otlp = otlp(&flags, &file);
+        let netns = netns(&flags, &file)?;
         let config = Config {
             listen: flags
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
+            netns,
             capture_bytes: flags
                 .capture_bytes
                 .or(file.capture_bytes)
@@ -786,6 +838,48 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:9464");
         assert_eq!(config.capture_bytes, DEFAULT_CAPTURE);
         assert_eq!(config.trace_store_rate, 200);
+    }
+
+    #[test]
+    fn netns_scope_from_flags_or_file() {
+        assert!(Config::load(Flags::default()).unwrap().netns.is_empty());
+        let own = netns_file(std::path::Path::new("/proc/self/ns/net")).unwrap();
+        // The same namespace twice (two paths to it) is one namespace.
+        let config = Config::load(Flags {
+            netns: vec!["/proc/self/ns/net".into(), "/proc/1/ns/net".into()],
+            ..Flags::default()
+        })
+        .unwrap();
+        let init = netns_file(std::path::Path::new("/proc/1/ns/net")).unwrap();
+        let expected = if init.inode == own.inode { 1 } else { 2 };
+        assert_eq!(config.netns.len(), expected);
+        assert_eq!(config.netns[0].inode, own.inode);
+
+        let dir = std::env::temp_dir().join(format!("meshtap-netns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("netns.toml");
+        std::fs::write(&path, "netns = [\"/proc/self/ns/net\"]\n").unwrap();
+        let config = Config::load(Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(config.netns, vec![own]);
+        // Flags replace the file's list.
+        let err = Config::load(Flags {
+            config: Some(path),
+            netns: vec!["/proc/self/ns/mnt".into()],
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "invalid netns (--netns) = /proc/self/ns/mnt: it is a namespace file, but not of a \
+             network namespace; give a network namespace file such as /run/netns/<name> \
+             (ip netns add) or /proc/<pid>/ns/net"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
