@@ -12,14 +12,26 @@ use std::{
     os::fd::AsRawFd as _,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 /// A network namespace the agent is scoped to: the file it was named by and its inode, the
 /// `ns.inum` the kernel programs compare each socket's namespace with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// It holds the file open: an open nsfs file keeps its namespace alive, so that the inode, which
+/// the kernel hands out again once a namespace is freed (`proc_alloc_inum`), cannot come to name
+/// another namespace (a later pod's) while the agent runs.
+#[derive(Debug, Clone)]
 pub struct NetnsFile {
     pub path: PathBuf,
     pub inode: u32,
+    _hold: Arc<File>,
+}
+
+impl PartialEq for NetnsFile {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path && self.inode == other.inode
+    }
 }
 
 /// Why a path does not name a network namespace.
@@ -62,6 +74,7 @@ pub fn netns_file(path: &Path) -> Result<NetnsFile, NetnsFileError> {
     Ok(NetnsFile {
         path: path.to_path_buf(),
         inode: u32::try_from(inode).map_err(|_| NetnsFileError::Inode { inode })?,
+        _hold: Arc::new(file),
     })
 }
 
