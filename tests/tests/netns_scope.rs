@@ -288,6 +288,89 @@ fn agents_scoped_to_namespaces_each_see_only_their_own() {
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
 
+/// A connection from `a` to `b` opened before the agents started: each end is found at its
+/// first read or write (a socket opened before the agent) by the agent of its own namespace
+/// only, and the idle namespace's agent sees nothing of it.
+#[test]
+fn a_connection_opened_before_the_agents_is_seen_only_from_its_namespaces() {
+    const WARM: u64 = 4;
+    const THEN: u64 = 6;
+    let _serial = serial();
+    let pair = VethPair::new();
+    let idle = NetNs::create(&format!("meshtap-{}-idle", std::process::id()));
+    let (srv, cli) = ("mt-ns-mid-srv", "mt-ns-mid-cli");
+    let mut server = Script::new("http_raw.py", srv)
+        .env("OTEL_SERVICE_NAME", srv)
+        .in_netns(&pair.b.ns)
+        .arg("server")
+        .opt("--bind", pair.b.v4)
+        .opt("--port", 0)
+        .spawn();
+    let v = server.expect_event("listening", STARTUP);
+    let port = v["port"].as_u64().expect("port").to_string();
+    // WARM requests, then GET /wait, answered once the agents run; the client is held alive
+    // once done, so that its /proc entry can still name it.
+    let mut client = Script::new("http_raw.py", cli)
+        .env("OTEL_SERVICE_NAME", cli)
+        .in_netns(&pair.a.ns)
+        .arg("client")
+        .opt("--host", pair.b.v4)
+        .opt("--port", &port)
+        .opt("--mode", "midstream")
+        .opt("--path", "/bytes/4")
+        .opt("--warm", WARM)
+        .opt("--then", THEN)
+        .arg("--hold")
+        .spawn();
+    client.expect_event("waiting", STARTUP);
+
+    let scoped = |ns: &NetNs| Agent::start(&["--netns", &netns_file(ns)]);
+    let agent_a = scoped(&pair.a.ns);
+    let agent_b = scoped(&pair.b.ns);
+    let agent_idle = scoped(&idle);
+    server.send_line("go");
+    let done = client.expect_event("done", RUN);
+    assert_eq!(done["responses"].as_u64(), Some(WARM + 1 + THEN), "{done}");
+
+    agent_a.wait_for(
+        &count(HTTP_CLIENT_DURATION),
+        &[("service_name", cli), ("server_port", &port)],
+        THEN as f64,
+        SETTLE,
+    );
+    agent_b.wait_for(
+        &count(HTTP_SERVER_DURATION),
+        &[("service_name", srv)],
+        THEN as f64,
+        SETTLE,
+    );
+    let (a, b, idle_m) = (agent_a.metrics(), agent_b.metrics(), agent_idle.metrics());
+    let mut problems = Vec::new();
+    for (who, m, name, want) in [
+        ("a", &a, count(HTTP_CLIENT_DURATION), THEN),
+        ("a", &a, count(HTTP_SERVER_DURATION), 0),
+        ("b", &b, count(HTTP_SERVER_DURATION), THEN),
+        ("b", &b, count(HTTP_CLIENT_DURATION), 0),
+        ("idle", &idle_m, EVENTS.to_owned(), 0),
+        ("idle", &idle_m, count(HTTP_CLIENT_DURATION), 0),
+        ("idle", &idle_m, count(HTTP_SERVER_DURATION), 0),
+    ] {
+        let got = m.value(&name, &[]);
+        if got != want as f64 {
+            problems.push(format!(
+                "agent {who}: {name} = {got}, expected {want}\n{}",
+                m.describe(&name)
+            ));
+        }
+    }
+    let idle_conns = agent_idle.connections();
+    if !idle_conns.is_empty() {
+        problems.push(format!("agent idle tracks connections: {idle_conns:?}"));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+    client.kill();
+}
+
 #[test]
 fn a_path_that_is_not_a_network_namespace_is_one_line_error() {
     let _serial = serial();
