@@ -20,6 +20,10 @@ pub const MAX_IOV: u32 = 64;
 /// attach cookie and sizes the per-library plaintext counters).
 pub const MAX_TLS_LIBRARIES: u32 = 64;
 
+/// Network namespaces one agent can be scoped to at most (`--netns`): the entries of the
+/// kernel's `NETNS_ALLOWED` map.
+pub const MAX_NETNS: u32 = 64;
+
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
@@ -335,8 +339,12 @@ pub struct ProbeConfig {
     /// reader falling behind loses payloads, counted, but not the totals that keep byte counts
     /// exact.
     pub data_limit_bytes: u64,
+    /// Nonzero when the agent is scoped to network namespaces (`--netns`): a socket starts being
+    /// tracked only if its namespace's inode is a key of `NETNS_ALLOWED`.
+    pub netns_filter: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<ProbeConfig>() == 24);
+const _: () = assert!(size_of::<ProbeConfig>() == 32);
 
 /// Per-connection state the kernel keeps in the `CONNS` map, keyed by `struct sock *`.
 #[repr(C)]

@@ -3,10 +3,11 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use meshtap_common::{
-    ConnState, ConnectArgs, DataEvent, IoArgs, KernelOffsets, MAX_CAPTURE, ProbeConfig, stat,
+    ConnState, ConnectArgs, DataEvent, IoArgs, KernelOffsets, MAX_CAPTURE, MAX_NETNS, ProbeConfig,
+    stat,
 };
 
 /// All events, in production order.
@@ -161,7 +162,14 @@ pub static CONFIG: ProbeConfig = ProbeConfig {
     capture_bytes: 0,
     wakeup_bytes: 0,
     data_limit_bytes: 0,
+    netns_filter: 0,
+    _pad: 0,
 };
+
+/// The network namespaces (inode -> 1) whose sockets are tracked, when `CONFIG.netns_filter` is
+/// on (`--netns`); written by the agent before the programs are attached.
+#[map]
+pub static NETNS_ALLOWED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_NETNS, 0);
 
 /// Reads one field of a load-time global. `read_volatile` keeps the compiler from folding the
 /// zero initialiser into the code: the loader rewrites `.rodata` before the verifier sees it.

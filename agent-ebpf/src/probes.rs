@@ -23,9 +23,9 @@ use crate::{
         wakeup_flags_for,
     },
     sock::{
-        FdSocket, current_identity, is_tcp, sock_err, sock_netns, sock_of_fd, sock_protocol,
-        sock_sport, sock_state, sock_tuple, syscall_arg3, syscall_args, tcp_first_seq,
-        tcp_sock_of_fd,
+        FdSocket, current_identity, in_scope, is_tcp, sock_err, sock_netns, sock_of_fd,
+        sock_protocol, sock_sport, sock_state, sock_tuple, syscall_arg3, syscall_args,
+        tcp_first_seq, tcp_sock_of_fd,
     },
 };
 
@@ -190,7 +190,7 @@ fn try_enter_connect(ctx: &TracePointContext) -> Result<u32, u32> {
     if is_agent() {
         return Ok(0);
     }
-    let Some(sk) = tcp_sock_of_fd(arg(ctx, 0)?) else {
+    let Some(sk) = tcp_sock_of_fd(arg(ctx, 0)?).filter(|&sk| in_scope(sk)) else {
         return Ok(0);
     };
     let uaddr = arg(ctx, 1)?;
@@ -297,7 +297,7 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     if fd < 0 {
         return Ok(0);
     }
-    let Some(sk) = tcp_sock_of_fd(fd as u64) else {
+    let Some(sk) = tcp_sock_of_fd(fd as u64).filter(|&sk| in_scope(sk)) else {
         return Ok(0);
     };
     let mut tuple = Tuple::ZERO;
@@ -388,7 +388,7 @@ fn try_set_state(ctx: &RawTracePointContext) -> Result<u32, u32> {
 
     if new == TCP_SYN_SENT {
         // connect(): tcp_v4_connect/tcp_v6_connect run in the caller's context.
-        if is_agent() {
+        if is_agent() || !in_scope(sk) {
             return Ok(0);
         }
         if let Some(args) = CONNECT_ARGS.get_ptr_mut(&bpf_get_current_pid_tgid()) {
@@ -400,6 +400,9 @@ fn try_set_state(ctx: &RawTracePointContext) -> Result<u32, u32> {
     }
     if new == TCP_LISTEN || old == TCP_LISTEN {
         tuple.local_port = sock_sport(sk);
+        if !in_scope(sk) {
+            return Ok(0);
+        }
     }
     if new == TCP_LISTEN && old == TCP_CLOSE {
         emit_conn(kind::LISTEN, sk, None, &tuple, role::SERVER, |_| {});
@@ -504,7 +507,9 @@ fn try_retransmit(ctx: &RawTracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let Some(state) = CONNS.get_ptr_mut(&sk) else {
-        count(stat::RETRANSMIT_UNTRACKED);
+        if in_scope(sk) {
+            count(stat::RETRANSMIT_UNTRACKED);
+        }
         return Ok(0);
     };
     // SAFETY: valid map value pointer for the duration of the program.
@@ -692,7 +697,7 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
         None => {
             // Not a connection we track: a socket of another kind, or the first sight of a
             // TCP connection opened before the agent (or whose open we missed).
-            if !socket.is_socket_inode() || !is_tcp(sk) {
+            if !socket.is_socket_inode() || !is_tcp(sk) || !in_scope(sk) {
                 return Ok(0);
             }
             let mut tuple = Tuple::ZERO;

@@ -6,7 +6,7 @@ use aya_ebpf::helpers::{
 };
 use meshtap_common::{AF_INET6, Identity, Tuple};
 
-use crate::maps::global;
+use crate::maps::{NETNS_ALLOWED, global};
 
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
@@ -248,4 +248,18 @@ pub fn sock_netns(sk: u64) -> u32 {
     read::<u64>(sk, global!(OFFSETS.sk_net))
         .and_then(|net| read::<u32>(net, global!(OFFSETS.net_inum)))
         .unwrap_or(0)
+}
+
+/// Whether `sk` belongs to the agent's scope: always when no `--netns` was given (one load of a
+/// frozen global and one branch, which the verifier folds away), else when the socket's network
+/// namespace is one of `NETNS_ALLOWED`. Checked where a socket would start being tracked or
+/// reported without being tracked; tracked sockets were checked when they were first seen.
+#[inline(always)]
+pub fn in_scope(sk: u64) -> bool {
+    if global!(CONFIG.netns_filter) == 0 {
+        return true;
+    }
+    let netns = sock_netns(sk);
+    // SAFETY: the value is only tested for presence, never read.
+    unsafe { NETNS_ALLOWED.get(&netns) }.is_some()
 }

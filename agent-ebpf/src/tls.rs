@@ -48,7 +48,7 @@ use crate::{
         HTTP2_PREFACE, continue_capture, copy_words, end_uncaptured, is_http2_preface, now,
         send_data,
     },
-    sock::{current_identity, sock_tuple},
+    sock::{current_identity, in_scope, sock_tuple},
 };
 
 /// TLS calls in flight, keyed by pid_tgid. LRU: a thread that died inside a call leaves its
@@ -300,6 +300,10 @@ fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let state = CONNS.get_ptr_mut(&sk);
+    // A socket that is not tracked is reported only when it is in the agent's scope.
+    if state.is_none() && !in_scope(sk) {
+        return Ok(0);
+    }
 
     let scratch = DATA_SCRATCH.get_ptr_mut(0).ok_or(0u32)?;
     // SAFETY: per-CPU scratch value, valid for the whole program run and not shared (a uprobe

@@ -376,9 +376,21 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             ring_buffer_bytes: config.ring_buffer_bytes,
             max_connections: config.max_connections,
             tls_plaintext: config.tls_plaintext,
+            netns: config.netns.iter().map(|ns| ns.inode).collect(),
         },
         &offsets,
     )?;
+    if !config.netns.is_empty() {
+        log::info!(
+            "scoped to network namespaces {}",
+            config
+                .netns
+                .iter()
+                .map(|ns| format!("{} ({})", ns.inode, ns.path.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     kernel_metrics.programs_attached.set(probes.attached as i64);
     let mut probes = probes;
     let tls_on = config.tls_plaintext
@@ -391,8 +403,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
     let probes = Arc::new(Mutex::new(probes));
 
-    // Listeners that existed before the programs were attached.
-    seed_listeners(&table);
+    // Listeners that existed before the programs were attached (of the scope's namespaces).
+    let scope: Vec<u32> = config.netns.iter().map(|ns| ns.inode).collect();
+    seed_listeners(&table, &scope);
 
     let queue_batches = (config.queue_events as usize / ebpf::reader::BATCH).max(1);
     let (tx, rx) = mpsc::channel::<Batch>(queue_batches);
@@ -479,7 +492,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
 }
 
-fn seed_listeners(table: &Mutex<ConnTable>) {
+/// Indexes the listening sockets found in `/proc`, and the addresses of their namespaces; only
+/// those of the namespaces in `scope` when it is not empty (`--netns`), as the kernel side
+/// reports only theirs: a listener elsewhere on the node is a remote peer to this agent.
+fn seed_listeners(table: &Mutex<ConnTable>, scope: &[u32]) {
     let proc_root = table
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -492,6 +508,9 @@ fn seed_listeners(table: &Mutex<ConnTable>) {
             let mut seen_netns = std::collections::HashSet::new();
             for l in scan.listeners {
                 let netns = l.netns as u32;
+                if !scope.is_empty() && !scope.contains(&netns) {
+                    continue;
+                }
                 if seen_netns.insert(netns) {
                     for ip in crate::metadata::netns_addresses(&proc_root, l.tgid) {
                         table.listeners.add_addr(netns, ip);

@@ -5,10 +5,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 use serde::Deserialize;
 
-use meshtap_common::{DEFAULT_CAPTURE, MAX_CAPTURE};
+use meshtap_common::{DEFAULT_CAPTURE, MAX_CAPTURE, MAX_NETNS};
 
 use crate::export::otlp::config::{OtlpConfig, OtlpConfigError};
 use crate::export::security::{SecurityConfig, TlsFiles};
+use crate::metadata::netns::{NetnsFile, NetnsFileError, netns_file};
 use crate::protocol::db::QueryText;
 use crate::trace::assembly::InstrumentedSpans;
 
@@ -53,6 +54,14 @@ pub struct Flags {
     /// means true].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub metrics_require_token: Option<bool>,
+    /// Watch only the sockets of this network namespace (repeatable, at most 64): a namespace
+    /// file such as /run/netns/<name> or /proc/<pid>/ns/net. Filtered in the kernel:
+    /// connections, listeners and payloads of other namespaces never reach the agent, which
+    /// then behaves as the node of these namespaces alone (their peers elsewhere are remote).
+    /// Several agents can run on one kernel at once, each with its own --netns and its own
+    /// --listen; nothing else needs to be told [default: every namespace of the node].
+    #[arg(long = "netns", value_name = "PATH")]
+    pub netns: Vec<PathBuf>,
 
     /// Payload bytes captured from each read/write for protocol parsing, 0..=4096 [default: 1024].
     /// Byte counts are always exact whatever this is. HTTP/2 connections are captured whole (up
@@ -285,6 +294,8 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub token_file: Option<PathBuf>,
     pub metrics_require_token: Option<bool>,
+    /// `["/run/netns/a", "/proc/1234/ns/net"]`
+    pub netns: Option<Vec<PathBuf>>,
     pub capture_bytes: Option<u32>,
     pub ring_buffer_bytes: Option<u32>,
     pub max_connections: Option<u32>,
@@ -352,6 +363,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// TLS and the bearer token of the endpoint.
     pub security: SecurityConfig,
+    /// The network namespaces the agent is scoped to, distinct; empty: all of the node's.
+    pub netns: Vec<NetnsFile>,
     pub capture_bytes: u32,
     pub ring_buffer_bytes: u32,
     pub max_connections: u32,
@@ -412,10 +425,46 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
+    #[error(
+        "invalid netns (--netns) = {}: {source}; give a network namespace file such as /run/netns/<name> (ip netns add) or /proc/<pid>/ns/net",
+        path.display()
+    )]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: NetnsFileError,
+    },
     #[error(transparent)]
     Otlp(#[from] OtlpConfigError),
     #[error(transparent)]
     Peer(#[from] crate::export::peer::PeerError),
+}
+
+/// `--netns` (all of them; none given: the file's list) resolved to distinct namespaces.
+fn netns(flags: &Flags, file: &FileConfig) -> Result<Vec<NetnsFile>, ConfigError> {
+    let paths = if flags.netns.is_empty() {
+        file.netns.clone().unwrap_or_default()
+    } else {
+        flags.netns.clone()
+    };
+    let mut scope: Vec<NetnsFile> = Vec::new();
+    for path in paths {
+        let ns = netns_file(&path).map_err(|source| ConfigError::Netns {
+            path: path.clone(),
+            source,
+        })?;
+        if !scope.iter().any(|known| known.inode == ns.inode) {
+            scope.push(ns);
+        }
+    }
+    if scope.len() > MAX_NETNS as usize {
+        return Err(ConfigError::Invalid {
+            setting: "netns (--netns)",
+            value: format!("{} network namespaces", scope.len()),
+            expected: "at most 64 network namespaces per agent: run another agent for the rest",
+        });
+    }
+    Ok(scope)
 }
 
 fn split_pair(setting: &'static str, pair: &str) -> Result<(String, String), ConfigError> {
@@ -612,12 +661,14 @@ impl Config {
         let kubernetes = kubernetes(&flags, &file)?;
         let otlp = otlp(&flags, &file);
         let security = security(&flags, &file)?;
+        let netns = netns(&flags, &file)?;
         let config = Config {
             listen: flags
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
             security,
+            netns,
             capture_bytes: flags
                 .capture_bytes
                 .or(file.capture_bytes)
@@ -926,6 +977,48 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:9464");
         assert_eq!(config.capture_bytes, DEFAULT_CAPTURE);
         assert_eq!(config.trace_store_rate, 200);
+    }
+
+    #[test]
+    fn netns_scope_from_flags_or_file() {
+        assert!(Config::load(Flags::default()).unwrap().netns.is_empty());
+        let own = netns_file(std::path::Path::new("/proc/self/ns/net")).unwrap();
+        // The same namespace twice (two paths to it) is one namespace.
+        let config = Config::load(Flags {
+            netns: vec![
+                "/proc/self/ns/net".into(),
+                "/proc/thread-self/ns/net".into(),
+            ],
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(config.netns, vec![own.clone()]);
+
+        let dir = std::env::temp_dir().join(format!("meshtap-netns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("netns.toml");
+        std::fs::write(&path, "netns = [\"/proc/self/ns/net\"]\n").unwrap();
+        let config = Config::load(Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(config.netns, vec![own]);
+        // Flags replace the file's list.
+        let err = Config::load(Flags {
+            config: Some(path),
+            netns: vec!["/proc/self/ns/mnt".into()],
+            ..Flags::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "invalid netns (--netns) = /proc/self/ns/mnt: it is a namespace file, but not of a \
+             network namespace; give a network namespace file such as /run/netns/<name> \
+             (ip netns add) or /proc/<pid>/ns/net"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

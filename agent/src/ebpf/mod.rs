@@ -99,6 +99,12 @@ pub enum LoadError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("scoping the programs to network namespace {inode} failed: {source}")]
+    Scope {
+        inode: u32,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
     #[error("installing {program} as a tail-call target failed: {source}")]
     TailCall {
         program: &'static str,
@@ -421,7 +427,7 @@ fn raise_memlock_limit() {
 }
 
 /// What loading the programs needs to know (taken from the agent's config by the app).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Payload prefix copied per read/write.
     pub capture_bytes: u32,
@@ -432,6 +438,9 @@ pub struct LoadOptions {
     /// Load the TLS uprobe programs (attached later, per library file, by
     /// [`Probes::start_tls`]).
     pub tls_plaintext: bool,
+    /// Network namespace inodes the programs are scoped to (`--netns`, at most
+    /// `MAX_NETNS`); empty: every namespace.
+    pub netns: Vec<u32>,
 }
 
 pub fn load(
@@ -446,6 +455,8 @@ pub fn load(
         // A sixteenth of the ring (256 KiB of the default 4 MiB, some 1,500 connection events)
         // is kept for connection events.
         data_limit_bytes: u64::from(config.ring_buffer_bytes - config.ring_buffer_bytes / 16),
+        netns_filter: u32::from(!config.netns.is_empty()),
+        _pad: 0,
     };
     raise_memlock_limit();
     let mut ebpf = EbpfLoader::new()
@@ -456,6 +467,23 @@ pub fn load(
         .map_max_entries("CONNS", config.max_connections)
         .load(OBJECT)
         .map_err(|e| LoadError::Load(Box::new(e)))?;
+    // The scope is in place before any program runs.
+    if !config.netns.is_empty() {
+        let mut allowed: HashMap<&mut MapData, u32, u8> = ebpf
+            .map_mut("NETNS_ALLOWED")
+            .and_then(|m| m.try_into().ok())
+            .ok_or(LoadError::MissingMap {
+                map: "NETNS_ALLOWED",
+            })?;
+        for &inode in &config.netns {
+            allowed
+                .insert(inode, 1, 0)
+                .map_err(|source| LoadError::Scope {
+                    inode,
+                    source: Box::new(source),
+                })?;
+        }
+    }
 
     let mut attached = 0;
     for (program, category, names) in ATTACH {
