@@ -144,9 +144,10 @@ pub struct Flags {
     #[arg(long, value_name = "BOOL")]
     pub peers_from_kubernetes: Option<bool>,
 
-    /// CA certificates (PEM) that https peers' certificates must chain to: required when a
-    /// --peer URL is https, or with --peers-from-kubernetes and --tls-cert (the agents then
-    /// ask each other over https).
+    /// CA certificates (PEM) that https peers' certificates must chain to, or the peers' own
+    /// certificate (one self-signed certificate shared by the agents is trusted as it is):
+    /// required when a --peer URL is https, or with --peers-from-kubernetes and --tls-cert (the
+    /// agents then ask each other over https).
     #[arg(long, value_name = "FILE")]
     pub peer_ca: Option<PathBuf>,
 

@@ -1,7 +1,8 @@
 //! Traces across nodes without trace headers: three "nodes" on this machine (network
 //! namespaces joined by veth pairs and routing), one agent per node scoped to it (`--netns`),
-//! the agents told of each other (`--peer`, over https: `--tls-cert`, `--peer-ca`) and
-//! requiring a token (`--token-file`).
+//! the agents told of each other (`--peer`, over https: `--tls-cert`, `--peer-ca`; node 1's
+//! agent with a self-signed certificate pinned in `--peer-ca`, the others' signed by a CA in
+//! it) and requiring a token (`--token-file`).
 //!
 //! client (node 1) -> frontend (node 2) -> backend (node 3), `trace_service.py` and
 //! `trace_client.py`, no trace header anywhere: each request must be one trace of four spans,
@@ -84,12 +85,16 @@ impl Nodes {
     }
 }
 
-/// The agents' common settings: the token file, one certificate for all of them (as a
-/// Kubernetes Secret would give them), and the peer of each node's addresses.
+/// The agents' common settings: the token file, their certificates, the CA file they check
+/// each other with, and the peer of each node's addresses.
 struct Setup {
     dir: TempDir,
-    cert: String,
-    key: String,
+    /// Each agent's certificate and key: node 1's self-signed (`openssl req -x509`, a CA
+    /// certificate, trusted by being in `--peer-ca` as it is), nodes 2 and 3's signed by a CA
+    /// (as cert-manager issues them: trusted by chaining to the CA in `--peer-ca`).
+    certs: [(String, String); 3],
+    /// `--peer-ca`: node 1's certificate and the CA.
+    peer_ca: String,
     token: String,
     wrong_token: String,
     /// Each node's agent address, fixed before they start (each names the others).
@@ -97,42 +102,112 @@ struct Setup {
     collector: Collector,
 }
 
+fn openssl(args: &[&str]) {
+    let out = run_command(Command::new("openssl").args(args), RUN);
+    assert!(out.status.success(), "openssl {args:?}: {}", out.stderr);
+}
+
+/// A new P-256 key and self-signed certificate for 127.0.0.1 (`openssl req -x509`'s
+/// defaults: a CA certificate).
+fn self_signed(dir: &TempDir, name: &str) -> (String, String) {
+    let (cert, key) = (
+        dir.file(&format!("{name}.crt")),
+        dir.file(&format!("{name}.key")),
+    );
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        &format!("/CN={name}"),
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-keyout",
+        &key,
+        "-out",
+        &cert,
+    ]);
+    (cert, key)
+}
+
+/// A server certificate for 127.0.0.1 signed by the CA `ca`.
+fn signed_by(dir: &TempDir, ca: &(String, String), name: &str) -> (String, String) {
+    let (cert, key, csr) = (
+        dir.file(&format!("{name}.crt")),
+        dir.file(&format!("{name}.key")),
+        dir.file(&format!("{name}.csr")),
+    );
+    let ext = dir.file(&format!("{name}.ext"));
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n\
+         subjectAltName=IP:127.0.0.1\n",
+    )
+    .expect("extensions");
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        &format!("/CN={name}"),
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca.0,
+        "-CAkey",
+        &ca.1,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
+    ]);
+    (cert, key)
+}
+
 impl Setup {
     fn new() -> Self {
         let dir = TempDir::new("cross-node");
         let token = dir.file("token");
         std::fs::write(&token, "s3cret-token-for-the-agents\n").expect("token");
-        let (cert, key) = (dir.file("cert.pem"), dir.file("key.pem"));
-        let out = run_command(
-            Command::new("openssl").args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=meshtap-agents",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-                "-keyout",
-                &key,
-                "-out",
-                &cert,
-            ]),
-            RUN,
-        );
-        assert!(out.status.success(), "openssl: {}", out.stderr);
+        let ca = self_signed(&dir, "meshtap-ca");
+        let certs = [
+            self_signed(&dir, "agent-1"),
+            signed_by(&dir, &ca, "agent-2"),
+            signed_by(&dir, &ca, "agent-3"),
+        ];
+        let peer_ca = dir.file("peer-ca.pem");
+        let pem = [&certs[0].0, &ca.0]
+            .map(|f| std::fs::read_to_string(f).expect("certificate"))
+            .concat();
+        std::fs::write(&peer_ca, pem).expect("peer CA file");
         let wrong_token = dir.file("wrong-token");
         std::fs::write(&wrong_token, "not-the-token\n").expect("token");
         let listen = [0, 1, 2].map(|_| format!("127.0.0.1:{}", meshtap_tests::free_port()));
         Setup {
             dir,
-            cert,
-            key,
+            certs,
+            peer_ca,
             token,
             wrong_token,
             listen,
@@ -155,9 +230,9 @@ impl Setup {
                 ("--listen", &self.listen[i]),
                 ("--netns", &netns),
                 ("--token-file", token),
-                ("--tls-cert", &self.cert),
-                ("--tls-key", &self.key),
-                ("--peer-ca", &self.cert),
+                ("--tls-cert", &self.certs[i].0),
+                ("--tls-key", &self.certs[i].1),
+                ("--peer-ca", &self.peer_ca),
             ],
         );
         for p in &peers {
@@ -214,8 +289,8 @@ fn run_client(nodes: &Nodes, name: &str, frontend_port: u16, count: usize) {
 fn chain(nodes: &Nodes, tag: &str, count: usize, via: Option<SocketAddrV4>) -> [String; 3] {
     let names = [
         format!("{tag}-client"),
-        format!("{tag}-frontend"),
-        format!("{tag}-backend"),
+        format!("{tag}-front"),
+        format!("{tag}-back"),
     ];
     let (backend, backend_port) = service(nodes, 2, &names[2], N3_23, None);
     let target = match via {
@@ -233,8 +308,16 @@ fn chain(nodes: &Nodes, tag: &str, count: usize, via: Option<SocketAddrV4>) -> [
     names
 }
 
-/// Connections node `ns` opens to `from` go to `to` (kube-proxy's DNAT of a ClusterIP).
+/// Connections node `ns` opens to `from` go to `to` (kube-proxy's DNAT of a ClusterIP). The
+/// virtual address needs a route before the DNAT (a node's default route gives it one).
 fn dnat(ns: &NetNs, from: SocketAddrV4, to: SocketAddrV4) {
+    ns.ip(&[
+        "route",
+        "add",
+        &format!("{}/32", from.ip()),
+        "dev",
+        "mtx23a",
+    ]);
     let out = run_command(
         ns.command("iptables").args([
             "-t",
@@ -262,14 +345,28 @@ fn dnat(ns: &NetNs, from: SocketAddrV4, to: SocketAddrV4) {
     );
 }
 
+/// The agents' cross-node metrics, for a failure's message.
+fn link_metrics(agents: &[&Agent]) -> String {
+    let mut out = String::new();
+    for (i, a) in agents.iter().enumerate() {
+        for line in a.metrics_text().lines() {
+            if !line.starts_with('#') && (line.contains("_peer_") || line.contains("linked")) {
+                out.push_str(&format!("agent {}: {line}\n", i + 1));
+            }
+        }
+    }
+    out
+}
+
 /// Every request one trace of four spans, each the child of the one before.
-fn assert_linked_chains(spans: &[Value], names: &[String; 3], count: usize) {
+fn assert_linked_chains(spans: &[Value], names: &[String; 3], count: usize, agents: &[&Agent]) {
     let traces = by_trace(spans);
     assert_eq!(
         traces.len(),
         count,
-        "one trace per request:\n{}",
-        describe(spans)
+        "one trace per request:\n{}\n{}",
+        describe(spans),
+        link_metrics(agents)
     );
     for spans in traces.values() {
         assert_eq!(spans.len(), 4, "four spans:\n{}", describe(spans));
@@ -306,7 +403,7 @@ fn traces_cross_three_nodes_through_their_agents() {
     let n = 20;
     let names = chain(&nodes, "xn", n, None);
     let spans = c.wait_spans(&names_of(&names), 4 * n);
-    assert_linked_chains(&spans, &names, n);
+    assert_linked_chains(&spans, &names, n, &[&a1, &a2, &a3]);
     assert_eq!(
         a2.value(LINKED, &[]),
         n as f64,
@@ -330,7 +427,7 @@ fn traces_cross_three_nodes_through_their_agents() {
     let n = 10;
     let names = chain(&nodes, "xnvip", n, Some(VIP));
     let spans = c.wait_spans(&names_of(&names), 4 * n);
-    assert_linked_chains(&spans, &names, n);
+    assert_linked_chains(&spans, &names, n, &[&a1, &a2, &a3]);
     assert_eq!(a3.value(LINKED, &[]), 30.0);
 
     // 3. The backend's agent stopped: the other spans are still linked, nothing blocks.

@@ -836,6 +836,10 @@ fn endpoint_secrets_and_network_policy() {
         cert.ends_with("/tls.crt") && key.ends_with("/tls.key"),
         "{cert} {key}"
     );
+    // The agents ask each other over https with the CA of the same Secret (cert-manager's).
+    let peer_ca = commented("peer_ca");
+    assert_eq!(volume_of_file(ds, &peer_ca).0, tls_volume);
+    assert!(peer_ca.ends_with("/ca.crt"), "{peer_ca}");
 
     let monitors = validated(
         &[deploy_dir().join("podmonitor.yaml")],

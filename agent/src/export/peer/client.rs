@@ -37,8 +37,9 @@ const MAX_ANSWER: usize = 4 << 20;
 /// The current bearer token to send, if any (read again for every request: rotated files).
 pub type TokenSource = Arc<dyn Fn() -> Option<Arc<str>> + Send + Sync>;
 
-/// How https peers are verified: their certificates must chain to the CA of `--peer-ca` and
-/// carry `server_name` (else the host of their URL).
+/// How https peers are verified: their certificates must chain to a CA of `--peer-ca` and
+/// carry `server_name` (else the host of their URL), or be one of the certificates of
+/// `--peer-ca` itself (a self-signed certificate shared by the agents, pinned as it is).
 #[derive(Clone)]
 pub struct PeerTls {
     pub connector: tokio_rustls::TlsConnector,
@@ -70,8 +71,10 @@ impl PeerTls {
             source,
         })?;
         let mut roots = rustls::RootCertStore::empty();
+        let mut pinned = Vec::new();
         for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
-            let _ = roots.add(cert);
+            let _ = roots.add(cert.clone());
+            pinned.push(cert);
         }
         if roots.is_empty() {
             return Err(PeerTlsError::NoCertificate(ca.to_path_buf()));
@@ -80,16 +83,76 @@ impl PeerTls {
             ServerName::try_from(name.clone())
                 .map_err(|_| PeerTlsError::ServerName(name.clone()))?;
         }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chained = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedOrChained { pinned, chained }))
+            .with_no_client_auth();
         Ok(PeerTls {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             server_name,
         })
+    }
+}
+
+/// A peer's certificate is trusted when it is, byte for byte, one of `--peer-ca`'s (the
+/// agents share one self-signed certificate: `openssl req -x509` makes it a CA certificate,
+/// which WebPKI refuses as a server's own), else when it chains to them as WebPKI checks it
+/// (validity, name). Either way the handshake's signature is checked against the certificate's
+/// key, so a peer must hold the private key.
+#[derive(Debug)]
+struct PinnedOrChained {
+    pinned: Vec<rustls::pki_types::CertificateDer<'static>>,
+    chained: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedOrChained {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
+        self.chained
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.chained.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.chained.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.chained.supported_verify_schemes()
     }
 }
 
@@ -217,6 +280,7 @@ pub fn start(
                     wait,
                     pending: Map::default(),
                     conn: None,
+                    failing: None,
                 };
                 tokio::spawn(task.run(rx));
                 queues.insert(url.clone(), tx);
@@ -239,13 +303,13 @@ pub fn start(
 }
 
 /// HTTP/1.1 over `stream`, its connection driven by a task of its own.
-async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, &'static str>
+async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, Failure>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|_| "connect")?;
+        .map_err(|e| ("connect", e.to_string()))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -263,7 +327,12 @@ struct PeerTask {
     /// Keys asked for, with when to give up.
     pending: Map<RequestKey, Instant>,
     conn: Option<SendRequest<Full<Bytes>>>,
+    /// The last failure logged, so that a failing peer is logged once, not at every poll.
+    failing: Option<String>,
 }
+
+/// Why a lookup failed: the outcome label, and the detail for the log.
+type Failure = (&'static str, String);
 
 impl PeerTask {
     async fn run(mut self, mut rx: mpsc::Receiver<RequestKey>) {
@@ -323,11 +392,18 @@ impl PeerTask {
             let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, self.post(batch)).await {
                 Ok(Ok(answer)) => {
                     self.take(answer);
+                    if self.failing.take().is_some() {
+                        log::info!("peer agent {}: answering again", self.url);
+                    }
                     "ok"
                 }
-                Ok(Err(outcome)) => outcome,
+                Ok(Err((outcome, detail))) => {
+                    self.failed(outcome, detail);
+                    outcome
+                }
                 Err(_) => {
                     self.conn = None;
+                    self.failed("timeout", format!("no answer within {REQUEST_TIMEOUT:?}"));
                     "timeout"
                 }
             };
@@ -344,9 +420,21 @@ impl PeerTask {
                 .inc();
             if outcome != "ok" {
                 // A failing peer is asked again at the next poll, not at once for every batch.
-                log::debug!("peer {}: {outcome}", self.url);
                 return;
             }
+        }
+    }
+
+    /// Logs a failure when it differs from the last one logged for this peer.
+    fn failed(&mut self, outcome: &'static str, detail: String) {
+        let message = format!("{outcome}: {detail}");
+        if self.failing.as_deref() != Some(message.as_str()) {
+            log::warn!(
+                "peer agent {}: lookup failed ({message}); its clients' spans stay unlinked \
+                 until it answers (meshtap_peer_requests_total{{outcome=\"{outcome}\"}})",
+                self.url
+            );
+            self.failing = Some(message);
         }
     }
 
@@ -374,20 +462,23 @@ impl PeerTask {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, &'static str> {
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Failure> {
         let (https, authority) = match self.url.split_once("://") {
             Some(("http", a)) => (false, a),
             Some(("https", a)) => (true, a),
-            _ => return Err("error"),
+            _ => return Err(("error", "the URL is neither http:// nor https://".into())),
         };
         let stream = tokio::net::TcpStream::connect(authority)
             .await
-            .map_err(|_| "connect")?;
+            .map_err(|e| ("connect", e.to_string()))?;
         let _ = stream.set_nodelay(true);
         if !https {
             return handshake(stream).await;
         }
-        let tls = self.tls.as_ref().ok_or("tls")?;
+        let tls = self
+            .tls
+            .as_ref()
+            .ok_or(("tls", "https peers need --peer-ca".to_string()))?;
         let host = match &tls.server_name {
             Some(name) => name.clone(),
             None => authority
@@ -397,20 +488,21 @@ impl PeerTask {
                 .trim_end_matches(']')
                 .to_string(),
         };
-        let name = rustls::pki_types::ServerName::try_from(host).map_err(|_| "tls")?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|_| ("tls", format!("{host} is not a valid server name")))?;
         let stream = tls
             .connector
             .connect(name, stream)
             .await
-            .map_err(|_| "tls")?;
+            .map_err(|e| ("tls", e.to_string()))?;
         handshake(stream).await
     }
 
-    async fn post(&mut self, keys: &[RequestKey]) -> Result<LookupAnswer, &'static str> {
+    async fn post(&mut self, keys: &[RequestKey]) -> Result<LookupAnswer, Failure> {
         let body = serde_json::to_vec(&LookupRequest {
             keys: keys.to_vec(),
         })
-        .map_err(|_| "error")?;
+        .map_err(|e| ("error", e.to_string()))?;
         let mut sender = match self.conn.take() {
             Some(s) => s,
             None => self.connect().await?,
@@ -425,30 +517,38 @@ impl PeerTask {
         let mut request = Request::post(ROUTE)
             .header(
                 header::HOST,
-                HeaderValue::from_str(authority).map_err(|_| "error")?,
+                HeaderValue::from_str(authority).map_err(|e| ("error", e.to_string()))?,
             )
             .header(header::CONTENT_TYPE, "application/json");
         if let Some(token) = self.token.as_ref().and_then(|t| t()) {
-            let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| "error")?;
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ("error", "the token is not a valid header value".to_string()))?;
             request = request.header(header::AUTHORIZATION, value);
         }
         let request = request
             .body(Full::new(Bytes::from(body)))
-            .map_err(|_| "error")?;
-        let response = sender.send_request(request).await.map_err(|_| "error")?;
+            .map_err(|e| ("error", e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| ("error", e.to_string()))?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_ANSWER)
             .collect()
             .await
-            .map_err(|_| "bad_answer")?
+            .map_err(|e| ("bad_answer", e.to_string()))?
             .to_bytes();
         self.conn = Some(sender);
         if status == StatusCode::UNAUTHORIZED {
-            return Err("unauthorized");
+            return Err((
+                "unauthorized",
+                "the peer refused our token (is the same --token-file given to every agent?)"
+                    .into(),
+            ));
         }
         if !status.is_success() {
-            return Err("status");
+            return Err(("status", format!("answered {status}")));
         }
-        serde_json::from_slice(&body).map_err(|_| "bad_answer")
+        serde_json::from_slice(&body).map_err(|e| ("bad_answer", e.to_string()))
     }
 }
