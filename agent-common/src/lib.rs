@@ -342,7 +342,10 @@ pub struct ProbeConfig {
     /// Nonzero when the agent is scoped to network namespaces (`--netns`): a socket starts being
     /// tracked only if its namespace's inode is a key of `NETNS_ALLOWED`.
     pub netns_filter: u32,
-    pub _pad: u32,
+    /// Nonzero when traces are linked across nodes (`--peer`, `--peers-from-kubernetes`):
+    /// data events of tracked sockets carry the TCP sequence number of their first byte
+    /// (`DataEventHeader::tcp_seq`), else 0 and the socket's fields are not read.
+    pub request_keys: u32,
 }
 const _: () = assert!(size_of::<ProbeConfig>() == 32);
 

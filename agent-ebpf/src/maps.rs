@@ -163,7 +163,7 @@ pub static CONFIG: ProbeConfig = ProbeConfig {
     wakeup_bytes: 0,
     data_limit_bytes: 0,
     netns_filter: 0,
-    _pad: 0,
+    request_keys: 0,
 };
 
 /// The network namespaces (inode -> 1) whose sockets are tracked, when `CONFIG.netns_filter` is

@@ -732,7 +732,9 @@ fn try_exit_io(ctx: &TracePointContext, call: u8, dir: u8, buffer: Buffer) -> Re
     if let Some(state) = state_ptr {
         // SAFETY: valid map value pointer for the duration of the program.
         let state = unsafe { &mut *state };
-        head.tcp_seq = tcp_first_seq(sk, args.direction == direction::EGRESS, bytes);
+        if global!(CONFIG.request_keys) != 0 {
+            head.tcp_seq = tcp_first_seq(sk, args.direction == direction::EGRESS, bytes);
+        }
         state.announced = 1;
         thread = crate::tls::note_socket(sk, state);
         if args.direction == direction::EGRESS {

@@ -377,6 +377,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             max_connections: config.max_connections,
             tls_plaintext: config.tls_plaintext,
             netns: config.netns.iter().map(|ns| ns.inode).collect(),
+            request_keys: cross_node,
         },
         &offsets,
     )?;

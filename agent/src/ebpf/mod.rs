@@ -441,6 +441,8 @@ pub struct LoadOptions {
     /// Network namespace inodes the programs are scoped to (`--netns`, at most
     /// `MAX_NETNS`); empty: every namespace.
     pub netns: Vec<u32>,
+    /// Data events carry their TCP sequence number (cross-node trace links).
+    pub request_keys: bool,
 }
 
 pub fn load(
@@ -456,7 +458,7 @@ pub fn load(
         // is kept for connection events.
         data_limit_bytes: u64::from(config.ring_buffer_bytes - config.ring_buffer_bytes / 16),
         netns_filter: u32::from(!config.netns.is_empty()),
-        _pad: 0,
+        request_keys: u32::from(config.request_keys),
     };
     raise_memlock_limit();
     let mut ebpf = EbpfLoader::new()
