@@ -10,7 +10,8 @@
 //! span, each the child of the one before, exported to one collector by the three agents.
 //! Then a virtual IP in front of the backend (DNAT on the frontend's node, as kube-proxy does
 //! for a ClusterIP); the backend's agent stopped; an agent with a wrong token; the frontend's
-//! agent stopped.
+//! agent stopped. Then the same three nodes with `--peers-from-kubernetes` instead of `--peer`:
+//! the agents find each other through the (fake) Kubernetes API.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -19,6 +20,7 @@ use std::{
 
 use meshtap_tests::{
     Agent, NetNs, TempDir,
+    kube::KubeApi,
     netns::ip,
     process::{RUN, STARTUP, Script, ScriptChild, port_of, run_command},
     serial,
@@ -26,7 +28,7 @@ use meshtap_tests::{
     traces::agent_args,
     zipkin::Collector,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const N1_12: Ipv4Addr = Ipv4Addr::new(10, 211, 12, 1);
 const N2_12: Ipv4Addr = Ipv4Addr::new(10, 211, 12, 2);
@@ -492,4 +494,121 @@ fn traces_cross_three_nodes_through_their_agents() {
         a3.metrics().describe(PEER_REQUESTS)
     );
     drop(a1);
+}
+
+/// A pod of the fake API: `name` on `node` with the addresses `ips`, running; with the labels of
+/// meshtap's agent pods when `agent`.
+fn pod(name: &str, node: &str, ips: &[&str], agent: bool) -> Value {
+    let labels = if agent {
+        json!({"app.kubernetes.io/name": "meshtap", "app.kubernetes.io/component": "agent"})
+    } else {
+        json!({"app": name})
+    };
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "xk", "uid": format!("uid-{name}"), "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "main", "image": "example/main:1"}]},
+        "status": {
+            "phase": "Running",
+            "podIP": ips[0],
+            "podIPs": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
+        },
+    })
+}
+
+/// `--peers-from-kubernetes` instead of `--peer`: the agents find each other through the API,
+/// pod IP -> its node -> the meshtap agent pod of that node, asked on their own `--listen`
+/// port. The three agents listen on 127.0.0.11, .12 and .13 (one port), their pods' addresses
+/// in the fake API; the client, frontend and backend are pods of the nodes 1, 2 and 3.
+#[test]
+fn the_agents_find_each_other_through_kubernetes() {
+    let _serial = serial();
+    let nodes = Nodes::build();
+    let api = KubeApi::start(&[]);
+    let node = |i: usize| format!("xk-node-{}", i + 1);
+    let agent_ip = |i: usize| format!("127.0.0.{}", 11 + i);
+    let mut items = vec![
+        pod("xk-client", &node(0), &[&N1_12.to_string()], false),
+        pod(
+            "xk-front",
+            &node(1),
+            &[&N2_12.to_string(), &N2_23.to_string()],
+            false,
+        ),
+        pod("xk-back", &node(2), &[&N3_23.to_string()], false),
+    ];
+    for i in 0..3 {
+        items.push(pod(
+            &format!("meshtap-{}", i + 1),
+            &node(i),
+            &[&agent_ip(i)],
+            true,
+        ));
+    }
+    let n_pods = items.len();
+    api.apply(&json!({"apiVersion": "v1", "kind": "List", "items": items}));
+
+    let dir = TempDir::new("cross-node-kube");
+    let token = dir.file("token");
+    std::fs::write(&token, "s3cret-token-for-the-agents\n").expect("token");
+    let collector = Collector::start("xk-coll", &[]);
+    let port = meshtap_tests::free_port();
+    let url = api.url();
+    let agents: Vec<Agent> = (0..3)
+        .map(|i| {
+            let args = agent_args(
+                &collector.endpoint(),
+                &[
+                    ("--listen", &format!("{}:{port}", agent_ip(i))),
+                    ("--netns", &nodes.path(i)),
+                    ("--token-file", &token),
+                    ("--kube-api-url", &url),
+                    ("--node-name", &node(i)),
+                    ("--kube-retry-max-seconds", "1"),
+                    ("--peers-from-kubernetes", "true"),
+                ],
+            );
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            Agent::start(&refs)
+        })
+        .collect();
+    // Every agent knows the pods added above (and the fixtures' own) before the traffic.
+    for a in &agents {
+        a.wait_until(
+            RUN,
+            |m| {
+                m.matching("meshtap_kubernetes_objects", &[]).any(|s| {
+                    s.labels.get("resource").is_some_and(|r| r.contains("pod"))
+                        && s.value >= n_pods as f64
+                })
+            },
+            |m| m.describe("meshtap_kubernetes_objects"),
+        );
+    }
+
+    let n = 20;
+    let names = chain(&nodes, "xk", n, None);
+    let spans = collector.wait_spans(&names_of(&names), 4 * n);
+    let refs: Vec<&Agent> = agents.iter().collect();
+    assert_linked_chains(&spans, &names, n, &refs);
+    assert_eq!(agents[1].value(LINKED, &[]), n as f64);
+    assert_eq!(agents[2].value(LINKED, &[]), n as f64);
+    for a in &agents {
+        assert_eq!(
+            a.value(UNLINKED, &[]),
+            0.0,
+            "{}",
+            a.metrics().describe(UNLINKED)
+        );
+    }
+    // Each asked the agent of the client's node, found by its pod's address, over http.
+    for (asker, asked) in [(1, 0), (2, 1)] {
+        let peer = format!("http://{}:{port}", agent_ip(asked));
+        assert!(
+            agents[asker].value(PEER_REQUESTS, &[("peer", &peer), ("outcome", "ok")]) > 0.0,
+            "{}",
+            agents[asker].metrics().describe(PEER_REQUESTS)
+        );
+    }
 }
