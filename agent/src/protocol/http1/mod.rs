@@ -284,20 +284,31 @@ pub fn detect(side: Side, dir: Direction, first_payload: &[u8], _midstream: bool
 /// The registry's parser: [`Http1Parser`] with its exchanges made neutral.
 pub struct Parser {
     http: Http1Parser,
-    /// The exchanges of one call, before conversion: one buffer, reused.
-    scratch: Vec<HttpExchange>,
+}
+
+std::thread_local! {
+    /// The exchanges of one call, before conversion: one buffer per thread, reused (one per
+    /// connection would keep its capacity on every idle connection).
+    static SCRATCH: std::cell::Cell<Vec<HttpExchange>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` with the thread's scratch buffer, then moves what it produced to `out`.
+fn with_scratch<R>(
+    out: &mut Vec<super::Exchange>,
+    f: impl FnOnce(&mut Vec<HttpExchange>) -> R,
+) -> R {
+    let mut scratch = SCRATCH.take();
+    let result = f(&mut scratch);
+    out.extend(scratch.drain(..).map(HttpExchange::into_exchange));
+    SCRATCH.set(scratch);
+    result
 }
 
 impl Parser {
     pub fn new(side: Side) -> Self {
         Parser {
             http: Http1Parser::new(side),
-            scratch: Vec::new(),
         }
-    }
-
-    fn convert(&mut self, out: &mut Vec<super::Exchange>) {
-        out.extend(self.scratch.drain(..).map(HttpExchange::into_exchange));
     }
 }
 
@@ -310,11 +321,11 @@ impl super::Parser for Parser {
         bytes: u64,
         out: &mut Vec<super::Exchange>,
     ) -> Result<(), super::ParseError> {
-        let result = self
-            .http
-            .feed(dir, ts_ns, payload, bytes, &mut self.scratch);
-        self.convert(out);
-        result.map_err(Into::into)
+        let http = &mut self.http;
+        with_scratch(out, |scratch| {
+            http.feed(dir, ts_ns, payload, bytes, scratch)
+        })
+        .map_err(Into::into)
     }
 
     fn gap(&mut self, dir: Direction) {
@@ -322,8 +333,8 @@ impl super::Parser for Parser {
     }
 
     fn close(&mut self, ts_ns: u64, out: &mut Vec<super::Exchange>) {
-        self.http.close(ts_ns, &mut self.scratch);
-        self.convert(out);
+        let http = &mut self.http;
+        with_scratch(out, |scratch| http.close(ts_ns, scratch));
     }
 
     fn in_flight(&self) -> bool {
@@ -514,6 +525,66 @@ struct Pending {
     truncated: bool,
     /// The request asked to upgrade to HTTP/2 (`Upgrade: h2c`, RFC 7540 §3.2).
     h2c: bool,
+}
+
+/// Requests awaiting their response, oldest first. The first is held inline: a keep-alive
+/// connection has one request at a time, so only pipelining allocates, and an idle
+/// connection holds no buffer (a `VecDeque` keeps the capacity of 4 it took for its first
+/// request, 448 bytes per connection).
+#[derive(Debug, Default)]
+struct PendingQueue {
+    first: Option<Pending>,
+    /// The requests after `first`; empty whenever `first` is `None`.
+    rest: VecDeque<Pending>,
+}
+
+impl PendingQueue {
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn push_back(&mut self, pending: Pending) {
+        if self.first.is_none() {
+            self.first = Some(pending);
+        } else {
+            self.rest.push_back(pending);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Pending> {
+        let front = self.first.take();
+        self.first = self.rest.pop_front();
+        if self.rest.is_empty() && self.rest.capacity() > 0 {
+            // Pipelining is over: give its buffer back.
+            self.rest = VecDeque::new();
+        }
+        front
+    }
+
+    fn back(&self) -> Option<&Pending> {
+        self.rest.back().or(self.first.as_ref())
+    }
+
+    fn back_mut(&mut self) -> Option<&mut Pending> {
+        match self.rest.back_mut() {
+            Some(p) => Some(p),
+            None => self.first.as_mut(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.first = None;
+        self.rest = VecDeque::new();
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Pending> {
+        let rest = std::mem::take(&mut self.rest);
+        self.first.take().into_iter().chain(rest)
+    }
 }
 
 #[derive(Debug)]
@@ -1135,7 +1206,7 @@ pub struct Http1Parser {
     side: Side,
     req: Stream,
     resp: Stream,
-    pending: VecDeque<Pending>,
+    pending: PendingQueue,
     response: Option<Response>,
     next_seq: u64,
     consecutive_errors: u32,
@@ -1165,7 +1236,7 @@ impl Http1Parser {
             side,
             req: Stream::new(),
             resp: Stream::new(),
-            pending: VecDeque::new(),
+            pending: PendingQueue::default(),
             response: None,
             next_seq: 0,
             consecutive_errors: 0,
@@ -1859,7 +1930,7 @@ impl Http1Parser {
             let last = self.req.last_ts;
             self.truncated_head(Role::Request, last, out);
         }
-        for pending in self.pending.drain(..) {
+        for pending in self.pending.drain() {
             let Some(line) = pending.line else { continue };
             out.push(HttpExchange {
                 start_ns: pending.start_ns,

@@ -1071,3 +1071,50 @@ fn neutral_exchange_outcome_error_type_and_context() {
     .into_exchange();
     assert!(matches!(traced.context, Found::Valid(_)));
 }
+
+/// The queue of requests awaiting a response keeps their order through pipelining, and an idle
+/// connection's parser holds no buffer for it afterwards.
+#[test]
+fn pending_requests_keep_their_order_and_no_buffer_when_idle() {
+    let mut p = Http1Parser::new(Side::Server);
+    let mut out = Vec::new();
+    // Five pipelined requests in one syscall, then their responses one by one.
+    let reqs = String::from("GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        + "GET /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+        + "GET /3 HTTP/1.1\r\nHost: a\r\n\r\n"
+        + "GET /4 HTTP/1.1\r\nHost: a\r\n\r\n"
+        + "GET /5 HTTP/1.1\r\nHost: a\r\n\r\n";
+    p.feed(
+        Direction::Ingress,
+        1,
+        reqs.as_bytes(),
+        reqs.len() as u64,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(p.pending.len(), 5);
+    assert!(p.pending.rest.capacity() > 0);
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    for i in 0..5u64 {
+        p.feed(Direction::Egress, 2 + i, resp, resp.len() as u64, &mut out)
+            .unwrap();
+    }
+    let paths: Vec<&str> = out.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["/1", "/2", "/3", "/4", "/5"]);
+    assert!(p.pending.is_empty());
+    assert_eq!(
+        p.pending.rest.capacity(),
+        0,
+        "pipelining's buffer given back"
+    );
+    // One request at a time (keep-alive without pipelining) allocates nothing for the queue.
+    let req = b"GET /6 HTTP/1.1\r\nHost: a\r\n\r\n";
+    p.feed(Direction::Ingress, 10, req, req.len() as u64, &mut out)
+        .unwrap();
+    assert_eq!(p.pending.len(), 1);
+    assert_eq!(p.pending.rest.capacity(), 0);
+    p.feed(Direction::Egress, 11, resp, resp.len() as u64, &mut out)
+        .unwrap();
+    assert_eq!(out.last().map(|e| e.path.as_str()), Some("/6"));
+    assert!(p.pending.is_empty());
+}
