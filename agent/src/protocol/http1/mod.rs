@@ -352,7 +352,7 @@ impl super::Parser for Parser {
             protocol: super::Protocol::Http2,
             rest: up.rest.clone(),
             rest_uncaptured: up.rest_uncaptured,
-            parser: Box::new(super::http2::Parser::upgraded(side, up)),
+            parser: Box::new(super::http2::Parser::upgraded(side, *up)),
         })
     }
 }
@@ -1214,7 +1214,8 @@ pub struct Http1Parser {
     error: Option<ParseError>,
     dead: bool,
     /// The connection switched to HTTP/2 (h2c): what the HTTP/2 parser takes over.
-    upgrade: Option<H2cUpgrade>,
+    /// Boxed: set once in a connection's life, if ever (kept out of every parser's size).
+    upgrade: Option<Box<H2cUpgrade>>,
 }
 
 /// An `Upgrade: h2c` request answered `101`: it becomes HTTP/2 stream 1, and the bytes of the
@@ -1452,7 +1453,7 @@ impl Http1Parser {
         {
             // RFC 7540 §3.2: the upgraded request is HTTP/2 stream 1, answered in HTTP/2.
             self.response = None;
-            self.upgrade = Some(H2cUpgrade {
+            self.upgrade = Some(Box::new(H2cUpgrade {
                 start_ns: request.start_ns,
                 method: line.method,
                 path: line.path,
@@ -1460,7 +1461,7 @@ impl Http1Parser {
                 request_body_bytes: request.body_bytes,
                 rest: Vec::new(),
                 rest_uncaptured: 0,
-            });
+            }));
             self.give_up();
             return Ok(());
         }
