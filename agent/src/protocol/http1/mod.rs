@@ -528,9 +528,9 @@ struct Pending {
 }
 
 /// Requests awaiting their response, oldest first. The first is held inline: a keep-alive
-/// connection has one request at a time, so only pipelining allocates, and an idle
-/// connection holds no buffer (a `VecDeque` keeps the capacity of 4 it took for its first
-/// request, 448 bytes per connection).
+/// connection has one request at a time, so only pipelining allocates, and a connection with
+/// nothing awaiting a response holds no buffer (a `VecDeque` keeps the capacity of 4 it took
+/// for its first request, 448 bytes per connection).
 #[derive(Debug, Default)]
 struct PendingQueue {
     first: Option<Pending>,
@@ -558,8 +558,9 @@ impl PendingQueue {
     fn pop_front(&mut self) -> Option<Pending> {
         let front = self.first.take();
         self.first = self.rest.pop_front();
-        if self.rest.is_empty() && self.rest.capacity() > 0 {
-            // Pipelining is over: give its buffer back.
+        if self.first.is_none() && self.rest.capacity() > 0 {
+            // Nothing awaits a response any more: give pipelining's buffer back. (Not when
+            // only `rest` empties: a steady pipeline of two would allocate per request.)
             self.rest = VecDeque::new();
         }
         front
