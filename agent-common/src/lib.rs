@@ -137,8 +137,15 @@ pub mod map_id {
     pub const CONNECT_ARGS: u32 = 1;
     pub const TLS_CALLS: u32 = 2;
     pub const TLS_SOCKETS: u32 = 3;
-    pub const COUNT: u32 = 4;
-    pub const NAMES: [&str; COUNT as usize] = ["conns", "connect_args", "tls_calls", "tls_sockets"];
+    pub const GO_CALLS: u32 = 4;
+    pub const COUNT: u32 = 5;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "conns",
+        "connect_args",
+        "tls_calls",
+        "tls_sockets",
+        "go_calls",
+    ];
 }
 
 /// A TCP 4-tuple as seen from the observed socket: `local` is this socket's end.

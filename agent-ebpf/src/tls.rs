@@ -299,6 +299,21 @@ fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
         count(stat::TLS_UNTIED);
         return Ok(0);
     }
+    send_plaintext(ctx, sk, call.op, call.buf, call.library, bytes)
+}
+
+/// Sends `bytes` of plaintext that a call (`op`, one of [`tls_call`]) on library `library` read
+/// into or wrote from `buf`, as a data event of connection `sk` (see the module's doc).
+#[inline(always)]
+pub(crate) fn send_plaintext<C: EbpfContext>(
+    ctx: &C,
+    sk: u64,
+    op: u8,
+    buf: u64,
+    library: u16,
+    bytes: u64,
+) -> Result<u32, u32> {
+    let key = bpf_get_current_pid_tgid();
     let state = CONNS.get_ptr_mut(&sk);
     // A socket that is not tracked is reported only when it is in the agent's scope.
     if state.is_none() && !in_scope(sk) {
@@ -348,14 +363,14 @@ fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
         }
     }
     head.bytes = bytes;
-    let (dir, call_kind) = if call.op == tls_call::WRITE {
+    let (dir, call_kind) = if op == tls_call::WRITE {
         (direction::EGRESS, syscall::TLS_WRITE)
     } else {
         (direction::INGRESS, syscall::TLS_READ)
     };
     head.direction = dir;
     head.syscall = call_kind;
-    head.library = call.library;
+    head.library = library;
     head.tcp_seq = 0;
     head._pad = 0;
 
@@ -384,7 +399,7 @@ fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
             probe_read_user_raw(
                 scratch.event.payload.as_mut_ptr() as *mut _,
                 n,
-                call.buf as *const _,
+                buf as *const _,
             )
         };
         if rc == 0 { n } else { 0 }
@@ -412,7 +427,7 @@ fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
     if !send_data(scratch, captured as usize) {
         return Ok(0);
     }
-    count_plaintext(call.library);
+    count_plaintext(library);
     if !more {
         return Ok(0);
     }
@@ -424,7 +439,7 @@ fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
     let cont = unsafe { &mut *cont };
     cont.args = IoArgs {
         sk,
-        buf: call.buf,
+        buf,
         iovcnt: 0,
         syscall: call_kind,
         direction: dir,

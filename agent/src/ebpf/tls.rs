@@ -1,6 +1,7 @@
 //! TLS libraries: finding the files that hold OpenSSL's `SSL_read`/`SSL_write` on the node
 //! (shared `libssl.so*` and executables that link OpenSSL statically and export its symbols,
-//! such as Node's), and attaching the uprobes of `agent-ebpf/src/tls.rs` to each file once.
+//! such as Node's), and executables built with Go's `crypto/tls` (see [`go`]), and attaching
+//! the uprobes of `agent-ebpf/src/tls.rs` (`go_tls.rs`) to each file once.
 //!
 //! A uprobe belongs to a file (its inode), not to a process: once attached it fires in every
 //! process that maps the file, including processes started later and processes that load the
@@ -34,6 +35,8 @@ use prometheus_client::{
 
 use crate::metrics::Registry;
 
+mod go;
+
 /// The probed functions and their entry programs; every one also gets `tls_return`.
 /// `SSL_read` and `SSL_write` must be present; the others are probed where they exist.
 const FUNCTIONS: &[(&str, &str)] = &[
@@ -52,6 +55,10 @@ const RETURN_PROGRAM: &str = "tls_return";
 pub const CONTINUE_PROGRAM: &str = "tls_continue";
 /// Every attached program of this module, loaded when TLS plaintext is on.
 pub const PROGRAMS: &[&str] = &[
+    go::READ_PROGRAM,
+    go::WRITE_PROGRAM,
+    go::HANDSHAKE_PROGRAM,
+    go::RETURN_PROGRAM,
     "tls_read_enter",
     "tls_write_enter",
     "tls_read_ex_enter",
@@ -116,17 +123,17 @@ impl TlsMetrics {
         let m = TlsMetrics::default();
         registry.register(
             name::LIBRARIES_PROBED,
-            "TLS library files whose SSL_read/SSL_write carry meshtap's uprobes, by file name",
+            "TLS library files whose read and write functions carry meshtap's uprobes (OpenSSL's SSL_read/SSL_write, Go's crypto/tls), by file name",
             m.libraries_probed.clone(),
         );
         registry.register(
             name::ATTACH_FAILURES,
-            "TLS library files not probed, by reason: permission (uprobes refused: CAP_SYS_ADMIN missing), limit (64 files probed already), unreadable (the file's symbols could not be read), attach (the kernel refused the uprobe otherwise)",
+            "TLS library files not probed, by reason: permission (uprobes refused: CAP_SYS_ADMIN missing), limit (64 files probed already), unsupported (a Go executable older than Go 1.17, not x86-64, or without a *net.TCPConn itab), unreadable (the file's symbols could not be read), attach (the kernel refused the uprobe otherwise)",
             m.attach_failures.clone(),
         );
         registry.register(
             name::PLAINTEXT_EVENTS,
-            "Plaintext events the TLS probes sent (each SSL_read/SSL_write that moved bytes on a tracked connection), by library file name",
+            "Plaintext events the TLS probes sent (each SSL_read/SSL_write or Go crypto/tls Read/Write that moved bytes on a tracked connection), by library file name",
             m.plaintext_events.clone(),
         );
         m
@@ -324,12 +331,18 @@ impl TlsProbes {
         // Opened once: examined and attached through the same open file, so that a process
         // that exits meanwhile (its /proc/<pid>/exe gone) does not matter.
         let opened = fs::File::open(path).and_then(|file| {
-            let offsets = symbol_offsets(MappedFile::open(&file)?.bytes());
-            Ok((file, offsets))
+            let plan = plan(MappedFile::open(&file)?.bytes(), executable);
+            Ok((file, plan))
         });
-        let (file, offsets) = match opened {
-            Ok((file, Some(offsets))) => (file, offsets),
-            Ok((_, None)) => {
+        let (file, plan) = match opened {
+            Ok((file, Ok(plan))) => (file, plan),
+            Ok((_, Err(NotProbed::Unsupported(why)))) => {
+                log::info!("TLS plaintext: not probing {}: {why}", path.display());
+                self.fail("unsupported");
+                self.examined.insert(id, Examined::Skipped);
+                return;
+            }
+            Ok((_, Err(NotProbed::NoTls))) => {
                 self.examined.insert(id, Examined::Skipped);
                 return;
             }
@@ -350,20 +363,29 @@ impl TlsProbes {
         let cookie = self.libraries.len() as u64 + 1;
         // By its path (which tools such as `bpftool perf` then show); through the open file if
         // the path is gone (the process whose /proc entry named it exited meanwhile).
-        let mut attached = attach(ebpf, path, path, &offsets, cookie);
+        if let Some(hash) = plan.go_tcp_itab_hash
+            && let Err(e) = set_go_itab_hash(ebpf, cookie as u32, hash)
+        {
+            log::warn!("TLS plaintext: not probing {}: {e}", path.display());
+            self.fail("attach");
+            self.examined.insert(id, Examined::Skipped);
+            return;
+        }
+        let mut attached = attach(ebpf, path, path, &plan.points, cookie);
         if matches!(&attached, Err(TlsAttachError::Attach { source, .. }) if has_errno(source, &[libc::ENOENT]))
         {
             let by_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-            attached = attach(ebpf, &by_fd, path, &offsets, cookie);
+            attached = attach(ebpf, &by_fd, path, &plan.points, cookie);
         }
         drop(file);
         match attached {
             Ok(uprobes) => {
                 let name = library_name(path);
                 log::info!(
-                    "TLS plaintext: probing {} ({} functions, {uprobes} uprobes)",
+                    "TLS plaintext: probing {} ({}: {} functions, {uprobes} uprobes)",
                     path.display(),
-                    offsets.len()
+                    plan.library,
+                    plan.functions
                 );
                 self.metrics
                     .libraries_probed
@@ -489,11 +511,67 @@ fn is_libssl(file: &str) -> bool {
     file.starts_with("libssl.so")
 }
 
+/// What to attach to one file.
+#[derive(Debug)]
+struct Plan {
+    /// `OpenSSL` or `Go crypto/tls`, for the log.
+    library: &'static str,
+    /// Functions found.
+    functions: usize,
+    /// Each uprobe: its program and the file offset of its instruction.
+    points: Vec<(&'static str, u64)>,
+    /// A Go executable: the type hash of `*net.TCPConn` in its `net.Conn` itab (see
+    /// `agent-ebpf/src/go_tls.rs`).
+    go_tcp_itab_hash: Option<u32>,
+}
+
+/// Why a file gets no probes.
+#[derive(Debug, PartialEq, Eq)]
+enum NotProbed {
+    /// Neither OpenSSL's `SSL_read`/`SSL_write` nor Go's `crypto/tls` (or not an ELF file).
+    NoTls,
+    /// A TLS implementation the probes cannot read, and why (an old Go, another architecture).
+    Unsupported(String),
+}
+
+/// The probes for the file `data`: OpenSSL's functions, or (`executable`) Go's `crypto/tls`.
+fn plan(data: &[u8], executable: bool) -> Result<Plan, NotProbed> {
+    let file = object::File::parse(data).map_err(|_| NotProbed::NoTls)?;
+    if let Some(offsets) = symbol_offsets(&file) {
+        let mut points = Vec::with_capacity(offsets.len() * 2);
+        for (_, entry, offset) in &offsets {
+            points.push((*entry, *offset));
+            if *entry != FREE_PROGRAM {
+                points.push((RETURN_PROGRAM, *offset));
+            }
+        }
+        return Ok(Plan {
+            library: "OpenSSL",
+            functions: offsets.len(),
+            points,
+            go_tcp_itab_hash: None,
+        });
+    }
+    if executable {
+        return go::plan(&file);
+    }
+    Err(NotProbed::NoTls)
+}
+
+/// The file offset of the code at virtual address `address` in `section`.
+fn file_offset(address: u64, section: &object::Section<'_, '_>) -> Option<u64> {
+    use object::ObjectSection as _;
+    let (section_offset, _) = section.file_range()?;
+    match UProbeAttachLocation::from_virtual_address(address, section.address(), section_offset) {
+        Ok(UProbeAttachLocation::AbsoluteOffset(offset)) => Some(offset),
+        _ => None,
+    }
+}
+
 /// The file offsets of the probed functions an ELF file defines, if it defines at least
 /// `SSL_read` and `SSL_write` (its dynamic symbols first, then its full symbol table).
-fn symbol_offsets(data: &[u8]) -> Option<Vec<(&'static str, &'static str, u64)>> {
-    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
-    let file = object::File::parse(data).ok()?;
+fn symbol_offsets(file: &object::File<'_>) -> Option<Vec<(&'static str, &'static str, u64)>> {
+    use object::{Object as _, ObjectSymbol as _};
     let mut found: Vec<(&'static str, &'static str, u64)> = Vec::new();
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
         if symbol.is_undefined() || symbol.address() == 0 {
@@ -514,16 +592,7 @@ fn symbol_offsets(data: &[u8]) -> Option<Vec<(&'static str, &'static str, u64)>>
         else {
             continue;
         };
-        let Some((section_offset, _)) = section.file_range() else {
-            continue;
-        };
-        let Ok(UProbeAttachLocation::AbsoluteOffset(offset)) =
-            UProbeAttachLocation::from_virtual_address(
-                symbol.address(),
-                section.address(),
-                section_offset,
-            )
-        else {
+        let Some(offset) = file_offset(symbol.address(), &section) else {
             continue;
         };
         found.push((function, program, offset));
@@ -532,50 +601,53 @@ fn symbol_offsets(data: &[u8]) -> Option<Vec<(&'static str, &'static str, u64)>>
     (has("SSL_read") && has("SSL_write")).then_some(found)
 }
 
-/// Attaches the entry and return programs to every function found in the file at `target`
-/// (reported as `path`), with `cookie`; returns how many uprobes it attached. On failure the
-/// attachments made for this file are undone.
+/// Writes `hash` at `index` of `GO_TCP_ITAB_HASH`.
+fn set_go_itab_hash(ebpf: &mut Ebpf, index: u32, hash: u32) -> Result<(), String> {
+    let map = ebpf
+        .map_mut(go::ITAB_HASH_MAP)
+        .ok_or_else(|| format!("map {} is missing from the eBPF object", go::ITAB_HASH_MAP))?;
+    let mut array = aya::maps::Array::<_, u32>::try_from(map).map_err(|e| e.to_string())?;
+    array
+        .set(index, hash, 0)
+        .map_err(|e| format!("writing {}: {e}", go::ITAB_HASH_MAP))
+}
+
+/// Attaches each program at its file offset in the file at `target` (reported as `path`), with
+/// `cookie`; returns how many uprobes it attached. On failure the attachments made for this file
+/// are undone.
 fn attach(
     ebpf: &mut Ebpf,
     target: &Path,
     path: &Path,
-    offsets: &[(&'static str, &'static str, u64)],
+    points: &[(&'static str, u64)],
     cookie: u64,
 ) -> Result<usize, TlsAttachError> {
     let mut made: Vec<(&'static str, aya::programs::uprobe::UProbeLinkId)> = Vec::new();
     let mut result = Ok(0);
-    'functions: for (_, entry, offset) in offsets {
-        let programs: &[&'static str] = if *entry == FREE_PROGRAM {
-            &[FREE_PROGRAM]
-        } else {
-            &[*entry, RETURN_PROGRAM]
+    for &(program, offset) in points {
+        let prog: &mut UProbe = match ebpf.program_mut(program).and_then(|p| p.try_into().ok()) {
+            Some(p) => p,
+            None => {
+                result = Err(TlsAttachError::MissingProgram { program });
+                break;
+            }
         };
-        for &program in programs {
-            let prog: &mut UProbe = match ebpf.program_mut(program).and_then(|p| p.try_into().ok())
-            {
-                Some(p) => p,
-                None => {
-                    result = Err(TlsAttachError::MissingProgram { program });
-                    break 'functions;
-                }
-            };
-            let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(*offset),
-                cookie: Some(cookie),
-            };
-            match prog.attach(point, target, UProbeScope::AllProcesses) {
-                Ok(link) => made.push((program, link)),
-                Err(source) => {
-                    let denied = is_permission_error(&source);
-                    let source = Box::new(source);
-                    let path = path.to_path_buf();
-                    result = Err(if denied {
-                        TlsAttachError::Permission { path, source }
-                    } else {
-                        TlsAttachError::Attach { path, source }
-                    });
-                    break 'functions;
-                }
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset),
+            cookie: Some(cookie),
+        };
+        match prog.attach(point, target, UProbeScope::AllProcesses) {
+            Ok(link) => made.push((program, link)),
+            Err(source) => {
+                let denied = is_permission_error(&source);
+                let source = Box::new(source);
+                let path = path.to_path_buf();
+                result = Err(if denied {
+                    TlsAttachError::Permission { path, source }
+                } else {
+                    TlsAttachError::Attach { path, source }
+                });
+                break;
             }
         }
     }
@@ -646,15 +718,19 @@ mod tests {
     fn symbols_of_a_file_without_openssl() {
         // This test binary does not define SSL_read.
         let exe = std::fs::read("/proc/self/exe").unwrap();
-        assert!(symbol_offsets(&exe).is_none());
-        assert!(symbol_offsets(b"not an ELF file").is_none());
+        assert_eq!(plan(&exe, true).unwrap_err(), NotProbed::NoTls);
+        assert_eq!(
+            plan(b"not an ELF file", true).unwrap_err(),
+            NotProbed::NoTls
+        );
     }
 
     #[test]
     fn symbols_of_the_system_libssl() {
         // Installed with curl by `cargo xtask setup`.
         let data = std::fs::read("/usr/lib/x86_64-linux-gnu/libssl.so.3").unwrap();
-        let found = symbol_offsets(&data).expect("libssl.so.3 defines SSL_read and SSL_write");
+        let file = object::File::parse(&*data).unwrap();
+        let found = symbol_offsets(&file).expect("libssl.so.3 defines SSL_read and SSL_write");
         for f in [
             "SSL_read",
             "SSL_write",
