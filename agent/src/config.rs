@@ -97,8 +97,8 @@ pub struct Flags {
     pub ebpf_stats: Option<bool>,
 
     /// Read the plaintext of TLS connections with uprobes on the TLS libraries (OpenSSL's
-    /// SSL_read/SSL_write in every libssl.so and in executables that export them): true or
-    /// false [default: true]. Needs CAP_SYS_ADMIN; without it the agent says so once and counts
+    /// SSL_read/SSL_write in every libssl.so and in executables that export them, Go's
+    /// crypto/tls in Go executables): true or false [default: true]. Needs CAP_SYS_ADMIN; without it the agent says so once and counts
     /// TLS connections' bytes only.
     #[arg(long, value_name = "BOOL")]
     pub tls_plaintext: Option<bool>,

@@ -2,8 +2,8 @@
 //! with `ssl`, curl and wrk over HTTPS, Python's `ssl` at both ends of a keep-alive connection,
 //! a copy of the system's `libssl.so.3` that only a process started after the agent maps,
 //! PostgreSQL with `ssl=on` and `psql` with `sslmode=require` (against the same session in
-//! plaintext), an executable with OpenSSL linked in, nginx `ssl http2` with `curl --http2` and
-//! nghttpd with `h2load` (ALPN `h2`), Node's `https` at both ends (OpenSSL fed from memory),
+//! plaintext), an executable with OpenSSL linked in, a client on Debian 11's OpenSSL 1.1,
+//! nginx `ssl http2` with `curl --http2` and nghttpd with `h2load` (ALPN `h2`), Node's `https` at both ends (OpenSSL fed from memory),
 //! and the agent without CAP_SYS_ADMIN.
 //!
 //! Every count asserted is a truth the test knows without the agent: what curl, wrk and the
@@ -977,6 +977,112 @@ fn statically_linked_openssl_in_an_executable_is_probed() {
     let m = assert_settled(&agent, &checks);
     assert!(
         m.value(PLAINTEXT_EVENTS, &[("library", name)]) >= 14.0,
+        "{}",
+        m.describe(PLAINTEXT_EVENTS)
+    );
+    nginx.stop();
+}
+
+/// Debian 11's OpenSSL 1.1 (`libssl1.1`, `libssl-dev`), unpacked there by `cargo xtask setup`
+/// (Debian 12 has OpenSSL 3 only).
+const OPENSSL_1_1_DIR: &str = "/usr/local/lib/meshtap/openssl-1.1";
+
+#[test]
+fn openssl_1_1_dynamically_linked_is_probed() {
+    use std::io::{BufRead as _, Write as _};
+    let agent = Agent::start(&[]);
+    let cert = Certificate::new();
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let nginx = Nginx::start(
+        NginxConfig::new(listen)
+            .ok_everywhere()
+            .tls(&cert.cert(), &cert.key()),
+        None,
+    );
+    // tests/c/static_https_client.c again, linked against OpenSSL 1.1's shared libssl.so.1.1
+    // (found through its rpath): the agent finds that library in the running client's
+    // mappings; the nginx end stays on the system's libssl.so.3.
+    let root = std::path::Path::new(OPENSSL_1_1_DIR);
+    let lib = root.join("usr/lib/x86_64-linux-gnu");
+    assert!(
+        lib.join("libssl.so.1.1").is_file(),
+        "{} missing: cargo xtask setup unpacks OpenSSL 1.1 there",
+        lib.display()
+    );
+    let name = "mt-openssl11";
+    let dir = TempDir::new("openssl11");
+    let exe = dir.path().join(name);
+    let source = meshtap_tests::workspace_root().join("tests/c/static_https_client.c");
+    let out = run_command(
+        Command::new("gcc")
+            .arg("-O1")
+            .arg("-o")
+            .arg(&exe)
+            .arg(format!("-I{}", root.join("usr/include").display()))
+            .arg(format!(
+                "-I{}",
+                root.join("usr/include/x86_64-linux-gnu").display()
+            ))
+            .arg(&source)
+            .arg(lib.join("libssl.so.1.1"))
+            .arg(lib.join("libcrypto.so.1.1"))
+            .arg(format!("-Wl,-rpath,{}", lib.display())),
+        RUN,
+    );
+    assert!(out.status.success(), "gcc: {}{}", out.stdout, out.stderr);
+    let ldd = run_command(Command::new("ldd").arg(&exe), RUN);
+    assert!(
+        ldd.stdout
+            .contains(&*lib.join("libssl.so.1.1").to_string_lossy()),
+        "{}",
+        ldd.stdout
+    );
+    let mut child = Killed(
+        Command::new(&exe)
+            .args([&listen.port().to_string(), "/old", "9"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the OpenSSL 1.1 client"),
+    );
+    agent.wait_until(
+        DISCOVERY,
+        |m| m.value(LIBRARIES_PROBED, &[("library", "libssl.so.1.1")]) == 1.0,
+        |m| format!("{}\n{}", m.describe(LIBRARIES_PROBED), agent.log()),
+    );
+    writeln!(child.0.stdin.take().expect("stdin"), "go").expect("write go");
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the client's result");
+    let done: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(
+        (done["responses"].as_u64(), done["ok"].as_u64()),
+        (Some(9), Some(9))
+    );
+    let mut checks = vec![
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &server_series("nginx", "/old", "200"),
+            9,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(name, Some("200"), listen),
+            9,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &labels(&[("service_name", name)]),
+            9,
+        ),
+        expect("meshtap_tls_plaintext_untied_events_total", &labels(&[]), 0),
+    ];
+    checks.extend(local_edge(name, "nginx", 9, 0));
+    let m = assert_settled(&agent, &checks);
+    // Each request written and each response read through libssl.so.1.1.
+    assert!(
+        m.value(PLAINTEXT_EVENTS, &[("library", "libssl.so.1.1")]) >= 18.0,
         "{}",
         m.describe(PLAINTEXT_EVENTS)
     );

@@ -43,8 +43,9 @@ struct Cli {
 enum Cmd {
     /// Install what the build and the tests need (idempotent, fast when nothing is missing)
     ///
-    /// nightly rust-src, rustfmt + clippy, bpf-linker 0.10.3, Debian packages (apt), Python
-    /// modules (pip) and npm packages. Each step prints one line.
+    /// nightly rust-src, rustfmt + clippy, bpf-linker 0.10.3, Debian packages (apt), Debian
+    /// 11's OpenSSL 1.1 (unpacked), Python modules (pip) and npm packages. Each step prints one
+    /// line.
     Setup {
         /// Skip the Debian (apt), Python (pip) and npm packages; only the Rust pieces.
         #[arg(long)]

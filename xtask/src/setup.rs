@@ -134,6 +134,17 @@ const NPM_PREFIX: &str = "/usr/local/lib/meshtap/node";
 const DEBIAN_KUBECTL_DIR: &str = "/usr/local/lib/meshtap/kubernetes-client";
 const DEBIAN_KUBECTL_PACKAGE: &str = "kubernetes-client";
 
+/// OpenSSL 1.1 (Debian 11's `libssl1.1` and `libssl-dev`), unpacked here for the TLS tests: a
+/// client built against it proves the uprobes on `libssl.so.1.1` (Debian 12 ships OpenSSL 3
+/// only). Not installed: unpacked, as [`DEBIAN_KUBECTL_DIR`] is, so that nothing of the system
+/// changes; fetched by apt from Debian 11's archive with a sources list and state of its own
+/// (apt still checks the archive's signatures with the system's keyring).
+/// `tests/tests/tls.rs` reads it from the same path.
+const OPENSSL_1_1_DIR: &str = "/usr/local/lib/meshtap/openssl-1.1";
+const OPENSSL_1_1_PACKAGES: &[&str] = &["libssl1.1", "libssl-dev"];
+const OPENSSL_1_1_SOURCES: &str = "deb http://deb.debian.org/debian bullseye main\n\
+     deb http://deb.debian.org/debian-security bullseye-security main\n";
+
 /// Runs the whole setup; `packages == false` (`--no-packages`) skips the apt and pip steps.
 pub fn setup(ctx: &Ctx, packages: bool) -> Result<()> {
     let start = Instant::now();
@@ -142,6 +153,7 @@ pub fn setup(ctx: &Ctx, packages: bool) -> Result<()> {
         let mut apt = Apt::default();
         debian_packages(ctx, &mut apt)?;
         debian_kubectl(ctx, &mut apt)?;
+        openssl_1_1(ctx)?;
         python_modules(ctx, &mut apt)?;
         npm_packages(ctx, &mut apt)?;
     } else {
@@ -150,6 +162,7 @@ pub fn setup(ctx: &Ctx, packages: bool) -> Result<()> {
             "kubectl (debian kubernetes-client)",
             "skipped (--no-packages)",
         );
+        step("openssl 1.1 (debian 11)", "skipped (--no-packages)");
         step("python modules", "skipped (--no-packages)");
         step("npm packages", "skipped (--no-packages)");
     }
@@ -464,6 +477,78 @@ fn debian_kubectl(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
             kubectl.display()
         ),
     }
+}
+
+/// Step 4b: OpenSSL 1.1 unpacked into [`OPENSSL_1_1_DIR`] (see there). Skipped when its
+/// library and headers are there.
+fn openssl_1_1(ctx: &Ctx) -> Result<()> {
+    const NAME: &str = "openssl 1.1 (debian 11)";
+    let dir = Path::new(OPENSSL_1_1_DIR);
+    let library = dir.join("usr/lib/x86_64-linux-gnu/libssl.so.1.1");
+    let header = dir.join("usr/include/openssl/ssl.h");
+    if library.is_file() && header.is_file() {
+        step(NAME, &format!("already at {OPENSSL_1_1_DIR}"));
+        return Ok(());
+    }
+    if euid() != 0 {
+        bail!(
+            "unpacking OpenSSL 1.1 into {OPENSSL_1_1_DIR} needs root: re-run as root, or pass \
+             --no-packages"
+        );
+    }
+    step(NAME, &format!("unpacking into {OPENSSL_1_1_DIR}"));
+    let work = std::env::temp_dir().join(format!("meshtap-setup-openssl11-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let result = (|| {
+        for sub in ["lists/partial", "cache/archives/partial", "debs"] {
+            std::fs::create_dir_all(work.join(sub))?;
+        }
+        let sources = work.join("sources.list");
+        std::fs::write(&sources, OPENSSL_1_1_SOURCES)?;
+        // apt with Debian 11's archive only, and no installed packages to compare with: the
+        // system's own sources, lists and status are neither read nor changed.
+        let options = [
+            format!("Dir::Etc::SourceList={}", sources.display()),
+            "Dir::Etc::SourceParts=/nonexistent".to_string(),
+            format!("Dir::State::Lists={}", work.join("lists").display()),
+            format!("Dir::Cache={}", work.join("cache").display()),
+            "Dir::State::status=/dev/null".to_string(),
+            // As root, apt downloads as user _apt, who cannot write to our directory.
+            "APT::Sandbox::User=root".to_string(),
+        ];
+        let apt = |args: &[&str]| {
+            let mut cmd = apt_get(ctx);
+            for o in &options {
+                cmd.args(["-o", o]);
+            }
+            cmd.args(args).current_dir(work.join("debs"));
+            cmd
+        };
+        run(&mut apt(&["update"]))?;
+        let mut download = vec!["download"];
+        download.extend(OPENSSL_1_1_PACKAGES);
+        run(&mut apt(&download))?;
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)?;
+        for deb in std::fs::read_dir(work.join("debs"))? {
+            let deb = deb?.path();
+            if deb.extension().is_some_and(|x| x == "deb") {
+                run(ctx.cmd("dpkg-deb").arg("-x").arg(&deb).arg(dir))?;
+            }
+        }
+        anyhow::Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result?;
+    if !library.is_file() || !header.is_file() {
+        bail!(
+            "{} or {} missing after unpacking {}",
+            library.display(),
+            header.display(),
+            OPENSSL_1_1_PACKAGES.join(" ")
+        );
+    }
+    Ok(())
 }
 
 /// The interpreter the tests run their scripts with (`tests/src/process.rs`: `python()`):
