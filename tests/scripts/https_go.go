@@ -11,8 +11,9 @@
 // The server listens on 127.0.0.1 (an ephemeral port), prints
 // `{"event":"listening","port":P,"pid":PID}` and answers, with keep-alive and Content-Length:
 // /api/users/<id> 200 `user <id>\n`, /api/fail 500 `fail\n`, anything else 404 `nope\n`, until
-// stdin receives a line or closes; then prints
-// `{"event":"done","served":{"STATUS":count},"protocols":{"HTTP/2.0":count}}`. It negotiates
+// stdin receives a line or closes; then, once every connection is closed (at most 10 s), prints
+// `{"event":"done","served":{"STATUS":count},"protocols":{"HTTP/2.0":count},"connections":K,
+// "closed":K}` (K: connections accepted, and closed). It negotiates
 // HTTP/2 through ALPN (`h2`, Go's default); `--http1` offers HTTP/1.1 only.
 //
 // The client sends N GETs at once, request i on connection i % C of exactly C keep-alive
@@ -126,9 +127,24 @@ func server(args []string) {
 		w.WriteHeader(status)
 		io.WriteString(w, body)
 	})
+	// Connections accepted and closed: a connection is closed once the server has read the
+	// client's close (a close_notify alert, then the end of the stream) and closed its end,
+	// sending its own close_notify.
+	var connsMu sync.Mutex
+	accepted, closed := 0, 0
 	srv := &http.Server{
 		Handler:     handler,
 		IdleTimeout: 60 * time.Second,
+		ConnState: func(_ net.Conn, state http.ConnState) {
+			connsMu.Lock()
+			defer connsMu.Unlock()
+			switch state {
+			case http.StateNew:
+				accepted++
+			case http.StateClosed, http.StateHijacked:
+				closed++
+			}
+		},
 	}
 	if *http1 {
 		srv.TLSNextProto = noHTTP2Server()
@@ -145,11 +161,26 @@ func server(args []string) {
 	}()
 	emit("listening", map[string]interface{}{"port": ln.Addr().(*net.TCPAddr).Port})
 
-	// A line or the end of stdin stops the server.
+	// A line or the end of stdin stops the server, once every connection the clients closed
+	// is closed at this end too (at most 10 s): what each end sends at close is on the wire
+	// before the process exits, whenever the line comes.
 	bufio.NewReader(os.Stdin).ReadString('\n')
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		connsMu.Lock()
+		open := accepted - closed
+		connsMu.Unlock()
+		if open == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	connsMu.Lock()
+	defer connsMu.Unlock()
 	emit("done", map[string]interface{}{
-		"served":    served.snapshot(),
-		"protocols": protocols.snapshot(),
+		"served":      served.snapshot(),
+		"protocols":   protocols.snapshot(),
+		"connections": accepted,
+		"closed":      closed,
 	})
 	os.Exit(0)
 }
