@@ -13,7 +13,8 @@
 // /api/users/<id> 200 `user <id>\n`, /api/fail 500 `fail\n`, anything else 404 `nope\n`, until
 // stdin receives a line or closes; then, once every connection is closed (at most 10 s), prints
 // `{"event":"done","served":{"STATUS":count},"protocols":{"HTTP/2.0":count},"connections":K,
-// "closed":K}` (K: connections accepted, and closed). It negotiates
+// "closed":K}` (K: connections accepted, and closed), then waits for the end of its stdin (both
+// programs stay until the test is done with them: see linger). It negotiates
 // HTTP/2 through ALPN (`h2`, Go's default); `--http1` offers HTTP/1.1 only.
 //
 // The client sends N GETs at once, request i on connection i % C of exactly C keep-alive
@@ -21,9 +22,9 @@
 // requests of one connection are concurrent streams), cycling /api/users/<i>, /api/fail, /nope;
 // it reads every body whole, closes its connections and prints
 // `{"event":"done","statuses":{"STATUS":count},"protocols":{..},"connections":K}` (K: distinct
-// local ports). It trusts exactly the certificate of `--ca` (compared byte for byte: the
-// tests' self-signed certificate names `localhost` in its CN only, which Go's verifier no
-// longer accepts), else any. It asks for HTTP/2 (ALPN `h2`, `ForceAttemptHTTP2`); `--http1`
+// local ports), then waits for the end of its stdin. It trusts exactly the certificate of
+// `--ca` (compared byte for byte: the tests' self-signed certificate names `localhost` in its
+// CN only, which Go's verifier no longer accepts), else any. It asks for HTTP/2 (ALPN `h2`, `ForceAttemptHTTP2`); `--http1`
 // offers HTTP/1.1 only.
 //
 // The service name comes from OTEL_SERVICE_NAME, which the agent reads from the environment.
@@ -164,7 +165,8 @@ func server(args []string) {
 	// A line or the end of stdin stops the server, once every connection the clients closed
 	// is closed at this end too (at most 10 s): what each end sends at close is on the wire
 	// before the process exits, whenever the line comes.
-	bufio.NewReader(os.Stdin).ReadString('\n')
+	stdin := bufio.NewReader(os.Stdin)
+	stdin.ReadString('\n')
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
 		connsMu.Lock()
 		open := accepted - closed
@@ -182,6 +184,14 @@ func server(args []string) {
 		"connections": accepted,
 		"closed":      closed,
 	})
+	linger(stdin)
+}
+
+// linger keeps the process until its stdin ends (the test closes it, or kills the process, when
+// it is done): the agent names a process from /proc (its OTEL_SERVICE_NAME) when it handles its
+// events, and a process already gone by then goes by its executable's name.
+func linger(stdin *bufio.Reader) {
+	io.Copy(io.Discard, stdin)
 	os.Exit(0)
 }
 
@@ -290,6 +300,7 @@ func client(args []string) {
 		"protocols":   protocols.snapshot(),
 		"connections": len(ports),
 	})
+	linger(bufio.NewReader(os.Stdin))
 }
 
 func main() {

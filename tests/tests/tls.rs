@@ -1473,7 +1473,9 @@ fn node_https_server_and_client() {
 
 /// The Go program (`tests/scripts/https_go.go`, built once per test binary into an executable
 /// named `https_go`) with `args`, its service name `name`; stdout and stdin piped (the server
-/// stops when a line comes).
+/// stops serving when a line comes). Both programs stay until killed (here, at the end of the
+/// test): the agent names a process from /proc when it handles its events, and a process gone
+/// by then (a Go client is done within some 50 ms) would go by its executable's name.
 fn go_program(name: &str, args: &[&str]) -> Killed {
     Killed(
         Command::new(meshtap_tests::golang::https_go())
