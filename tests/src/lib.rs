@@ -19,7 +19,8 @@
 //! What several test files of one suite share lives here too: [`kube`] (the Kubernetes tests'
 //! cluster, node and fake API server), [`traces`], [`zipkin`] and [`spans`] (the trace tests'
 //! programs, collector and span accessors), [`db`] (the database tests' servers), [`h2`] (the
-//! HTTP/2 and gRPC tests' servers, clients and exact-count checks).
+//! HTTP/2 and gRPC tests' servers, clients and exact-count checks), [`golang`] (the Go programs
+//! the TLS tests build with `golang-go`).
 //!
 //! Tests take [`serial()`] first: one agent at a time in the whole process, so `cargo test`'s
 //! thread pool cannot make two agents see (and count) each other's traffic.
@@ -27,6 +28,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod db;
+pub mod golang;
 pub mod h2;
 pub mod http;
 pub mod kube;

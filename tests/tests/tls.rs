@@ -3,11 +3,13 @@
 //! a copy of the system's `libssl.so.3` that only a process started after the agent maps,
 //! PostgreSQL with `ssl=on` and `psql` with `sslmode=require` (against the same session in
 //! plaintext), an executable with OpenSSL linked in, a client on Debian 11's OpenSSL 1.1,
-//! nginx `ssl http2` with `curl --http2` and nghttpd with `h2load` (ALPN `h2`), Node's `https` at both ends (OpenSSL fed from memory),
-//! and the agent without CAP_SYS_ADMIN.
+//! nginx `ssl http2` with `curl --http2` and nghttpd with `h2load` (ALPN `h2`), Node's `https` at
+//! both ends (OpenSSL fed from memory), Go's `net/http` and `crypto/tls` at both ends (a static
+//! Go executable built by the test with `golang-go`, HTTP/1.1 and HTTP/2), and the agent without
+//! CAP_SYS_ADMIN.
 //!
 //! Every count asserted is a truth the test knows without the agent: what curl, wrk and the
-//! Python programs report, what nginx logged. The Python programs have service names of their
+//! Python, Node and Go programs report, what nginx logged. The Python programs have service names of their
 //! own (`OTEL_SERVICE_NAME`); nginx, curl and wrk go by their executable names, so their checks
 //! are narrowed by a route or a port only this file uses.
 
@@ -1571,4 +1573,253 @@ fn node_https_server_and_client() {
             .unwrap_or_else(|| panic!("server span's parent is not a client span: {s}"));
         assert_eq!(trace_id(c), trace_id(s));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Go's crypto/tls at both ends: one static Go executable, HTTP/1.1 and HTTP/2 (ALPN `h2`)
+
+/// The Go program (`tests/scripts/https_go.go`, built once per test binary into an executable
+/// named `https_go`) with `args`, its service name `name`; stdout and stdin piped (the server
+/// stops serving when a line comes). Both programs stay until killed (here, at the end of the
+/// test): the agent names a process from /proc when it handles its events, and a process gone
+/// by then (a Go client is done within some 50 ms) would go by its executable's name.
+fn go_program(name: &str, args: &[&str]) -> Killed {
+    Killed(
+        Command::new(meshtap_tests::golang::https_go())
+            .args(args)
+            .env("OTEL_SERVICE_NAME", name)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn https_go"),
+    )
+}
+
+/// Go's `crypto/tls` is Go code in the executable (no OpenSSL, no libc: `CGO_ENABLED=0`), over
+/// Go's own netpoller: the agent probes `crypto/tls.(*Conn).Read` and `Write` in the
+/// executable's symbol table and ties their plaintext to the connection through the `net.Conn`
+/// under the `tls.Conn` (its netFD's socket). Both ends are the same executable file, probed
+/// once (library `https_go`, the file's name), the services told apart by `OTEL_SERVICE_NAME`.
+/// 60 requests at once over 4 keep-alive connections, one `http.Transport` each: HTTP/1.1
+/// (`--http1`: no `h2` offered) or HTTP/2 (ALPN `h2`, every connection's requests concurrent
+/// streams, the goroutines of one process interleaving the connections). Exact series on both
+/// ends, the service graph, bytes once per side, every server span the child of a client span,
+/// no plaintext untied.
+fn go_https_server_and_client(http2: bool) {
+    use meshtap_tests::metrics::{EXCHANGES, PARSE_ERRORS, PROTOCOL_DETECTED};
+    use meshtap_tests::spans::tag;
+    use std::io::{BufRead as _, Write as _};
+    // Built (once) before the agent starts: the agent sees none of the compiler's work.
+    meshtap_tests::golang::https_go();
+    let agent = Agent::start(&[]);
+    let cert = Certificate::new();
+    let (srv, cli, version, protocol, proto) = if http2 {
+        ("mt-go-h2-srv", "mt-go-h2-cli", "2", "http2", "HTTP/2.0")
+    } else {
+        ("mt-go-h1-srv", "mt-go-h1-cli", "1.1", "http", "HTTP/1.1")
+    };
+    let library = "https_go";
+    let mode: &[&str] = if http2 { &[] } else { &["--http1"] };
+    let (cert_path, key_path) = (cert.cert(), cert.key());
+    let mut args = vec!["server", "--cert", &cert_path, "--key", &key_path];
+    args.extend(mode);
+    let mut server = go_program(srv, &args);
+    let mut server_out = std::io::BufReader::new(server.0.stdout.take().expect("stdout")).lines();
+    let listening = next_line(&mut server_out);
+    let port = listening["port"].as_u64().expect("port") as u16;
+    // Found in the running server's mappings (once a second), before the client starts: the
+    // client's process maps the same file, already probed.
+    agent.wait_until(
+        DISCOVERY,
+        |m| m.value(LIBRARIES_PROBED, &[("library", library)]) == 1.0,
+        |m| format!("{}\n{}", m.describe(LIBRARIES_PROBED), agent.log()),
+    );
+    let port_s = port.to_string();
+    let mut args = vec![
+        "client",
+        "--port",
+        &port_s,
+        "--requests",
+        "60",
+        "--connections",
+        "4",
+        "--ca",
+        &cert_path,
+    ];
+    args.extend(mode);
+    let mut client = go_program(cli, &args);
+    let mut client_out = std::io::BufReader::new(client.0.stdout.take().expect("stdout")).lines();
+    let done = next_line(&mut client_out);
+    let statuses = serde_json::json!({"200": 20, "404": 20, "500": 20});
+    assert_eq!(
+        (&done["statuses"], done["connections"].as_u64()),
+        (&statuses, Some(4)),
+        "{done}"
+    );
+    assert_eq!(
+        done["protocols"],
+        serde_json::json!({ proto: 60 }),
+        "{done}"
+    );
+    writeln!(server.0.stdin.as_mut().expect("stdin"), "stop").expect("stop the server");
+    let served = next_line(&mut server_out);
+    // Every connection closed at the server too before it answers: what both ends send at
+    // close is on the wire.
+    assert_eq!(
+        (
+            &served["served"],
+            &served["protocols"],
+            served["connections"].as_u64(),
+            served["closed"].as_u64()
+        ),
+        (
+            &statuses,
+            &serde_json::json!({ proto: 60 }),
+            Some(4),
+            Some(4)
+        ),
+        "{served}"
+    );
+
+    let dest: SocketAddr = ([127, 0, 0, 1], port).into();
+    let versioned = |mut l: Labels| {
+        l.push(("network_protocol_version".into(), version.into()));
+        l
+    };
+    let mut checks = vec![
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &versioned(server_series(srv, "/api/users/*", "200")),
+            20,
+        ),
+        expect(
+            sum(HTTP_SERVER_RESPONSE_BODY),
+            &versioned(server_series(srv, "/api/users/*", "200")),
+            // "user 0\n" .. "user 57\n": 7 bytes for the 4 one-digit ids (0, 3, 6, 9), 8 for
+            // the other 16.
+            (4 * 7 + 16 * 8) as f64,
+        ),
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &versioned(server_series(srv, "/api/fail", "500")),
+            20,
+        ),
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &labels(&[("service_name", srv)]),
+            60,
+        ),
+        expect(
+            sum(HTTP_CLIENT_RESPONSE_BODY),
+            &versioned(client_series(cli, Some("200"), dest)),
+            (4 * 7 + 16 * 8) as f64,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &versioned(client_series(cli, Some("200"), dest)),
+            20,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &versioned(client_series(cli, Some("404"), dest)),
+            20,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &versioned(client_series(cli, Some("500"), dest)),
+            20,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &labels(&[("service_name", cli)]),
+            60,
+        ),
+        expect(PARSE_ERRORS, &labels(&[("protocol", protocol)]), 0),
+        expect("meshtap_tls_plaintext_untied_events_total", &labels(&[]), 0),
+        expect(PLAINTEXT_UNTRACKED, &labels(&[]), 0),
+    ];
+    if http2 {
+        // Each of the 4 connections detected at both ends, 60 streams at both ends; the test's
+        // scrapes are HTTP/1.1, counted under `http`.
+        checks.extend([
+            expect(EXCHANGES, &labels(&[("protocol", "http2")]), 120),
+            expect(PROTOCOL_DETECTED, &labels(&[("protocol", "http2")]), 8),
+            expect(
+                "meshtap_http2_capture_continuations_failed_total",
+                &labels(&[]),
+                0,
+            ),
+        ]);
+    }
+    checks.extend(local_edge(cli, srv, 60, 20));
+    let m = assert_settled(&agent, &checks);
+    assert!(
+        m.value(PLAINTEXT_EVENTS, &[("library", library)]) >= 240.0,
+        "each request and response written and read through Go's crypto/tls:\n{}",
+        m.describe(PLAINTEXT_EVENTS)
+    );
+    // The ciphertext's bytes, once per side: what one end wrote the other read, but for the
+    // server's close_notify alerts, one per connection. Go's `tls.Conn.Close` sends a
+    // close_notify (24 bytes under TLS 1.3, see the PostgreSQL test) before closing the
+    // socket, at both ends, with HTTP/1.1 and HTTP/2 alike (no GOAWAY: the client's
+    // `CloseIdleConnections` closes an idle HTTP/2 connection as it is): the client's is read
+    // by the server, whose read then ends and whose own close_notify goes to a socket the
+    // client has closed, never read. (Measured with strace too: the same 4 x 24 bytes.)
+    let bytes_match = |m: &Metrics| {
+        let (client_sent, server_received, server_sent, client_received) =
+            edge_bytes(m, cli, srv, port);
+        client_sent > 0.0
+            && (client_sent, server_sent - 4.0 * 24.0) == (server_received, client_received)
+    };
+    agent.wait_until(SETTLE, bytes_match, |m| {
+        format!("{}\n{}", m.describe(SENT), m.describe(RECEIVED))
+    });
+
+    // Spans: 60 of each kind, every server span the child of a client span of its trace (both
+    // ends on this node: the same connection, and with HTTP/2 the same stream).
+    let spans = spans_of(&agent, srv);
+    let all = meshtap_tests::spans::describe(&spans);
+    let of = |svc: &str, k: &str| -> Vec<&Value> {
+        spans
+            .iter()
+            .filter(|s| service(s) == svc && kind(s) == k)
+            .collect()
+    };
+    let (servers, clients) = (of(srv, "SERVER"), of(cli, "CLIENT"));
+    assert_eq!((servers.len(), clients.len()), (60, 60), "{all}");
+    for s in servers.iter().chain(&clients) {
+        assert_eq!(
+            tag(s, "network.protocol.version"),
+            Some(version),
+            "{s}\n{all}"
+        );
+    }
+    for s in &servers {
+        let p = parent(s).unwrap_or_else(|| panic!("server span without parent: {s}"));
+        let c = clients
+            .iter()
+            .find(|c| id(c) == p)
+            .unwrap_or_else(|| panic!("server span's parent is not a client span: {s}"));
+        assert_eq!(trace_id(c), trace_id(s));
+        // The same request at both ends (the route, where the client span has one).
+        let (cpath, spath) = (tag(c, "http.path"), tag(s, "http.path"));
+        assert_eq!(
+            (
+                tag(c, "http.status_code"),
+                cpath.is_none() || cpath == spath
+            ),
+            (tag(s, "http.status_code"), true),
+            "a server span under another request's client span:\n{s}\n{c}"
+        );
+    }
+}
+
+#[test]
+fn go_https_server_and_client_http1() {
+    go_https_server_and_client(false);
+}
+
+#[test]
+fn go_https_server_and_client_http2() {
+    go_https_server_and_client(true);
 }

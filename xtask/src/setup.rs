@@ -36,6 +36,8 @@ const BPF_LINKER_VERSION: &str = "0.10.3";
 /// - `nodejs`: Node for `@grpc/grpc-js` (see [`NPM_PACKAGES`]); a machine image may already
 ///   carry a `node` of its own on PATH, which is then used.
 /// - `chromium`: the headless browser that opens the agent's web page (tests/tests/web.rs).
+/// - `golang-go`: Go (1.19) to build the TLS test's HTTPS server and client on Go's own
+///   `crypto/tls` (`tests/scripts/https_go.go`, standard library only, no module download).
 const DEBIAN_PACKAGES: &[&str] = &[
     "nginx",
     "curl",
@@ -61,6 +63,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libcap2-bin",
     "gcc",
     "libssl-dev",
+    "golang-go",
 ];
 
 /// Packages whose install starts a service that would hold a port the tests use:
