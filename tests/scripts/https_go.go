@@ -226,6 +226,20 @@ func client(args []string) {
 		fail(errors.New("client needs --port, --requests and --connections"))
 	}
 
+	// Every TCP connection dialed, to shut its reading side before the end: then neither
+	// protocol's reader can read the server's close_notify (which the server sends once it has
+	// read the client's), and what the client reads is known: everything but that alert.
+	var dialedMu sync.Mutex
+	var dialed []*net.TCPConn
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if tcp, ok := c.(*net.TCPConn); ok {
+			dialedMu.Lock()
+			dialed = append(dialed, tcp)
+			dialedMu.Unlock()
+		}
+		return c, err
+	}
 	transports := make([]*http.Transport, *connections)
 	for k := range transports {
 		tlsConfig := &tls.Config{ServerName: "localhost", InsecureSkipVerify: true}
@@ -234,6 +248,7 @@ func client(args []string) {
 		}
 		t := &http.Transport{
 			TLSClientConfig:     tlsConfig,
+			DialContext:         dial,
 			MaxConnsPerHost:     1,
 			MaxIdleConnsPerHost: 1,
 			IdleConnTimeout:     60 * time.Second,
@@ -291,6 +306,9 @@ func client(args []string) {
 	close(errs)
 	for err := range errs {
 		fail(err)
+	}
+	for _, c := range dialed {
+		c.CloseRead()
 	}
 	for _, t := range transports {
 		t.CloseIdleConnections()

@@ -1613,10 +1613,10 @@ fn go_https_server_and_client(http2: bool) {
     meshtap_tests::golang::https_go();
     let agent = Agent::start(&[]);
     let cert = Certificate::new();
-    let (srv, cli, version, protocol, proto) = if http2 {
-        ("mt-go-h2-srv", "mt-go-h2-cli", "2", "http2", "HTTP/2.0")
+    let (srv, cli, version, proto) = if http2 {
+        ("mt-go-h2-srv", "mt-go-h2-cli", "2", "HTTP/2.0")
     } else {
-        ("mt-go-h1-srv", "mt-go-h1-cli", "1.1", "http", "HTTP/1.1")
+        ("mt-go-h1-srv", "mt-go-h1-cli", "1.1", "HTTP/1.1")
     };
     let library = "https_go";
     let mode: &[&str] = if http2 { &[] } else { &["--http1"] };
@@ -1734,7 +1734,6 @@ fn go_https_server_and_client(http2: bool) {
             &labels(&[("service_name", cli)]),
             60,
         ),
-        expect(PARSE_ERRORS, &labels(&[("protocol", protocol)]), 0),
         expect("meshtap_tls_plaintext_untied_events_total", &labels(&[]), 0),
         expect(PLAINTEXT_UNTRACKED, &labels(&[]), 0),
     ];
@@ -1742,6 +1741,7 @@ fn go_https_server_and_client(http2: bool) {
         // Each of the 4 connections detected at both ends, 60 streams at both ends; the test's
         // scrapes are HTTP/1.1, counted under `http`.
         checks.extend([
+            expect(PARSE_ERRORS, &labels(&[("protocol", "http2")]), 0),
             expect(EXCHANGES, &labels(&[("protocol", "http2")]), 120),
             expect(PROTOCOL_DETECTED, &labels(&[("protocol", "http2")]), 8),
             expect(
@@ -1758,18 +1758,25 @@ fn go_https_server_and_client(http2: bool) {
         "each request and response written and read through Go's crypto/tls:\n{}",
         m.describe(PLAINTEXT_EVENTS)
     );
-    // The ciphertext's bytes, once per side: what one end wrote the other read, but for the
-    // server's close_notify alerts, one per connection. Go's `tls.Conn.Close` sends a
-    // close_notify (24 bytes under TLS 1.3, see the PostgreSQL test) before closing the
-    // socket, at both ends, with HTTP/1.1 and HTTP/2 alike (no GOAWAY: the client's
-    // `CloseIdleConnections` closes an idle HTTP/2 connection as it is): the client's is read
-    // by the server, whose read then ends and whose own close_notify goes to a socket the
-    // client has closed, never read. (Measured with strace too: the same 4 x 24 bytes.)
+    // The ciphertext's bytes, once per side. What the client wrote the server read, exactly:
+    // the client closes first (its close_notify, 24 bytes under TLS 1.3, see the PostgreSQL
+    // test, then its socket), the server reads up to that alert. What the server wrote the
+    // client read, but for the server's own close_notify on each connection, sent once it has
+    // read the client's: the client has shut its reading side by then (`CloseRead`) and closed
+    // its socket, and never reads it. Whether that alert leaves the server at all depends on a
+    // race the test cannot see: a client socket closed with bytes it never read (an HTTP/2
+    // WINDOW_UPDATE, say) answers with a reset, and a server write after the reset fails, so
+    // between 0 and 4 alerts of 24 bytes are on the server's side alone (4 in most runs, 3
+    // seen with HTTP/2).
     let bytes_match = |m: &Metrics| {
         let (client_sent, server_received, server_sent, client_received) =
             edge_bytes(m, cli, srv, port);
+        let alerts = (server_sent - client_received) / 24.0;
         client_sent > 0.0
-            && (client_sent, server_sent - 4.0 * 24.0) == (server_received, client_received)
+            && client_received > 0.0
+            && client_sent == server_received
+            && alerts.fract() == 0.0
+            && (0.0..=4.0).contains(&alerts)
     };
     agent.wait_until(SETTLE, bytes_match, |m| {
         format!("{}\n{}", m.describe(SENT), m.describe(RECEIVED))
