@@ -33,22 +33,49 @@ fn target_dir() -> PathBuf {
 /// standard library only, nothing downloaded (`GOTOOLCHAIN=local`; any `GOFLAGS` unset).
 pub fn https_go() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| build("https_go.go", "https_go"))
+    BUILT.get_or_init(|| {
+        let go = std::env::var_os("PATH")
+            .and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("go"))
+                    .find(|p| p.is_file())
+            })
+            .unwrap_or_else(|| {
+                panic!("`go` not found on PATH: `cargo xtask setup` installs golang-go")
+            });
+        build(&go, None, "https_go.go", "go", "https_go")
+    })
 }
 
-fn build(source: &str, name: &str) -> PathBuf {
-    let dir = target_dir().join("go");
+/// Go 1.23 from Debian 12's backports, unpacked there by `cargo xtask setup`.
+pub const GO_1_23_ROOT: &str = "/usr/local/lib/meshtap/go-1.23/usr/lib/go-1.23";
+
+/// [`https_go()`] built with Go 1.23 ([`GO_1_23_ROOT`]) into `<target>/go-1.23/https_go`: the
+/// same file name (the `library` label), the Go of today's binaries (`go:itab.` symbols, newer
+/// `crypto/tls` code).
+pub fn https_go_1_23() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = Path::new(GO_1_23_ROOT);
+        let go = root.join("bin/go");
+        assert!(
+            go.is_file(),
+            "{} missing: `cargo xtask setup` unpacks Go 1.23 there",
+            go.display()
+        );
+        build(&go, Some(root), "https_go.go", "go-1.23", "https_go")
+    })
+}
+
+fn build(go: &Path, goroot: Option<&Path>, source: &str, subdir: &str, name: &str) -> PathBuf {
+    let dir = target_dir().join(subdir);
     let exe = dir.join(name);
-    let go = std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join("go"))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| {
-            panic!("`go` not found on PATH: `cargo xtask setup` installs golang-go")
-        });
     let mut cmd = Command::new(go);
+    if let Some(root) = goroot {
+        cmd.env("GOROOT", root);
+    } else {
+        cmd.env_remove("GOROOT");
+    }
     cmd.args(["build", "-trimpath", "-o"])
         .arg(&exe)
         .arg(scripts_dir().join(source))

@@ -5,8 +5,8 @@
 //! plaintext), an executable with OpenSSL linked in, a client on Debian 11's OpenSSL 1.1,
 //! nginx `ssl http2` with `curl --http2` and nghttpd with `h2load` (ALPN `h2`), Node's `https` at
 //! both ends (OpenSSL fed from memory), Go's `net/http` and `crypto/tls` at both ends (a static
-//! Go executable built by the test with `golang-go`, HTTP/1.1 and HTTP/2), and the agent without
-//! CAP_SYS_ADMIN.
+//! Go executable built by the test with `golang-go` 1.19, HTTP/1.1 and HTTP/2, and with Go 1.23
+//! from Debian 12's backports, HTTP/2), and the agent without CAP_SYS_ADMIN.
 //!
 //! Every count asserted is a truth the test knows without the agent: what curl, wrk and the
 //! Python, Node and Go programs report, what nginx logged. The Python programs have service names of their
@@ -1583,9 +1583,9 @@ fn node_https_server_and_client() {
 /// stops serving when a line comes). Both programs stay until killed (here, at the end of the
 /// test): the agent names a process from /proc when it handles its events, and a process gone
 /// by then (a Go client is done within some 50 ms) would go by its executable's name.
-fn go_program(name: &str, args: &[&str]) -> Killed {
+fn go_program(exe: &std::path::Path, name: &str, args: &[&str]) -> Killed {
     Killed(
-        Command::new(meshtap_tests::golang::https_go())
+        Command::new(exe)
             .args(args)
             .env("OTEL_SERVICE_NAME", name)
             .stdin(std::process::Stdio::piped())
@@ -1605,12 +1605,10 @@ fn go_program(name: &str, args: &[&str]) -> Killed {
 /// streams, the goroutines of one process interleaving the connections). Exact series on both
 /// ends, the service graph, bytes once per side, every server span the child of a client span,
 /// no plaintext untied.
-fn go_https_server_and_client(http2: bool) {
+fn go_https_server_and_client(exe: &std::path::Path, http2: bool) {
     use meshtap_tests::metrics::{EXCHANGES, PARSE_ERRORS, PROTOCOL_DETECTED};
     use meshtap_tests::spans::tag;
     use std::io::{BufRead as _, Write as _};
-    // Built (once) before the agent starts: the agent sees none of the compiler's work.
-    meshtap_tests::golang::https_go();
     let agent = Agent::start(&[]);
     let cert = Certificate::new();
     let (srv, cli, version, proto) = if http2 {
@@ -1623,7 +1621,7 @@ fn go_https_server_and_client(http2: bool) {
     let (cert_path, key_path) = (cert.cert(), cert.key());
     let mut args = vec!["server", "--cert", &cert_path, "--key", &key_path];
     args.extend(mode);
-    let mut server = go_program(srv, &args);
+    let mut server = go_program(exe, srv, &args);
     let mut server_out = std::io::BufReader::new(server.0.stdout.take().expect("stdout")).lines();
     let listening = next_line(&mut server_out);
     let port = listening["port"].as_u64().expect("port") as u16;
@@ -1647,7 +1645,7 @@ fn go_https_server_and_client(http2: bool) {
         &cert_path,
     ];
     args.extend(mode);
-    let mut client = go_program(cli, &args);
+    let mut client = go_program(exe, cli, &args);
     let mut client_out = std::io::BufReader::new(client.0.stdout.take().expect("stdout")).lines();
     let done = next_line(&mut client_out);
     let statuses = serde_json::json!({"200": 20, "404": 20, "500": 20});
@@ -1821,12 +1819,21 @@ fn go_https_server_and_client(http2: bool) {
     }
 }
 
+// Each built (once) before its agent starts: the agent sees none of the compiler's work.
+
 #[test]
 fn go_https_server_and_client_http1() {
-    go_https_server_and_client(false);
+    go_https_server_and_client(meshtap_tests::golang::https_go(), false);
 }
 
 #[test]
 fn go_https_server_and_client_http2() {
-    go_https_server_and_client(true);
+    go_https_server_and_client(meshtap_tests::golang::https_go(), true);
+}
+
+/// The same with Go 1.23 (Debian 12's backports), the Go of today's binaries: its symbols
+/// (`go:itab.` where 1.19 has `go.itab.`) and its `crypto/tls` code (other `RET`s).
+#[test]
+fn go_1_23_https_server_and_client_http2() {
+    go_https_server_and_client(meshtap_tests::golang::https_go_1_23(), true);
 }

@@ -137,16 +137,46 @@ const NPM_PREFIX: &str = "/usr/local/lib/meshtap/node";
 const DEBIAN_KUBECTL_DIR: &str = "/usr/local/lib/meshtap/kubernetes-client";
 const DEBIAN_KUBECTL_PACKAGE: &str = "kubernetes-client";
 
-/// OpenSSL 1.1 (Debian 11's `libssl1.1` and `libssl-dev`), unpacked here for the TLS tests: a
-/// client built against it proves the uprobes on `libssl.so.1.1` (Debian 12 ships OpenSSL 3
-/// only). Not installed: unpacked, as [`DEBIAN_KUBECTL_DIR`] is, so that nothing of the system
-/// changes; fetched by apt from Debian 11's archive with a sources list and state of its own
-/// (apt still checks the archive's signatures with the system's keyring).
-/// `tests/tests/tls.rs` reads it from the same path.
-const OPENSSL_1_1_DIR: &str = "/usr/local/lib/meshtap/openssl-1.1";
-const OPENSSL_1_1_PACKAGES: &[&str] = &["libssl1.1", "libssl-dev"];
-const OPENSSL_1_1_SOURCES: &str = "deb http://deb.debian.org/debian bullseye main\n\
-     deb http://deb.debian.org/debian-security bullseye-security main\n";
+/// Packages of another Debian release, unpacked (not installed: nothing of the system changes)
+/// under `/usr/local/lib/meshtap`, as [`DEBIAN_KUBECTL_DIR`] is. apt fetches them from that
+/// release's archive with a sources list and state of its own (it still checks the archive's
+/// signatures with the system's keyring). The tests read them from the same paths.
+struct Unpacked {
+    /// The setup step's name.
+    name: &'static str,
+    dir: &'static str,
+    sources: &'static str,
+    packages: &'static [&'static str],
+    /// Files that must exist under `dir` once unpacked (their presence skips the step).
+    files: &'static [&'static str],
+}
+
+/// OpenSSL 1.1 (Debian 11's `libssl1.1` and `libssl-dev`): a client built against it proves
+/// the uprobes on `libssl.so.1.1` (Debian 12 ships OpenSSL 3 only).
+const OPENSSL_1_1: Unpacked = Unpacked {
+    name: "openssl 1.1 (debian 11)",
+    dir: "/usr/local/lib/meshtap/openssl-1.1",
+    sources: "deb http://deb.debian.org/debian bullseye main\n\
+              deb http://deb.debian.org/debian-security bullseye-security main\n",
+    packages: &["libssl1.1", "libssl-dev"],
+    files: &[
+        "usr/lib/x86_64-linux-gnu/libssl.so.1.1",
+        "usr/include/openssl/ssl.h",
+    ],
+};
+
+/// Go 1.23 (Debian 12's backports): the TLS tests build their Go programs with it too, a Go of
+/// today's binaries (`golang-go` is 1.19).
+const GO_1_23: Unpacked = Unpacked {
+    name: "go 1.23 (debian 12 backports)",
+    dir: "/usr/local/lib/meshtap/go-1.23",
+    sources: "deb http://deb.debian.org/debian bookworm-backports main\n",
+    packages: &["golang-1.23-go", "golang-1.23-src"],
+    files: &[
+        "usr/lib/go-1.23/bin/go",
+        "usr/lib/go-1.23/src/crypto/tls/conn.go",
+    ],
+};
 
 /// Runs the whole setup; `packages == false` (`--no-packages`) skips the apt and pip steps.
 pub fn setup(ctx: &Ctx, packages: bool) -> Result<()> {
@@ -156,7 +186,8 @@ pub fn setup(ctx: &Ctx, packages: bool) -> Result<()> {
         let mut apt = Apt::default();
         debian_packages(ctx, &mut apt)?;
         debian_kubectl(ctx, &mut apt)?;
-        openssl_1_1(ctx)?;
+        unpack(ctx, &OPENSSL_1_1)?;
+        unpack(ctx, &GO_1_23)?;
         python_modules(ctx, &mut apt)?;
         npm_packages(ctx, &mut apt)?;
     } else {
@@ -165,7 +196,8 @@ pub fn setup(ctx: &Ctx, packages: bool) -> Result<()> {
             "kubectl (debian kubernetes-client)",
             "skipped (--no-packages)",
         );
-        step("openssl 1.1 (debian 11)", "skipped (--no-packages)");
+        step(OPENSSL_1_1.name, "skipped (--no-packages)");
+        step(GO_1_23.name, "skipped (--no-packages)");
         step("python modules", "skipped (--no-packages)");
         step("npm packages", "skipped (--no-packages)");
     }
@@ -482,33 +514,31 @@ fn debian_kubectl(ctx: &Ctx, apt: &mut Apt) -> Result<()> {
     }
 }
 
-/// Step 4b: OpenSSL 1.1 unpacked into [`OPENSSL_1_1_DIR`] (see there). Skipped when its
-/// library and headers are there.
-fn openssl_1_1(ctx: &Ctx) -> Result<()> {
-    const NAME: &str = "openssl 1.1 (debian 11)";
-    let dir = Path::new(OPENSSL_1_1_DIR);
-    let library = dir.join("usr/lib/x86_64-linux-gnu/libssl.so.1.1");
-    let header = dir.join("usr/include/openssl/ssl.h");
-    if library.is_file() && header.is_file() {
-        step(NAME, &format!("already at {OPENSSL_1_1_DIR}"));
+/// Step 4b: packages of another Debian release unpacked (see [`Unpacked`]). Skipped when their
+/// files are there.
+fn unpack(ctx: &Ctx, what: &Unpacked) -> Result<()> {
+    let dir = Path::new(what.dir);
+    if what.files.iter().all(|f| dir.join(f).is_file()) {
+        step(what.name, &format!("already at {}", what.dir));
         return Ok(());
     }
     if euid() != 0 {
         bail!(
-            "unpacking OpenSSL 1.1 into {OPENSSL_1_1_DIR} needs root: re-run as root, or pass \
-             --no-packages"
+            "unpacking {} into {} needs root: re-run as root, or pass --no-packages",
+            what.packages.join(" "),
+            what.dir
         );
     }
-    step(NAME, &format!("unpacking into {OPENSSL_1_1_DIR}"));
-    let work = std::env::temp_dir().join(format!("meshtap-setup-openssl11-{}", std::process::id()));
+    step(what.name, &format!("unpacking into {}", what.dir));
+    let work = std::env::temp_dir().join(format!("meshtap-setup-unpack-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let result = (|| {
         for sub in ["lists/partial", "cache/archives/partial", "debs"] {
             std::fs::create_dir_all(work.join(sub))?;
         }
         let sources = work.join("sources.list");
-        std::fs::write(&sources, OPENSSL_1_1_SOURCES)?;
-        // apt with Debian 11's archive only, and no installed packages to compare with: the
+        std::fs::write(&sources, what.sources)?;
+        // apt with that release's archive only, and no installed packages to compare with: the
         // system's own sources, lists and status are neither read nor changed.
         let options = [
             format!("Dir::Etc::SourceList={}", sources.display()),
@@ -529,7 +559,7 @@ fn openssl_1_1(ctx: &Ctx) -> Result<()> {
         };
         run(&mut apt(&["update"]))?;
         let mut download = vec!["download"];
-        download.extend(OPENSSL_1_1_PACKAGES);
+        download.extend(what.packages);
         run(&mut apt(&download))?;
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
@@ -543,12 +573,11 @@ fn openssl_1_1(ctx: &Ctx) -> Result<()> {
     })();
     let _ = std::fs::remove_dir_all(&work);
     result?;
-    if !library.is_file() || !header.is_file() {
+    if let Some(missing) = what.files.iter().find(|f| !dir.join(f).is_file()) {
         bail!(
-            "{} or {} missing after unpacking {}",
-            library.display(),
-            header.display(),
-            OPENSSL_1_1_PACKAGES.join(" ")
+            "{} missing after unpacking {}",
+            dir.join(missing).display(),
+            what.packages.join(" ")
         );
     }
     Ok(())
