@@ -1074,8 +1074,12 @@ fn tls_connections_are_counted_without_copying_their_payload() {
 
 /// Every program the agent loads (attach list of agent/src/ebpf/mod.rs, and the TLS uprobes of
 /// agent/src/ebpf/tls.rs, loaded when TLS plaintext is on: the default).
-const PROGRAMS: [&str; 26] = [
+const PROGRAMS: [&str; 30] = [
     "data_continue",
+    "go_tls_handshake_enter",
+    "go_tls_read_enter",
+    "go_tls_return",
+    "go_tls_write_enter",
     "inet_sock_set_state",
     "inet_sock_set_state_backup",
     "sched_process_exit",
