@@ -1,5 +1,6 @@
 //! TLS plaintext: uprobes on a TLS library's read and write calls (OpenSSL's `SSL_read`,
-//! `SSL_write`, `SSL_read_ex`, `SSL_write_ex`, and `SSL_do_handshake` for the socket alone).
+//! `SSL_write`, `SSL_read_ex`, `SSL_write_ex`, `SSL_write_ex2`, and `SSL_do_handshake` for the
+//! socket alone).
 //!
 //! The entry probe parks the call's arguments per thread (`TLS_CALLS`); a socket syscall made
 //! while the call runs (the library reading or writing its records) names the call's socket
@@ -173,36 +174,45 @@ fn tie(ssl: u64, sk: u64, want: u8) {
 }
 
 macro_rules! entry_program {
-    ($name:ident, $op:expr, $ex:expr) => {
+    ($name:ident, $op:expr, $count_arg:expr) => {
         #[uprobe]
         pub fn $name(ctx: ProbeContext) -> u32 {
-            match try_enter(&ctx, $op, $ex) {
+            match try_enter(&ctx, $op, $count_arg) {
                 Ok(r) | Err(r) => r,
             }
         }
     };
 }
 
+// `count_arg`: the argument where an `_ex` call writes its byte count (`size_t *`), 0 when the
+// call returns it.
 // int SSL_read(SSL *ssl, void *buf, int num)
-entry_program!(tls_read_enter, tls_call::READ, false);
+entry_program!(tls_read_enter, tls_call::READ, 0);
 // int SSL_write(SSL *ssl, const void *buf, int num)
-entry_program!(tls_write_enter, tls_call::WRITE, false);
+entry_program!(tls_write_enter, tls_call::WRITE, 0);
 // int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)
-entry_program!(tls_read_ex_enter, tls_call::READ, true);
+entry_program!(tls_read_ex_enter, tls_call::READ, 3);
 // int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)
-entry_program!(tls_write_ex_enter, tls_call::WRITE, true);
+entry_program!(tls_write_ex_enter, tls_call::WRITE, 3);
+// int SSL_write_ex2(SSL *s, const void *buf, size_t num, uint64_t flags, size_t *written)
+// (OpenSSL 3.3 and newer)
+entry_program!(tls_write_ex2_enter, tls_call::WRITE, 4);
 // int SSL_do_handshake(SSL *s)
-entry_program!(tls_handshake_enter, tls_call::HANDSHAKE, false);
+entry_program!(tls_handshake_enter, tls_call::HANDSHAKE, 0);
 
 #[inline(always)]
-fn try_enter(ctx: &ProbeContext, op: u8, ex: bool) -> Result<u32, u32> {
+fn try_enter(ctx: &ProbeContext, op: u8, count_arg: usize) -> Result<u32, u32> {
     let ssl: u64 = ctx.arg(0).ok_or(0u32)?;
     let buf: u64 = if op == tls_call::HANDSHAKE {
         0
     } else {
         ctx.arg(1).ok_or(0u32)?
     };
-    let count_ptr: u64 = if ex { ctx.arg(3).ok_or(0u32)? } else { 0 };
+    let count_ptr: u64 = if count_arg != 0 {
+        ctx.arg(count_arg).ok_or(0u32)?
+    } else {
+        0
+    };
     // SAFETY: helper without preconditions on a uprobe context (0 when no cookie was set).
     let library = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u16;
     let call = TlsCall {

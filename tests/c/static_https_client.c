@@ -9,8 +9,14 @@
  * then opens one TLS connection to 127.0.0.1:PORT (certificate not checked) and sends N
  * keep-alive `GET PATH` requests, reading each response (Content-Length bodies). Prints
  * `{"event":"done","responses":R,"ok":K}` (K: status 200).
+ *
+ * With MESHTAP_WRITE_EX2=1 in its environment it writes with SSL_write_ex2 (OpenSSL 3.3 and
+ * newer), looked up at run time (the headers it is built with may be older); it exits with 3
+ * if the libssl it runs with has none.
  */
 #include <arpa/inet.h>
+#include <dlfcn.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -43,10 +49,21 @@ static int read_response(SSL *ssl, int *status) {
     }
 }
 
+typedef int (*write_ex2_fn)(SSL *, const void *, size_t, uint64_t, size_t *);
+
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: %s PORT PATH N\n", argv[0]);
         return 2;
+    }
+    write_ex2_fn write_ex2 = NULL;
+    const char *ex2 = getenv("MESHTAP_WRITE_EX2");
+    if (ex2 && strcmp(ex2, "1") == 0) {
+        write_ex2 = (write_ex2_fn)dlsym(RTLD_DEFAULT, "SSL_write_ex2");
+        if (!write_ex2) {
+            fprintf(stderr, "SSL_write_ex2 not found: OpenSSL %s\n", OpenSSL_version(OPENSSL_VERSION));
+            return 3;
+        }
     }
     char line[64];
     if (!fgets(line, sizeof line, stdin)) return 2;
@@ -71,7 +88,13 @@ int main(int argc, char **argv) {
     int responses = 0, ok = 0;
     for (int i = 0; i < n; i++) {
         int status = 0;
-        if (SSL_write(ssl, req, len) != len || read_response(ssl, &status) != 0) break;
+        if (write_ex2) {
+            size_t written = 0;
+            if (write_ex2(ssl, req, (size_t)len, 0, &written) != 1 || written != (size_t)len) break;
+        } else if (SSL_write(ssl, req, len) != len) {
+            break;
+        }
+        if (read_response(ssl, &status) != 0) break;
         responses++;
         if (status == 200) ok++;
     }

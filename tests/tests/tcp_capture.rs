@@ -1074,7 +1074,7 @@ fn tls_connections_are_counted_without_copying_their_payload() {
 
 /// Every program the agent loads (attach list of agent/src/ebpf/mod.rs, and the TLS uprobes of
 /// agent/src/ebpf/tls.rs, loaded when TLS plaintext is on: the default).
-const PROGRAMS: [&str; 30] = [
+const PROGRAMS: [&str; 31] = [
     "data_continue",
     "go_tls_handshake_enter",
     "go_tls_read_enter",
@@ -1104,6 +1104,7 @@ const PROGRAMS: [&str; 30] = [
     "tls_read_ex_enter",
     "tls_return",
     "tls_write_enter",
+    "tls_write_ex2_enter",
     "tls_write_ex_enter",
 ];
 

@@ -2,7 +2,8 @@
 //! with `ssl`, curl and wrk over HTTPS, Python's `ssl` at both ends of a keep-alive connection,
 //! a copy of the system's `libssl.so.3` that only a process started after the agent maps,
 //! PostgreSQL with `ssl=on` and `psql` with `sslmode=require` (against the same session in
-//! plaintext), an executable with OpenSSL linked in, a client on Debian 11's OpenSSL 1.1,
+//! plaintext), an executable with OpenSSL linked in, clients on Debian 11's OpenSSL 1.1 and on
+//! Debian 13's OpenSSL 3.5 (`SSL_write_ex2`),
 //! nginx `ssl http2` with `curl --http2` and nghttpd with `h2load` (ALPN `h2`), Node's `https` at
 //! both ends (OpenSSL fed from memory), Go's `net/http` and `crypto/tls` at both ends (a static
 //! Go executable built by the test with `golang-go` 1.19, HTTP/1.1 and HTTP/2, and with Go 1.23
@@ -1088,6 +1089,103 @@ fn openssl_1_1_dynamically_linked_is_probed() {
         "{}",
         m.describe(PLAINTEXT_EVENTS)
     );
+    nginx.stop();
+}
+
+/// Debian 13's OpenSSL 3.5 with Debian 13's C library and loader, unpacked there by `cargo
+/// xtask setup`: OpenSSL has `SSL_write_ex2` from 3.3 on (Debian 12's is 3.0).
+const OPENSSL_3_5_DIR: &str = "/usr/local/lib/meshtap/openssl-3.5";
+
+#[test]
+fn ssl_write_ex2_of_openssl_3_5_is_probed() {
+    use std::io::{BufRead as _, Write as _};
+    let agent = Agent::start(&[]);
+    let cert = Certificate::new();
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let nginx = Nginx::start(
+        NginxConfig::new(listen)
+            .ok_everywhere()
+            .tls(&cert.cert(), &cert.key()),
+        None,
+    );
+    let lib = std::path::Path::new(OPENSSL_3_5_DIR).join("usr/lib/x86_64-linux-gnu");
+    let loader = lib.join("ld-linux-x86-64.so.2");
+    assert!(
+        lib.join("libssl.so.3").is_file() && loader.is_file(),
+        "{} missing: cargo xtask setup unpacks OpenSSL 3.5 there",
+        lib.display()
+    );
+    // tests/c/static_https_client.c built against the system's OpenSSL 3.0 and run by Debian
+    // 13's loader with Debian 13's libraries: it maps OpenSSL 3.5's libssl.so.3 (a file of
+    // its own, found in its mappings) and writes each request with SSL_write_ex2
+    // (MESHTAP_WRITE_EX2). Its executable is the loader: its service name comes from
+    // OTEL_SERVICE_NAME.
+    let name = "mt-openssl35";
+    let dir = TempDir::new("openssl35");
+    let exe = dir.path().join(name);
+    let source = meshtap_tests::workspace_root().join("tests/c/static_https_client.c");
+    let out = run_command(
+        Command::new("gcc")
+            .arg("-O1")
+            .arg("-o")
+            .arg(&exe)
+            .arg(&source)
+            .args(["-lssl", "-lcrypto"]),
+        RUN,
+    );
+    assert!(out.status.success(), "gcc: {}{}", out.stdout, out.stderr);
+    let mut child = Killed(
+        Command::new(&loader)
+            .arg("--library-path")
+            .arg(&lib)
+            .arg(&exe)
+            .args([&listen.port().to_string(), "/ex2", "6"])
+            .env("MESHTAP_WRITE_EX2", "1")
+            .env("OTEL_SERVICE_NAME", name)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the OpenSSL 3.5 client"),
+    );
+    // The system's libssl.so.3 (probed at start) and OpenSSL 3.5's, both named libssl.so.3.
+    agent.wait_until(
+        DISCOVERY,
+        |m| m.value(LIBRARIES_PROBED, &[("library", "libssl.so.3")]) == 2.0,
+        |m| format!("{}\n{}", m.describe(LIBRARIES_PROBED), agent.log()),
+    );
+    writeln!(child.0.stdin.take().expect("stdin"), "go").expect("write go");
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the client's result");
+    let done: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(
+        (done["responses"].as_u64(), done["ok"].as_u64()),
+        (Some(6), Some(6)),
+        "{line}"
+    );
+    // Every request the client wrote with SSL_write_ex2 is seen at the client too, paired with
+    // its response (read with SSL_read).
+    let mut checks = vec![
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &server_series("nginx", "/ex2", "200"),
+            6,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(name, Some("200"), listen),
+            6,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &labels(&[("service_name", name)]),
+            6,
+        ),
+        expect("meshtap_tls_plaintext_untied_events_total", &labels(&[]), 0),
+    ];
+    checks.extend(local_edge(name, "nginx", 6, 0));
+    assert_settled(&agent, &checks);
     nginx.stop();
 }
 

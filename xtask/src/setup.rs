@@ -165,6 +165,20 @@ const OPENSSL_1_1: Unpacked = Unpacked {
     ],
 };
 
+/// OpenSSL 3.5 (Debian 13's `libssl3t64`, with Debian 13's C library, loader, zlib and zstd
+/// that it needs): a client run with that loader proves the uprobe on `SSL_write_ex2`, which
+/// OpenSSL has from 3.3 on (Debian 12 has 3.0).
+const OPENSSL_3_5: Unpacked = Unpacked {
+    name: "openssl 3.5 (debian 13)",
+    dir: "/usr/local/lib/meshtap/openssl-3.5",
+    sources: "deb http://deb.debian.org/debian trixie main\n",
+    packages: &["libssl3t64", "libc6", "zlib1g", "libzstd1"],
+    files: &[
+        "usr/lib/x86_64-linux-gnu/libssl.so.3",
+        "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    ],
+};
+
 /// Go 1.23 (Debian 12's backports): the TLS tests build their Go programs with it too, a Go of
 /// today's binaries (`golang-go` is 1.19).
 const GO_1_23: Unpacked = Unpacked {
@@ -187,6 +201,7 @@ pub fn setup(ctx: &Ctx, packages: bool) -> Result<()> {
         debian_packages(ctx, &mut apt)?;
         debian_kubectl(ctx, &mut apt)?;
         unpack(ctx, &OPENSSL_1_1)?;
+        unpack(ctx, &OPENSSL_3_5)?;
         unpack(ctx, &GO_1_23)?;
         python_modules(ctx, &mut apt)?;
         npm_packages(ctx, &mut apt)?;
@@ -197,6 +212,7 @@ pub fn setup(ctx: &Ctx, packages: bool) -> Result<()> {
             "skipped (--no-packages)",
         );
         step(OPENSSL_1_1.name, "skipped (--no-packages)");
+        step(OPENSSL_3_5.name, "skipped (--no-packages)");
         step(GO_1_23.name, "skipped (--no-packages)");
         step("python modules", "skipped (--no-packages)");
         step("npm packages", "skipped (--no-packages)");

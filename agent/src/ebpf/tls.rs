@@ -44,6 +44,8 @@ const FUNCTIONS: &[(&str, &str)] = &[
     ("SSL_write", "tls_write_enter"),
     ("SSL_read_ex", "tls_read_ex_enter"),
     ("SSL_write_ex", "tls_write_ex_enter"),
+    // OpenSSL 3.3 and newer.
+    ("SSL_write_ex2", "tls_write_ex2_enter"),
     ("SSL_do_handshake", "tls_handshake_enter"),
     ("SSL_free", FREE_PROGRAM),
 ];
@@ -63,6 +65,7 @@ pub const PROGRAMS: &[&str] = &[
     "tls_write_enter",
     "tls_read_ex_enter",
     "tls_write_ex_enter",
+    "tls_write_ex2_enter",
     "tls_handshake_enter",
     FREE_PROGRAM,
     RETURN_PROGRAM,
