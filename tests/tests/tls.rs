@@ -1118,11 +1118,14 @@ fn ssl_write_ex2_of_openssl_3_5_is_probed() {
     // tests/c/static_https_client.c built against the system's OpenSSL 3.0 and run by Debian
     // 13's loader with Debian 13's libraries: it maps OpenSSL 3.5's libssl.so.3 (a file of
     // its own, found in its mappings) and writes each request with SSL_write_ex2
-    // (MESHTAP_WRITE_EX2). Its executable is the loader: its service name comes from
-    // OTEL_SERVICE_NAME.
+    // (MESHTAP_WRITE_EX2). Its executable is the loader, copied under the name the process
+    // goes by (its comm: the client is done and gone before the agent could read its
+    // environment).
     let name = "mt-openssl35";
     let dir = TempDir::new("openssl35");
-    let exe = dir.path().join(name);
+    let exe = dir.path().join("https-client");
+    let named_loader = dir.path().join(name);
+    std::fs::copy(&loader, &named_loader).expect("copy the loader");
     let source = meshtap_tests::workspace_root().join("tests/c/static_https_client.c");
     let out = run_command(
         Command::new("gcc")
@@ -1135,13 +1138,12 @@ fn ssl_write_ex2_of_openssl_3_5_is_probed() {
     );
     assert!(out.status.success(), "gcc: {}{}", out.stdout, out.stderr);
     let mut child = Killed(
-        Command::new(&loader)
+        Command::new(&named_loader)
             .arg("--library-path")
             .arg(&lib)
             .arg(&exe)
             .args([&listen.port().to_string(), "/ex2", "6"])
             .env("MESHTAP_WRITE_EX2", "1")
-            .env("OTEL_SERVICE_NAME", name)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
