@@ -902,8 +902,22 @@ impl Drop for Killed {
     }
 }
 
-#[test]
-fn statically_linked_openssl_in_an_executable_is_probed() {
+/// `tests/c/static_https_client.c` against nginx over TLS (the system's libssl.so.3), built
+/// with `gcc` and `build` (the OpenSSL to build against) into an executable that `launch` runs
+/// as `name` (its comm: the client is done and gone before the agent could read its
+/// environment). Once the agent has probed `probed` files named `library` (found by the scan of
+/// new processes, once a second, while the client waits for its go), `n` keep-alive requests
+/// for `route`: exact series at both ends, the service graph, no plaintext untied, and at
+/// least a plaintext event per request and per response through `library`.
+fn c_https_client(
+    name: &str,
+    route: &str,
+    n: u64,
+    build: &[std::ffi::OsString],
+    launch: impl FnOnce(&std::path::Path) -> Command,
+    library: &str,
+    probed: f64,
+) {
     use std::io::{BufRead as _, Write as _};
     let agent = Agent::start(&[]);
     let cert = Certificate::new();
@@ -914,10 +928,7 @@ fn statically_linked_openssl_in_an_executable_is_probed() {
             .tls(&cert.cert(), &cert.key()),
         None,
     );
-    // tests/c/static_https_client.c with libssl.a and libcrypto.a: SSL_read and SSL_write are
-    // in the executable's own symbol table. Its name is its comm and its service name.
-    let name = "mt-static-tls";
-    let dir = TempDir::new("static-tls");
+    let dir = TempDir::new(name);
     let exe = dir.path().join(name);
     let source = meshtap_tests::workspace_root().join("tests/c/static_https_client.c");
     let out = run_command(
@@ -926,27 +937,21 @@ fn statically_linked_openssl_in_an_executable_is_probed() {
             .arg("-o")
             .arg(&exe)
             .arg(&source)
-            .args([
-                "/usr/lib/x86_64-linux-gnu/libssl.a",
-                "/usr/lib/x86_64-linux-gnu/libcrypto.a",
-                "-lpthread",
-                "-ldl",
-            ]),
+            .args(build),
         RUN,
     );
     assert!(out.status.success(), "gcc: {}{}", out.stdout, out.stderr);
     let mut child = Killed(
-        Command::new(&exe)
-            .args([&listen.port().to_string(), "/static", "7"])
+        launch(&exe)
+            .args([&listen.port().to_string(), route, &n.to_string()])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .expect("spawn the static client"),
+            .expect("spawn the C client"),
     );
-    // Found by the agent's scan of new processes (once a second), before it connects.
     agent.wait_until(
         DISCOVERY,
-        |m| m.value(LIBRARIES_PROBED, &[("library", name)]) == 1.0,
+        |m| m.value(LIBRARIES_PROBED, &[("library", library)]) == probed,
         |m| format!("{}\n{}", m.describe(LIBRARIES_PROBED), agent.log()),
     );
     writeln!(child.0.stdin.take().expect("stdin"), "go").expect("write go");
@@ -957,54 +962,68 @@ fn statically_linked_openssl_in_an_executable_is_probed() {
     let done: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
     assert_eq!(
         (done["responses"].as_u64(), done["ok"].as_u64()),
-        (Some(7), Some(7))
+        (Some(n), Some(n)),
+        "{line}"
     );
     let mut checks = vec![
         expect(
             count(HTTP_SERVER_DURATION),
-            &server_series("nginx", "/static", "200"),
-            7,
+            &server_series("nginx", route, "200"),
+            n as f64,
         ),
         expect(
             count(HTTP_CLIENT_DURATION),
             &client_series(name, Some("200"), listen),
-            7,
+            n as f64,
         ),
         expect(
             count(HTTP_CLIENT_DURATION),
             &labels(&[("service_name", name)]),
-            7,
+            n as f64,
         ),
+        expect("meshtap_tls_plaintext_untied_events_total", &labels(&[]), 0),
     ];
-    checks.extend(local_edge(name, "nginx", 7, 0));
+    checks.extend(local_edge(name, "nginx", n, 0));
     let m = assert_settled(&agent, &checks);
     assert!(
-        m.value(PLAINTEXT_EVENTS, &[("library", name)]) >= 14.0,
+        m.value(PLAINTEXT_EVENTS, &[("library", library)]) >= 2.0 * n as f64,
         "{}",
         m.describe(PLAINTEXT_EVENTS)
     );
     nginx.stop();
 }
 
+/// OpenSSL linked in (libssl.a and libcrypto.a): SSL_read and SSL_write are in the
+/// executable's own symbol table, as in Node's; the executable is probed, by its name.
+#[test]
+fn statically_linked_openssl_in_an_executable_is_probed() {
+    let name = "mt-static-tls";
+    let build = [
+        "/usr/lib/x86_64-linux-gnu/libssl.a",
+        "/usr/lib/x86_64-linux-gnu/libcrypto.a",
+        "-lpthread",
+        "-ldl",
+    ]
+    .map(std::ffi::OsString::from);
+    c_https_client(
+        name,
+        "/static",
+        7,
+        &build,
+        |exe| Command::new(exe),
+        name,
+        1.0,
+    );
+}
+
 /// Debian 11's OpenSSL 1.1 (`libssl1.1`, `libssl-dev`), unpacked there by `cargo xtask setup`
 /// (Debian 12 has OpenSSL 3 only).
 const OPENSSL_1_1_DIR: &str = "/usr/local/lib/meshtap/openssl-1.1";
 
+/// The client linked against OpenSSL 1.1's shared libssl.so.1.1 (found through its rpath): the
+/// agent finds that library in the running client's mappings.
 #[test]
 fn openssl_1_1_dynamically_linked_is_probed() {
-    use std::io::{BufRead as _, Write as _};
-    let agent = Agent::start(&[]);
-    let cert = Certificate::new();
-    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let nginx = Nginx::start(
-        NginxConfig::new(listen)
-            .ok_everywhere()
-            .tls(&cert.cert(), &cert.key()),
-        None,
-    );
-    // tests/c/static_https_client.c again, linked against OpenSSL 1.1's shared libssl.so.1.1
-    // (found through its rpath): the agent finds that library in the running client's
-    // mappings; the nginx end stays on the system's libssl.so.3.
     let root = std::path::Path::new(OPENSSL_1_1_DIR);
     let lib = root.join("usr/lib/x86_64-linux-gnu");
     assert!(
@@ -1012,102 +1031,41 @@ fn openssl_1_1_dynamically_linked_is_probed() {
         "{} missing: cargo xtask setup unpacks OpenSSL 1.1 there",
         lib.display()
     );
-    let name = "mt-openssl11";
-    let dir = TempDir::new("openssl11");
-    let exe = dir.path().join(name);
-    let source = meshtap_tests::workspace_root().join("tests/c/static_https_client.c");
-    let out = run_command(
-        Command::new("gcc")
-            .arg("-O1")
-            .arg("-o")
-            .arg(&exe)
-            .arg(format!("-I{}", root.join("usr/include").display()))
-            .arg(format!(
-                "-I{}",
-                root.join("usr/include/x86_64-linux-gnu").display()
-            ))
-            .arg(&source)
-            .arg(lib.join("libssl.so.1.1"))
-            .arg(lib.join("libcrypto.so.1.1"))
-            .arg(format!("-Wl,-rpath,{}", lib.display())),
-        RUN,
-    );
-    assert!(out.status.success(), "gcc: {}{}", out.stdout, out.stderr);
-    let ldd = run_command(Command::new("ldd").arg(&exe), RUN);
-    assert!(
-        ldd.stdout
-            .contains(&*lib.join("libssl.so.1.1").to_string_lossy()),
-        "{}",
-        ldd.stdout
-    );
-    let mut child = Killed(
-        Command::new(&exe)
-            .args([&listen.port().to_string(), "/old", "9"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn the OpenSSL 1.1 client"),
-    );
-    agent.wait_until(
-        DISCOVERY,
-        |m| m.value(LIBRARIES_PROBED, &[("library", "libssl.so.1.1")]) == 1.0,
-        |m| format!("{}\n{}", m.describe(LIBRARIES_PROBED), agent.log()),
-    );
-    writeln!(child.0.stdin.take().expect("stdin"), "go").expect("write go");
-    let mut line = String::new();
-    std::io::BufReader::new(child.0.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read the client's result");
-    let done: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-    assert_eq!(
-        (done["responses"].as_u64(), done["ok"].as_u64()),
-        (Some(9), Some(9))
-    );
-    let mut checks = vec![
-        expect(
-            count(HTTP_SERVER_DURATION),
-            &server_series("nginx", "/old", "200"),
-            9,
-        ),
-        expect(
-            count(HTTP_CLIENT_DURATION),
-            &client_series(name, Some("200"), listen),
-            9,
-        ),
-        expect(
-            count(HTTP_CLIENT_DURATION),
-            &labels(&[("service_name", name)]),
-            9,
-        ),
-        expect("meshtap_tls_plaintext_untied_events_total", &labels(&[]), 0),
+    let mut include = std::ffi::OsString::from("-I");
+    include.push(root.join("usr/include"));
+    let mut include_arch = std::ffi::OsString::from("-I");
+    include_arch.push(root.join("usr/include/x86_64-linux-gnu"));
+    let mut rpath = std::ffi::OsString::from("-Wl,-rpath,");
+    rpath.push(&lib);
+    let build = [
+        include,
+        include_arch,
+        lib.join("libssl.so.1.1").into(),
+        lib.join("libcrypto.so.1.1").into(),
+        rpath,
     ];
-    checks.extend(local_edge(name, "nginx", 9, 0));
-    let m = assert_settled(&agent, &checks);
-    // Each request written and each response read through libssl.so.1.1.
-    assert!(
-        m.value(PLAINTEXT_EVENTS, &[("library", "libssl.so.1.1")]) >= 18.0,
-        "{}",
-        m.describe(PLAINTEXT_EVENTS)
+    c_https_client(
+        "mt-openssl11",
+        "/old",
+        9,
+        &build,
+        |exe| Command::new(exe),
+        "libssl.so.1.1",
+        1.0,
     );
-    nginx.stop();
 }
 
 /// Debian 13's OpenSSL 3.5 with Debian 13's C library and loader, unpacked there by `cargo
 /// xtask setup`: OpenSSL has `SSL_write_ex2` from 3.3 on (Debian 12's is 3.0).
 const OPENSSL_3_5_DIR: &str = "/usr/local/lib/meshtap/openssl-3.5";
 
+/// The client built against the system's OpenSSL 3.0 and run by Debian 13's loader with Debian
+/// 13's libraries: it maps OpenSSL 3.5's libssl.so.3 (a file of its own, found in its
+/// mappings; the system's, probed at start, has the same name) and writes each request with
+/// SSL_write_ex2 (MESHTAP_WRITE_EX2): the client sees its requests only through that probe.
+/// The executable is the loader, copied under the client's name.
 #[test]
 fn ssl_write_ex2_of_openssl_3_5_is_probed() {
-    use std::io::{BufRead as _, Write as _};
-    let agent = Agent::start(&[]);
-    let cert = Certificate::new();
-    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let nginx = Nginx::start(
-        NginxConfig::new(listen)
-            .ok_everywhere()
-            .tls(&cert.cert(), &cert.key()),
-        None,
-    );
     let lib = std::path::Path::new(OPENSSL_3_5_DIR).join("usr/lib/x86_64-linux-gnu");
     let loader = lib.join("ld-linux-x86-64.so.2");
     assert!(
@@ -1115,80 +1073,20 @@ fn ssl_write_ex2_of_openssl_3_5_is_probed() {
         "{} missing: cargo xtask setup unpacks OpenSSL 3.5 there",
         lib.display()
     );
-    // tests/c/static_https_client.c built against the system's OpenSSL 3.0 and run by Debian
-    // 13's loader with Debian 13's libraries: it maps OpenSSL 3.5's libssl.so.3 (a file of
-    // its own, found in its mappings) and writes each request with SSL_write_ex2
-    // (MESHTAP_WRITE_EX2). Its executable is the loader, copied under the name the process
-    // goes by (its comm: the client is done and gone before the agent could read its
-    // environment).
     let name = "mt-openssl35";
-    let dir = TempDir::new("openssl35");
-    let exe = dir.path().join("https-client");
-    let named_loader = dir.path().join(name);
-    std::fs::copy(&loader, &named_loader).expect("copy the loader");
-    let source = meshtap_tests::workspace_root().join("tests/c/static_https_client.c");
-    let out = run_command(
-        Command::new("gcc")
-            .arg("-O1")
-            .arg("-o")
-            .arg(&exe)
-            .arg(&source)
-            .args(["-lssl", "-lcrypto"]),
-        RUN,
-    );
-    assert!(out.status.success(), "gcc: {}{}", out.stdout, out.stderr);
-    let mut child = Killed(
-        Command::new(&named_loader)
-            .arg("--library-path")
+    let build = ["-lssl", "-lcrypto"].map(std::ffi::OsString::from);
+    let launch = |exe: &std::path::Path| {
+        let client = exe.with_file_name("https-client");
+        std::fs::rename(exe, &client).expect("rename the client");
+        std::fs::copy(&loader, exe).expect("copy the loader");
+        let mut cmd = Command::new(exe);
+        cmd.arg("--library-path")
             .arg(&lib)
-            .arg(&exe)
-            .args([&listen.port().to_string(), "/ex2", "6"])
-            .env("MESHTAP_WRITE_EX2", "1")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn the OpenSSL 3.5 client"),
-    );
-    // The system's libssl.so.3 (probed at start) and OpenSSL 3.5's, both named libssl.so.3.
-    agent.wait_until(
-        DISCOVERY,
-        |m| m.value(LIBRARIES_PROBED, &[("library", "libssl.so.3")]) == 2.0,
-        |m| format!("{}\n{}", m.describe(LIBRARIES_PROBED), agent.log()),
-    );
-    writeln!(child.0.stdin.take().expect("stdin"), "go").expect("write go");
-    let mut line = String::new();
-    std::io::BufReader::new(child.0.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read the client's result");
-    let done: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-    assert_eq!(
-        (done["responses"].as_u64(), done["ok"].as_u64()),
-        (Some(6), Some(6)),
-        "{line}"
-    );
-    // Every request the client wrote with SSL_write_ex2 is seen at the client too, paired with
-    // its response (read with SSL_read).
-    let mut checks = vec![
-        expect(
-            count(HTTP_SERVER_DURATION),
-            &server_series("nginx", "/ex2", "200"),
-            6,
-        ),
-        expect(
-            count(HTTP_CLIENT_DURATION),
-            &client_series(name, Some("200"), listen),
-            6,
-        ),
-        expect(
-            count(HTTP_CLIENT_DURATION),
-            &labels(&[("service_name", name)]),
-            6,
-        ),
-        expect("meshtap_tls_plaintext_untied_events_total", &labels(&[]), 0),
-    ];
-    checks.extend(local_edge(name, "nginx", 6, 0));
-    assert_settled(&agent, &checks);
-    nginx.stop();
+            .arg(client)
+            .env("MESHTAP_WRITE_EX2", "1");
+        cmd
+    };
+    c_https_client(name, "/ex2", 6, &build, launch, "libssl.so.3", 2.0);
 }
 
 // ---------------------------------------------------------------------------------------------
