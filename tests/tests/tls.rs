@@ -1481,52 +1481,7 @@ fn node_https_server_and_client() {
     );
 
     let dest: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut checks = vec![
-        expect(
-            count(HTTP_SERVER_DURATION),
-            &server_series(srv, "/api/users/*", "200"),
-            20,
-        ),
-        expect(
-            sum(HTTP_SERVER_RESPONSE_BODY),
-            &server_series(srv, "/api/users/*", "200"),
-            // "user 0\n" .. "user 57\n": 7 bytes for the 4 one-digit ids (0, 3, 6, 9), 8 for
-            // the other 16.
-            (4 * 7 + 16 * 8) as f64,
-        ),
-        expect(
-            count(HTTP_SERVER_DURATION),
-            &server_series(srv, "/api/fail", "500"),
-            20,
-        ),
-        expect(
-            count(HTTP_SERVER_DURATION),
-            &labels(&[("service_name", srv)]),
-            60,
-        ),
-        expect(
-            count(HTTP_CLIENT_DURATION),
-            &client_series(cli, Some("200"), dest),
-            20,
-        ),
-        expect(
-            count(HTTP_CLIENT_DURATION),
-            &client_series(cli, Some("404"), dest),
-            20,
-        ),
-        expect(
-            count(HTTP_CLIENT_DURATION),
-            &client_series(cli, Some("500"), dest),
-            20,
-        ),
-        expect(
-            count(HTTP_CLIENT_DURATION),
-            &labels(&[("service_name", cli)]),
-            60,
-        ),
-        expect("meshtap_tls_plaintext_untied_events_total", &labels(&[]), 0),
-        expect(PLAINTEXT_UNTRACKED, &labels(&[]), 0),
-    ];
+    let mut checks = sixty_requests(srv, cli, dest, None);
     checks.extend(local_edge(cli, srv, 60, 20));
     let m = assert_settled(&agent, &checks);
     assert!(
@@ -1549,7 +1504,72 @@ fn node_https_server_and_client() {
     });
 
     // Spans: 60 of each kind, every server span the child of a client span of its trace.
-    let spans = spans_of(&agent, srv);
+    paired_spans(&agent, srv, cli, 60);
+}
+
+/// The exact series of the 60 requests the Node and Go clients send (20 each of 200, 404 and
+/// 500), at both ends, those with `version` as their `network_protocol_version` when given;
+/// no plaintext untied or untracked.
+fn sixty_requests(srv: &str, cli: &str, dest: SocketAddr, version: Option<&str>) -> Vec<Expect> {
+    let versioned = |mut l: Labels| {
+        if let Some(v) = version {
+            l.push(("network_protocol_version".into(), v.into()));
+        }
+        l
+    };
+    vec![
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &versioned(server_series(srv, "/api/users/*", "200")),
+            20,
+        ),
+        expect(
+            sum(HTTP_SERVER_RESPONSE_BODY),
+            &versioned(server_series(srv, "/api/users/*", "200")),
+            // "user 0\n" .. "user 57\n": 7 bytes for the 4 one-digit ids (0, 3, 6, 9), 8 for
+            // the other 16.
+            (4 * 7 + 16 * 8) as f64,
+        ),
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &versioned(server_series(srv, "/api/fail", "500")),
+            20,
+        ),
+        expect(
+            count(HTTP_SERVER_DURATION),
+            &labels(&[("service_name", srv)]),
+            60,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &versioned(client_series(cli, Some("200"), dest)),
+            20,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &versioned(client_series(cli, Some("404"), dest)),
+            20,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &versioned(client_series(cli, Some("500"), dest)),
+            20,
+        ),
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &labels(&[("service_name", cli)]),
+            60,
+        ),
+        expect("meshtap_tls_plaintext_untied_events_total", &labels(&[]), 0),
+        expect(PLAINTEXT_UNTRACKED, &labels(&[]), 0),
+    ]
+}
+
+/// `n` server spans of `srv` and `n` client spans of `cli`, every server span the child of a
+/// client span of its trace, with the same status; returned for more checks.
+fn paired_spans(agent: &Agent, srv: &str, cli: &str, n: usize) -> Vec<(Value, Value)> {
+    let spans = spans_of(agent, srv);
+    let all = meshtap_tests::spans::describe(&spans);
     let of = |svc: &str, k: &str| -> Vec<&Value> {
         spans
             .iter()
@@ -1557,20 +1577,23 @@ fn node_https_server_and_client() {
             .collect()
     };
     let (servers, clients) = (of(srv, "SERVER"), of(cli, "CLIENT"));
-    assert_eq!(
-        (servers.len(), clients.len()),
-        (60, 60),
-        "{}",
-        meshtap_tests::spans::describe(&spans)
-    );
-    for s in &servers {
+    assert_eq!((servers.len(), clients.len()), (n, n), "{all}");
+    let mut pairs = Vec::with_capacity(n);
+    for s in servers {
         let p = parent(s).unwrap_or_else(|| panic!("server span without parent: {s}"));
         let c = clients
             .iter()
             .find(|c| id(c) == p)
             .unwrap_or_else(|| panic!("server span's parent is not a client span: {s}"));
         assert_eq!(trace_id(c), trace_id(s));
+        assert_eq!(
+            meshtap_tests::spans::tag(c, "http.status_code"),
+            meshtap_tests::spans::tag(s, "http.status_code"),
+            "a server span under another request's client span:\n{s}\n{c}"
+        );
+        pairs.push(((*c).clone(), s.clone()));
     }
+    pairs
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1678,61 +1701,14 @@ fn go_https_server_and_client(exe: &std::path::Path, http2: bool) {
     );
 
     let dest: SocketAddr = ([127, 0, 0, 1], port).into();
-    let versioned = |mut l: Labels| {
-        l.push(("network_protocol_version".into(), version.into()));
-        l
-    };
-    let mut checks = vec![
-        expect(
-            count(HTTP_SERVER_DURATION),
-            &versioned(server_series(srv, "/api/users/*", "200")),
-            20,
-        ),
-        expect(
-            sum(HTTP_SERVER_RESPONSE_BODY),
-            &versioned(server_series(srv, "/api/users/*", "200")),
-            // "user 0\n" .. "user 57\n": 7 bytes for the 4 one-digit ids (0, 3, 6, 9), 8 for
-            // the other 16.
-            (4 * 7 + 16 * 8) as f64,
-        ),
-        expect(
-            count(HTTP_SERVER_DURATION),
-            &versioned(server_series(srv, "/api/fail", "500")),
-            20,
-        ),
-        expect(
-            count(HTTP_SERVER_DURATION),
-            &labels(&[("service_name", srv)]),
-            60,
-        ),
-        expect(
-            sum(HTTP_CLIENT_RESPONSE_BODY),
-            &versioned(client_series(cli, Some("200"), dest)),
-            (4 * 7 + 16 * 8) as f64,
-        ),
-        expect(
-            count(HTTP_CLIENT_DURATION),
-            &versioned(client_series(cli, Some("200"), dest)),
-            20,
-        ),
-        expect(
-            count(HTTP_CLIENT_DURATION),
-            &versioned(client_series(cli, Some("404"), dest)),
-            20,
-        ),
-        expect(
-            count(HTTP_CLIENT_DURATION),
-            &versioned(client_series(cli, Some("500"), dest)),
-            20,
-        ),
-        expect(
-            count(HTTP_CLIENT_DURATION),
-            &labels(&[("service_name", cli)]),
-            60,
-        ),
-        expect("meshtap_tls_plaintext_untied_events_total", &labels(&[]), 0),
-        expect(PLAINTEXT_UNTRACKED, &labels(&[]), 0),
-    ];
+    let mut checks = sixty_requests(srv, cli, dest, Some(version));
+    let mut client_series_of = client_series(cli, Some("200"), dest);
+    client_series_of.push(("network_protocol_version".into(), version.into()));
+    checks.push(expect(
+        sum(HTTP_CLIENT_RESPONSE_BODY),
+        &client_series_of,
+        (4 * 7 + 16 * 8) as f64,
+    ));
     if http2 {
         // Each of the 4 connections detected at both ends, 60 streams at both ends; the test's
         // scrapes are HTTP/1.1, counted under `http`.
@@ -1779,39 +1755,20 @@ fn go_https_server_and_client(exe: &std::path::Path, http2: bool) {
     });
 
     // Spans: 60 of each kind, every server span the child of a client span of its trace (both
-    // ends on this node: the same connection, and with HTTP/2 the same stream).
-    let spans = spans_of(&agent, srv);
-    let all = meshtap_tests::spans::describe(&spans);
-    let of = |svc: &str, k: &str| -> Vec<&Value> {
-        spans
-            .iter()
-            .filter(|s| service(s) == svc && kind(s) == k)
-            .collect()
-    };
-    let (servers, clients) = (of(srv, "SERVER"), of(cli, "CLIENT"));
-    assert_eq!((servers.len(), clients.len()), (60, 60), "{all}");
-    for s in servers.iter().chain(&clients) {
-        assert_eq!(
-            tag(s, "network.protocol.version"),
-            Some(version),
-            "{s}\n{all}"
-        );
-    }
-    for s in &servers {
-        let p = parent(s).unwrap_or_else(|| panic!("server span without parent: {s}"));
-        let c = clients
-            .iter()
-            .find(|c| id(c) == p)
-            .unwrap_or_else(|| panic!("server span's parent is not a client span: {s}"));
-        assert_eq!(trace_id(c), trace_id(s));
-        // The same request at both ends (the route, where the client span has one).
-        let (cpath, spath) = (tag(c, "http.path"), tag(s, "http.path"));
-        assert_eq!(
-            (
-                tag(c, "http.status_code"),
-                cpath.is_none() || cpath == spath
-            ),
-            (tag(s, "http.status_code"), true),
+    // ends on this node: the same connection, and with HTTP/2 the same stream), each of the
+    // protocol version, the same request at both ends (the route, where the client span has
+    // one).
+    for (c, s) in paired_spans(&agent, srv, cli, 60) {
+        for span in [&c, &s] {
+            assert_eq!(
+                tag(span, "network.protocol.version"),
+                Some(version),
+                "{span}"
+            );
+        }
+        let (cpath, spath) = (tag(&c, "http.path"), tag(&s, "http.path"));
+        assert!(
+            cpath.is_none() || cpath == spath,
             "a server span under another request's client span:\n{s}\n{c}"
         );
     }
