@@ -1,5 +1,5 @@
-//! Go's `crypto/tls`: uprobes on `(*Conn).Read`, `(*Conn).Write` and `(*Conn).handshakeContext`
-//! in an executable built with Go 1.17 or newer on x86-64 (the register ABI).
+//! Go's `crypto/tls`: uprobes on `(*Conn).Read`, `(*Conn).Write`, `(*Conn).clientHandshake` and
+//! `(*Conn).serverHandshake` in an executable built with Go 1.17 or newer on x86-64 (the register ABI).
 //!
 //! Go moves goroutine stacks, so a uretprobe (which rewrites the return address on the stack)
 //! would break the program: the agent attaches [`go_tls_return`] at each `RET` instruction of
@@ -18,10 +18,10 @@
 //! that a `tls.Conn` over anything else (a Unix socket, a wrapper) is never read as one. The
 //! file descriptor then leads to the socket through the task's file table, as for a syscall.
 //!
-//! `handshakeContext` runs before any handshake byte moves (`Handshake`, `HandshakeContext`,
-//! the first `Read` or `Write` all go through it): it marks the connection
-//! [`flags::TLS`] | [`flags::TLS_PROBED`], so that its ciphertext only counts bytes from the
-//! first record on, as OpenSSL's calls do.
+//! `clientHandshake` and `serverHandshake` run once per connection, before its first handshake
+//! byte moves: they mark the connection [`flags::TLS`] | [`flags::TLS_PROBED`], so that its
+//! ciphertext only counts bytes from the first record on, as OpenSSL's calls do. (Not
+//! `handshakeContext`, which every `Read` and `Write` calls: a uprobe costs a trap.)
 
 use aya_ebpf::{
     EbpfContext,
@@ -191,7 +191,8 @@ pub fn go_tls_write_enter(ctx: ProbeContext) -> u32 {
     }
 }
 
-// func (c *Conn) handshakeContext(ctx context.Context) (ret error)
+// func (c *Conn) clientHandshake(ctx context.Context) (err error)
+// func (c *Conn) serverHandshake(ctx context.Context) error
 #[uprobe]
 pub fn go_tls_handshake_enter(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);

@@ -1,6 +1,7 @@
 //! Go executables: the probes of `agent-ebpf/src/go_tls.rs` on `crypto/tls.(*Conn).Read`
 //! (entry, and every `RET` instruction: Go moves goroutine stacks, which a uretprobe's
-//! rewritten return address would not survive), `Write` and `handshakeContext` (entry).
+//! rewritten return address would not survive), `Write`, `clientHandshake` and
+//! `serverHandshake` (entry).
 //!
 //! The functions are found in the executable's symbol table (a binary built with `-ldflags=-s`
 //! has none and is not probed), their `RET`s by decoding their machine code. The probes read
@@ -21,8 +22,11 @@ pub const ITAB_HASH_MAP: &str = "GO_TCP_ITAB_HASH";
 
 const READ: &str = "crypto/tls.(*Conn).Read";
 const WRITE: &str = "crypto/tls.(*Conn).Write";
-/// What `Handshake`, `HandshakeContext` and the first `Read`/`Write` all call (Go 1.17 on).
-const HANDSHAKE: &str = "crypto/tls.(*Conn).handshakeContext";
+/// The handshake of each side, run once per connection (through `handshakeContext`, which every
+/// `Read` and `Write` calls and which returns at once after the handshake: probing it would
+/// cost a trap per call). Named so since Go 1.17.
+const CLIENT_HANDSHAKE: &str = "crypto/tls.(*Conn).clientHandshake";
+const SERVER_HANDSHAKE: &str = "crypto/tls.(*Conn).serverHandshake";
 /// The itab of `*net.TCPConn` as a `net.Conn`: its `hash` (offset 16, after the interface and
 /// type pointers) is the type hash the probes compare a `tls.Conn`'s `conn` field with. Named
 /// `go.itab.` up to Go 1.19, `go:itab.` from Go 1.20.
@@ -37,13 +41,15 @@ type Function = (u64, u64);
 
 /// The probes for a Go executable using `crypto/tls` (see the module's doc).
 pub(super) fn plan(file: &object::File<'_>) -> Result<Plan, NotProbed> {
-    let (mut read, mut write, mut handshake, mut itab) = (None, None, None, None);
+    let (mut read, mut write, mut itab) = (None, None, None);
+    let (mut client_handshake, mut server_handshake) = (None, None);
     for symbol in file.symbols() {
         let Ok(name) = symbol.name() else { continue };
         let slot = match name {
             READ => &mut read,
             WRITE => &mut write,
-            HANDSHAKE => &mut handshake,
+            CLIENT_HANDSHAKE => &mut client_handshake,
+            SERVER_HANDSHAKE => &mut server_handshake,
             TCP_CONN_ITAB | TCP_CONN_ITAB_OLD => &mut itab,
             _ => continue,
         };
@@ -91,9 +97,11 @@ pub(super) fn plan(file: &object::File<'_>) -> Result<Plan, NotProbed> {
             .map(|ret| (RETURN_PROGRAM, read_start + ret)),
     );
     let mut functions = 2;
-    if let Some((start, _)) = handshake.and_then(|f| code_points(file, f)) {
-        points.push((HANDSHAKE_PROGRAM, start));
-        functions += 1;
+    for handshake in [client_handshake, server_handshake] {
+        if let Some((start, _)) = handshake.and_then(|f| code_points(file, f)) {
+            points.push((HANDSHAKE_PROGRAM, start));
+            functions += 1;
+        }
     }
     Ok(Plan {
         library: "Go crypto/tls",
