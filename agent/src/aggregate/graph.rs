@@ -50,6 +50,23 @@ pub struct EdgeKey {
     pub connection_type: &'static str,
 }
 
+/// An [`EdgeKey`] borrowed (hashed alike), compared by address first: the names of an edge are
+/// most often the very strings its key was made from.
+#[derive(Hash)]
+struct EdgeView<'a> {
+    client: &'a str,
+    server: &'a str,
+    connection_type: &'static str,
+}
+
+impl hashbrown::Equivalent<EdgeKey> for EdgeView<'_> {
+    fn equivalent(&self, key: &EdgeKey) -> bool {
+        same_str(self.client, &key.client)
+            && same_str(self.server, &key.server)
+            && self.connection_type == key.connection_type
+    }
+}
+
 /// The requests of every edge over the last minutes, shared with the endpoint that reads it.
 pub type EdgeTable = Arc<Mutex<Windowed<EdgeKey>>>;
 
@@ -323,16 +340,24 @@ impl ServiceGraph {
             client_namespace: namespaces.client.as_deref(),
             server_namespace: namespaces.server.as_deref(),
         };
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).record(
-            EdgeKey {
-                client: client.clone(),
-                server: server.clone(),
-                connection_type,
-            },
-            now_ns,
-            server_seconds.or(client_seconds),
-            failed,
-        );
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record_by(
+                &EdgeView {
+                    client,
+                    server,
+                    connection_type,
+                },
+                || EdgeKey {
+                    client: client.clone(),
+                    server: server.clone(),
+                    connection_type,
+                },
+                now_ns,
+                server_seconds.or(client_seconds),
+                failed,
+            );
         let admitted = self.series.admit(
             view,
             now_ns,

@@ -9,6 +9,7 @@ use crate::{
     exchange::Observed,
     metrics::{
         Registry,
+        series::same_str,
         window::{Windowed, rejected_counter},
     },
     protocol::Side,
@@ -25,12 +26,33 @@ pub struct OperationKey {
     pub operation: Box<str>,
 }
 
+/// An [`OperationKey`] borrowed: hashed alike (the same fields, in the same order), so that an
+/// observation of a known key allocates nothing.
+#[derive(Hash)]
+struct OperationView<'a> {
+    service: &'a str,
+    protocol: &'static str,
+    side: Side,
+    operation: &'a str,
+}
+
+impl hashbrown::Equivalent<OperationKey> for OperationView<'_> {
+    fn equivalent(&self, key: &OperationKey) -> bool {
+        same_str(self.service, &key.service)
+            && self.protocol == key.protocol
+            && self.side == key.side
+            && *self.operation == *key.operation
+    }
+}
+
 /// The table, shared with the endpoint that reads it.
 pub type OperationTable = Arc<Mutex<Windowed<OperationKey>>>;
 
 /// Feeds every observed end into the shared table.
 pub struct Operations {
     table: OperationTable,
+    /// The span name of the end being observed, reused.
+    name: String,
 }
 
 impl Operations {
@@ -41,6 +63,7 @@ impl Operations {
                 MAX_OPERATIONS,
                 rejected_counter(registry, "operations"),
             ))),
+            name: String::new(),
         }
     }
 
@@ -48,21 +71,32 @@ impl Operations {
         self.table.clone()
     }
 
-    pub fn observe(&self, end: &Observed) {
+    pub fn observe(&mut self, end: &Observed) {
         let ex = &end.exchange;
-        let key = OperationKey {
-            service: end.names.service.clone(),
+        self.name.clear();
+        ex.attributes.span_name_into(&mut self.name);
+        let view = OperationView {
+            service: &end.names.service,
             protocol: ex.attributes.protocol().name(),
             side: end.side,
-            operation: ex.attributes.span_name().into_boxed_str(),
+            operation: &self.name,
         };
         let seconds = ex.end_ns.saturating_sub(ex.start_ns) as f64 / 1e9;
-        self.table.lock().unwrap_or_else(|e| e.into_inner()).record(
-            key,
-            end.now_ns,
-            Some(seconds),
-            ex.failed(end.side),
-        );
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record_by(
+                &view,
+                || OperationKey {
+                    service: end.names.service.clone(),
+                    protocol: view.protocol,
+                    side: end.side,
+                    operation: view.operation.into(),
+                },
+                end.now_ns,
+                Some(seconds),
+                ex.failed(end.side),
+            );
     }
 
     pub fn expire(&self, now_ns: u64) {
@@ -128,7 +162,7 @@ mod tests {
 
     #[test]
     fn operations_by_route_side_and_protocol() {
-        let ops = Operations::new(&Registry::default(), &DEFAULT_DURATION_BUCKETS);
+        let mut ops = Operations::new(&Registry::default(), &DEFAULT_DURATION_BUCKETS);
         let t = 10_000_000_000;
         for i in 0..5 {
             ops.observe(&end(Side::Server, &format!("/users/{i}"), 200, t));

@@ -14,11 +14,9 @@
 //! them (with the 14 default buckets and 4,096 keys, 23 MB, reached only when every key sees
 //! traffic in every 15-second step for 15 minutes); a key seen once holds one cell.
 
-use std::{
-    collections::{VecDeque, hash_map::Entry},
-    hash::Hash,
-    sync::Arc,
-};
+use std::{collections::VecDeque, hash::Hash, sync::Arc};
+
+use hashbrown::Equivalent;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -27,8 +25,10 @@ use prometheus_client::{
 
 use crate::metrics::Registry;
 
-/// Hashed as `fast` hashes the per-event maps (this layer cannot import it).
-type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// Hashed as `fast` hashes the per-event maps (this layer cannot import it). hashbrown's, for
+/// lookups by a borrowed view of a key (`Equivalent`): an observation of a known key builds no
+/// owned key.
+type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Length of one time step.
 pub const STEP_NS: u64 = 15_000_000_000;
@@ -102,36 +102,29 @@ impl<K: Hash + Eq + Clone> Windowed<K> {
 
     /// Counts one request of `key` at `now_ns`, with its duration when it has one.
     pub fn record(&mut self, key: K, now_ns: u64, seconds: Option<f64>, failed: bool) {
+        let view = key.clone();
+        self.record_by(&view, || key, now_ns, seconds, failed);
+    }
+
+    /// [`Self::record`] of the key `view` is a borrowed form of (same hash, [`Equivalent`]),
+    /// made owned by `make` only when it is new.
+    pub fn record_by<Q: Hash + Equivalent<K> + ?Sized>(
+        &mut self,
+        view: &Q,
+        make: impl FnOnce() -> K,
+        now_ns: u64,
+        seconds: Option<f64>,
+        failed: bool,
+    ) {
         self.started_ns.get_or_insert(now_ns);
-        let room = self.series.len() < self.max_keys;
-        let cells = match self.series.entry(key) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) if room => e.insert(VecDeque::new()),
-            Entry::Vacant(_) => {
-                self.rejected.inc();
-                return;
-            }
-        };
-        let step = now_ns / STEP_NS;
-        // Events arrive in about monotonic order; one a little late goes to the newest cell.
-        if cells.back().is_none_or(|c| c.step < step) {
-            cells.push_back(Cell {
-                step,
-                requests: 0,
-                failed: 0,
-                buckets: vec![0; self.bounds.len() + 1].into_boxed_slice(),
-            });
-        }
-        let Some(cell) = cells.back_mut() else {
-            return;
-        };
-        cell.requests = cell.requests.saturating_add(1);
-        if failed {
-            cell.failed = cell.failed.saturating_add(1);
-        }
-        if let Some(s) = seconds {
-            let i = self.bounds.partition_point(|&b| b < s);
-            cell.buckets[i] = cell.buckets[i].saturating_add(1);
+        if let Some(cells) = self.series.get_mut(view) {
+            add(cells, &self.bounds, now_ns, seconds, failed);
+        } else if self.series.len() < self.max_keys {
+            let mut cells = VecDeque::new();
+            add(&mut cells, &self.bounds, now_ns, seconds, failed);
+            self.series.insert(make(), cells);
+        } else {
+            self.rejected.inc();
         }
     }
 
@@ -209,6 +202,38 @@ impl<K: Hash + Eq + Clone> Windowed<K> {
                 )
             })
             .collect()
+    }
+}
+
+/// Counts one request in a key's cells: in the cell of `now_ns`'s step, made if it is not the
+/// newest.
+fn add(
+    cells: &mut VecDeque<Cell>,
+    bounds: &[f64],
+    now_ns: u64,
+    seconds: Option<f64>,
+    failed: bool,
+) {
+    let step = now_ns / STEP_NS;
+    // Events arrive in about monotonic order; one a little late goes to the newest cell.
+    if cells.back().is_none_or(|c| c.step < step) {
+        cells.push_back(Cell {
+            step,
+            requests: 0,
+            failed: 0,
+            buckets: vec![0; bounds.len() + 1].into_boxed_slice(),
+        });
+    }
+    let Some(cell) = cells.back_mut() else {
+        return;
+    };
+    cell.requests = cell.requests.saturating_add(1);
+    if failed {
+        cell.failed = cell.failed.saturating_add(1);
+    }
+    if let Some(s) = seconds {
+        let i = bounds.partition_point(|&b| b < s);
+        cell.buckets[i] = cell.buckets[i].saturating_add(1);
     }
 }
 

@@ -91,10 +91,11 @@ pub enum QueryText {
 }
 
 impl ProtocolAttributes for DbAttributes {
-    fn span_name(&self) -> String {
-        match &self.collection {
-            Some(c) => format!("{} {c}", self.operation),
-            None => self.operation.to_string(),
+    fn span_name_into(&self, out: &mut String) {
+        out.push_str(&self.operation);
+        if let Some(c) = &self.collection {
+            out.push(' ');
+            out.push_str(c);
         }
     }
 

@@ -234,8 +234,15 @@ pub struct SpanOptions {
 
 /// What a protocol's exchanges carry beyond the neutral fields, for spans and logs.
 pub trait ProtocolAttributes {
-    /// Low-cardinality span name (`get /users/*`, `SELECT orders`).
-    fn span_name(&self) -> String;
+    /// Appends the low-cardinality span name (`get /users/*`, `SELECT orders`) to `out`: the
+    /// caller reuses its buffer (the web page's table names every exchange).
+    fn span_name_into(&self, out: &mut String);
+    /// The span name, owned.
+    fn span_name(&self) -> String {
+        let mut name = String::new();
+        self.span_name_into(&mut name);
+        name
+    }
     /// Span attributes, semantic-convention keys, in a stable order.
     fn span_attributes(&self, options: &SpanOptions, out: &mut Vec<Attribute>);
     /// The error type of a failed exchange that was answered (see [`Exchange::error_type`]).
@@ -307,7 +314,13 @@ macro_rules! registry {
             }
 
             pub fn span_name(&self) -> String {
-                self.as_dyn().span_name()
+                let mut name = String::new();
+                self.span_name_into(&mut name);
+                name
+            }
+
+            pub fn span_name_into(&self, out: &mut String) {
+                self.as_dyn().span_name_into(out)
             }
 
             /// The protocol these attributes are of.

@@ -193,14 +193,19 @@ pub struct Attributes {
 }
 
 impl super::ProtocolAttributes for Attributes {
-    fn span_name(&self) -> String {
-        let mut name = format!("{} {}", self.method, route::route(&self.path));
-        if name.is_ascii() {
-            name.make_ascii_lowercase();
-        } else {
-            name = name.to_lowercase();
+    fn span_name_into(&self, out: &mut String) {
+        let start = out.len();
+        out.push_str(&self.method);
+        out.push(' ');
+        route::route_append(&self.path, out);
+        match out.get_mut(start..) {
+            Some(name) if name.is_ascii() => name.make_ascii_lowercase(),
+            _ => {
+                let name = out.get(start..).unwrap_or_default().to_lowercase();
+                out.truncate(start);
+                out.push_str(&name);
+            }
         }
-        name
     }
 
     fn span_attributes(

@@ -27,6 +27,12 @@ pub fn route(path: &str) -> String {
 /// `route` into a buffer the caller reuses (cleared first): no allocation once it is big enough.
 pub fn route_into(path: &str, out: &mut String) {
     out.clear();
+    route_append(path, out);
+}
+
+/// `route` appended to `out`.
+pub fn route_append(path: &str, out: &mut String) {
+    let start = out.len();
     let end = path.find(['?', '#']).unwrap_or(path.len());
     let path = path.get(..end).unwrap_or("");
     if path == "*" {
@@ -37,7 +43,7 @@ pub fn route_into(path: &str, out: &mut String) {
     let budget = MAX_ROUTE_BYTES - 1 - ELLIPSIS.len();
     for (n, segment) in path.split('/').filter(|s| !s.is_empty()).enumerate() {
         let segment = template(segment);
-        if n >= MAX_SEGMENTS || out.len() + 1 + segment.len() > budget {
+        if n >= MAX_SEGMENTS || out.len() - start + 1 + segment.len() > budget {
             out.push('/');
             out.push_str(ELLIPSIS);
             return;
@@ -45,7 +51,7 @@ pub fn route_into(path: &str, out: &mut String) {
         out.push('/');
         out.push_str(&segment);
     }
-    if out.is_empty() {
+    if out.len() == start {
         out.push('/');
     }
 }

@@ -1061,6 +1061,10 @@ fn neutral_exchange_outcome_error_type_and_context() {
         panic!("not an HTTP exchange: {n:?}");
     };
     assert_eq!(a.span_name(), "get /users/*");
+    // Appended to what the buffer holds (the web page's table reuses one), that part untouched.
+    let mut buf = String::from("Kept|");
+    a.span_name_into(&mut buf);
+    assert_eq!(buf, "Kept|get /users/*");
     let traced = x(
         Some(200),
         vec![(

@@ -149,8 +149,10 @@ pub struct Attributes {
 }
 
 impl super::ProtocolAttributes for Attributes {
-    fn span_name(&self) -> String {
-        format!("{}/{}", self.service, self.method)
+    fn span_name_into(&self, out: &mut String) {
+        out.push_str(&self.service);
+        out.push('/');
+        out.push_str(&self.method);
     }
 
     fn span_attributes(

@@ -54,8 +54,8 @@ pub struct Attributes {
 }
 
 impl ProtocolAttributes for Attributes {
-    fn span_name(&self) -> String {
-        self.db.span_name()
+    fn span_name_into(&self, out: &mut String) {
+        self.db.span_name_into(out)
     }
 
     fn span_attributes(&self, options: &SpanOptions, out: &mut Vec<Attribute>) {
