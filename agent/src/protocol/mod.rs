@@ -237,7 +237,8 @@ pub trait ProtocolAttributes {
     /// Appends the low-cardinality span name (`get /users/*`, `SELECT orders`) to `out`: the
     /// caller reuses its buffer (the web page's table names every exchange).
     fn span_name_into(&self, out: &mut String);
-    /// The span name, owned.
+    /// The span name, owned (the tests' golden checks).
+    #[cfg(test)]
     fn span_name(&self) -> String {
         let mut name = String::new();
         self.span_name_into(&mut name);
