@@ -16,7 +16,7 @@
 
 use std::{collections::VecDeque, hash::Hash, sync::Arc};
 
-use hashbrown::Equivalent;
+use hashbrown::{Equivalent, hash_map::Entry};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -102,8 +102,17 @@ impl<K: Hash + Eq + Clone> Windowed<K> {
 
     /// Counts one request of `key` at `now_ns`, with its duration when it has one.
     pub fn record(&mut self, key: K, now_ns: u64, seconds: Option<f64>, failed: bool) {
-        let view = key.clone();
-        self.record_by(&view, || key, now_ns, seconds, failed);
+        self.started_ns.get_or_insert(now_ns);
+        let room = self.series.len() < self.max_keys;
+        let cells = match self.series.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) if room => e.insert(VecDeque::new()),
+            Entry::Vacant(_) => {
+                self.rejected.inc();
+                return;
+            }
+        };
+        add(cells, &self.bounds, now_ns, seconds, failed);
     }
 
     /// [`Self::record`] of the key `view` is a borrowed form of (same hash, [`Equivalent`]),
