@@ -179,6 +179,10 @@ pub enum Event {
         syscall: u8,
         /// The captured prefix, in the payload buffer of the event's [`Batch`].
         payload: PayloadRange,
+        /// More events carrying this syscall's following bytes come next (an HTTP/2 syscall
+        /// is sent in chunks, each its own ring record: another thread's event on the same
+        /// socket can come between them).
+        more: bool,
     },
     Retransmit {
         meta: Meta,
@@ -392,6 +396,7 @@ pub fn decode(bytes: &[u8], payloads: &mut Vec<u8>) -> Result<Event, DecodeError
                 direction: Direction::from_kernel(head.direction),
                 syscall: head.syscall,
                 payload,
+                more,
             })
         }
         other => Err(DecodeError::UnknownKind { kind: other }),

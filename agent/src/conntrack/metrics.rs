@@ -25,6 +25,8 @@ pub mod name {
     pub const TCP_CONNECT_DURATION: &str = "meshtap_tcp_connect_duration_seconds";
     pub const CONNECTIONS_TRACKED: &str = "meshtap_connections_tracked";
     pub const TLS_PLAINTEXT_UNTRACKED: &str = "meshtap_tls_plaintext_untracked_events";
+    pub const EVENTS_HELD: &str = "meshtap_data_events_held";
+    pub const EVENTS_HELD_OVERFLOW: &str = "meshtap_data_events_held_overflow";
     /// How the series cap names the edge families.
     pub const TCP_SERIES: &str = "meshtap_tcp";
 }
@@ -106,6 +108,9 @@ pub struct L4Metrics {
     /// TLS plaintext events of connections not in the table (turned away, or their open event
     /// lost and no syscall event since): not parsed.
     pub tls_plaintext_untracked: Counter,
+    /// `meshtap_data_events_held_total` / `_overflow_total` (see `ConnTable::parse`).
+    pub events_held: Counter,
+    pub events_held_overflow: Counter,
 }
 
 impl L4Metrics {
@@ -127,6 +132,8 @@ impl L4Metrics {
                 rejected_counter(registry, "tcp_edges"),
             ))),
             tls_plaintext_untracked: Counter::default(),
+            events_held: Counter::default(),
+            events_held_overflow: Counter::default(),
         };
         registry.register(
             name::TCP_OPENED,
@@ -177,6 +184,16 @@ impl L4Metrics {
             name::TLS_PLAINTEXT_UNTRACKED,
             "TLS plaintext events of connections the agent's table does not hold (turned away by the full table, or first seen through their plaintext): not parsed",
             m.tls_plaintext_untracked.clone(),
+        );
+        registry.register(
+            name::EVENTS_HELD,
+            "Data events of a connection that came while another thread's syscall on it was still arriving in chunks (HTTP/2 is captured whole, a chunk per event): held, then parsed after that syscall's last chunk, in the byte stream's order",
+            m.events_held.clone(),
+        );
+        registry.register(
+            name::EVENTS_HELD_OVERFLOW,
+            "Times more than 64 data events waited for a chunked syscall's last chunk (it was lost): those held were parsed in arrival order",
+            m.events_held_overflow.clone(),
         );
         m
     }

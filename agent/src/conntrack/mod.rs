@@ -12,7 +12,7 @@ pub mod listeners;
 pub mod metrics;
 pub mod tombstones;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
 
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
@@ -69,6 +69,9 @@ pub struct Connection {
     /// Sequence numbers of request-direction syscalls, for the exchanges' [`RequestKey`]s
     /// (only with `TableSettings::request_keys`).
     marks: RequestMarks,
+    /// Syscalls delivered in chunks, and the events held behind them (see `ConnTable::parse`);
+    /// made at the first chunked syscall.
+    chunked: Option<Box<Chunked>>,
     sent: Counter,
     received: Counter,
 }
@@ -175,6 +178,41 @@ fn late_event_of(remote: SocketAddr, meta: &Meta) -> bool {
     meta.conn_id == 0
         && remote.ip() == meta.remote.ip()
         && (meta.remote.port() == 0 || remote.port() == meta.remote.port())
+}
+
+/// Most events held behind one direction's chunked syscall; past it, its last chunk is taken
+/// as lost and what was held is parsed in arrival order (counted).
+const MAX_HELD: usize = 64;
+
+/// One direction's syscall delivered in chunks and the events that came between them.
+#[derive(Default)]
+struct Chunks {
+    /// The thread whose syscall's chunks are arriving (its last event said more follow).
+    owner: Option<u32>,
+    /// Events of other threads that came meanwhile: their bytes follow the chunked syscall's
+    /// (a socket's syscalls of one direction are serialised by its lock).
+    held: VecDeque<Held>,
+}
+
+/// A data event held back (see [`Chunks`]).
+struct Held {
+    meta: Meta,
+    bytes: u64,
+    more: bool,
+    payload: Box<[u8]>,
+}
+
+/// Both directions' [`Chunks`] of a connection.
+#[derive(Default)]
+struct Chunked {
+    dirs: [Chunks; 2],
+}
+
+fn dir_index(dir: Direction) -> usize {
+    match dir {
+        Direction::Egress => 0,
+        Direction::Ingress => 1,
+    }
 }
 
 pub struct ConnTable {
@@ -326,12 +364,14 @@ impl ConnTable {
                 direction,
                 payload,
                 syscall,
+                more,
             } => {
                 let direction = *direction;
                 let parse_bytes = *parse_bytes;
                 let payload = payload.of(payloads);
+                let more = *more;
                 if is_plaintext(*syscall) {
-                    self.plaintext(meta, *seq, parse_bytes, direction, payload);
+                    self.plaintext(meta, *seq, parse_bytes, direction, payload, more);
                 } else {
                     // A continuation event's bytes were counted with its syscall's first event.
                     if *bytes > 0 {
@@ -340,7 +380,7 @@ impl ConnTable {
                     if meta.tls_probed {
                         // Ciphertext: its plaintext comes from the TLS probes.
                     } else if meta.conn_id == 0 && !self.closing.is_empty() {
-                        self.parse_after_close(meta, parse_bytes, direction, payload, false);
+                        self.parse_after_close(meta, parse_bytes, direction, payload, false, more);
                     } else {
                         if self.request_keys && *tcp_seq != 0 && *bytes > 0 {
                             self.mark(meta, direction, *tcp_seq);
@@ -352,6 +392,7 @@ impl ConnTable {
                             parse_bytes,
                             direction,
                             payload,
+                            more,
                         );
                     }
                 }
@@ -622,6 +663,7 @@ impl ConnTable {
             k8s_checked_ns: meta.ts_ns,
             request_tid: meta.process.tid,
             marks: RequestMarks::default(),
+            chunked: None,
             session: Session::new(observer_role, pre_existing),
             tls_plaintext: false,
             sk: meta.sk,
@@ -792,6 +834,7 @@ impl ConnTable {
         dir: Direction,
         payload: &[u8],
         plaintext: bool,
+        more: bool,
     ) {
         let Some(waiting) = self.closing.take(meta.sk) else {
             return;
@@ -809,8 +852,10 @@ impl ConnTable {
         self.conns.insert(id, conn);
         if matches {
             // No sequence number: the kernel numbers only the events of tracked sockets.
-            self.parse(meta, id, None, bytes, dir, payload);
+            self.parse(meta, id, None, bytes, dir, payload, more);
         }
+        // What the chunks held goes now: the connection leaves the table again.
+        self.release_all_held(id);
         let Some(conn) = self.conns.remove(&id) else {
             return;
         };
@@ -834,10 +879,18 @@ impl ConnTable {
     /// connection's bytes). The first plaintext restarts the session's numbering (plaintext
     /// events have their own) and, unless a parser already runs (a protocol that started in
     /// plaintext, such as PostgreSQL's SSLRequest), its detection.
-    fn plaintext(&mut self, meta: &Meta, seq: u64, bytes: u64, dir: Direction, payload: &[u8]) {
+    fn plaintext(
+        &mut self,
+        meta: &Meta,
+        seq: u64,
+        bytes: u64,
+        dir: Direction,
+        payload: &[u8],
+        more: bool,
+    ) {
         if meta.conn_id == 0 && self.closing.contains(meta.sk) {
             // Moved after its connection's close (a response to a client that hung up).
-            self.parse_after_close(meta, bytes, dir, payload, true);
+            self.parse_after_close(meta, bytes, dir, payload, true, more);
             return;
         }
         let Some(conn) = self.conns.get_mut(&meta.conn_id) else {
@@ -849,7 +902,7 @@ impl ConnTable {
             conn.tls_plaintext = true;
             conn.session.plaintext_begins();
         }
-        self.parse(meta, meta.conn_id, Some(seq), bytes, dir, payload);
+        self.parse(meta, meta.conn_id, Some(seq), bytes, dir, payload, more);
     }
 
     /// Remembers the sequence number of a request-direction syscall (see `keys`).
@@ -861,9 +914,113 @@ impl ConnTable {
         }
     }
 
-    /// Hands one data chunk of connection `conn_id` to its session; `seq` is the kernel's
-    /// number of the event when it has one.
+    /// Hands one data event of connection `conn_id` to its session, in the byte stream's order;
+    /// `seq` is the kernel's number of the event when it has one, `more`: more events of the
+    /// same syscall follow.
+    ///
+    /// A syscall captured whole in chunks (HTTP/2) is sent as one ring record per chunk, so a
+    /// syscall of another thread on the same socket, whose bytes come after (the socket's lock
+    /// orders them), can reach the ring between two of them. Such events are held until the
+    /// chunked syscall's last chunk, then parsed: parsed in arrival order, HTTP/2 would decode
+    /// a header block before the ones the HPACK table's entries came from.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one data event's fields, as the kernel reported them"
+    )]
     fn parse(
+        &mut self,
+        meta: &Meta,
+        conn_id: u64,
+        seq: Option<u64>,
+        bytes: u64,
+        dir: Direction,
+        payload: &[u8],
+        more: bool,
+    ) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let d = dir_index(dir);
+        let tid = meta.process.tid;
+        if let Some(chunks) = conn.chunked.as_deref_mut().map(|c| &mut c.dirs[d])
+            && chunks.owner.is_some_and(|owner| owner != tid)
+        {
+            if chunks.held.len() < MAX_HELD {
+                chunks.held.push_back(Held {
+                    meta: meta.clone(),
+                    bytes,
+                    more,
+                    payload: payload.into(),
+                });
+                // Its number is taken: not a gap for the events parsed before it.
+                if let Some(seq) = seq {
+                    conn.session.seq_seen(seq);
+                }
+                self.metrics.events_held.inc();
+                return;
+            }
+            // The chunked syscall's last chunk was lost: no more waiting for it.
+            chunks.owner = None;
+            self.metrics.events_held_overflow.inc();
+            self.release_held(conn_id, dir);
+        }
+        self.feed(meta, conn_id, seq, bytes, dir, payload);
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if more || conn.chunked.is_some() {
+            let chunks = &mut conn.chunked.get_or_insert_default().dirs[d];
+            chunks.owner = more.then_some(tid);
+            if !more && !chunks.held.is_empty() {
+                self.release_held(conn_id, dir);
+            }
+        }
+    }
+
+    /// Parses the events held in direction `dir` (see [`Self::parse`]) that can go now: in
+    /// arrival order, but while one of them is a chunked syscall, its own chunks first.
+    fn release_held(&mut self, conn_id: u64, dir: Direction) {
+        let d = dir_index(dir);
+        loop {
+            let Some(chunks) = self
+                .conns
+                .get_mut(&conn_id)
+                .and_then(|c| c.chunked.as_deref_mut())
+                .map(|c| &mut c.dirs[d])
+            else {
+                return;
+            };
+            let at = match chunks.owner {
+                None => 0,
+                Some(owner) => match chunks.held.iter().position(|h| h.meta.process.tid == owner) {
+                    Some(at) => at,
+                    None => return,
+                },
+            };
+            let Some(h) = chunks.held.remove(at) else {
+                return;
+            };
+            chunks.owner = h.more.then_some(h.meta.process.tid);
+            self.feed(&h.meta, conn_id, None, h.bytes, dir, &h.payload);
+        }
+    }
+
+    /// Parses every event still held on connection `conn_id`, in arrival order: it is closing.
+    fn release_all_held(&mut self, conn_id: u64) {
+        for dir in [Direction::Egress, Direction::Ingress] {
+            if let Some(chunks) = self
+                .conns
+                .get_mut(&conn_id)
+                .and_then(|c| c.chunked.as_deref_mut())
+            {
+                chunks.dirs[dir_index(dir)].owner = None;
+            }
+            self.release_held(conn_id, dir);
+        }
+    }
+
+    /// Hands one data event to the session of connection `conn_id`.
+    fn feed(
         &mut self,
         meta: &Meta,
         conn_id: u64,
@@ -1027,6 +1184,8 @@ impl ConnTable {
 
     fn close(&mut self, meta: &Meta, totals: ConnTotals) {
         self.end_close_waits(meta.ts_ns);
+        // Events held behind a chunked syscall whose last chunk never came go first.
+        self.release_all_held(meta.conn_id);
         // A connection with a parser waits for late bytes (see `closing`): long with an exchange
         // in flight, briefly without.
         let wait = self
@@ -1334,6 +1493,7 @@ mod tests {
             direction,
             syscall: 1,
             payload: PayloadRange::whole(payload),
+            more: false,
         }
     }
 
@@ -1435,6 +1595,7 @@ mod tests {
             direction: Direction::Egress,
             syscall: 1,
             payload: PayloadRange::default(),
+            more: false,
         });
         table.handle(Event::ConnClose {
             meta: meta(1, Role::Client, "10.0.0.1:5000", "10.0.0.2:8080", "cli", 1),
@@ -1493,6 +1654,7 @@ mod tests {
                 direction: dir,
                 syscall: 1,
                 payload: PayloadRange::default(),
+                more: false,
             });
         }
         let plaintext = |seq: u64, direction, payload: &[u8], syscall| Event::Data {
@@ -1504,6 +1666,7 @@ mod tests {
             direction,
             syscall,
             payload: PayloadRange::whole(payload),
+            more: false,
         };
         table.handle_in(
             &plaintext(
@@ -1554,6 +1717,7 @@ mod tests {
                 direction: Direction::Egress,
                 syscall: meshtap_common::syscall::TLS_WRITE,
                 payload: PayloadRange::whole(REQUEST),
+                more: false,
             },
             REQUEST,
         );
@@ -1594,6 +1758,71 @@ mod tests {
         };
         assert_eq!(graph(""), 1.0, "{}", metrics.encode());
         assert_eq!(graph("virtual_node"), 0.0, "{}", metrics.encode());
+    }
+
+    /// A syscall captured in chunks (one ring record each) with another thread's syscall on
+    /// the same socket reaching the ring between two of them: the other one's bytes come after
+    /// in the stream, so it is held and parsed after the chunked syscall's last chunk. Parsed in
+    /// arrival order, the first request would be garbled by the second's bytes.
+    #[test]
+    fn another_threads_event_between_chunks_waits_for_the_last_chunk() {
+        let metrics = Arc::new(Metrics::default());
+        let mut table = table_for(&metrics, 100, 100);
+        listen_srv(&mut table, "0.0.0.0:8080", 2);
+        let server = |tid: u32| {
+            let mut m = meta(2, Role::Server, "10.0.0.2:8080", "10.0.0.9:5000", "srv", 2);
+            m.process.tid = tid;
+            m
+        };
+        table.handle(Event::ConnOpen {
+            meta: server(1),
+            connect_ns: 0,
+        });
+        let (a1, a2): (&[u8], &[u8]) = (b"GET /a HTTP/1.1\r\nHost: api\r\n", b"\r\n");
+        let b = b"GET /b HTTP/1.1\r\nHost: api\r\n\r\n";
+        let chunk = |tid, seq, bytes: usize, payload: &[u8], more| Event::Data {
+            meta: server(tid),
+            bytes: bytes as u64,
+            parse_bytes: payload.len() as u64,
+            seq,
+            tcp_seq: 0,
+            direction: Direction::Ingress,
+            syscall: 0,
+            payload: PayloadRange::whole(payload),
+            more,
+        };
+        // Thread 1 read a1 + a2 (sent in two chunks), thread 2 read b after it.
+        table.handle_in(&chunk(1, 0, a1.len() + a2.len(), a1, true), a1);
+        table.handle_in(&chunk(2, 1, b.len(), b, false), b);
+        table.handle_in(&chunk(1, 2, 0, a2, false), a2);
+        for seq in [3, 4] {
+            table.handle_in(&data(server(1), seq, Direction::Egress, RESPONSE), RESPONSE);
+        }
+        let routes = |route: &str| {
+            value(
+                &metrics,
+                "http_server_request_duration_seconds_count",
+                &format!(r#"http_route="{route}""#),
+            )
+        };
+        let text = metrics.encode();
+        assert_eq!((routes("/a"), routes("/b")), (1.0, 1.0), "{text}");
+        assert_eq!(
+            value(&metrics, "meshtap_parse_errors_total", ""),
+            0.0,
+            "{text}"
+        );
+        assert_eq!(
+            value(&metrics, "meshtap_data_events_held_total", ""),
+            1.0,
+            "{text}"
+        );
+        // Bytes count as the syscalls moved them, the held one included.
+        assert_eq!(
+            value(&metrics, "meshtap_tcp_received_bytes_total", ""),
+            (a1.len() + a2.len() + b.len()) as f64,
+            "{text}"
+        );
     }
 
     #[test]
@@ -1907,6 +2136,7 @@ mod tests {
                 direction: Direction::Egress,
                 syscall: 1,
                 payload: PayloadRange::default(),
+                more: false,
             });
         }
         let failures = |metrics: &Metrics| {
@@ -1955,6 +2185,7 @@ mod tests {
             direction: Direction::Egress,
             syscall: 1,
             payload: PayloadRange::default(),
+            more: false,
         });
         assert!(table.conns.contains_key(&third.conn_id));
         assert!(table.turned_away.is_empty());
@@ -2063,6 +2294,7 @@ mod tests {
             direction: Direction::Ingress,
             syscall: 0,
             payload: PayloadRange::default(),
+            more: false,
         });
         let server_edge = r#"client="cli",server="srv",server_port="80",role="server""#;
         let client_edge = r#"client="cli",server="srv",server_port="80",role="client""#;

@@ -220,6 +220,7 @@ mod tests {
             direction: Direction::Egress,
             syscall: 1,
             payload: PayloadRange::whole(b"abc"),
+            more: false,
         }
     }
 

@@ -176,6 +176,14 @@ impl Session {
         }
     }
 
+    /// The event numbered `seq` was taken out of order (held, to be parsed later without a
+    /// number): the next one is not a gap for missing it.
+    pub fn seq_seen(&mut self, seq: u64) {
+        if seq == self.next_seq {
+            self.next_seq = seq + 1;
+        }
+    }
+
     /// Protocol detection and parsing of one data chunk; `seq` is the kernel's number of the
     /// event when it has one. Appends the exchanges it completes to `out`.
     #[expect(
