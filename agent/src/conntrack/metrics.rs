@@ -192,7 +192,7 @@ impl L4Metrics {
         );
         registry.register(
             name::EVENTS_HELD_OVERFLOW,
-            "Times more than 64 data events waited for a chunked syscall's last chunk (it was lost): those held were parsed in arrival order",
+            "Times more than 16 data events on a connection (1,024 in all) waited for a chunked syscall's last chunk (it was lost): those held were parsed in arrival order",
             m.events_held_overflow.clone(),
         );
         m

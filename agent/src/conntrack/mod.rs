@@ -180,9 +180,11 @@ fn late_event_of(remote: SocketAddr, meta: &Meta) -> bool {
         && (meta.remote.port() == 0 || remote.port() == meta.remote.port())
 }
 
-/// Most events held behind one direction's chunked syscall; past it, its last chunk is taken
-/// as lost and what was held is parsed in arrival order (counted).
-const MAX_HELD: usize = 64;
+/// Most events held behind one direction's chunked syscall, and in the whole table; past
+/// either, the chunked syscall's last chunk is taken as lost and what its direction held is
+/// parsed in arrival order (counted). An event holds at most 4 KiB of payload.
+const MAX_HELD: usize = 16;
+const MAX_HELD_TOTAL: usize = 1024;
 
 /// One direction's syscall delivered in chunks and the events that came between them.
 #[derive(Default)]
@@ -249,6 +251,8 @@ pub struct ConnTable {
     series_ttl_ns: u64,
     /// When unused edges were last looked for.
     edges_expired_ns: u64,
+    /// Data events held across the table (see `parse`), at most `MAX_HELD_TOTAL`.
+    held_events: usize,
     metrics: L4Metrics,
     sessions: SessionMetrics,
     registry: Arc<Registry>,
@@ -306,6 +310,7 @@ impl ConnTable {
             failed_series: Map::default(),
             series_ttl_ns: settings.series_ttl_ns,
             edges_expired_ns: 0,
+            held_events: 0,
             sessions: SessionMetrics::new(&registry),
             metrics,
             registry,
@@ -945,7 +950,8 @@ impl ConnTable {
         if let Some(chunks) = conn.chunked.as_deref_mut().map(|c| &mut c.dirs[d])
             && chunks.owner.is_some_and(|owner| owner != tid)
         {
-            if chunks.held.len() < MAX_HELD {
+            if chunks.held.len() < MAX_HELD && self.held_events < MAX_HELD_TOTAL {
+                self.held_events += 1;
                 chunks.held.push_back(Held {
                     meta: meta.clone(),
                     bytes,
@@ -1000,6 +1006,7 @@ impl ConnTable {
             let Some(h) = chunks.held.remove(at) else {
                 return;
             };
+            self.held_events -= 1;
             chunks.owner = h.more.then_some(h.meta.process.tid);
             self.feed(&h.meta, conn_id, None, h.bytes, dir, &h.payload);
         }
@@ -1388,6 +1395,7 @@ impl ConnTable {
             .map(|c| c.id)
             .collect();
         for id in &stale {
+            self.release_all_held(*id);
             if let Some(conn) = self.conns.remove(id) {
                 self.unindex(&conn);
                 self.metrics.closed.get_or_create(&conn.labels).inc();
