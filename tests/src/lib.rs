@@ -79,7 +79,22 @@ pub fn free_port() -> u16 {
     try_free_port().unwrap_or_else(|e| panic!("a free port on 127.0.0.1: {e}"))
 }
 
+/// Ports [`try_free_port`] picks from: below Linux's ephemeral range (32768-60999 by default),
+/// so that a client's connection, which takes its local port from that range, cannot take the
+/// port between the pick and the bind of the server it is for (an agent failed once with
+/// `Address already in use` while a test's HTTPS clients were connecting).
+const PICKED_PORTS: std::ops::Range<u16> = 20_000..32_768;
+
 /// [`free_port()`], with an error instead of a panic (for `cargo xtask bench`).
 pub fn try_free_port() -> io::Result<u16> {
+    use std::hash::{BuildHasher, RandomState};
+    let span = u64::from(PICKED_PORTS.end - PICKED_PORTS.start);
+    let random = RandomState::new();
+    for attempt in 0u64..64 {
+        let port = PICKED_PORTS.start + (random.hash_one(attempt) % span) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(listener.local_addr()?.port());
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
