@@ -968,7 +968,7 @@ impl ConnTable {
             // The chunked syscall's last chunk was lost: no more waiting for it.
             chunks.owner = None;
             self.metrics.events_held_overflow.inc();
-            self.release_held(conn_id, dir);
+            self.release_held(conn_id, dir, false);
         }
         self.feed(meta, conn_id, seq, bytes, dir, payload);
         let Some(conn) = self.conns.get_mut(&conn_id) else {
@@ -978,14 +978,16 @@ impl ConnTable {
             let chunks = &mut conn.chunked.get_or_insert_default().dirs[d];
             chunks.owner = more.then_some(tid);
             if !more && !chunks.held.is_empty() {
-                self.release_held(conn_id, dir);
+                self.release_held(conn_id, dir, false);
             }
         }
     }
 
     /// Parses the events held in direction `dir` (see [`Self::parse`]) that can go now: in
     /// arrival order, but while one of them is a chunked syscall, its own chunks first.
-    fn release_held(&mut self, conn_id: u64, dir: Direction) {
+    /// `all`: every held event goes, in arrival order, whatever chunked syscall is still open
+    /// (the connection is leaving the table).
+    fn release_held(&mut self, conn_id: u64, dir: Direction, all: bool) {
         let d = dir_index(dir);
         loop {
             let Some(chunks) = self
@@ -997,6 +999,7 @@ impl ConnTable {
                 return;
             };
             let at = match chunks.owner {
+                _ if all => 0,
                 None => 0,
                 Some(owner) => match chunks.held.iter().position(|h| h.meta.process.tid == owner) {
                     Some(at) => at,
@@ -1015,14 +1018,7 @@ impl ConnTable {
     /// Parses every event still held on connection `conn_id`, in arrival order: it is closing.
     fn release_all_held(&mut self, conn_id: u64) {
         for dir in [Direction::Egress, Direction::Ingress] {
-            if let Some(chunks) = self
-                .conns
-                .get_mut(&conn_id)
-                .and_then(|c| c.chunked.as_deref_mut())
-            {
-                chunks.dirs[dir_index(dir)].owner = None;
-            }
-            self.release_held(conn_id, dir);
+            self.release_held(conn_id, dir, true);
         }
     }
 
@@ -1831,6 +1827,49 @@ mod tests {
             (a1.len() + a2.len() + b.len()) as f64,
             "{text}"
         );
+    }
+
+    /// A connection that closes while events are held behind a chunked syscall whose last
+    /// chunk never came, one of them itself a chunked syscall's first chunk: every held event is
+    /// parsed then, none is left behind (nor counted as held any more).
+    #[test]
+    fn held_events_all_go_at_the_close() {
+        let metrics = Arc::new(Metrics::default());
+        let mut table = table_for(&metrics, 100, 100);
+        listen_srv(&mut table, "0.0.0.0:8080", 2);
+        let server = |tid: u32| {
+            let mut m = meta(2, Role::Server, "10.0.0.2:8080", "10.0.0.9:5000", "srv", 2);
+            m.process.tid = tid;
+            m
+        };
+        table.handle(Event::ConnOpen {
+            meta: server(1),
+            connect_ns: 0,
+        });
+        let chunk = |tid, seq, payload: &[u8], more| Event::Data {
+            meta: server(tid),
+            bytes: payload.len() as u64 * 2,
+            parse_bytes: payload.len() as u64,
+            seq,
+            tcp_seq: 0,
+            direction: Direction::Ingress,
+            syscall: 0,
+            payload: PayloadRange::whole(payload),
+            more,
+        };
+        table.handle_in(
+            &chunk(1, 0, b"GET /a HTTP/1.1\r\n", true),
+            b"GET /a HTTP/1.1\r\n",
+        );
+        table.handle_in(&chunk(2, 1, b"Host: x\r\n", true), b"Host: x\r\n");
+        table.handle_in(&chunk(3, 2, b"\r\n", false), b"\r\n");
+        assert_eq!(table.held_events, 2);
+        table.handle(Event::ConnClose {
+            meta: server(1),
+            totals: ConnTotals::default(),
+        });
+        assert_eq!(table.held_events, 0);
+        assert_eq!(value(&metrics, "meshtap_data_events_held_total", ""), 2.0);
     }
 
     #[test]
