@@ -23,6 +23,17 @@ pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(6553
 #[map]
 pub static CONNECT_ARGS: LruHashMap<u64, ConnectArgs> = LruHashMap::with_max_entries(4096, 0);
 
+/// Processes that opened a connection lately: tgid -> process start time. The first
+/// connection of a process not in it wakes the reader at once (see `wakes_for_new_process`).
+/// LRU: a process pushed out only costs one more early wake-up.
+#[map]
+pub static PROCESSES_SEEN: LruHashMap<u32, u64> =
+    LruHashMap::with_max_entries(PROCESSES_SEEN_ENTRIES, 0);
+
+/// Size of [`PROCESSES_SEEN`]: more processes opening connections within the same short span
+/// than a node runs at once.
+pub const PROCESSES_SEEN_ENTRIES: u32 = 8192;
+
 /// Counters of what the kernel side could not deliver or store (see `meshtap_common::stat`).
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
@@ -213,6 +224,23 @@ pub fn wakeup_flags_for(before: u64, after: u64) -> u64 {
     } else {
         BPF_RB_NO_WAKEUP as u64
     }
+}
+
+/// Whether the connection event of process `tgid` (started at `start_ns`) must wake the reader
+/// at once: the process's first connection the kernel side has seen. The agent names a process
+/// from `/proc/<pid>` (its `OTEL_SERVICE_NAME` in its environment, its executable): a
+/// short-lived one (a cron job, a CLI, a one-request client) exits within milliseconds of its
+/// request, before a batched wake-up or the reader's poll (20 ms) would bring the event, and
+/// would go by its command name. One extra wake-up per process, none per connection after.
+#[inline(always)]
+pub fn wakes_for_new_process(tgid: u32, start_ns: u64) -> bool {
+    // SAFETY: a plain value read of a map entry.
+    if unsafe { PROCESSES_SEEN.get(&tgid) }.is_some_and(|&seen| seen == start_ns) {
+        return false;
+    }
+    // A full LRU evicts its oldest: the insert cannot fail for lack of room.
+    let _ = PROCESSES_SEEN.insert(&tgid, &start_ns, 0);
+    true
 }
 
 /// Bytes written to the ring buffer and not yet consumed.

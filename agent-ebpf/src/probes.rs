@@ -4,6 +4,7 @@ use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
     EbpfContext,
+    bindings::BPF_RB_FORCE_WAKEUP,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::{bpf_probe_read_user as probe_read_user_raw, bpf_ringbuf_output},
@@ -20,7 +21,7 @@ use crate::{
     maps::{
         CONNECT_ARGS, CONNS, CONTINUATION, DATA_SCRATCH, EVENTS, RETRANSMIT_DONE, SET_STATE_DONE,
         TAIL, count, global, mark_handled, next_conn_id, pending_bytes, take_handled,
-        wakeup_flags_for,
+        wakes_for_new_process, wakeup_flags_for,
     },
     sock::{
         FdSocket, current_identity, in_scope, is_tcp, sock_err, sock_netns, sock_of_fd,
@@ -134,7 +135,14 @@ fn emit_conn(
         }
         None => current_identity(&mut header.who),
     }
+    let wake_now = event_kind == kind::CONN_OPEN
+        && header.who.tgid != 0
+        && wakes_for_new_process(header.who.tgid, header.who.start_ns);
     fill(ev);
+    if wake_now {
+        entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+        return;
+    }
     // The reservation is already counted in the pending bytes.
     let pending = pending_bytes();
     entry.submit(wakeup_flags_for(

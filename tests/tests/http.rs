@@ -1538,6 +1538,47 @@ fn service_names_from_flags_beat_the_environment() {
     nginx.stop();
 }
 
+/// Processes that make one request and exit (cron jobs, CLIs, health checks) go by their
+/// `OTEL_SERVICE_NAME`, not by their command name: each process's first connection wakes the
+/// agent at once, which reads `/proc/<pid>/environ` before the process is gone. A batched wake-up
+/// (or the reader's 20 ms poll) came after most of them had exited.
+#[test]
+fn one_request_processes_go_by_their_environment_name() {
+    const N: u64 = 20;
+    let _serial = serial();
+    let agent = Agent::start(&[]);
+    let (srv, cli) = ("mt-oneshot-srv", "mt-oneshot-cli");
+    let (_server, dest) = raw_server(srv, 0);
+    let url = format!("http://{dest}/oneshot");
+    for _ in 0..N {
+        // `python3 -c`: its comm is `python3`, not the service name. It exits as soon as it has
+        // the response.
+        let out = run_command(
+            Command::new("python3")
+                .env(OTEL_SERVICE_NAME, cli)
+                .arg("-c")
+                .arg(
+                    "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).status)",
+                )
+                .arg(&url),
+            RUN,
+        );
+        assert!(out.status.success(), "{}", out.stderr);
+        assert_eq!(out.stdout.trim(), "200");
+    }
+    let mut checks = vec![
+        expect(
+            count(HTTP_CLIENT_DURATION),
+            &client_series(cli, Some("GET"), Some("200"), dest),
+            N as f64,
+        ),
+        // Every request of the server's, and all of them from the named client.
+        expect(GRAPH_REQUESTS, &labels(&[("server", srv)]), N as f64),
+    ];
+    checks.extend(local_edge(cli, srv, N, 0));
+    assert_settled(&agent, &checks, SETTLE);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. A real Prometheus, and promtool
 
