@@ -620,6 +620,8 @@ fn b2(env: &Env, plan: &Plan, rate: f64, share: f64) -> Result<Value> {
 struct IdleArm {
     cpu_s_per_million: f64,
     rss_mb: f64,
+    /// Of `rss_mb`, anonymous memory (the heap, stacks).
+    anon_mb: f64,
     achieved_rps: f64,
     /// The agent's server exchanges for the bench nginx over the load, and the requests the
     /// load completed (and sent: equal, or some went unanswered).
@@ -648,12 +650,14 @@ fn idle_arm(env: &Env, spec: &LoadSpec, idle: usize) -> Result<IdleArm> {
     let load = generate(spec)?;
     let after = agent.drained(&before, Duration::from_secs(10))?;
     let rss = rss_kb(agent.pid)?;
+    let parts = rss_parts(agent.pid)?;
     drop(conns);
     drop(agent);
     let d = after.delta(&before);
     Ok(IdleArm {
         cpu_s_per_million: d.cpu_s / load.completed.max(1) as f64 * 1e6,
         rss_mb: rss as f64 / 1024.0,
+        anon_mb: parts.anon as f64 / 1024.0,
         achieved_rps: load.achieved_rps(),
         counted: d.server_exchanges,
         completed: load.completed,
@@ -685,7 +689,7 @@ fn b7(env: &Env, plan: &Plan, rate: f64) -> Result<Value> {
             && b.counted_idle == IDLE_CONNS as f64;
         exact &= round_exact;
         eprintln!(
-            "bench B7 round {}: {:.0} / {:.0} req/s; agent {:.2} -> {:.2} CPU-s/M requests, RSS {:.1} -> {:.1} MB; {} idle connections opened in {:.1}s, {} tracked; counted {} of {} and {} of {} (+{} of {IDLE_CONNS} idle){}",
+            "bench B7 round {}: {:.0} / {:.0} req/s; agent {:.2} -> {:.2} CPU-s/M requests, RSS {:.1} -> {:.1} MB (anonymous {:.1} -> {:.1}); {} idle connections opened in {:.1}s, {} tracked; counted {} of {} and {} of {} (+{} of {IDLE_CONNS} idle){}",
             round + 1,
             a.achieved_rps,
             b.achieved_rps,
@@ -693,6 +697,8 @@ fn b7(env: &Env, plan: &Plan, rate: f64) -> Result<Value> {
             b.cpu_s_per_million,
             a.rss_mb,
             b.rss_mb,
+            a.anon_mb,
+            b.anon_mb,
             IDLE_CONNS,
             b.open_s,
             b.connections_tracked,
@@ -713,6 +719,7 @@ fn b7(env: &Env, plan: &Plan, rate: f64) -> Result<Value> {
             ("rss_mb", a.rss_mb),
             ("idle_rss_mb", b.rss_mb),
             ("rss_growth_mb", b.rss_mb - a.rss_mb),
+            ("anon_growth_mb", b.anon_mb - a.anon_mb),
             ("achieved_rps", a.achieved_rps),
             ("idle_achieved_rps", b.achieved_rps),
             ("requests", a.completed as f64),
@@ -909,6 +916,7 @@ fn b4(env: &Env, plan: &Plan) -> Result<Value> {
     let samples = sampler.stop();
     let snap = agent.snapshot()?;
     let end_rss = rss_kb(agent.pid)?;
+    let parts = rss_parts(agent.pid)?;
     drop(agent);
     if samples.is_empty() {
         bail!("no RSS samples");
@@ -928,14 +936,18 @@ fn b4(env: &Env, plan: &Plan) -> Result<Value> {
         .map(|s| mb(s.1))
         .collect();
     eprintln!(
-        "bench B4: {} requests + {} new connections in {:.0}s ({} errors); RSS start {:.1} MB, peak {:.1}, end {:.1}",
+        "bench B4: {} requests + {} new connections in {:.0}s ({} errors); RSS start {:.1} MB, peak {:.1}, end {:.1} (anonymous {:.1}, binary {:.1}, BPF maps {:.1}, libraries {:.1})",
         load.completed,
         load.oneshots_completed,
         load.elapsed_s,
         load.errors,
         mb(start_rss),
         mb(peak),
-        mb(end_rss)
+        mb(end_rss),
+        mb(parts.anon),
+        mb(parts.binary),
+        mb(parts.bpf_maps),
+        mb(parts.other_files),
     );
     Ok(json!({
         "what": "agent RSS while 1,000 keep-alive connections carry a fixed request rate and new connections (one request each) open at a fixed rate",
@@ -951,6 +963,10 @@ fn b4(env: &Env, plan: &Plan) -> Result<Value> {
         "steady_rss_mb": round(median(&after_warm), 1),
         "peak_rss_mb": round(mb(peak), 1),
         "end_rss_mb": round(mb(end_rss), 1),
+        "end_anon_mb": round(mb(parts.anon), 1),
+        "end_binary_mb": round(mb(parts.binary), 1),
+        "end_bpf_maps_mb": round(mb(parts.bpf_maps), 1),
+        "end_libraries_mb": round(mb(parts.other_files), 1),
         "growth_after_warmup_mb": round(median(&late) - median(&early), 2),
         "connections_tracked_end": snap.connections_tracked,
         "lost_events": snap.lost,
@@ -1438,7 +1454,7 @@ fn markdown(r: &Map<String, Value>, plan: &Plan) -> String {
     row(
         "B7",
         format!(
-            "at {} req/s, with {IDLE_CONNS} idle keep-alive connections / without: agent CPU per request ratio {} ({} vs {} CPU-s/M requests); RSS {} vs {} MB, growth {} MB; connections tracked {} vs {}; requests counted exactly: {} (events lost {})",
+            "at {} req/s, with {IDLE_CONNS} idle keep-alive connections / without: agent CPU per request ratio {} ({} vs {} CPU-s/M requests); RSS {} vs {} MB, growth {} MB (anonymous {} MB); connections tracked {} vs {}; requests counted exactly: {} (events lost {})",
             g("B7", "target_rps").map_or("?".into(), |x| format!("{x:.0}")),
             range("B7", "cpu_ratio", 3),
             range("B7", "idle_cpu_s_per_million", 2),
@@ -1446,6 +1462,7 @@ fn markdown(r: &Map<String, Value>, plan: &Plan) -> String {
             range("B7", "idle_rss_mb", 1),
             range("B7", "rss_mb", 1),
             range("B7", "rss_growth_mb", 1),
+            range("B7", "anon_growth_mb", 1),
             range("B7", "idle_connections_tracked", 0),
             range("B7", "connections_tracked", 0),
             verdict(b7_exact),
@@ -1482,7 +1499,7 @@ fn markdown(r: &Map<String, Value>, plan: &Plan) -> String {
     row(
         "B4",
         format!(
-            "{} s, 1,000 keep-alive conns at {} req/s (reached {} req/s) + {} new conns/s (reached {}/s): steady RSS {} MB, peak {}, end {}, growth after warm-up {} MB",
+            "{} s, 1,000 keep-alive conns at {} req/s (reached {} req/s) + {} new conns/s (reached {}/s): steady RSS {} MB, peak {}, end {} (anonymous {}, binary {}, mapped BPF maps {}, libraries {}), growth after warm-up {} MB",
             range("B4", "duration_s", 0),
             range("B4", "keepalive_target_rps", 0),
             g("B4", "requests_completed")
@@ -1495,6 +1512,10 @@ fn markdown(r: &Map<String, Value>, plan: &Plan) -> String {
             range("B4", "steady_rss_mb", 1),
             range("B4", "peak_rss_mb", 1),
             range("B4", "end_rss_mb", 1),
+            range("B4", "end_anon_mb", 1),
+            range("B4", "end_binary_mb", 1),
+            range("B4", "end_bpf_maps_mb", 1),
+            range("B4", "end_libraries_mb", 1),
             range("B4", "growth_after_warmup_mb", 2),
         ),
         "steady <= 40 MB, no growth",
@@ -2142,6 +2163,52 @@ fn rss_kb(pid: i32) -> Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .context("no VmRSS in /proc/pid/status")
+}
+
+/// Where a process's resident memory is, in kB, from `/proc/<pid>/smaps`.
+#[derive(Debug, Default, Clone, Copy)]
+struct RssParts {
+    /// Anonymous mappings: the heap, thread stacks.
+    anon: u64,
+    /// The executable's own file mappings (its code and read-only data, as far as touched).
+    binary: u64,
+    /// Mapped BPF maps: the ring buffer, whose data pages the kernel maps twice in a row (so
+    /// that a record can wrap without a copy), and so counts twice in the RSS.
+    bpf_maps: u64,
+    /// Other files: the shared libraries.
+    other_files: u64,
+}
+
+fn rss_parts(pid: i32) -> Result<RssParts> {
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))?;
+    let exe = exe.to_string_lossy();
+    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut parts = RssParts::default();
+    let mut target = &mut parts.anon;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if first == "Rss:" {
+            *target += fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            continue;
+        }
+        // A mapping's header: `start-end perms offset dev inode [path]`.
+        let is_header =
+            first.contains('-') && first.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+        if is_header {
+            let path = line.split_whitespace().nth(5).unwrap_or_default();
+            target = if path.starts_with("anon_inode:bpf") {
+                &mut parts.bpf_maps
+            } else if path == exe {
+                &mut parts.binary
+            } else if path.starts_with('/') {
+                &mut parts.other_files
+            } else {
+                &mut parts.anon
+            };
+        }
+    }
+    Ok(parts)
 }
 
 /// Samples a process's RSS on a thread: `(seconds since start, kB)`.
