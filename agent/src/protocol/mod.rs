@@ -195,7 +195,22 @@ pub trait Parser: Send {
     fn take_upgrade(&mut self) -> Option<Upgrade> {
         None
     }
+
+    /// Between messages: the few words this parser needs to go on, so that a connection does
+    /// not hold a parser while it is idle. The session then drops the parser and makes it again
+    /// at the connection's next byte ([`new_parser`], then [`resume`](Self::resume)). `None`
+    /// (the default) while anything is in flight, or for a parser that does not rest.
+    fn rest(&self) -> Option<Rest> {
+        None
+    }
+
+    /// Takes up, on a new parser, from what [`rest`](Self::rest) returned.
+    fn resume(&mut self, _rest: Rest) {}
 }
+
+/// What a parser between messages keeps (see [`Parser::rest`]), in words only it reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rest(pub [u64; 5]);
 
 /// A parser handing its connection over to another protocol's.
 pub struct Upgrade {

@@ -12,7 +12,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family},
 };
 
-use super::{Detection, Direction, Exchange, Parser, Protocol, Side, detect, new_parser};
+use super::{Detection, Direction, Exchange, Parser, Protocol, Rest, Side, detect, new_parser};
 use crate::{fast::Map, metrics::Registry};
 
 /// Metric names (without the `_total` suffix prometheus-client appends to counters).
@@ -138,6 +138,9 @@ enum State {
         held_ts: u64,
     },
     Parsing(Protocol, Box<dyn Parser>),
+    /// A parser between messages, dropped until the connection's next byte: an idle
+    /// connection holds these few words, not a parser (see [`Parser::rest`]).
+    Resting(Protocol, Rest),
     /// Not a protocol we parse, or the parser gave up.
     Ignored,
 }
@@ -172,6 +175,7 @@ impl Session {
     pub fn close_wait(&self) -> Option<bool> {
         match &self.state {
             State::Parsing(_, p) => Some(p.in_flight()),
+            State::Resting(..) => Some(false),
             _ => None,
         }
     }
@@ -254,6 +258,11 @@ impl Session {
                 _ => return,
             }
         }
+        if let State::Resting(protocol, rest) = self.state {
+            let mut parser = new_parser(protocol, self.side);
+            parser.resume(rest);
+            self.state = State::Parsing(protocol, parser);
+        }
         let State::Parsing(protocol, parser) = &mut self.state else {
             return;
         };
@@ -287,10 +296,12 @@ impl Session {
             self.state = State::Parsing(upgrade.protocol, next);
             return;
         }
+        metrics.exchanges(protocol, out.len() - before);
         if parser.is_dead() {
             self.state = State::Ignored;
+        } else if let Some(rest) = parser.rest() {
+            self.state = State::Resting(protocol, rest);
         }
-        metrics.exchanges(protocol, out.len() - before);
     }
 
     /// A TLS library's plaintext follows (see `conntrack`): it is numbered from 0, and what was
@@ -298,7 +309,7 @@ impl Session {
     /// negotiated TLS in plaintext continues in it); otherwise detection starts afresh.
     pub fn plaintext_begins(&mut self) {
         self.next_seq = 0;
-        if !matches!(self.state, State::Parsing(..)) {
+        if !matches!(self.state, State::Parsing(..) | State::Resting(..)) {
             self.state = State::Detecting {
                 chunks: 0,
                 held: Vec::new(),

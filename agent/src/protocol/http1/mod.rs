@@ -350,6 +350,14 @@ impl super::Parser for Parser {
         self.http.is_dead()
     }
 
+    fn rest(&self) -> Option<super::Rest> {
+        self.http.rest()
+    }
+
+    fn resume(&mut self, rest: super::Rest) {
+        self.http.resume(rest);
+    }
+
     fn take_upgrade(&mut self) -> Option<super::Upgrade> {
         let up = self.http.upgrade.take()?;
         let side = self.http.side;
@@ -1966,6 +1974,45 @@ impl Http1Parser {
 
     pub fn is_dead(&self) -> bool {
         self.dead
+    }
+
+    /// Between messages in both directions, what the next message needs: the request
+    /// numbering, the error run, and each stream's last syscall. Nothing else is set then.
+    pub fn rest(&self) -> Option<super::Rest> {
+        let quiet = |s: &Stream| {
+            s.state == State::Idle && s.head.is_empty() && s.scan_from == 0 && !s.expect_continue
+        };
+        let between = !self.dead
+            && self.pending.is_empty()
+            && self.response.is_none()
+            && self.error.is_none()
+            && self.upgrade.is_none()
+            && quiet(&self.req)
+            && quiet(&self.resp);
+        between.then(|| {
+            let flags = u64::from(self.consecutive_errors)
+                | u64::from(self.req.prev_tail_unknown) << 32
+                | u64::from(self.resp.prev_tail_unknown) << 33;
+            super::Rest([
+                self.next_seq,
+                self.req.last_ts,
+                self.resp.last_ts,
+                self.req.msg_seq,
+                flags,
+            ])
+        })
+    }
+
+    /// Takes up from [`Self::rest`]'s words, on a new parser.
+    pub fn resume(&mut self, rest: super::Rest) {
+        let [next_seq, req_ts, resp_ts, msg_seq, flags] = rest.0;
+        self.next_seq = next_seq;
+        self.req.last_ts = req_ts;
+        self.resp.last_ts = resp_ts;
+        self.req.msg_seq = msg_seq;
+        self.consecutive_errors = flags as u32;
+        self.req.prev_tail_unknown = flags & 1 << 32 != 0;
+        self.resp.prev_tail_unknown = flags & 1 << 33 != 0;
     }
 }
 

@@ -38,7 +38,21 @@ struct Run {
     parser: Http1Parser,
 }
 
+/// Replays `ios` on one parser, and again resting it whenever it can, as a session does (made
+/// again from [`Http1Parser::rest`]'s words at the next syscall): both give the same exchanges
+/// and errors.
 fn replay(side: Side, ios: &[Io], close: Option<u64>, mode: Mode) -> Run {
+    let run = replay_resting(side, ios, close, mode, false);
+    let rested = replay_resting(side, ios, close, mode, true);
+    assert_eq!(
+        (&run.exchanges, &run.errors),
+        (&rested.exchanges, &rested.errors),
+        "{side:?} {mode:?}: a parser rested between messages differs"
+    );
+    run
+}
+
+fn replay_resting(side: Side, ios: &[Io], close: Option<u64>, mode: Mode, rest: bool) -> Run {
     let mut parser = Http1Parser::new(side);
     let mut exchanges = Vec::new();
     let mut errors = Vec::new();
@@ -55,6 +69,10 @@ fn replay(side: Side, ios: &[Io], close: Option<u64>, mode: Mode) -> Run {
         let mut feed = |payload: &[u8], n: usize| {
             if let Err(e) = parser.feed(dir, ts, payload, n as u64, &mut exchanges) {
                 errors.push(e.reason());
+            }
+            if rest && let Some(words) = parser.rest() {
+                parser = Http1Parser::new(side);
+                parser.resume(words);
             }
         };
         match mode {
@@ -1121,4 +1139,52 @@ fn pending_requests_keep_their_order_and_no_buffer_when_idle() {
         .unwrap();
     assert_eq!(out.last().map(|e| e.path.as_str()), Some("/6"));
     assert!(p.pending.is_empty());
+}
+
+#[test]
+fn a_parser_rests_between_messages_only() {
+    for side in [Side::Server, Side::Client] {
+        let request_dir = side.request_direction();
+        let response_dir = match request_dir {
+            Direction::Egress => Direction::Ingress,
+            Direction::Ingress => Direction::Egress,
+        };
+        let mut p = Http1Parser::new(side);
+        let mut out = Vec::new();
+        let mut feed = |p: &mut Http1Parser, dir, ts, bytes: &[u8]| {
+            p.feed(dir, ts, bytes, bytes.len() as u64, &mut out)
+                .expect("valid");
+        };
+        assert!(
+            p.rest().is_some(),
+            "{side:?}: a new parser has nothing in flight"
+        );
+        feed(
+            &mut p,
+            request_dir,
+            10,
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        assert_eq!(p.rest(), None, "{side:?}: a request awaits its response");
+        feed(
+            &mut p,
+            response_dir,
+            20,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab",
+        );
+        assert_eq!(p.rest(), None, "{side:?}: half a body");
+        feed(&mut p, response_dir, 21, b"cd");
+        let words = p.rest().expect("between messages");
+        // Made again from its words, the parser numbers the next request on.
+        let mut again = Http1Parser::new(side);
+        again.resume(words);
+        assert_eq!(again.rest(), Some(words));
+        feed(
+            &mut again,
+            request_dir,
+            30,
+            b"GET /b HTTP/1.1\r\nHost: x\r\n",
+        );
+        assert_eq!(again.rest(), None, "{side:?}: half a header block");
+    }
 }
