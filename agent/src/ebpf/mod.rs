@@ -403,24 +403,22 @@ impl KernelMaps {
 
     /// Entries in `CONNS` and in `CONNECT_ARGS` now.
     pub fn entries(&self) -> [(&'static str, usize); 2] {
+        let count = |fd: &OwnedFd, value_size: usize, walk: &dyn Fn() -> usize| {
+            count_entries(fd.as_fd(), size_of::<u64>(), value_size)
+                .unwrap_or_else(|e| walk_instead(e, walk))
+        };
         [
             (
                 "conns",
-                count_entries(
-                    self.conns_fd.as_fd(),
-                    size_of::<u64>(),
-                    size_of::<ConnState>(),
-                )
-                .unwrap_or_else(|e| walk_instead(e, || self.conns.keys().count())),
+                count(&self.conns_fd, size_of::<ConnState>(), &|| {
+                    self.conns.keys().count()
+                }),
             ),
             (
                 "connect_args",
-                count_entries(
-                    self.connect_args_fd.as_fd(),
-                    size_of::<u64>(),
-                    size_of::<ConnectArgs>(),
-                )
-                .unwrap_or_else(|e| walk_instead(e, || self.connect_args.keys().count())),
+                count(&self.connect_args_fd, size_of::<ConnectArgs>(), &|| {
+                    self.connect_args.keys().count()
+                }),
             ),
         ]
     }
@@ -435,7 +433,7 @@ impl KernelMaps {
 }
 
 /// The count of a map's entries key by key, when counting them in batches failed (said once).
-fn walk_instead(e: std::io::Error, walk: impl FnOnce() -> usize) -> usize {
+fn walk_instead(e: std::io::Error, walk: &dyn Fn() -> usize) -> usize {
     static SAID: std::sync::Once = std::sync::Once::new();
     SAID.call_once(|| {
         log::warn!(
