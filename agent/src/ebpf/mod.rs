@@ -437,7 +437,7 @@ fn walk_instead(e: std::io::Error, walk: &dyn Fn() -> usize) -> usize {
     static SAID: std::sync::Once = std::sync::Once::new();
     SAID.call_once(|| {
         log::warn!(
-            "counting kernel map entries in batches failed ({e}): walking their keys instead, a syscall per entry every second"
+            "counting kernel map entries in batches failed ({e}): walking their keys instead, a syscall per entry every 10 s"
         );
     });
     walk()
