@@ -304,10 +304,6 @@ pub struct KernelMaps {
     pub stats: PerCpuArray<MapData, u64>,
     pub conns: HashMap<MapData, u64, ConnState>,
     pub connect_args: HashMap<MapData, u64, ConnectArgs>,
-    /// Duplicates of the fds of `conns` and `connect_args`, for counting their entries in
-    /// batches (see [`count_entries`]).
-    conns_fd: OwnedFd,
-    connect_args_fd: OwnedFd,
     /// Every loaded program, sorted by name.
     pub programs: Vec<LoadedProgram>,
 }
@@ -401,25 +397,15 @@ impl KernelMaps {
             .collect()
     }
 
-    /// Entries in `CONNS` and in `CONNECT_ARGS` now.
+    /// Entries in `CONNS` and in `CONNECT_ARGS` now, walking their keys: a syscall per entry,
+    /// so the caller does it every 10 s, not every second. `BPF_MAP_LOOKUP_BATCH` would take one
+    /// syscall per 1,024 entries, but it holds the CPU's `bpf_prog_active` across runs of empty
+    /// buckets (most of a mostly empty map): on a preemptible kernel, a task scheduled on that
+    /// CPU meanwhile would have its syscall tracepoint programs skipped (`recursion_misses`).
     pub fn entries(&self) -> [(&'static str, usize); 2] {
-        let count = |fd: &OwnedFd, value_size: usize, walk: &dyn Fn() -> usize| {
-            count_entries(fd.as_fd(), size_of::<u64>(), value_size)
-                .unwrap_or_else(|e| walk_instead(e, walk))
-        };
         [
-            (
-                "conns",
-                count(&self.conns_fd, size_of::<ConnState>(), &|| {
-                    self.conns.keys().count()
-                }),
-            ),
-            (
-                "connect_args",
-                count(&self.connect_args_fd, size_of::<ConnectArgs>(), &|| {
-                    self.connect_args.keys().count()
-                }),
-            ),
+            ("conns", self.conns.keys().count()),
+            ("connect_args", self.connect_args.keys().count()),
         ]
     }
 
@@ -429,93 +415,6 @@ impl KernelMaps {
             .get(&sk, 0)
             .map(|state| state.conn_id == conn_id)
             .unwrap_or(false)
-    }
-}
-
-/// The count of a map's entries key by key, when counting them in batches failed (said once).
-fn walk_instead(e: std::io::Error, walk: &dyn Fn() -> usize) -> usize {
-    static SAID: std::sync::Once = std::sync::Once::new();
-    SAID.call_once(|| {
-        log::warn!(
-            "counting kernel map entries in batches failed ({e}): walking their keys instead, a syscall per entry every 10 s"
-        );
-    });
-    walk()
-}
-
-/// `BPF_MAP_LOOKUP_BATCH` (`enum bpf_cmd` in include/uapi/linux/bpf.h, Linux 5.6+).
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-const _: () = assert!(
-    std::mem::offset_of!(BatchAttr, count) == 32
-        && std::mem::offset_of!(BatchAttr, map_fd) == 36
-        && size_of::<BatchAttr>() == 56
-);
-
-/// Entries per `BPF_MAP_LOOKUP_BATCH` call: more than a hash bucket ever holds (a call fails
-/// with ENOSPC if one bucket does not fit).
-const COUNT_BATCH: usize = 1024;
-
-/// The entries of a hash map, counted with `BPF_MAP_LOOKUP_BATCH`: one syscall per 1,024 entries.
-/// Walking the keys one by one (`BPF_MAP_GET_NEXT_KEY`) is a syscall per entry: with 20,000
-/// connections tracked, counting them every second was 3% of a core on an otherwise idle node.
-/// An error (a kernel before 5.6) lets the caller fall back to the walk.
-fn count_entries(
-    map: std::os::fd::BorrowedFd<'_>,
-    key_size: usize,
-    value_size: usize,
-) -> std::io::Result<usize> {
-    let mut keys = vec![0u8; key_size * COUNT_BATCH];
-    let mut values = vec![0u8; value_size * COUNT_BATCH];
-    // A hash map's batch position is a bucket index (u32).
-    let (mut position, mut next) = (0u32, 0u32);
-    let mut total = 0;
-    let mut first = true;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { &raw const position as u64 },
-            out_batch: &raw mut next as u64,
-            map_fd: map.as_raw_fd() as u32,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: COUNT_BATCH as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: `attr` is a valid `bpf_attr.batch`; the kernel writes at most `count` keys
-        // and values into buffers sized for them, and a u32 into `next`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &raw mut attr,
-                size_of::<BatchAttr>(),
-            )
-        };
-        total += attr.count as usize;
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            // ENOENT: no more entries (the last ones are in this call's count).
-            return if e.raw_os_error() == Some(libc::ENOENT) {
-                Ok(total)
-            } else {
-                Err(e)
-            };
-        }
-        position = next;
-        first = false;
     }
 }
 
@@ -709,23 +608,10 @@ pub fn load(
         }
     }
     programs.sort_by(|a, b| a.name.cmp(&b.name));
-    let fd_of = |name: &'static str| {
-        ebpf.map(name)
-            .and_then(|m| match m {
-                aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d) => {
-                    d.fd().as_fd().try_clone_to_owned().ok()
-                }
-                _ => None,
-            })
-            .ok_or(LoadError::MissingMap { map: name })
-    };
-    let (conns_fd, connect_args_fd) = (fd_of("CONNS")?, fd_of("CONNECT_ARGS")?);
     let maps = KernelMaps {
         stats: take!("STATS"),
         conns: take!("CONNS"),
         connect_args: take!("CONNECT_ARGS"),
-        conns_fd,
-        connect_args_fd,
         programs,
     };
     Ok((
