@@ -794,14 +794,9 @@ fn bookkeeping(m: &Metrics) -> [f64; 3] {
     ]
 }
 
-#[test]
-fn no_leaks_after_20000_connections() {
-    const N: u64 = 20_000;
-    let _serial = serial();
-    let net = Net::Loopback;
-    let agent = Agent::start(&[]);
-    // Baseline: the smallest value seen over 11 s (the map gauges are counted every 10 s, and a
-    // reading may include the scrape's own connection).
+/// [`bookkeeping`] on a quiet node: the smallest value seen over 11 s (the map gauges are
+/// counted every 10 s, and a reading may include the scrape's own connection).
+fn bookkeeping_baseline(agent: &Agent) -> [f64; 3] {
     let mut baseline = [f64::INFINITY; 3];
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(11) {
@@ -811,6 +806,56 @@ fn no_leaks_after_20000_connections() {
         }
         thread::sleep(Duration::from_millis(200));
     }
+    baseline
+}
+
+/// The kernel map's entry count is exact: 600 loopback connections held open are 1,200 more
+/// tracked sockets (both ends), in the kernel map as in the agent's table.
+#[test]
+fn map_entries_count_the_connections_held_open() {
+    const K: u64 = 600;
+    let _serial = serial();
+    let net = Net::Loopback;
+    let agent = Agent::start(&[]);
+    let baseline = bookkeeping_baseline(&agent);
+    let (cli, srv) = ("mt-cli-count", "mt-srv-count");
+    let mut server = net
+        .server(srv)
+        .opt("--mode", "hold")
+        .opt("--count", K)
+        .spawn();
+    let port = listening_port(&mut server);
+    let mut client = net
+        .client(cli, port)
+        .opt("--mode", "hold")
+        .opt("--count", K)
+        .spawn();
+    client.expect_event("connected", STARTUP);
+    let held = K as f64 * 2.0;
+    let expected = [baseline[0] + held, baseline[1] + held, baseline[2]];
+    agent.wait_until(
+        Duration::from_secs(25),
+        |m| bookkeeping(m) == expected,
+        |m| {
+            format!(
+                "[tracked, conns, connect_args] = {:?}, expected {expected:?} (baseline {baseline:?})\n{}",
+                bookkeeping(m),
+                m.describe(MAP_ENTRIES),
+            )
+        },
+    );
+    client.send_line("close");
+    client.finish(RUN);
+    server.finish(RUN);
+}
+
+#[test]
+fn no_leaks_after_20000_connections() {
+    const N: u64 = 20_000;
+    let _serial = serial();
+    let net = Net::Loopback;
+    let agent = Agent::start(&[]);
+    let baseline = bookkeeping_baseline(&agent);
     let m = agent.metrics();
     for name in [CONNECTIONS_TRACKED, MAP_ENTRIES] {
         assert!(
