@@ -887,11 +887,12 @@ fn no_leaks_after_20000_connections() {
         |m| bookkeeping(m) == baseline,
         |m| {
             format!(
-                "[tracked, conns, connect_args] = {:?}, baseline {baseline:?}\n{}\n{}\n\
+                "[tracked, conns, connect_args] = {:?}, baseline {baseline:?}\n{}\n{}\n{}\n\
                  connections still tracked:\n{:#?}",
                 bookkeeping(m),
                 m.describe(CONNECTIONS_TRACKED),
                 m.describe(MAP_ENTRIES),
+                m.describe(EVENTS_LOST),
                 agent.connections()
             )
         },
