@@ -1764,6 +1764,25 @@ mod tests {
         assert_eq!(graph("virtual_node"), 0.0, "{}", metrics.encode());
     }
 
+    /// The server end of 10.0.0.9:5000 -> 10.0.0.2:8080, as seen by thread `tid` of the
+    /// listening process.
+    fn server_thread(tid: u32) -> Meta {
+        let mut m = meta(2, Role::Server, "10.0.0.2:8080", "10.0.0.9:5000", "srv", 2);
+        m.process.tid = tid;
+        m
+    }
+
+    /// A table with that connection open (by thread 1).
+    fn table_with_server_thread(metrics: &Arc<Metrics>) -> ConnTable {
+        let mut table = table_for(metrics, 100, 100);
+        listen_srv(&mut table, "0.0.0.0:8080", 2);
+        table.handle(Event::ConnOpen {
+            meta: server_thread(1),
+            connect_ns: 0,
+        });
+        table
+    }
+
     /// A syscall captured in chunks (one ring record each) with another thread's syscall on
     /// the same socket reaching the ring between two of them: the other one's bytes come after
     /// in the stream, so it is held and parsed after the chunked syscall's last chunk. Parsed in
@@ -1771,17 +1790,8 @@ mod tests {
     #[test]
     fn another_threads_event_between_chunks_waits_for_the_last_chunk() {
         let metrics = Arc::new(Metrics::default());
-        let mut table = table_for(&metrics, 100, 100);
-        listen_srv(&mut table, "0.0.0.0:8080", 2);
-        let server = |tid: u32| {
-            let mut m = meta(2, Role::Server, "10.0.0.2:8080", "10.0.0.9:5000", "srv", 2);
-            m.process.tid = tid;
-            m
-        };
-        table.handle(Event::ConnOpen {
-            meta: server(1),
-            connect_ns: 0,
-        });
+        let mut table = table_with_server_thread(&metrics);
+        let server = server_thread;
         let (a1, a2): (&[u8], &[u8]) = (b"GET /a HTTP/1.1\r\nHost: api\r\n", b"\r\n");
         let b = b"GET /b HTTP/1.1\r\nHost: api\r\n\r\n";
         let chunk = |tid, seq, bytes: usize, payload: &[u8], more| Event::Data {
@@ -1835,17 +1845,8 @@ mod tests {
     #[test]
     fn held_events_all_go_at_the_close() {
         let metrics = Arc::new(Metrics::default());
-        let mut table = table_for(&metrics, 100, 100);
-        listen_srv(&mut table, "0.0.0.0:8080", 2);
-        let server = |tid: u32| {
-            let mut m = meta(2, Role::Server, "10.0.0.2:8080", "10.0.0.9:5000", "srv", 2);
-            m.process.tid = tid;
-            m
-        };
-        table.handle(Event::ConnOpen {
-            meta: server(1),
-            connect_ns: 0,
-        });
+        let mut table = table_with_server_thread(&metrics);
+        let server = server_thread;
         let chunk = |tid, seq, payload: &[u8], more| Event::Data {
             meta: server(tid),
             bytes: payload.len() as u64 * 2,
